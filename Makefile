@@ -1,0 +1,30 @@
+# `make test` is the one command CI runs (.ci/run); it builds .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test bench lint clean
+
+venv: $(STAMP)
+
+# torch goes in first, pinned, so the project's `torch>=…` is already met and
+# pip never resolves a multi-GB GPU build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run --out bench.json
+
+lint: $(STAMP)
+	$(PY) -m ruff check probes robustness reports tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis bench.json

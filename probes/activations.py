@@ -1,0 +1,278 @@
+"""Streaming activation statistics at each matrix's residual-side site.
+
+Hooks accumulate ``Σx``, ``Σxxᵀ`` and ``n`` per (layer, site) in float64; a
+batch's product ``XᵀX`` is formed in float32 (bf16/fp16 activations are upcast
+first) and added to the float64 sums. Activations are never stored, so memory
+does not grow with the number of tokens.
+
+Only the base transformer (``model.<base_model_prefix>``) runs: the statistics
+need no logits, so the unembedding, often the largest matrix, is never paid for.
+
+For the sequence bootstrap, ``chunk_size`` groups consecutive sequences into
+chunks and keeps each chunk's ``(n, Σx, Σxxᵀ)`` compactly: ``Σxxᵀ`` as a packed
+upper triangle in float32 (``d(d+1)/2`` values). A bootstrap replicate is then
+a reweighting of chunks, never another forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import SITES, layer_modules, model_dims, site_modules
+from .subspaces import Subspace, covariance_subspace
+
+__all__ = [
+    "ActivationStatistics",
+    "ChunkStatistics",
+    "SiteStatistics",
+    "collect_statistics",
+    "site_hooks",
+]
+
+SiteKey = tuple[int, str]
+
+
+@dataclass
+class SiteStatistics:
+    """Float64 streaming sums at one site."""
+
+    n: int
+    sum_x: np.ndarray
+    sum_xx: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum_x / self.n
+
+    def covariance(self) -> np.ndarray:
+        """Centred covariance ``Σxxᵀ/n − μμᵀ`` (maximum-likelihood normalisation)."""
+        return self.sum_xx / self.n - np.outer(self.mean, self.mean)
+
+    def second_moment(self) -> np.ndarray:
+        return self.sum_xx / self.n
+
+    def subspace(self, *, centred: bool = True, construction: str | None = None) -> Subspace:
+        return covariance_subspace(
+            self.sum_x, self.sum_xx, self.n, centred=centred, construction=construction
+        )
+
+
+@dataclass
+class ChunkStatistics:
+    """Per-chunk sums at one site: ``n [C]``, ``sum_x [C, d]`` float64, packed ``Σxxᵀ``."""
+
+    n: np.ndarray
+    sum_x: np.ndarray
+    sum_xx_packed: np.ndarray  # [C, d(d+1)/2] float32, row-major upper triangle
+
+    @property
+    def d(self) -> int:
+        return self.sum_x.shape[1]
+
+    def sum_xx(self, weights=None) -> np.ndarray:
+        """``Σ_c w_c Σxxᵀ_c`` as a full float64 matrix (all weights 1 by default)."""
+        w = np.ones(len(self.n)) if weights is None else np.asarray(weights, dtype=np.float64)
+        packed = w @ self.sum_xx_packed.astype(np.float64)
+        full = np.zeros((self.d, self.d))
+        rows, cols = np.triu_indices(self.d)
+        full[rows, cols] = packed
+        full[cols, rows] = packed
+        return full
+
+    def reweighted(self, weights) -> SiteStatistics:
+        """The site's statistics with chunk `c` counted ``weights[c]`` times."""
+        w = np.asarray(weights, dtype=np.float64)
+        return SiteStatistics(
+            n=int(round(float(w @ self.n))), sum_x=w @ self.sum_x, sum_xx=self.sum_xx(w)
+        )
+
+
+@dataclass
+class ActivationStatistics:
+    """Everything one statistics pass produces."""
+
+    sites: dict[SiteKey, SiteStatistics]
+    chunks: dict[SiteKey, ChunkStatistics] = field(default_factory=dict)
+    n_tokens: int = 0
+    n_sequences: int = 0
+    chunk_sequences: list[tuple[int, int]] = field(default_factory=list)
+
+
+@contextmanager
+def site_hooks(model, keys: Iterable[SiteKey], callback: Callable[[SiteKey, torch.Tensor], None]):
+    """Call ``callback((layer, site), tensor)`` with the tensor each site sees.
+
+    ``attn_in``/``mlp_in``: the input of the module holding q / up (whatever the
+    architecture feeds it, positionally or as a keyword); ``resid_post``: the
+    layer's output hidden states. Hooks are removed on exit, even on error.
+    """
+    handles = []
+
+    def input_hook(key):
+        def hook(module, args, kwargs):
+            tensor = args[0] if args else next(
+                v for v in kwargs.values() if isinstance(v, torch.Tensor)
+            )
+            callback(key, tensor)
+
+        return hook
+
+    def output_hook(key):
+        def hook(module, args, output):
+            callback(key, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    try:
+        for layer, site in keys:
+            if site not in SITES:
+                raise ValueError(f"unknown site {site!r}: choose from {SITES}")
+            module, side = site_modules(model, layer)[site]
+            if side == "input":
+                handles.append(
+                    module.register_forward_pre_hook(input_hook((layer, site)), with_kwargs=True)
+                )
+            else:
+                handles.append(module.register_forward_hook(output_hook((layer, site))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class _Accumulator:
+    """Float64 sums for one site on the compute device, with an optional chunk layer."""
+
+    def __init__(self, d: int, device, chunked: bool):
+        zeros = dict(dtype=torch.float64, device=device)
+        self.total_x = torch.zeros(d, **zeros)
+        self.total_xx = torch.zeros(d, d, **zeros)
+        self.total_n = 0
+        # Without chunks the running sums *are* the totals: no second d×d buffer.
+        self.x = torch.zeros(d, **zeros) if chunked else self.total_x
+        self.xx = torch.zeros(d, d, **zeros) if chunked else self.total_xx
+        self.n = 0
+        self.chunked = chunked
+        self.chunk_n: list[int] = []
+        self.chunk_x: list[np.ndarray] = []
+        self.chunk_xx: list[np.ndarray] = []
+        self.triu = torch.triu_indices(d, d, device=device) if chunked else None
+
+    def add(self, tensor: torch.Tensor) -> None:
+        x = tensor.detach().reshape(-1, tensor.shape[-1])
+        if x.dtype != torch.float32:
+            x = x.float()
+        self.xx += (x.T @ x).double()
+        self.x += x.sum(dim=0, dtype=torch.float64)
+        self.n += x.shape[0]
+
+    def end_chunk(self) -> None:
+        if not self.chunked:
+            return
+        self.chunk_n.append(self.n)
+        self.chunk_x.append(self.x.cpu().numpy().copy())
+        self.chunk_xx.append(self.xx[self.triu[0], self.triu[1]].float().cpu().numpy())
+        self.total_x += self.x
+        self.total_xx += self.xx
+        self.total_n += self.n
+        self.x.zero_()
+        self.xx.zero_()
+        self.n = 0
+
+    def result(self) -> tuple[SiteStatistics, ChunkStatistics | None]:
+        n = self.total_n if self.chunked else self.n
+        site = SiteStatistics(n, self.total_x.cpu().numpy(), self.total_xx.cpu().numpy())
+        if not self.chunked:
+            return site, None
+        chunks = ChunkStatistics(
+            np.asarray(self.chunk_n, dtype=np.int64), np.stack(self.chunk_x), np.stack(self.chunk_xx)
+        )
+        return site, chunks
+
+
+def collect_statistics(
+    model,
+    input_ids,
+    *,
+    sites: Iterable[str] | Iterable[SiteKey] | None = None,
+    batch_size: int = 8,
+    chunk_size: int | None = None,
+    progress: bool = False,
+    description: str = "statistics",
+) -> ActivationStatistics:
+    """One streaming pass over a token array, accumulating statistics at the sites.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A supported causal LM (see :data:`probes.SUPPORTED_MODEL_TYPES`).
+    input_ids : array or tensor ``[n_seq, seq_len]`` of int
+        Used exactly as given: every position of every sequence counts.
+    sites : iterable, optional
+        Site names (every layer) or ``(layer, site)`` keys; default all sites.
+    batch_size : int
+        Sequences per forward pass.
+    chunk_size : int, optional
+        Sequences per bootstrap chunk; ``None`` keeps no per-chunk statistics.
+    progress : bool
+        Show a progress bar.
+    """
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise ValueError(f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive, got {batch_size}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be positive or None, got {chunk_size}")
+    n_layers = len(layer_modules(model))
+    wanted = list(SITES if sites is None else sites)
+    keys: list[SiteKey] = []
+    for item in wanted:
+        keys.extend([(layer, item) for layer in range(n_layers)] if isinstance(item, str) else [tuple(item)])
+    device = next(model.parameters()).device
+    chunked = chunk_size is not None
+    d = model_dims(model).d_model  # every site lives in the residual space
+    accumulators = {key: _Accumulator(d, device, chunked) for key in keys}
+
+    def accumulate(key, tensor):
+        accumulators[key].add(tensor)
+
+    n_seq = ids.shape[0]
+    span = chunk_size or n_seq
+    chunk_bounds = [(start, min(start + span, n_seq)) for start in range(0, n_seq, span)]
+    body = getattr(model, model.base_model_prefix)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=n_seq * ids.shape[1], unit="tok", unit_scale=True, desc=description,
+               disable=not progress, leave=False)  # fmt: skip
+    try:
+        with torch.inference_mode(), site_hooks(model, keys, accumulate):
+            for start, stop in chunk_bounds:
+                # Batches never straddle a chunk, so each chunk's sums are exact.
+                for lo in range(start, stop, batch_size):
+                    batch = ids[lo : min(lo + batch_size, stop)].to(device)
+                    body(input_ids=batch, use_cache=False)
+                    bar.update(batch.numel())
+                for accumulator in accumulators.values():
+                    accumulator.end_chunk()
+    finally:
+        bar.close()
+        model.train(was_training)
+    site_stats, chunk_stats = {}, {}
+    for key, accumulator in accumulators.items():
+        site_stats[key], chunks = accumulator.result()
+        if chunks is not None:
+            chunk_stats[key] = chunks
+    return ActivationStatistics(
+        sites=site_stats,
+        chunks=chunk_stats,
+        n_tokens=int(ids.numel()),
+        n_sequences=int(n_seq),
+        chunk_sequences=chunk_bounds if chunked else [],
+    )

@@ -1,0 +1,156 @@
+"""The relative-subspace fraction of a weight delta, for every rank cutoff at once.
+
+For a delta ``ΔW`` in Linear layout ``[n_out, n_in]`` the residual side is the
+input side for the **read** pathway (q, k, v, up, gate) and the output side for
+the **write** pathway (o, down). With the residual-side Gram matrix
+
+    G = ΔWᵀ ΔW  (read)        G = ΔW ΔWᵀ  (write),        tr G = ‖ΔW‖_F²
+
+and an ordered orthonormal basis ``U = [u_1 … u_r]`` of (part of) the residual
+space, the energy profile and the fraction captured by the top-k directions are
+
+    e_j = u_jᵀ G u_j / tr G,        F(k) = Σ_{j≤k} e_j = ‖P_k ΔW‖_F² / ‖ΔW‖_F².
+
+``diag(Uᵀ G U)`` is the column (read) or row (write) energy of the single
+product ``ΔW U`` (``Uᵀ ΔW``), so one matrix product gives every cutoff and a
+cumulative sum turns it into F(k) for k = 1..r; nothing loops over k.
+
+Against a Haar-random k-dimensional subspace of ``R^d`` (reference: the second
+moment of the trace of a uniformly rotated projection, e.g. Collins & Śniady
+2006, Weingarten calculus for O(d))
+
+    E[F] = k/d,     Var[F] = 2k(d−k) / (d(d−1)(d+2)) · (Σ g_i² − 1/d),
+
+with ``g = eig(G)/tr G`` the normalised Gram spectrum.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PATHWAYS",
+    "as_float64",
+    "energy_profile",
+    "fraction_profile",
+    "gram_spectrum",
+    "haar_mean",
+    "haar_variance",
+    "residual_gram",
+]
+
+Pathway = Literal["read", "write"]
+PATHWAYS: tuple[str, ...] = ("read", "write")
+
+
+def as_float64(x) -> np.ndarray:
+    """A float64 NumPy copy of a tensor or array (no copy when already float64)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _pathway_iv(pathway) -> str:
+    if pathway not in PATHWAYS:
+        raise ValueError(f"`pathway` must be one of {PATHWAYS}, got {pathway!r}")
+    return pathway
+
+
+def _delta_basis_iv(delta, basis, pathway):
+    pathway = _pathway_iv(pathway)
+    delta = as_float64(delta)
+    basis = as_float64(basis)
+    if delta.ndim != 2:
+        raise ValueError(f"`delta` must be a matrix [n_out, n_in], got shape {delta.shape}")
+    if basis.ndim != 2:
+        raise ValueError(f"`basis` must be a matrix [d, r] of column vectors, got {basis.shape}")
+    d = delta.shape[1] if pathway == "read" else delta.shape[0]
+    if basis.shape[0] != d:
+        side = "n_in" if pathway == "read" else "n_out"
+        raise ValueError(
+            f"`basis` has {basis.shape[0]} rows but the residual side ({side}) of a "
+            f"{pathway} delta of shape {delta.shape} has {d}"
+        )
+    if basis.shape[1] > d:
+        raise ValueError(f"`basis` has {basis.shape[1]} columns, more than its dimension {d}")
+    return delta, basis, pathway
+
+
+def residual_gram(delta, *, pathway: Pathway) -> np.ndarray:
+    """Residual-side Gram matrix ``G`` of a delta (float64, ``[d, d]``)."""
+    pathway = _pathway_iv(pathway)
+    delta = as_float64(delta)
+    return delta.T @ delta if pathway == "read" else delta @ delta.T
+
+
+def energy_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
+    """``e_j = u_jᵀ G u_j / tr G`` for each column of `basis`, float64.
+
+    An all-zero delta has no direction: the profile is NaN and a
+    ``RuntimeWarning`` says so.
+    """
+    delta, basis, pathway = _delta_basis_iv(delta, basis, pathway)
+    total = float(np.einsum("ij,ij->", delta, delta))
+    if total == 0.0:
+        warnings.warn(
+            "all-zero delta: the subspace fraction is undefined (NaN)", RuntimeWarning, stacklevel=2
+        )
+        return np.full(basis.shape[1], np.nan)
+    projected = delta @ basis if pathway == "read" else basis.T @ delta
+    axis = 0 if pathway == "read" else 1
+    return np.einsum("ij,ij->" + ("j" if axis == 0 else "i"), projected, projected) / total
+
+
+def fraction_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
+    """F(k) for k = 1..r from one basis ``[d, r]``: the cumulative energy profile.
+
+    Parameters
+    ----------
+    delta : array or tensor, shape ``[n_out, n_in]``
+        The weight delta in Linear layout (``y = W x``).
+    basis : array or tensor, shape ``[d, r]``
+        Orthonormal columns, ordered; ``d`` is the residual width.
+    pathway : {"read", "write"}
+        Read matrices' residual side is their input, write matrices' their output.
+
+    Returns
+    -------
+    numpy.ndarray, float64, shape ``[r]``
+        ``F[k-1] = ‖P_k ΔW‖_F² / ‖ΔW‖_F²``; with a complete basis ``F[-1] = 1``.
+    """
+    profile = np.cumsum(energy_profile(delta, basis, pathway=pathway))
+    # Round-off can push the cumulative sum a hair past 1 for a complete basis.
+    return np.minimum(profile, 1.0)
+
+
+def gram_spectrum(delta) -> np.ndarray:
+    """``g = eig(G)/tr G``: the squared singular values of the delta, normalised.
+
+    The same on both sides (``ΔWᵀΔW`` and ``ΔWΔWᵀ`` share their non-zero
+    eigenvalues), so no pathway is needed.
+    """
+    s = np.linalg.svd(as_float64(delta), compute_uv=False) ** 2
+    total = s.sum()
+    return s / total if total > 0 else np.full_like(s, np.nan)
+
+
+def haar_mean(k, d):
+    """``E[F(k)] = k/d`` for a Haar-random k-dimensional subspace of ``R^d``."""
+    return np.asarray(k, dtype=np.float64) / d
+
+
+def haar_variance(k, d, g):
+    """Variance of F(k) over Haar-random k-dimensional subspaces of ``R^d``.
+
+    ``Var[F] = 2k(d−k)/(d(d−1)(d+2)) · (Σ g_i² − 1/d)`` with `g` the normalised
+    Gram spectrum (:func:`gram_spectrum`; zeros may be omitted). Vectorised over `k`.
+    """
+    if d < 2:
+        raise ValueError(f"`d` must be at least 2, got {d}")
+    k = np.asarray(k, dtype=np.float64)
+    purity = float(np.sum(np.square(as_float64(g))))
+    return 2.0 * k * (d - k) / (d * (d - 1.0) * (d + 2.0)) * (purity - 1.0 / d)

@@ -1,0 +1,157 @@
+"""Subspace constructions: an ordered orthonormal basis of the residual space.
+
+Names are a contract (``DESIGN.md`` §1):
+
+======================  =======================================================
+``act_cov``             eigenvectors of the centred activation covariance on the
+                        matrix's residual side, base model, descending
+``act_moment``          same, uncentred second moment (keeps the mean direction)
+``act_cov_aligned``     ``act_cov`` from the aligned (``to``) model
+``unembed``             right singular vectors of ``W_U [V, d]`` as stored
+``unembed_centered``    same after subtracting the mean row (softmax-invariant)
+``unembed_folded``      ``W_U · diag(γ)``, γ the final norm's effective gain
+``weight_svd``          residual-side singular vectors of ``W_from`` itself
+``random``              Haar-random, seeded per (pair, layer, matrix): the null
+======================  =======================================================
+
+Every basis is complete (``d`` columns, float64) so that every cutoff reads off
+the same profile; directions beyond a matrix's rank carry zero spectrum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .fraction import PATHWAYS, as_float64
+
+__all__ = [
+    "ACTIVATION_CONSTRUCTIONS",
+    "CONSTRUCTIONS",
+    "Subspace",
+    "covariance_subspace",
+    "construction_rng",
+    "random_subspace",
+    "unembedding_subspace",
+    "weight_subspace",
+]
+
+CONSTRUCTIONS = (
+    "act_cov",
+    "act_moment",
+    "act_cov_aligned",
+    "unembed",
+    "unembed_centered",
+    "unembed_folded",
+    "weight_svd",
+    "random",
+)
+ACTIVATION_CONSTRUCTIONS = ("act_cov", "act_moment", "act_cov_aligned")
+
+
+@dataclass(frozen=True)
+class Subspace:
+    """An ordered orthonormal basis (columns) and, where one exists, its spectrum.
+
+    Attributes
+    ----------
+    basis : ndarray ``[d, d]``, float64
+    spectrum : ndarray ``[d]`` descending, or None (``random``)
+    n_samples : int or None
+        Tokens behind an activation construction (for the ``mp`` cutoff).
+    """
+
+    construction: str
+    basis: np.ndarray
+    spectrum: np.ndarray | None = None
+    n_samples: int | None = None
+
+    @property
+    def d(self) -> int:
+        return self.basis.shape[0]
+
+
+def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    matrix = 0.5 * (matrix + matrix.T)  # symmetrise float64 accumulation round-off
+    values, vectors = np.linalg.eigh(matrix)
+    return np.clip(values[::-1], 0.0, None), vectors[:, ::-1].copy()
+
+
+def covariance_subspace(
+    sum_x, sum_xx, n: int, *, centred: bool = True, construction: str | None = None
+) -> Subspace:
+    """Eigenbasis of activation statistics ``(Σx, Σxxᵀ, n)`` (float64).
+
+    ``centred=True`` gives the covariance ``Σxxᵀ/n − μμᵀ`` (``act_cov``);
+    ``False`` the second moment ``Σxxᵀ/n`` (``act_moment``).
+    """
+    if n < 1:
+        raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
+    sum_x = as_float64(sum_x)
+    moment = as_float64(sum_xx) / n
+    if centred:
+        mean = sum_x / n
+        moment = moment - np.outer(mean, mean)
+    values, vectors = _descending_eigh(moment)
+    name = construction or ("act_cov" if centred else "act_moment")
+    return Subspace(name, vectors, values, int(n))
+
+
+def _right_singular_subspace(matrix: np.ndarray, construction: str) -> Subspace:
+    _, s, vt = np.linalg.svd(matrix, full_matrices=True)
+    spectrum = np.zeros(vt.shape[0])
+    spectrum[: s.size] = s**2
+    return Subspace(construction, vt.T.copy(), spectrum)
+
+
+def unembedding_subspace(unembedding, *, centred: bool = False, gain=None) -> Subspace:
+    """Right singular vectors of the unembedding ``W_U [V, d]``, descending.
+
+    ``centred`` subtracts the mean row (the direction every logit shares, to
+    which the softmax is blind): ``unembed_centered``. ``gain`` folds the final
+    norm's effective gain in as ``W_U · diag(γ)``: ``unembed_folded``.
+    """
+    w = as_float64(unembedding)
+    if w.ndim != 2:
+        raise ValueError(f"`unembedding` must be [V, d], got shape {w.shape}")
+    name = "unembed"
+    if gain is not None:
+        w = w * as_float64(gain)[None, :]
+        name = "unembed_folded"
+    if centred:
+        w = w - w.mean(axis=0, keepdims=True)
+        name = "unembed_centered" if gain is None else name
+    return _right_singular_subspace(w, name)
+
+
+def weight_subspace(weight, *, pathway: str) -> Subspace:
+    """Residual-side singular vectors of ``W_from``: does ΔW merely follow W?"""
+    if pathway not in PATHWAYS:
+        raise ValueError(f"`pathway` must be one of {PATHWAYS}, got {pathway!r}")
+    w = as_float64(weight)
+    # The residual side of a read matrix is its input (right singular vectors);
+    # of a write matrix its output (left singular vectors = right ones of Wᵀ).
+    return _right_singular_subspace(w if pathway == "read" else w.T, "weight_svd")
+
+
+def construction_rng(seed: int, *keys) -> np.random.Generator:
+    """A generator seeded by `seed` and labels such as (pair, layer, matrix).
+
+    Uses a cryptographic digest of the labels, not Python's salted ``hash``, so
+    the same labels give the same stream in every process and run.
+    """
+    digest = hashlib.sha256(repr((int(seed), *map(str, keys))).encode()).digest()
+    words = np.frombuffer(digest, dtype=np.uint32)
+    return np.random.default_rng(np.random.SeedSequence(words.tolist()))
+
+
+def random_subspace(d: int, *, rng: np.random.Generator) -> Subspace:
+    """A Haar-random orthonormal basis of ``R^d`` (``scipy.stats.ortho_group``)."""
+    if d < 2:
+        basis = np.ones((1, 1))
+    else:
+        basis = stats.ortho_group.rvs(d, random_state=rng)
+    return Subspace("random", np.asarray(basis, dtype=np.float64), None)
