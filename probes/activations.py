@@ -116,8 +116,8 @@ def site_hooks(model, keys: Iterable[SiteKey], callback: Callable[[SiteKey, torc
 
     def input_hook(key):
         def hook(module, args, kwargs):
-            tensor = args[0] if args else next(
-                v for v in kwargs.values() if isinstance(v, torch.Tensor)
+            tensor = (
+                args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
             )
             callback(key, tensor)
 
@@ -191,7 +191,9 @@ class _Accumulator:
         if not self.chunked:
             return site, None
         chunks = ChunkStatistics(
-            np.asarray(self.chunk_n, dtype=np.int64), np.stack(self.chunk_x), np.stack(self.chunk_xx)
+            np.asarray(self.chunk_n, dtype=np.int64),
+            np.stack(self.chunk_x),
+            np.stack(self.chunk_xx),
         )
         return site, chunks
 
@@ -225,7 +227,9 @@ def collect_statistics(
     """
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     if ids.ndim != 2 or ids.numel() == 0:
-        raise ValueError(f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}")
+        raise ValueError(
+            f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}"
+        )
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be positive, got {batch_size}")
     if chunk_size is not None and chunk_size < 1:
@@ -234,7 +238,9 @@ def collect_statistics(
     wanted = list(SITES if sites is None else sites)
     keys: list[SiteKey] = []
     for item in wanted:
-        keys.extend([(layer, item) for layer in range(n_layers)] if isinstance(item, str) else [tuple(item)])
+        keys.extend(
+            [(layer, item) for layer in range(n_layers)] if isinstance(item, str) else [tuple(item)]
+        )
     device = next(model.parameters()).device
     chunked = chunk_size is not None
     d = model_dims(model).d_model  # every site lives in the residual space

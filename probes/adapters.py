@@ -89,9 +89,12 @@ def _llama_like(**kw) -> Family:
     return Family(
         layers="model.layers",
         matrices={
-            "q": Source(f"{attn}.q_proj"), "k": Source(f"{attn}.k_proj"),
-            "v": Source(f"{attn}.v_proj"), "o": Source(f"{attn}.o_proj"),
-            "gate": Source(f"{mlp}.gate_proj"), "up": Source(f"{mlp}.up_proj"),
+            "q": Source(f"{attn}.q_proj"),
+            "k": Source(f"{attn}.k_proj"),
+            "v": Source(f"{attn}.v_proj"),
+            "o": Source(f"{attn}.o_proj"),
+            "gate": Source(f"{mlp}.gate_proj"),
+            "up": Source(f"{mlp}.up_proj"),
             "down": Source(f"{mlp}.down_proj"),
         },  # fmt: skip
         final_norm="model.norm",
@@ -103,9 +106,12 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         layers="transformer.h",
         matrices={
-            "q": Source("attn.c_attn", "qkv"), "k": Source("attn.c_attn", "qkv"),
-            "v": Source("attn.c_attn", "qkv"), "o": Source("attn.c_proj"),
-            "up": Source("mlp.c_fc"), "down": Source("mlp.c_proj"),
+            "q": Source("attn.c_attn", "qkv"),
+            "k": Source("attn.c_attn", "qkv"),
+            "v": Source("attn.c_attn", "qkv"),
+            "o": Source("attn.c_proj"),
+            "up": Source("mlp.c_fc"),
+            "down": Source("mlp.c_proj"),
         },  # fmt: skip
         final_norm="transformer.ln_f",
         notes="Conv1D weights stored [in, out]; c_attn holds q|k|v column blocks",
@@ -113,9 +119,12 @@ FAMILIES: dict[str, Family] = {
     "gpt_neo": Family(
         layers="transformer.h",
         matrices={
-            "q": Source("attn.attention.q_proj"), "k": Source("attn.attention.k_proj"),
-            "v": Source("attn.attention.v_proj"), "o": Source("attn.attention.out_proj"),
-            "up": Source("mlp.c_fc"), "down": Source("mlp.c_proj"),
+            "q": Source("attn.attention.q_proj"),
+            "k": Source("attn.attention.k_proj"),
+            "v": Source("attn.attention.v_proj"),
+            "o": Source("attn.attention.out_proj"),
+            "up": Source("mlp.c_fc"),
+            "down": Source("mlp.c_proj"),
         },  # fmt: skip
         final_norm="transformer.ln_f",
     ),
@@ -126,7 +135,8 @@ FAMILIES: dict[str, Family] = {
             "k": Source("attention.query_key_value", "qkv_interleaved"),
             "v": Source("attention.query_key_value", "qkv_interleaved"),
             "o": Source("attention.dense"),
-            "up": Source("mlp.dense_h_to_4h"), "down": Source("mlp.dense_4h_to_h"),
+            "up": Source("mlp.dense_h_to_4h"),
+            "down": Source("mlp.dense_4h_to_h"),
         },  # fmt: skip
         final_norm="gpt_neox.final_layer_norm",
         parallel=True,
@@ -135,9 +145,12 @@ FAMILIES: dict[str, Family] = {
     "opt": Family(
         layers="model.decoder.layers",
         matrices={
-            "q": Source("self_attn.q_proj"), "k": Source("self_attn.k_proj"),
-            "v": Source("self_attn.v_proj"), "o": Source("self_attn.out_proj"),
-            "up": Source("fc1"), "down": Source("fc2"),
+            "q": Source("self_attn.q_proj"),
+            "k": Source("self_attn.k_proj"),
+            "v": Source("self_attn.v_proj"),
+            "o": Source("self_attn.out_proj"),
+            "up": Source("fc1"),
+            "down": Source("fc2"),
         },  # fmt: skip
         final_norm="model.decoder.final_layer_norm",
         unembed_projection="model.decoder.project_out",
@@ -152,8 +165,10 @@ FAMILIES: dict[str, Family] = {
     "phi3": Family(
         layers="model.layers",
         matrices={
-            "q": Source("self_attn.qkv_proj", "qkv"), "k": Source("self_attn.qkv_proj", "qkv"),
-            "v": Source("self_attn.qkv_proj", "qkv"), "o": Source("self_attn.o_proj"),
+            "q": Source("self_attn.qkv_proj", "qkv"),
+            "k": Source("self_attn.qkv_proj", "qkv"),
+            "v": Source("self_attn.qkv_proj", "qkv"),
+            "o": Source("self_attn.o_proj"),
             "gate": Source("mlp.gate_up_proj", "gate_up"),
             "up": Source("mlp.gate_up_proj", "gate_up"),
             "down": Source("mlp.down_proj"),

@@ -19,7 +19,9 @@ __all__ = ["HEAD_MATRICES", "head_blocks", "head_fraction_profiles"]
 HEAD_MATRICES = ("q", "k", "v", "o")
 
 
-def head_blocks(delta, matrix: str, *, n_heads: int, n_kv_heads: int | None = None) -> list[np.ndarray]:
+def head_blocks(
+    delta, matrix: str, *, n_heads: int, n_kv_heads: int | None = None
+) -> list[np.ndarray]:
     """Split a q/k/v/o delta into its per-head blocks (float64 copies)."""
     if matrix not in HEAD_MATRICES:
         raise ValueError(f"per-head granularity applies to {HEAD_MATRICES}, not {matrix!r}")

@@ -19,8 +19,13 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64,
            "bfloat16": torch.bfloat16, "float16": torch.float16}  # fmt: skip
 
 
-def load_model(name_or_path: str, *, dtype: str | torch.dtype | None = "float32",
-               device: str = "cpu", trust_remote_code: bool = False):
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str | torch.dtype | None = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
     """Load a causal LM from a directory written by ``save_pretrained`` or a hub id.
 
     The model is put in eval mode and its adapter is checked at once, so an
@@ -66,13 +71,18 @@ def extract_deltas(base_model, aligned_model, *, matrices=None, layers=None):
     deltas = {}
     zero = []
     for key, w_from in from_w.items():
-        delta = to_w[key].detach().to("cpu", torch.float32) - w_from.detach().to("cpu", torch.float32)
+        delta = to_w[key].detach().to("cpu", torch.float32) - w_from.detach().to(
+            "cpu", torch.float32
+        )
         if not torch.any(delta):
             zero.append(key)
         deltas[key] = delta
     if zero:
         shown = ", ".join(f"layer {layer} {name}" for layer, name in zero[:6])
         more = f" and {len(zero) - 6} more" if len(zero) > 6 else ""
-        warnings.warn(f"all-zero delta for {shown}{more}: their fractions are NaN",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"all-zero delta for {shown}{more}: their fractions are NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return deltas

@@ -65,7 +65,9 @@ def normalise(
                 value = np.log2(value)
         elif name == "base_relative":
             if base_fraction is None:
-                raise ValueError("`base_fraction` is required for the `base_relative` normalisation")
+                raise ValueError(
+                    "`base_fraction` is required for the `base_relative` normalisation"
+                )
             value = fraction / np.asarray(base_fraction, dtype=np.float64)
         else:  # null_z
             if gram_spectrum is None:

@@ -41,7 +41,9 @@ def model_split(model, name: str, output: torch.Tensor) -> torch.Tensor:
     if model_type == "phi3" and name in QKV:
         hd = output.shape[-1] // (n_heads + 2 * n_kv)
         q_end, k_end = n_heads * hd, n_heads * hd + n_kv * hd
-        return {"q": output[..., :q_end], "k": output[..., q_end:k_end], "v": output[..., k_end:]}[name]
+        return {"q": output[..., :q_end], "k": output[..., q_end:k_end], "v": output[..., k_end:]}[
+            name
+        ]
     if model_type == "phi3":  # gate, up = gate_up_proj(x).chunk(2, dim=-1)
         return output.chunk(2, dim=-1)[("gate", "up").index(name)]
     raise AssertionError((model_type, name))
@@ -122,7 +124,9 @@ def test_extracted_matrices_reproduce_module_outputs(model_type, saved_models, i
         x, output = ios[(layer, name)]
         bias = biases.get((layer, name), 0.0)
         reproduced = x @ weight.T + bias
-        torch.testing.assert_close(reproduced, model_split(model, name, output), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            reproduced, model_split(model, name, output), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("model_type", FAMILY_NAMES)
@@ -152,7 +156,7 @@ def test_planted_delta_is_recovered_exactly(model_type, saved_models):
     rng = np.random.default_rng(7)
     shapes = probes.model_dims(base).matrix_shapes
     planted = {}
-    for name, layer in zip(shapes, [0, 1] * 4):
+    for name, layer in zip(shapes, [0, 1] * 4, strict=False):
         # Multiples of 1/16 add to and subtract from O(1) float32 weights exactly.
         delta = torch.as_tensor(rng.integers(-8, 9, size=shapes[name]) / 16.0, dtype=torch.float32)
         plant(aligned, layer, name, delta)
@@ -192,7 +196,9 @@ def test_mismatched_pair_is_refused_before_any_delta():
 
 def test_final_norm_gain_and_unembedding_per_family():
     gemma = random_model("gemma2")
-    torch.testing.assert_close(probes.final_norm_gain(gemma), 1.0 + gemma.model.norm.weight.detach())
+    torch.testing.assert_close(
+        probes.final_norm_gain(gemma), 1.0 + gemma.model.norm.weight.detach()
+    )
     assert probes.final_norm_gain(random_model("olmo")) is None  # parameter-free LayerNorm
     gpt2 = random_model("gpt2")
     torch.testing.assert_close(probes.final_norm_gain(gpt2), gpt2.transformer.ln_f.weight.detach())
