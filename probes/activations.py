@@ -255,8 +255,14 @@ def collect_statistics(
     body = getattr(model, model.base_model_prefix)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=n_seq * ids.shape[1], unit="tok", unit_scale=True, desc=description,
-               disable=not progress, leave=False)  # fmt: skip
+    bar = tqdm(
+        total=n_seq * ids.shape[1],
+        unit="tok",
+        unit_scale=True,
+        desc=description,
+        disable=not progress,
+        leave=False,
+    )
     try:
         with torch.inference_mode(), site_hooks(model, keys, accumulate):
             for start, stop in chunk_bounds:

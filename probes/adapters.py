@@ -49,12 +49,26 @@ __all__ = [
 ]
 
 MATRICES = ("q", "k", "v", "o", "up", "gate", "down")
-PATHWAY = {"q": "read", "k": "read", "v": "read", "up": "read", "gate": "read",
-           "o": "write", "down": "write"}  # fmt: skip
+PATHWAY = {
+    "q": "read",
+    "k": "read",
+    "v": "read",
+    "up": "read",
+    "gate": "read",
+    "o": "write",
+    "down": "write",
+}
 # Residual-side activation site of each matrix (DESIGN §1).
 SITES = ("attn_in", "mlp_in", "resid_post")
-SITE_OF = {"q": "attn_in", "k": "attn_in", "v": "attn_in", "up": "mlp_in", "gate": "mlp_in",
-           "o": "resid_post", "down": "resid_post"}  # fmt: skip
+SITE_OF = {
+    "q": "attn_in",
+    "k": "attn_in",
+    "v": "attn_in",
+    "up": "mlp_in",
+    "gate": "mlp_in",
+    "o": "resid_post",
+    "down": "resid_post",
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ def _llama_like(**kw) -> Family:
             "gate": Source(f"{mlp}.gate_proj"),
             "up": Source(f"{mlp}.up_proj"),
             "down": Source(f"{mlp}.down_proj"),
-        },  # fmt: skip
+        },
         final_norm="model.norm",
         **kw,
     )
@@ -112,7 +126,7 @@ FAMILIES: dict[str, Family] = {
             "o": Source("attn.c_proj"),
             "up": Source("mlp.c_fc"),
             "down": Source("mlp.c_proj"),
-        },  # fmt: skip
+        },
         final_norm="transformer.ln_f",
         notes="Conv1D weights stored [in, out]; c_attn holds q|k|v column blocks",
     ),
@@ -125,7 +139,7 @@ FAMILIES: dict[str, Family] = {
             "o": Source("attn.attention.out_proj"),
             "up": Source("mlp.c_fc"),
             "down": Source("mlp.c_proj"),
-        },  # fmt: skip
+        },
         final_norm="transformer.ln_f",
     ),
     "gpt_neox": Family(
@@ -137,7 +151,7 @@ FAMILIES: dict[str, Family] = {
             "o": Source("attention.dense"),
             "up": Source("mlp.dense_h_to_4h"),
             "down": Source("mlp.dense_4h_to_h"),
-        },  # fmt: skip
+        },
         final_norm="gpt_neox.final_layer_norm",
         parallel=True,
         notes="query_key_value interleaved per head: view(H, 3, hd, d)",
@@ -151,7 +165,7 @@ FAMILIES: dict[str, Family] = {
             "o": Source("self_attn.out_proj"),
             "up": Source("fc1"),
             "down": Source("fc2"),
-        },  # fmt: skip
+        },
         final_norm="model.decoder.final_layer_norm",
         unembed_projection="model.decoder.project_out",
     ),
@@ -172,7 +186,7 @@ FAMILIES: dict[str, Family] = {
             "gate": Source("mlp.gate_up_proj", "gate_up"),
             "up": Source("mlp.gate_up_proj", "gate_up"),
             "down": Source("mlp.down_proj"),
-        },  # fmt: skip
+        },
         final_norm="model.norm",
         notes="qkv_proj is q|k|v with GQA sizes; gate_up_proj is gate|up",
     ),
@@ -194,9 +208,16 @@ class ModelDims:
     matrix_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def comparable(self) -> tuple:
-        return (self.model_type, self.n_layers, self.d_model, self.n_heads,
-                self.n_kv_heads, self.head_dim, self.vocab_size,
-                tuple(sorted(self.matrix_shapes.items())))  # fmt: skip
+        return (
+            self.model_type,
+            self.n_layers,
+            self.d_model,
+            self.n_heads,
+            self.n_kv_heads,
+            self.head_dim,
+            self.vocab_size,
+            tuple(sorted(self.matrix_shapes.items())),
+        )
 
 
 def family_of(model) -> Family:

@@ -15,8 +15,12 @@ from .adapters import MATRICES, canonical_weights, family_of, model_dims
 
 __all__ = ["check_pair", "extract_deltas", "load_model"]
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64,
-           "bfloat16": torch.bfloat16, "float16": torch.float16}  # fmt: skip
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def load_model(
@@ -50,10 +54,18 @@ def check_pair(base, aligned) -> None:
     if a.comparable() != b.comparable():
         differences = [
             f"{name}: {getattr(a, name)} vs {getattr(b, name)}"
-            for name in ("model_type", "n_layers", "d_model", "n_heads", "n_kv_heads",
-                         "head_dim", "vocab_size", "matrix_shapes")
+            for name in (
+                "model_type",
+                "n_layers",
+                "d_model",
+                "n_heads",
+                "n_kv_heads",
+                "head_dim",
+                "vocab_size",
+                "matrix_shapes",
+            )
             if getattr(a, name) != getattr(b, name)
-        ]  # fmt: skip
+        ]
         raise ValueError("mismatched pair (base vs aligned): " + "; ".join(differences))
 
 

@@ -15,22 +15,46 @@ import torch
 from hypothesis import HealthCheck, settings
 from transformers import AutoConfig, AutoModelForCausalLM
 
-settings.register_profile("ci", max_examples=60, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 VOCAB = 61
-_GQA = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48)  # fmt: skip
+_GQA = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+)
 TINY_CONFIGS: dict[str, dict] = {
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
-    "gpt_neo": dict(hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64,
-                    attention_types=[[["global", "local"], 1]], window_size=8),
-    "gpt_neox": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=64, rotary_pct=0.5),
-    "opt": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=48,
-                word_embed_proj_dim=32, max_position_embeddings=64),
+    "gpt_neo": dict(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        max_position_embeddings=64,
+        attention_types=[[["global", "local"], 1]],
+        window_size=8,
+    ),
+    "gpt_neox": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        rotary_pct=0.5,
+    ),
+    "opt": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=48,
+        word_embed_proj_dim=32,
+        max_position_embeddings=64,
+    ),
     "llama": dict(_GQA),
     "mistral": dict(_GQA),
     "qwen2": dict(_GQA),
@@ -39,7 +63,7 @@ TINY_CONFIGS: dict[str, dict] = {
     "olmo2": dict(_GQA),
     "gemma2": dict(_GQA, head_dim=8),
     "phi3": dict(_GQA, pad_token_id=0),
-}  # fmt: skip
+}
 FAMILY_NAMES = tuple(TINY_CONFIGS)
 
 
@@ -58,8 +82,17 @@ def random_model(model_type: str, seed: int = 0, **overrides):
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator) * 0.3
             is_gain = "norm" in name or ".ln_" in name or name.endswith("ln_f.weight")
-            param.copy_(noise + (1.0 if is_gain and param.ndim == 1 and name.endswith("weight")
-                                 and model_type != "gemma2" else 0.0))  # fmt: skip
+            param.copy_(
+                noise
+                + (
+                    1.0
+                    if is_gain
+                    and param.ndim == 1
+                    and name.endswith("weight")
+                    and model_type != "gemma2"
+                    else 0.0
+                )
+            )
     return model.eval()
 
 

@@ -44,16 +44,18 @@ def test_streaming_sums_match_the_stored_activations(model, ids):
         np.testing.assert_allclose(site.sum_x, sum_x, rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(site.sum_xx, sum_xx, rtol=1e-5, atol=1e-3)
         mean = sum_x / n
-        np.testing.assert_allclose(site.covariance(), sum_xx / n - np.outer(mean, mean),
-                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            site.covariance(), sum_xx / n - np.outer(mean, mean), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_batch_size_does_not_change_the_answer(model, ids):
     one = probes.collect_statistics(model, ids, batch_size=1, sites=["mlp_in"])
     all_at_once = probes.collect_statistics(model, ids, batch_size=7, sites=["mlp_in"])
     for key in one.sites:
-        np.testing.assert_allclose(one.sites[key].sum_xx, all_at_once.sites[key].sum_xx,
-                                   rtol=1e-5, atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            one.sites[key].sum_xx, all_at_once.sites[key].sum_xx, rtol=1e-5, atol=1e-4
+        )
 
 
 def test_chunks_partition_the_corpus(model, ids):

@@ -21,8 +21,11 @@ from probes.adapters import FAMILIES, layer_modules
 
 QKV = ("q", "k", "v")
 # Fused projections, per the modelling code (not the adapter table).
-FUSED = {"gpt2": {"q", "k", "v"}, "gpt_neox": {"q", "k", "v"},
-         "phi3": {"q", "k", "v", "gate", "up"}}  # fmt: skip
+FUSED = {
+    "gpt2": {"q", "k", "v"},
+    "gpt_neox": {"q", "k", "v"},
+    "phi3": {"q", "k", "v", "gate", "up"},
+}
 
 
 def model_split(model, name: str, output: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,15 @@ from probes.cutoffs import UNDEFINED, _mp_median, participation_ratio
 
 @pytest.mark.parametrize(
     ("label", "d", "expected"),
-    [("k=8", 768, 8), ("k=1", 2, 1), ("frac=0.05", 768, 38), ("frac=0.05", 10, 1),
-     ("frac=1", 12, 12), ("frac=0.25", 6, 2)],  # round(1.5) = 2 (Python rounds half to even)
-)  # fmt: skip
+    [
+        ("k=8", 768, 8),
+        ("k=1", 2, 1),
+        ("frac=0.05", 768, 38),
+        ("frac=0.05", 10, 1),
+        ("frac=1", 12, 12),
+        ("frac=0.25", 6, 2),
+    ],  # round(1.5) = 2 (Python rounds half to even)
+)
 def test_fixed_and_fractional_cutoffs(label, d, expected):
     assert resolve_cutoff(label, d=d) == expected
 
@@ -83,7 +89,12 @@ def test_cutoffs_undefined_for_a_construction_give_minus_one():
 
 def test_labels_parse_to_canonical_spelling():
     assert [parse_cutoff(s).label for s in ["k=8", " frac = 0.05", "var=0.90", "pr", "mp"]] == [
-        "k=8", "frac=0.05", "var=0.9", "pr", "mp"]  # fmt: skip
+        "k=8",
+        "frac=0.05",
+        "var=0.9",
+        "pr",
+        "mp",
+    ]
 
 
 @pytest.mark.parametrize("label", ["x=3", "k=0", "k=2.5", "var=1.5", "frac=0", "k=", "top8"])

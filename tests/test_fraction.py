@@ -57,8 +57,9 @@ def test_invariant_to_scaling_the_delta(case, scale):
     np.testing.assert_allclose(
         probes.fraction_profile(scale * delta, basis, pathway=pathway),
         probes.fraction_profile(delta, basis, pathway=pathway),
-        rtol=1e-9, atol=1e-12,
-    )  # fmt: skip
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 @given(delta_and_basis())
@@ -70,8 +71,9 @@ def test_invariant_to_rotating_the_non_residual_side(case):
     np.testing.assert_allclose(
         probes.fraction_profile(rotated, basis, pathway=pathway),
         probes.fraction_profile(delta, basis, pathway=pathway),
-        rtol=1e-9, atol=1e-12,
-    )  # fmt: skip
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 @given(delta_and_basis())
@@ -82,8 +84,9 @@ def test_rotating_residual_side_with_the_basis_changes_nothing(case):
     np.testing.assert_allclose(
         probes.fraction_profile(rotated, r @ basis, pathway=pathway),
         probes.fraction_profile(delta, basis, pathway=pathway),
-        rtol=1e-9, atol=1e-12,
-    )  # fmt: skip
+        rtol=1e-9,
+        atol=1e-12,
+    )
 
 
 @given(delta_and_basis())
@@ -92,8 +95,9 @@ def test_energy_profile_is_the_gram_diagonal_in_the_basis(case):
     delta, basis, pathway, _, _ = case
     gram = probes.residual_gram(delta, pathway=pathway)
     expected = np.diag(basis.T @ gram @ basis) / np.trace(gram)
-    np.testing.assert_allclose(energy_profile(delta, basis, pathway=pathway), expected,
-                               rtol=1e-10, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        energy_profile(delta, basis, pathway=pathway), expected, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_known_answer_on_axis_aligned_delta():
@@ -111,8 +115,9 @@ def test_known_answer_on_axis_aligned_delta():
 def test_torch_and_numpy_inputs_agree_and_output_is_float64():
     rng = np.random.default_rng(1)
     delta, basis = rng.standard_normal((5, 6)), stats.ortho_group.rvs(6, random_state=rng)
-    out = probes.fraction_profile(torch.tensor(delta, dtype=torch.float32), torch.tensor(basis),
-                                  pathway="read")  # fmt: skip
+    out = probes.fraction_profile(
+        torch.tensor(delta, dtype=torch.float32), torch.tensor(basis), pathway="read"
+    )
     assert out.dtype == np.float64
     np.testing.assert_allclose(
         out, probes.fraction_profile(delta, basis, pathway="read"), rtol=1e-6
@@ -152,10 +157,14 @@ def test_haar_random_subspaces_have_design_mean_and_variance(pathway):
         weights[None, :] if pathway == "read" else weights[:, None]
     )
     g = probes.gram_spectrum(delta)
-    samples = np.stack([
-        probes.fraction_profile(delta, stats.ortho_group.rvs(d, random_state=rng), pathway=pathway)
-        for _ in range(draws)
-    ])  # fmt: skip
+    samples = np.stack(
+        [
+            probes.fraction_profile(
+                delta, stats.ortho_group.rvs(d, random_state=rng), pathway=pathway
+            )
+            for _ in range(draws)
+        ]
+    )
     k = np.arange(1, d)  # k = d has zero variance
     mean, var = samples[:, :-1].mean(axis=0), samples[:, :-1].var(axis=0, ddof=1)
     expected_mean = probes.haar_mean(k, d)

@@ -23,8 +23,10 @@ def test_closed_forms():
     )
 
 
-@given(st.integers(2, 500).flatmap(lambda d: st.tuples(st.just(d), st.integers(1, d))),
-       st.floats(0.0, 1.0))  # fmt: skip
+@given(
+    st.integers(2, 500).flatmap(lambda d: st.tuples(st.just(d), st.integers(1, d))),
+    st.floats(0.0, 1.0),
+)
 def test_isotropic_is_one_at_the_haar_mean_and_at_most_d_over_k(dk, fraction):
     d, k = dk
     assert normalise("isotropic", k / d, k, d) == pytest.approx(1.0)
