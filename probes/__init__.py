@@ -29,6 +29,7 @@ from .cutoffs import CUTOFF_RULES, Cutoff, parse_cutoff, resolve_cutoff, validat
 from .fraction import (
     energy_profile,
     fraction_profile,
+    gram_purity,
     gram_spectrum,
     haar_mean,
     haar_variance,
@@ -43,8 +44,10 @@ from .subspaces import (
     Subspace,
     construction_rng,
     covariance_subspace,
+    gram_subspace,
     random_subspace,
     unembedding_subspace,
+    unembedding_subspaces,
     weight_subspace,
 )
 
@@ -71,11 +74,13 @@ __all__ = [
     "collect_statistics",
     "construction_rng",
     "covariance_subspace",
+    "gram_subspace",
     "energy_profile",
     "extract_deltas",
     "family_of",
     "final_norm_gain",
     "fraction_profile",
+    "gram_purity",
     "gram_spectrum",
     "haar_mean",
     "haar_variance",
@@ -92,6 +97,7 @@ __all__ = [
     "tied_embeddings",
     "unembedding",
     "unembedding_subspace",
+    "unembedding_subspaces",
     "validate_cutoffs",
     "weight_subspace",
 ]

@@ -26,6 +26,7 @@ with ``g = eig(G)/tr G`` the normalised Gram spectrum.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -37,6 +38,7 @@ __all__ = [
     "as_float64",
     "energy_profile",
     "fraction_profile",
+    "gram_purity",
     "gram_spectrum",
     "haar_mean",
     "haar_variance",
@@ -138,19 +140,35 @@ def gram_spectrum(delta) -> np.ndarray:
     return s / total if total > 0 else np.full_like(s, np.nan)
 
 
+def gram_purity(delta) -> float:
+    """``Σ g_i²`` for the normalised Gram spectrum, without an eigendecomposition.
+
+    ``Σ eig(G)² = ‖G‖_F²``, and the smaller of ``ΔWᵀΔW`` and ``ΔWΔWᵀ`` has the
+    same non-zero spectrum, so this costs one small Gram matrix.
+    """
+    delta = as_float64(delta)
+    small = delta @ delta.T if delta.shape[0] <= delta.shape[1] else delta.T @ delta
+    trace = float(np.trace(small))
+    return float(np.sum(small * small)) / trace**2 if trace > 0 else math.nan
+
+
 def haar_mean(k, d):
     """``E[F(k)] = k/d`` for a Haar-random k-dimensional subspace of ``R^d``."""
     return np.asarray(k, dtype=np.float64) / d
 
 
-def haar_variance(k, d, g):
+def haar_variance(k, d, g=None, *, purity: float | None = None):
     """Variance of F(k) over Haar-random k-dimensional subspaces of ``R^d``.
 
     ``Var[F] = 2k(d−k)/(d(d−1)(d+2)) · (Σ g_i² − 1/d)`` with `g` the normalised
-    Gram spectrum (:func:`gram_spectrum`; zeros may be omitted). Vectorised over `k`.
+    Gram spectrum (:func:`gram_spectrum`; zeros may be omitted), or its
+    ``purity = Σ g_i²`` (:func:`gram_purity`) given directly. Vectorised over `k`.
     """
     if d < 2:
         raise ValueError(f"`d` must be at least 2, got {d}")
+    if (g is None) == (purity is None):
+        raise ValueError("give exactly one of `g` (the Gram spectrum) and `purity`")
     k = np.asarray(k, dtype=np.float64)
-    purity = float(np.sum(np.square(as_float64(g))))
+    if purity is None:
+        purity = float(np.sum(np.square(as_float64(g))))
     return 2.0 * k * (d - k) / (d * (d - 1.0) * (d + 2.0)) * (purity - 1.0 / d)

@@ -32,6 +32,7 @@ def normalise(
     *,
     base_fraction=None,
     gram_spectrum=None,
+    purity: float | None = None,
 ):
     """Apply normalisation `name` to ``F(k)``; vectorised over `fraction` and `k`.
 
@@ -47,8 +48,8 @@ def normalise(
         Residual width.
     base_fraction : float or array, optional
         ``F_{W_from}(k)`` on the same basis; required by ``base_relative``.
-    gram_spectrum : array, optional
-        Normalised spectrum of the delta's Gram matrix; required by ``null_z``.
+    gram_spectrum, purity : optional
+        The delta's normalised Gram spectrum, or its ``Σ g²``; ``null_z`` needs one.
     """
     if name not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {name!r}: choose from {', '.join(NORMALISATIONS)}")
@@ -70,9 +71,11 @@ def normalise(
                 )
             value = fraction / np.asarray(base_fraction, dtype=np.float64)
         else:  # null_z
-            if gram_spectrum is None:
-                raise ValueError("`gram_spectrum` is required for the `null_z` normalisation")
-            sd = np.sqrt(haar_variance(k_safe, d, gram_spectrum))
+            if gram_spectrum is None and purity is None:
+                raise ValueError(
+                    "`gram_spectrum` or `purity` is required for the `null_z` normalisation"
+                )
+            sd = np.sqrt(haar_variance(k_safe, d, gram_spectrum, purity=purity))
             value = (fraction - haar_mean(k_safe, d)) / sd
     value = np.where(defined, value, np.nan)
     return value if value.ndim else float(value)

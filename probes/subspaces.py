@@ -32,10 +32,12 @@ __all__ = [
     "ACTIVATION_CONSTRUCTIONS",
     "CONSTRUCTIONS",
     "Subspace",
-    "covariance_subspace",
     "construction_rng",
+    "covariance_subspace",
+    "gram_subspace",
     "random_subspace",
     "unembedding_subspace",
+    "unembedding_subspaces",
     "weight_subspace",
 ]
 
@@ -100,11 +102,39 @@ def covariance_subspace(
     return Subspace(name, vectors, values, int(n))
 
 
-def _right_singular_subspace(matrix: np.ndarray, construction: str) -> Subspace:
-    _, s, vt = np.linalg.svd(matrix, full_matrices=True)
-    spectrum = np.zeros(vt.shape[0])
-    spectrum[: s.size] = s**2
-    return Subspace(construction, vt.T.copy(), spectrum)
+def gram_subspace(gram, construction: str, *, n_samples: int | None = None) -> Subspace:
+    """Descending eigenbasis of a symmetric positive semi-definite ``[d, d]`` matrix.
+
+    The residual-side singular vectors of a matrix ``A`` are the eigenvectors of
+    ``AᵀA`` with the squared singular values as eigenvalues; with ``d`` the small
+    side this is much cheaper than an SVD of ``A`` and gives a complete basis.
+    """
+    values, vectors = _descending_eigh(as_float64(gram))
+    return Subspace(construction, vectors, values, n_samples)
+
+
+def unembedding_subspaces(unembedding, *, gain=None) -> dict[str, Subspace]:
+    """``unembed``, ``unembed_centered`` and (with `gain`) ``unembed_folded`` from one Gram.
+
+    With ``W_U [V, d]``, ``M = W_UᵀW_U`` and mean row ``μ``: centring gives
+    ``M − V μμᵀ`` and folding the final norm's gain γ gives ``diag(γ) M diag(γ)``,
+    so one ``V × d`` pass serves all three.
+    """
+    w = as_float64(unembedding)
+    if w.ndim != 2:
+        raise ValueError(f"`unembedding` must be [V, d], got shape {w.shape}")
+    gram = w.T @ w
+    mean = w.mean(axis=0)
+    out = {
+        "unembed": gram_subspace(gram, "unembed"),
+        "unembed_centered": gram_subspace(
+            gram - w.shape[0] * np.outer(mean, mean), "unembed_centered"
+        ),
+    }
+    if gain is not None:
+        gamma = as_float64(gain)
+        out["unembed_folded"] = gram_subspace(gram * np.outer(gamma, gamma), "unembed_folded")
+    return out
 
 
 def unembedding_subspace(unembedding, *, centred: bool = False, gain=None) -> Subspace:
@@ -114,17 +144,14 @@ def unembedding_subspace(unembedding, *, centred: bool = False, gain=None) -> Su
     which the softmax is blind): ``unembed_centered``. ``gain`` folds the final
     norm's effective gain in as ``W_U · diag(γ)``: ``unembed_folded``.
     """
-    w = as_float64(unembedding)
-    if w.ndim != 2:
-        raise ValueError(f"`unembedding` must be [V, d], got shape {w.shape}")
-    name = "unembed"
+    if centred and gain is not None:
+        raise ValueError(
+            "choose one of `centred` and `gain`: the contract has no centred-folded basis"
+        )
+    subspaces = unembedding_subspaces(unembedding, gain=gain)
     if gain is not None:
-        w = w * as_float64(gain)[None, :]
-        name = "unembed_folded"
-    if centred:
-        w = w - w.mean(axis=0, keepdims=True)
-        name = "unembed_centered" if gain is None else name
-    return _right_singular_subspace(w, name)
+        return subspaces["unembed_folded"]
+    return subspaces["unembed_centered" if centred else "unembed"]
 
 
 def weight_subspace(weight, *, pathway: str) -> Subspace:
@@ -132,9 +159,8 @@ def weight_subspace(weight, *, pathway: str) -> Subspace:
     if pathway not in PATHWAYS:
         raise ValueError(f"`pathway` must be one of {PATHWAYS}, got {pathway!r}")
     w = as_float64(weight)
-    # The residual side of a read matrix is its input (right singular vectors);
-    # of a write matrix its output (left singular vectors = right ones of Wᵀ).
-    return _right_singular_subspace(w if pathway == "read" else w.T, "weight_svd")
+    # The residual side of a read matrix is its input, of a write matrix its output.
+    return gram_subspace(w.T @ w if pathway == "read" else w @ w.T, "weight_svd")
 
 
 def construction_rng(seed: int, *keys) -> np.random.Generator:

@@ -187,3 +187,14 @@ def test_haar_variance_vanishes_for_an_isotropic_delta_and_at_k_equals_d():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert probes.haar_variance(np.arange(1, d), d, [1.0]).shape == (d - 1,)
+
+
+@given(delta_and_basis())
+def test_purity_without_eigendecomposition_equals_sum_of_squared_spectrum(case):
+    delta = case[0]
+    g = probes.gram_spectrum(delta)
+    assert probes.gram_purity(delta) == pytest.approx(np.sum(g**2), rel=1e-10)
+    k = np.arange(1, 5)
+    np.testing.assert_allclose(
+        probes.haar_variance(k, 12, purity=probes.gram_purity(delta)), probes.haar_variance(k, 12, g)
+    )

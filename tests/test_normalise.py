@@ -56,3 +56,10 @@ def test_missing_inputs_and_unknown_names_are_clear_errors():
         ValueError, match="unknown normalisation 'zscore'.*" + ", ".join(NORMALISATIONS)
     ):
         normalise("zscore", 0.5, 2, 8)
+
+
+def test_null_z_from_purity_equals_null_z_from_the_spectrum():
+    g = np.array([0.6, 0.25, 0.15])
+    assert normalise("null_z", 0.4, 2, 10, purity=float(np.sum(g**2))) == pytest.approx(
+        normalise("null_z", 0.4, 2, 10, gram_spectrum=g)
+    )
