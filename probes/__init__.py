@@ -19,6 +19,7 @@ from .adapters import (
     SUPPORTED_MODEL_TYPES,
     canonical_biases,
     canonical_weights,
+    describe,
     family_of,
     final_norm_gain,
     model_dims,
@@ -36,7 +37,7 @@ from .fraction import (
     residual_gram,
 )
 from .heads import head_blocks, head_fraction_profiles
-from .models import check_pair, extract_deltas, load_model
+from .models import check_pair, extract_deltas, load_model, weights_hash
 from .normalise import NORMALISATIONS, RATIO_NORMALISATIONS, normalise
 from .subspaces import (
     ACTIVATION_CONSTRUCTIONS,
@@ -70,6 +71,7 @@ __all__ = [
     "Subspace",
     "canonical_biases",
     "canonical_weights",
+    "describe",
     "check_pair",
     "collect_statistics",
     "construction_rng",
@@ -97,6 +99,7 @@ __all__ = [
     "tied_embeddings",
     "unembedding",
     "unembedding_subspace",
+    "weights_hash",
     "unembedding_subspaces",
     "validate_cutoffs",
     "weight_subspace",

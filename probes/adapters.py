@@ -39,6 +39,7 @@ __all__ = [
     "ModelDims",
     "canonical_biases",
     "canonical_weights",
+    "describe",
     "family_of",
     "final_norm_gain",
     "layer_modules",
@@ -275,6 +276,8 @@ def _select(tensor: torch.Tensor, rows) -> torch.Tensor:
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.is_meta:  # shapes only (e.g. `rsf inspect`): nothing to check
+        return
     if not torch.isfinite(tensor).all():
         raise ValueError(f"weight `{name}` contains NaN or Inf")
 
@@ -390,3 +393,46 @@ def model_dims(model) -> ModelDims:
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
         matrix_shapes=shapes,
     )
+
+
+def describe(model) -> dict:
+    """The adapter's view of a model: widths, canonical matrices, sites, norms, tying."""
+    family = family_of(model)
+    dims = model_dims(model)
+    layer_path = f"{family.layers}.{{i}}"
+    matrices = [
+        {
+            "matrix": name,
+            "module": f"{layer_path}.{source.module}",
+            "fused": source.fused or "",
+            "shape": list(dims.matrix_shapes[name]),
+            "pathway": PATHWAY[name],
+            "site": SITE_OF[name],
+        }
+        for name, source in sorted(
+            family.matrices.items(), key=lambda item: MATRICES.index(item[0])
+        )
+    ]
+    sites = {
+        "attn_in": f"input of {layer_path}.{family.matrices['q'].module}",
+        "mlp_in": f"input of {layer_path}.{family.matrices['up'].module}",
+        "resid_post": f"output of {layer_path} (last layer: before {family.final_norm})",
+    }
+    return {
+        "model_type": dims.model_type,
+        "n_layers": dims.n_layers,
+        "d_model": dims.d_model,
+        "n_heads": dims.n_heads,
+        "n_kv_heads": dims.n_kv_heads,
+        "head_dim": dims.head_dim,
+        "vocab_size": dims.vocab_size,
+        "tied_embeddings": tied_embeddings(model),
+        "parallel_attention_mlp": family.parallel,
+        "final_norm": family.final_norm,
+        "final_norm_gain": {"weight": "w", "one_plus_weight": "1 + w", "none": "none"}[
+            family.norm_gain
+        ],
+        "matrices": matrices,
+        "sites": sites,
+        "notes": family.notes,
+    }

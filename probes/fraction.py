@@ -89,22 +89,32 @@ def residual_gram(delta, *, pathway: Pathway) -> np.ndarray:
     return delta.T @ delta if pathway == "read" else delta @ delta.T
 
 
-def energy_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
+def energy_profile(delta, basis, *, pathway: Pathway, gram=None) -> np.ndarray:
     """``e_j = u_jᵀ G u_j / tr G`` for each column of `basis`, float64.
 
-    An all-zero delta has no direction: the profile is NaN and a
-    ``RuntimeWarning`` says so.
+    Computed as the column (read) or row (write) energy of ``ΔW U``, or, when
+    the residual-side `gram` is given (cheaper for wide MLP matrices measured on
+    several bases), as ``diag(Uᵀ G U)``. An all-zero delta has no direction: the
+    profile is NaN and a ``RuntimeWarning`` says so.
     """
     delta, basis, pathway = _delta_basis_iv(delta, basis, pathway)
-    total = float(np.einsum("ij,ij->", delta, delta))
+    if gram is not None:
+        gram = as_float64(gram)
+        total = float(np.trace(gram))
+    else:
+        total = float(np.einsum("ij,ij->", delta, delta))
     if total == 0.0:
         warnings.warn(
             "all-zero delta: the subspace fraction is undefined (NaN)", RuntimeWarning, stacklevel=2
         )
         return np.full(basis.shape[1], np.nan)
-    projected = delta @ basis if pathway == "read" else basis.T @ delta
-    axis = 0 if pathway == "read" else 1
-    return np.einsum("ij,ij->" + ("j" if axis == 0 else "i"), projected, projected) / total
+    if gram is not None:
+        return np.einsum("ij,ij->j", basis, gram @ basis) / total
+    if pathway == "read":
+        projected = delta @ basis
+        return np.einsum("ij,ij->j", projected, projected) / total
+    projected = basis.T @ delta
+    return np.einsum("ij,ij->i", projected, projected) / total
 
 
 def fraction_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:

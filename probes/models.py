@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from .adapters import MATRICES, canonical_weights, family_of, model_dims
 
-__all__ = ["check_pair", "extract_deltas", "load_model"]
+__all__ = ["check_pair", "extract_deltas", "load_model", "weights_hash"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -98,3 +99,13 @@ def extract_deltas(base_model, aligned_model, *, matrices=None, layers=None):
             stacklevel=2,
         )
     return deltas
+
+
+def weights_hash(model) -> str:
+    """SHA-256 of every parameter (name, dtype, shape, bytes); tied tensors counted once."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        tensor = param.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()

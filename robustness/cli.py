@@ -7,15 +7,217 @@ cause are one line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from . import __version__
 
 __all__ = ["main"]
 
 
-class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+def _split(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+
+# ---------------------------------------------------------------------------- sweep
+
+
+def _sweep_config(args):
+    from .config import CorpusSpec, PairSpec, SweepConfig, load_config
+
+    if args.config and (args.base or args.aligned):
+        raise ValueError("give either --config or --base/--aligned, not both")
+    if args.config:
+        config = load_config(args.config)
+    elif args.base and args.aligned:
+        label = args.label or Path(args.aligned.rstrip("/")).name or "pair"
+        config = SweepConfig(pairs=(PairSpec(label, args.base, args.aligned),))
+    else:
+        raise ValueError("rsf sweep needs --base and --aligned, or --config FILE.toml")
+    corpus = config.corpus
+    if args.corpus:
+        files = _split(args.corpus)
+        ids = [f for f in files if f.endswith(".npy")]
+        if ids and len(files) > 1:
+            raise ValueError("--corpus takes one .npy id file, or text/JSONL files, not a mix")
+        corpus = CorpusSpec(
+            paths=() if ids else files,
+            ids=ids[0] if ids else None,
+            tokens=corpus.tokens,
+            seq_len=corpus.seq_len,
+            tokenizer=corpus.tokenizer,
+        )
+    corpus = CorpusSpec(
+        paths=corpus.paths,
+        ids=corpus.ids,
+        tokens=args.tokens if args.tokens is not None else corpus.tokens,
+        seq_len=args.seq_len if args.seq_len is not None else corpus.seq_len,
+        tokenizer=args.tokenizer or corpus.tokenizer,
+    )
+    return config.with_options(
+        corpus=corpus,
+        constructions=_split(args.constructions),
+        cutoffs=_split(args.cutoffs),
+        normalisations=_split(args.normalisations),
+        matrices=_split(args.matrices),
+        replicates=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        trust_remote_code=True if args.trust_remote_code else None,
+    )
+
+
+def run_sweep_command(args) -> int:
+    from .cache import default_cache_dir
+    from .corpus import load_corpus
+    from .dataset import build_dataset, write_dataset
+    from .engine import preflight, run_sweep
+    from .files import check_writable
+
+    config = _sweep_config(args)
+    if config.replicates:
+        raise ValueError("--bootstrap is not available yet in this version; use --bootstrap 0")
+    out = check_writable(args.out)
+    preflight(config)  # configs only: bad ids, mismatched pairs and k > d fail before any load
+    corpus = load_corpus(
+        config.corpus,
+        tokenizer_source=config.pairs[0].base,
+        trust_remote_code=config.trust_remote_code,
+    )
+    cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    results = run_sweep(
+        config,
+        corpus,
+        cache_root=cache_root,
+        progress=not args.quiet,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    write_dataset(build_dataset(results, config, corpus), out)
+    if not args.quiet:
+        for result in results:
+            for note in result.notes:
+                print(f"note: {result.label}: {note}", file=sys.stderr)
+        print(f"wrote {out} ({len(results)} pair(s), {corpus.n_tokens} tokens)")
+    return 0
+
+
+def _add_sweep(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="probe every analytic choice for one or more pairs",
+        description="Sweep constructions × cutoffs × normalisations over "
+        "every layer and matrix, into a netCDF dataset.",
+    )
+    models = sweep.add_argument_group("models")
+    models.add_argument("--base", help="base model: a save_pretrained directory or a hub id")
+    models.add_argument("--aligned", help="aligned model: a directory or a hub id")
+    models.add_argument("--label", help="pair label (default: the aligned model's name)")
+    models.add_argument("--config", help="TOML config with one or more [[pair]] tables")
+    models.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow model code from the hub (off by default)",
+    )
+    probe = sweep.add_argument_group("probe")
+    probe.add_argument("--constructions", help="comma list, e.g. act_cov,unembed,random")
+    probe.add_argument("--cutoffs", help="comma list, e.g. k=8,frac=0.05,var=0.9,pr,mp")
+    probe.add_argument("--normalisations", help="comma list, e.g. isotropic,null_z")
+    probe.add_argument("--matrices", help="comma list from q,k,v,o,up,gate,down")
+    corpus = sweep.add_argument_group("corpus")
+    corpus.add_argument(
+        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    )
+    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the base model's)")
+    corpus.add_argument(
+        "--tokens", type=int, help="tokens to use (default 65536; all rows of an .npy)"
+    )
+    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
+    run = sweep.add_argument_group("run")
+    run.add_argument("--out", default="results.nc", help="output dataset (default results.nc)")
+    run.add_argument("--bootstrap", type=int, help="bootstrap replicates over corpus sequences")
+    run.add_argument("--seed", type=int, help="seed for random bases and resampling (default 0)")
+    run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument("--dtype", help="float32 (default), bfloat16, float16 or float64")
+    run.add_argument("--batch-size", type=int, help="sequences per forward pass (default 8)")
+    run.add_argument("--workers", type=int, help="run pairs on a local Dask cluster of N workers")
+    run.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    run.add_argument("--cache-dir", help="statistics cache (default ~/.cache/rsf-robustness)")
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    sweep.set_defaults(run=run_sweep_command)
+
+
+# ---------------------------------------------------------------------------- inspect
+
+
+def run_inspect_command(args) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import probes
+
+    from .engine import open_model_config
+
+    config = open_model_config(args.model, trust_remote_code=args.trust_remote_code)
+    if config.model_type not in probes.SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model type {config.model_type!r}: supported are "
+            f"{', '.join(probes.SUPPORTED_MODEL_TYPES)}"
+        )
+    with torch.device("meta"):  # shapes from the config alone: no weights are read
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=args.trust_remote_code)
+    view = probes.describe(model)
+    print(f"model        {args.model}")
+    print(f"family       {view['model_type']}" + (f"  ({view['notes']})" if view["notes"] else ""))
+    print(f"layers       {view['n_layers']}")
+    print(
+        f"widths       d_model={view['d_model']} heads={view['n_heads']} "
+        f"kv_heads={view['n_kv_heads']} head_dim={view['head_dim']} vocab={view['vocab_size']}"
+    )
+    print(
+        f"parallel     attention and MLP {'in parallel' if view['parallel_attention_mlp'] else 'in sequence'}"
+    )
+    print(f"final norm   {view['final_norm']} (gain {view['final_norm_gain']})")
+    print(
+        f"embeddings   {'tied: unembed is the embedding subspace' if view['tied_embeddings'] else 'untied'}"
+    )
+    print("matrices")
+    for m in view["matrices"]:
+        fused = f" [fused {m['fused']}]" if m["fused"] else ""
+        shape = "×".join(map(str, m["shape"]))
+        print(
+            f"  {m['matrix']:5s} {shape:>11s}  {m['pathway']:5s}  site {m['site']:10s} {m['module']}{fused}"
+        )
+    print("hook sites")
+    for site, where in view["sites"].items():
+        print(f"  {site:10s} {where}")
+    return 0
+
+
+def _add_inspect(commands) -> None:
+    inspect = commands.add_parser("inspect", help="show the adapter's view of a model")
+    inspect.add_argument("model", help="a save_pretrained directory or a hub id")
+    inspect.add_argument("--trust-remote-code", action="store_true")
+    inspect.set_defaults(run=run_inspect_command)
+
+
+# ---------------------------------------------------------------------------- main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         "with robustness sweeps and honest uncertainty.",
     )
     parser.add_argument("--version", action="version", version=f"rsf {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_sweep(commands)
+    _add_inspect(commands)
     return parser
 
 
@@ -35,12 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "command", None) is None:
         parser.print_help()
         return 0
+    if getattr(args, "quiet", False):
+        _quiet_libraries()
     try:
-        return args.run(args)
-    except (UserError, ValueError, FileNotFoundError, PermissionError) as error:
+        with warnings.catch_warnings():
+            if getattr(args, "quiet", False):
+                warnings.simplefilter("ignore")
+            return args.run(args)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         print(f"rsf: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rsf: interrupted; finished statistics stay in the cache", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     raise SystemExit(main())

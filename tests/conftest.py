@@ -111,3 +111,53 @@ def saved_models(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:;()'\"-_=+*/\n[]{}<>#!?")[: VOCAB - 2]
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer with the tiny models' vocabulary (no download)."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="<eos>")
+
+
+def aligned_copy(model, seed: int, scale: float = 0.05):
+    """`model` plus a small random delta on every parameter: a stand-in for an aligned model."""
+    import copy
+
+    aligned = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in aligned.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return aligned
+
+
+@pytest.fixture(scope="session")
+def saved_pair(tmp_path_factory):
+    """``saved_pair(model_type, **overrides)`` → (base_dir, aligned_dir), both with a tokenizer."""
+    root = tmp_path_factory.mktemp("pairs")
+    cache: dict[tuple, tuple[str, str]] = {}
+
+    def get(model_type: str = "llama", seed: int = 0, **overrides) -> tuple[str, str]:
+        key = (model_type, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            base = random_model(model_type, seed, **overrides)
+            aligned = aligned_copy(base, seed + 1000)
+            dirs = []
+            for role, model in (("base", base), ("aligned", aligned)):
+                path = root / f"{model_type}-{seed}-{len(cache)}-{role}"
+                model.save_pretrained(path)
+                char_tokenizer().save_pretrained(path)
+                dirs.append(str(path))
+            cache[key] = tuple(dirs)
+        return cache[key]
+
+    return get

@@ -196,5 +196,18 @@ def test_purity_without_eigendecomposition_equals_sum_of_squared_spectrum(case):
     assert probes.gram_purity(delta) == pytest.approx(np.sum(g**2), rel=1e-10)
     k = np.arange(1, 5)
     np.testing.assert_allclose(
-        probes.haar_variance(k, 12, purity=probes.gram_purity(delta)), probes.haar_variance(k, 12, g)
+        probes.haar_variance(k, 12, purity=probes.gram_purity(delta)),
+        probes.haar_variance(k, 12, g),
+    )
+
+
+@given(delta_and_basis())
+def test_energy_from_the_gram_equals_energy_from_the_product(case):
+    delta, basis, pathway, k, _ = case
+    gram = probes.residual_gram(delta, pathway=pathway)
+    np.testing.assert_allclose(
+        energy_profile(delta, basis[:, :k], pathway=pathway, gram=gram),
+        energy_profile(delta, basis[:, :k], pathway=pathway),
+        rtol=1e-9,
+        atol=1e-13,
     )

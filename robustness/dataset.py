@@ -1,0 +1,160 @@
+"""The results dataset (``results.nc``): assembly, atomic writing and reading.
+
+Layout (a contract, ``DESIGN.md`` §4):
+
+- dims ``pair, layer, matrix, construction, cutoff, normalisation``;
+- coords ``pair`` (labels), ``layer`` (int), ``matrix`` (canonical order, as
+  present), ``pathway(matrix)``, ``construction``, ``cutoff``, ``normalisation``;
+- ``rsf(pair, layer, matrix, construction, cutoff, normalisation)``,
+  ``k(pair, layer, matrix, construction, cutoff)`` (−1 where undefined),
+  ``delta_fro(pair, layer, matrix)``; provenance per pair (``base_id``,
+  ``aligned_id``, ``base_hash``, ``aligned_hash`` and the model's widths);
+- attrs: package versions, creation time, the full config as TOML, seed, corpus
+  hash and source, token count and sequence length.
+
+Pairs with fewer layers, or without a matrix another pair has (GPT-2 has no
+``gate``), are NaN there (``k`` = −1).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+import probes
+
+from . import __version__
+from .config import SweepConfig
+from .corpus import Corpus
+from .engine import PairResult
+from .files import atomic_output
+
+__all__ = ["build_dataset", "open_dataset", "package_versions", "write_dataset"]
+
+PROVENANCE = (
+    "base_id",
+    "aligned_id",
+    "base_hash",
+    "aligned_hash",
+    "model_type",
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "n_kv_heads",
+    "tied_embeddings",
+)
+_PACKAGES = (
+    "torch",
+    "transformers",
+    "numpy",
+    "scipy",
+    "xarray",
+    "netCDF4",
+    "dask",
+    "statsmodels",
+    "pingouin",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"rsf-robustness": __version__}
+    for name in _PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus) -> xr.Dataset:
+    """Assemble per-pair results into the contract's dataset (all values float64 / int64)."""
+    present = {m for result in results for m in result.matrices}
+    matrices = [m for m in probes.MATRICES if m in present]
+    n_layers = max(result.rsf.shape[0] for result in results)
+    shape = (len(results), n_layers, len(matrices), len(config.constructions), len(config.cutoffs))
+    rsf = np.full((*shape, len(config.normalisations)), np.nan)
+    ks = np.full(shape, -1, dtype=np.int64)
+    fro = np.full(shape[:3], np.nan)
+    for p, result in enumerate(results):
+        columns = [matrices.index(m) for m in result.matrices]
+        layers = result.rsf.shape[0]
+        rsf[p, :layers, columns] = result.rsf.transpose(1, 0, 2, 3, 4)
+        ks[p, :layers, columns] = result.k.transpose(1, 0, 2, 3)
+        fro[p, :layers, columns] = result.delta_fro.T
+    data_vars = {
+        "rsf": (
+            ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
+            rsf,
+            {"long_name": "relative subspace fraction, normalised"},
+        ),
+        "k": (
+            ("pair", "layer", "matrix", "construction", "cutoff"),
+            ks,
+            {"long_name": "rank selected by the cutoff (-1: undefined)"},
+        ),
+        "delta_fro": (
+            ("pair", "layer", "matrix"),
+            fro,
+            {"long_name": "Frobenius norm of the delta"},
+        ),
+    }
+    for name in PROVENANCE:
+        values = [result.provenance[name] for result in results]
+        data_vars[name] = (
+            "pair",
+            np.asarray(values, dtype=object if isinstance(values[0], str) else np.int64),
+        )
+    notes = [f"{result.label}: {note}" for result in results for note in result.notes]
+    return xr.Dataset(
+        data_vars,
+        coords={
+            "pair": ("pair", np.asarray([r.label for r in results], dtype=object)),
+            "layer": ("layer", np.arange(n_layers, dtype=np.int64)),
+            "matrix": ("matrix", np.asarray(matrices, dtype=object)),
+            "pathway": ("matrix", np.asarray([probes.PATHWAY[m] for m in matrices], dtype=object)),
+            "construction": ("construction", np.asarray(config.constructions, dtype=object)),
+            "cutoff": (
+                "cutoff",
+                np.asarray([probes.parse_cutoff(c).label for c in config.cutoffs], dtype=object),
+            ),
+            "normalisation": ("normalisation", np.asarray(config.normalisations, dtype=object)),
+        },
+        attrs={
+            "title": "relative-subspace-fraction sweep",
+            "rsf_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_toml(),
+            "seed": int(config.seed),
+            "corpus_hash": corpus.hash,
+            "corpus_source": corpus.source,
+            "n_tokens": corpus.n_tokens,
+            "seq_len": corpus.seq_len,
+            "package_versions": json.dumps(package_versions(), sort_keys=True),
+            "notes": json.dumps(notes),
+        },
+    )
+
+
+def write_dataset(dataset: xr.Dataset, path: str | Path) -> Path:
+    """Write netCDF4 atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4")
+    return path
+
+
+def open_dataset(path: str | Path) -> xr.Dataset:
+    """Read a dataset fully into memory and close the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset not found: {path}")
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as stored:
+            return stored.load()
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable netCDF dataset: {error}") from None

@@ -1,0 +1,80 @@
+"""Sweep configuration: TOML in and out, and every name checked before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+import probes
+from robustness.config import PairSpec, SweepConfig, load_config
+
+PAIR = (PairSpec("demo", "base-dir", "aligned-dir"),)
+
+
+def test_toml_round_trip(tmp_path):
+    config = SweepConfig(
+        pairs=PAIR,
+        constructions=("act_cov", "random"),
+        cutoffs=("k=4", "pr"),
+        normalisations=("isotropic",),
+        seed=7,
+    )
+    path = tmp_path / "sweep.toml"
+    path.write_text(config.to_toml())
+    assert load_config(path) == config
+
+
+def test_contract_layout_is_read(tmp_path):
+    (tmp_path / "corpus.txt").write_text("hello")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[[pair]]\nlabel = "sft"\nbase = "org/base"\naligned = "org/sft"\n'
+        '[[pair]]\nlabel = "dpo"\nbase = "org/base"\naligned = "org/dpo"\n'
+        '[corpus]\npaths = ["corpus.txt"]\ntokens = 4096\nseq_len = 64\n'
+        '[probe]\nconstructions = ["act_cov", "unembed", "random"]\ncutoffs = ["k=8", "var=0.9"]\n'
+        'normalisations = ["isotropic"]\nmatrices = ["q", "k", "o", "down"]\n'
+        "[bootstrap]\nreplicates = 200\nseed = 3\n"
+    )
+    config = load_config(path)
+    assert [p.label for p in config.pairs] == ["sft", "dpo"]
+    assert config.pairs[0].base == "org/base"  # a hub id stays as written
+    assert config.corpus.paths == (str(tmp_path / "corpus.txt"),)  # relative to the config
+    assert config.corpus.tokens == 4096 and config.replicates == 200 and config.seed == 3
+    assert config.matrices == ("q", "k", "o", "down")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        (
+            "constructions",
+            ("act_cov", "pca"),
+            "unknown construction 'pca': valid are " + ", ".join(probes.CONSTRUCTIONS),
+        ),
+        (
+            "normalisations",
+            ("zscore",),
+            "unknown normalisation 'zscore': valid are " + ", ".join(probes.NORMALISATIONS),
+        ),
+        ("matrices", ("q", "ffn"), "unknown matrix 'ffn'"),
+        ("cutoffs", ("top8",), "unknown cutoff 'top8': use k=<int>"),
+        ("dtype", "int8", "unknown dtype 'int8'"),
+    ],
+)
+def test_unknown_names_list_the_valid_ones(field, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        SweepConfig(pairs=PAIR, **{field: value})
+
+
+def test_structural_errors(tmp_path):
+    with pytest.raises(ValueError, match="labels must be unique"):
+        SweepConfig(pairs=PAIR * 2)
+    path = tmp_path / "bad.toml"
+    path.write_text('[[pair]]\nbase = "a"\n[probe]\ncutoff = ["k=8"]\n')
+    with pytest.raises(ValueError, match=r"lacks \['aligned'\]"):
+        load_config(path)
+    path.write_text('[[pair]]\nbase = "a"\naligned = "b"\n[probe]\ncutoff = ["k=8"]\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['cutoff'\] in \[probe\]"):
+        load_config(path)
+    path.write_text("[[pair]\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(path)

@@ -1,0 +1,96 @@
+"""The probe corpus: text, JSONL, ids used exactly as given, the built-in default."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import char_tokenizer
+
+from robustness.config import CorpusSpec
+from robustness.corpus import builtin_documents, load_corpus, select_sequences, tokenize
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    path = tmp_path / "tok"
+    char_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+def test_text_is_tokenised_and_cut_into_sequences(tmp_path, tokenizer_dir):
+    text = tmp_path / "a.txt"
+    text.write_text("abc " * 50)
+    corpus = load_corpus(
+        CorpusSpec(paths=(str(text),), tokens=40, seq_len=10), tokenizer_source=tokenizer_dir
+    )
+    assert corpus.ids.shape == (4, 10) and corpus.ids.dtype == np.int64
+    stream = tokenize(["abc " * 50], char_tokenizer())
+    assert len(stream) == 201  # 200 characters and one end-of-text separator
+    windows = stream[:200].reshape(20, 10)
+    # Evenly spread over the 20 available windows: 0, 6, 13, 19.
+    assert np.array_equal(corpus.ids, windows[[0, 6, 13, 19]])
+
+
+def test_jsonl_uses_the_text_field(tmp_path, tokenizer_dir):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["ab", "cd"])))
+    corpus = load_corpus(
+        CorpusSpec(paths=(str(path),), tokens=6, seq_len=6), tokenizer_source=tokenizer_dir
+    )
+    tok = char_tokenizer()
+    expected = tok("ab")["input_ids"] + [1] + tok("cd")["input_ids"] + [1]
+    assert corpus.ids.tolist() == [expected]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2 has no string `text` field"):
+        load_corpus(CorpusSpec(paths=(str(bad),)), tokenizer_source=tokenizer_dir)
+
+
+def test_ids_are_used_exactly_as_given(tmp_path):
+    ids = np.arange(60).reshape(6, 10) % 50
+    path = tmp_path / "ids.npy"
+    np.save(path, ids)
+    corpus = load_corpus(CorpusSpec(ids=str(path)), tokenizer_source="unused")
+    assert np.array_equal(corpus.ids, ids) and corpus.seq_len == 10
+    fewer = load_corpus(CorpusSpec(ids=str(path), tokens=30), tokenizer_source="unused")
+    assert np.array_equal(fewer.ids, ids[[0, 2, 5]])
+    with pytest.raises(ValueError, match="holds 60 tokens .6 sequences of 10.; 100 tokens need 10"):
+        load_corpus(CorpusSpec(ids=str(path), tokens=100), tokenizer_source="unused")
+    np.save(path, ids.astype(float))
+    with pytest.raises(ValueError, match="integer ids"):
+        load_corpus(CorpusSpec(ids=str(path)), tokenizer_source="unused")
+
+
+def test_builtin_corpus_needs_no_download_and_is_deterministic(tokenizer_dir):
+    documents = builtin_documents()
+    assert len(documents) > 50 and sum(map(len, documents)) > 100_000
+    spec = CorpusSpec(tokens=2048, seq_len=64)
+    a = load_corpus(spec, tokenizer_source=tokenizer_dir)
+    b = load_corpus(spec, tokenizer_source=tokenizer_dir)
+    assert a.source == "builtin:pydoc_data.topics" and a.ids.shape == (32, 64)
+    assert np.array_equal(a.ids, b.ids) and a.hash == b.hash
+
+
+def test_too_little_text_says_how_many_tokens_were_found(tmp_path, tokenizer_dir):
+    text = tmp_path / "short.txt"
+    text.write_text("x" * 99)
+    with pytest.raises(ValueError, match=r"has 100 tokens, 3 sequences of 32; 256 tokens need 8"):
+        load_corpus(
+            CorpusSpec(paths=(str(text),), tokens=256, seq_len=32), tokenizer_source=tokenizer_dir
+        )
+
+
+def test_missing_files_and_tokenizers_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus file not found"):
+        load_corpus(CorpusSpec(paths=(str(tmp_path / "nope.txt"),)), tokenizer_source=str(tmp_path))
+    (tmp_path / "t.txt").write_text("hello")
+    with pytest.raises(ValueError, match="no tokenizer could be loaded.*--tokenizer"):
+        load_corpus(CorpusSpec(paths=(str(tmp_path / "t.txt"),)), tokenizer_source=str(tmp_path))
+
+
+def test_select_sequences_never_overlaps():
+    stream = np.arange(100)
+    out = select_sequences(stream, 50, 10, source="test")
+    assert len(np.unique(out)) == out.size == 50
