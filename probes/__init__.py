@@ -30,6 +30,7 @@ from .cutoffs import CUTOFF_RULES, Cutoff, parse_cutoff, resolve_cutoff, validat
 from .fraction import (
     energy_profile,
     fraction_profile,
+    fractions_at,
     gram_purity,
     gram_spectrum,
     haar_mean,
@@ -82,6 +83,7 @@ __all__ = [
     "family_of",
     "final_norm_gain",
     "fraction_profile",
+    "fractions_at",
     "gram_purity",
     "gram_spectrum",
     "haar_mean",

@@ -38,6 +38,7 @@ __all__ = [
     "as_float64",
     "energy_profile",
     "fraction_profile",
+    "fractions_at",
     "gram_purity",
     "gram_spectrum",
     "haar_mean",
@@ -137,6 +138,40 @@ def fraction_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
     profile = np.cumsum(energy_profile(delta, basis, pathway=pathway))
     # Round-off can push the cumulative sum a hair past 1 for a complete basis.
     return np.minimum(profile, 1.0)
+
+
+def fractions_at(delta, basis, ks, *, pathway: Pathway, gram=None) -> np.ndarray:
+    """F(k) at the given cutoffs only, computing no more basis columns than needed.
+
+    With a complete basis the energies sum to one, so ``F(k) = 1 − Σ_{j>k} e_j``:
+    the largest run of columns that no cutoff falls inside is skipped, and the
+    cutoffs beyond it are read from the tail. ``k < 1`` (undefined) gives NaN.
+    Equal to ``fraction_profile(...)[k − 1]`` up to round-off.
+    """
+    delta, basis, pathway = _delta_basis_iv(delta, basis, pathway)
+    ks = np.asarray(ks, dtype=np.int64)
+    out = np.full(ks.shape, np.nan)
+    defined = ks >= 1
+    if not defined.any():
+        return out
+    d, r = basis.shape
+    if ks[defined].max() > r:
+        raise ValueError(f"a cutoff of {ks[defined].max()} exceeds the basis' {r} columns")
+    lo = hi = int(ks[defined].max())
+    if r == d:
+        points = np.unique(np.concatenate([[0], ks[defined], [d]]))
+        gap = int(np.argmax(np.diff(points)))
+        lo, hi = int(points[gap]), int(points[gap + 1])
+    columns = np.r_[np.arange(lo), np.arange(hi, r)] if hi < r else np.arange(lo)
+    energy = energy_profile(delta, basis[:, columns], pathway=pathway, gram=gram)
+    head = np.cumsum(energy[:lo])
+    tail = energy[lo:]  # columns hi .. r-1
+    # Σ_{j>k} e_j for k ≥ hi: the sum of tail[k - hi:], by a reversed cumulative sum.
+    beyond = np.r_[np.cumsum(tail[::-1])[::-1], 0.0]
+    for i in np.flatnonzero(defined):
+        k = int(ks[i])
+        out[i] = head[k - 1] if k <= lo else 1.0 - beyond[k - hi]
+    return np.clip(out, 0.0, 1.0)
 
 
 def gram_spectrum(delta) -> np.ndarray:

@@ -24,7 +24,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from .fraction import PATHWAYS, as_float64
 
@@ -174,10 +173,21 @@ def construction_rng(seed: int, *keys) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words.tolist()))
 
 
-def random_subspace(d: int, *, rng: np.random.Generator) -> Subspace:
-    """A Haar-random orthonormal basis of ``R^d`` (``scipy.stats.ortho_group``)."""
-    if d < 2:
-        basis = np.ones((1, 1))
-    else:
-        basis = stats.ortho_group.rvs(d, random_state=rng)
-    return Subspace("random", np.asarray(basis, dtype=np.float64), None)
+def random_subspace(d: int, *, rng: np.random.Generator, k: int | None = None) -> Subspace:
+    """A Haar-random orthonormal frame of ``R^d``: ``k`` columns (default all ``d``).
+
+    QR of a standard Gaussian ``d × k`` matrix with the signs fixed by ``R``'s
+    diagonal is Haar distributed (Mezzadri 2007; what ``scipy.stats.ortho_group``
+    does for ``k = d``). The Gaussian is drawn column by column, and QR's first
+    ``j`` columns depend only on the first ``j`` Gaussian columns, so a frame of
+    ``k`` columns is the prefix of the full basis from the same generator: only
+    the columns a cutoff needs are ever computed.
+    """
+    k = d if k is None else int(k)
+    if not 1 <= k <= d:
+        raise ValueError(f"`k` must lie in [1, {d}], got {k}")
+    gaussian = rng.standard_normal((k, d)).T
+    q, r = np.linalg.qr(gaussian)
+    signs = np.sign(np.diag(r))
+    signs[signs == 0] = 1.0
+    return Subspace("random", q * signs, None)

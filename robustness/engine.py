@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import probes
+from probes.cutoffs import UNDEFINED
 
 from .cache import StatisticsCache
 from .config import PairSpec, SweepConfig
@@ -143,7 +146,9 @@ def _load(spec: str, config: SweepConfig, device: str):
         raise ValueError(f"cannot load model {spec!r}: {error}") from None
 
 
-def _statistics(model, corpus: Corpus, sites, config, device, cache, progress, label):
+def _statistics(
+    model, model_hash: str, corpus: Corpus, sites, config, device, cache, progress, label
+):
     """Cached statistics pass; returns (statistics, 1 if a forward pass ran else 0)."""
     settings = {
         "sites": sorted(sites),
@@ -152,9 +157,7 @@ def _statistics(model, corpus: Corpus, sites, config, device, cache, progress, l
         "device_type": torch.device(device).type,
         "chunk_size": None,
     }
-    key = StatisticsCache.key(
-        weights_hash=probes.weights_hash(model), corpus_hash=corpus.hash, settings=settings
-    )
+    key = StatisticsCache.key(weights_hash=model_hash, corpus_hash=corpus.hash, settings=settings)
     stats = cache.load(key)
     if stats is not None:
         return stats, 0
@@ -234,7 +237,15 @@ def sweep_pair(
     stats, passes = {}, 0
     for role in sorted({ACTIVATION_SOURCE[c] for c in constructions if c in ACTIVATION_SOURCE}):
         stats[role], ran = _statistics(
-            models[role], corpus, sites, config, device, cache, progress, f"{pair.label}/{role}"
+            models[role],
+            provenance[f"{role}_hash"],
+            corpus,
+            sites,
+            config,
+            device,
+            cache,
+            progress,
+            f"{pair.label}/{role}",
         )
         passes += ran
     del aligned, models
@@ -250,42 +261,112 @@ def sweep_pair(
             )
             notes.append("the final norm has no gain: unembed_folded equals unembed")
 
-    need_w = "weight_svd" in constructions or "base_relative" in normalisations
-    need_purity = "null_z" in normalisations
+    grid = _Grid(config, d, pair.label, stats, pair_bases)
     shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
-    ks = np.full(shape, probes.cutoffs.UNDEFINED, dtype=np.int64)
+    ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
     for layer in tqdm(
         range(n_layers), desc=f"grid {pair.label}", disable=not progress, leave=False
     ):
-        site_bases: dict[tuple[str, str], probes.Subspace] = {}
-        for mi, matrix in enumerate(matrices):
-            pathway, site = probes.PATHWAY[matrix], probes.SITE_OF[matrix]
-            delta = _as_numpy(deltas[(layer, matrix)])
-            w_from = _as_numpy(weights[(layer, matrix)]) if need_w else None
-            delta_fro[layer, mi] = np.linalg.norm(delta)
+        layer_deltas = [_as_numpy(deltas[(layer, m)]) for m in matrices]
+        layer_weights = [_as_numpy(weights[(layer, m)]) if grid.need_w else None for m in matrices]
+        grid.run_layer(layer, matrices, layer_deltas, layer_weights, rsf[layer], ks[layer])
+        delta_fro[layer] = [np.linalg.norm(delta) for delta in layer_deltas]
+    return PairResult(pair.label, matrices, rsf, ks, delta_fro, provenance, passes, notes)
+
+
+def _eigen_all(subspace_tasks: dict) -> dict:
+    """Run independent eigendecompositions two at a time, one BLAS thread each.
+
+    LAPACK's tridiagonal reduction barely uses a second core, so two
+    single-threaded eigendecompositions side by side finish sooner than the
+    same two in sequence with two threads each. The results do not depend on
+    how the work is scheduled.
+    """
+    if len(subspace_tasks) < 2:
+        return {key: task() for key, task in subspace_tasks.items()}
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(task) for key, task in subspace_tasks.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+class _Grid:
+    """The per-layer work of one pair: bases, then profiles, then every cutoff and normalisation."""
+
+    def __init__(self, config: SweepConfig, d: int, label: str, stats: dict, pair_bases: dict):
+        self.config, self.d, self.label = config, d, label
+        self.stats, self.pair_bases = stats, pair_bases
+        self.constructions = config.constructions
+        self.need_w = (
+            "weight_svd" in config.constructions or "base_relative" in config.normalisations
+        )
+        self.need_purity = "null_z" in config.normalisations
+        # Fixed cutoffs are all a basis without a spectrum (random) can define.
+        fixed = [
+            probes.resolve_cutoff(c, d=d)
+            for c in config.cutoffs
+            if probes.parse_cutoff(c).rule in ("k", "frac")
+        ]
+        self.random_k = max(fixed, default=0)
+
+    def _bases(self, layer, matrices, grams_w) -> dict:
+        tasks = {}
+        for matrix, gram_w in zip(matrices, grams_w, strict=True):
+            site = probes.SITE_OF[matrix]
+            for construction in self.constructions:
+                if construction in ACTIVATION_SOURCE and (site, construction) not in tasks:
+                    stats = self.stats[ACTIVATION_SOURCE[construction]].sites[(layer, site)]
+                    tasks[(site, construction)] = partial(
+                        stats.subspace,
+                        centred=construction != "act_moment",
+                        construction=construction,
+                    )
+                elif construction == "weight_svd":
+                    tasks[(matrix, construction)] = partial(
+                        probes.gram_subspace, gram_w, "weight_svd"
+                    )
+        return _eigen_all(tasks)
+
+    def _subspace(self, bases, layer, matrix, construction):
+        if construction in ACTIVATION_SOURCE:
+            return bases[(probes.SITE_OF[matrix], construction)]
+        if construction in self.pair_bases:
+            return self.pair_bases[construction]
+        if construction == "weight_svd":
+            return bases[(matrix, construction)]
+        if self.random_k < 1:  # only spectrum cutoffs: nothing a random basis can define
+            return None
+        rng = probes.construction_rng(self.config.seed, self.label, layer, matrix)
+        return probes.random_subspace(self.d, rng=rng, k=self.random_k)
+
+    def run_layer(self, layer, matrices, deltas, weights, rsf, ks) -> None:
+        """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer."""
+        d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
+        pathways = [probes.PATHWAY[m] for m in matrices]
+        grams_w = [
+            probes.residual_gram(w, pathway=p) if self.need_w else None
+            for w, p in zip(weights, pathways, strict=True)
+        ]
+        bases = self._bases(layer, matrices, grams_w)
+        for mi, (matrix, delta, w_from, gram_w) in enumerate(
+            zip(matrices, deltas, weights, grams_w, strict=True)
+        ):
+            pathway = pathways[mi]
             # Wide matrices (the MLP's 4d side) are cheaper through their d×d Gram.
             wide = (delta.shape[0] if pathway == "read" else delta.shape[1]) > d
             gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
-            gram_w = probes.residual_gram(w_from, pathway=pathway) if need_w else None
-            purity = probes.gram_purity(delta) if need_purity else None
-            for ci, construction in enumerate(constructions):
-                if construction in ACTIVATION_SOURCE:
-                    key = (site, construction)
-                    if key not in site_bases:
-                        site_stats = stats[ACTIVATION_SOURCE[construction]].sites[(layer, site)]
-                        site_bases[key] = site_stats.subspace(
-                            centred=construction != "act_moment", construction=construction
-                        )
-                    subspace = site_bases[key]
-                elif construction in pair_bases:
-                    subspace = pair_bases[construction]
-                elif construction == "weight_svd":
-                    subspace = probes.gram_subspace(gram_w, "weight_svd")
-                else:  # random: seeded per (pair, layer, matrix)
-                    rng = probes.construction_rng(config.seed, pair.label, layer, matrix)
-                    subspace = probes.random_subspace(d, rng=rng)
+            purity = None
+            if self.need_purity:
+                purity = (
+                    _purity(gram_delta) if gram_delta is not None else probes.gram_purity(delta)
+                )
+            for ci, construction in enumerate(self.constructions):
+                subspace = self._subspace(bases, layer, matrix, construction)
+                if subspace is None:
+                    continue
                 k = np.array(
                     [
                         probes.resolve_cutoff(
@@ -294,40 +375,37 @@ def sweep_pair(
                         for c in cutoffs
                     ]
                 )
-                ks[layer, mi, ci] = k
-                k_max = int(k.max())
-                if k_max < 1:
+                ks[mi, ci] = k
+                if k.max() < 1:
                     continue
-                top = subspace.basis[:, :k_max]
+                basis = subspace.basis
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    fraction = np.cumsum(
-                        probes.energy_profile(delta, top, pathway=pathway, gram=gram_delta)
+                    warnings.simplefilter(
+                        "ignore", RuntimeWarning
+                    )  # zero deltas: noted once per pair
+                    fraction = probes.fractions_at(
+                        delta, basis, k, pathway=pathway, gram=gram_delta
                     )
                 base_fraction = None
                 if "base_relative" in normalisations:
                     if construction == "weight_svd":  # W on its own singular basis: closed form
-                        base_fraction = (
-                            np.cumsum(subspace.spectrum)[:k_max] / subspace.spectrum.sum()
-                        )
+                        share = np.cumsum(subspace.spectrum) / subspace.spectrum.sum()
+                        base_fraction = np.where(k >= 1, share[np.clip(k, 1, None) - 1], np.nan)
                     else:
-                        base_fraction = np.cumsum(
-                            probes.energy_profile(
-                                w_from, top, pathway=pathway, gram=gram_w if wide else None
-                            )
+                        gram = gram_w if wide else None
+                        base_fraction = probes.fractions_at(
+                            w_from, basis, k, pathway=pathway, gram=gram
                         )
-                defined = k >= 1
-                at = np.where(defined, k, 1) - 1
                 for ni, name in enumerate(normalisations):
-                    rsf[layer, mi, ci, :, ni] = probes.normalise(
-                        name,
-                        np.minimum(fraction[at], 1.0),
-                        np.where(defined, k, -1),
-                        d,
-                        base_fraction=None if base_fraction is None else base_fraction[at],
-                        purity=purity,
+                    rsf[mi, ci, :, ni] = probes.normalise(
+                        name, fraction, k, d, base_fraction=base_fraction, purity=purity
                     )
-    return PairResult(pair.label, matrices, rsf, ks, delta_fro, provenance, passes, notes)
+
+
+def _purity(gram: np.ndarray) -> float:
+    """``Σ g²`` from a residual-side Gram matrix already at hand: ``‖G‖_F² / (tr G)²``."""
+    trace = float(np.trace(gram))
+    return float(np.sum(gram * gram)) / trace**2 if trace > 0 else float("nan")
 
 
 def _blas_threads() -> int | None:

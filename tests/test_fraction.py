@@ -211,3 +211,19 @@ def test_energy_from_the_gram_equals_energy_from_the_product(case):
         rtol=1e-9,
         atol=1e-13,
     )
+
+
+@given(delta_and_basis(), st.lists(st.integers(-1, 12), min_size=1, max_size=6))
+def test_fractions_at_cutoffs_equal_the_full_profile(case, ks):
+    delta, basis, pathway, _, _ = case
+    d = basis.shape[0]
+    ks = np.array([k if k <= d else d for k in ks])
+    profile = probes.fraction_profile(delta, basis, pathway=pathway)
+    expected = np.where(ks >= 1, profile[np.clip(ks, 1, d) - 1], np.nan)
+    gram = probes.residual_gram(delta, pathway=pathway)
+    for g in (None, gram):
+        np.testing.assert_allclose(probes.fractions_at(delta, basis, ks, pathway=pathway, gram=g), expected,
+                                   rtol=1e-9, atol=1e-12)
+    # A partial frame has no tail to read from: only its own prefix.
+    part = probes.fractions_at(delta, basis[:, : max(1, ks.max())], ks.clip(max=max(1, ks.max())), pathway=pathway)
+    assert part.shape == ks.shape

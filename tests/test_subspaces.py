@@ -96,3 +96,26 @@ def test_constructions_from_a_real_model():
     )
     np.testing.assert_allclose(folded.spectrum[: expected.size], expected**2, rtol=1e-6)
     assert torch.is_tensor(gain)
+
+
+def test_random_frames_are_prefixes_of_the_full_haar_basis():
+    full = probes.random_subspace(12, rng=probes.construction_rng(3, "p", 0, "q"))
+    part = probes.random_subspace(12, rng=probes.construction_rng(3, "p", 0, "q"), k=4)
+    assert part.basis.shape == (12, 4)
+    np.testing.assert_allclose(part.basis, full.basis[:, :4], atol=1e-12)
+    with pytest.raises(ValueError, match="`k` must lie in"):
+        probes.random_subspace(12, rng=np.random.default_rng(0), k=13)
+
+
+def test_random_subspaces_have_the_haar_mean_and_variance():
+    """F(k) over `random_subspace` draws against E[F] = k/d and DESIGN's variance."""
+    rng = np.random.default_rng(42)
+    d, k, draws = 10, 3, 4000
+    delta = rng.standard_normal((4, d)) * np.geomspace(1, 0.1, d)
+    values = np.array([
+        probes.fraction_profile(delta, probes.random_subspace(d, rng=rng, k=k).basis, pathway="read")[-1]
+        for _ in range(draws)
+    ])
+    var = probes.haar_variance(k, d, probes.gram_spectrum(delta))
+    assert abs(values.mean() - k / d) < 4.5 * np.sqrt(var / draws)
+    assert values.var(ddof=1) == pytest.approx(var, rel=0.1)
