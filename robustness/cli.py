@@ -163,6 +163,68 @@ def _add_sweep(commands) -> None:
     sweep.set_defaults(run=run_sweep_command)
 
 
+# ---------------------------------------------------------------------------- stats
+
+
+def run_stats_command(args) -> int:
+    from .dataset import open_dataset
+    from .files import atomic_output, check_writable
+    from .stats import compute_stats, summarise
+
+    out = check_writable(args.out)
+    results = open_dataset(args.results)
+    if "rsf" not in results:
+        raise ValueError(f"{args.results} is not an rsf results dataset (no `rsf` variable)")
+    stats = compute_stats(
+        results,
+        read=_split(args.read),
+        write=_split(args.write),
+        confidence_level=args.confidence,
+        n_resamples=args.resamples,
+        n_permutations=args.permutations,
+        alpha=args.alpha,
+        seed=args.seed,
+        preferred=_split(args.preferred),
+        progress=not args.quiet,
+    )
+    with atomic_output(out) as temporary:
+        stats.to_netcdf(temporary, engine="netcdf4")
+    print(summarise(stats))
+    if not args.quiet:
+        print(f"\nwrote {out}")
+    return 0
+
+
+def _add_stats(commands) -> None:
+    from .stats import DEFAULT_PREFERRED
+
+    stats = commands.add_parser("stats", help="test the read/write asymmetry in a results dataset")
+    stats.add_argument("results", help="results.nc written by rsf sweep")
+    stats.add_argument("--out", default="stats.nc", help="output dataset (default stats.nc)")
+    stats.add_argument("--read", default="q,k", help="read set (default q,k)")
+    stats.add_argument("--write", default="o,down", help="write set (default o,down)")
+    stats.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence level (default 0.95)"
+    )
+    stats.add_argument(
+        "--resamples", type=int, default=9999, help="bootstrap resamples (default 9999)"
+    )
+    stats.add_argument(
+        "--permutations", type=int, default=9999, help="Monte Carlo permutations (default 9999)"
+    )
+    stats.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level (default 0.05)"
+    )
+    stats.add_argument("--seed", type=int, default=0, help="seed for resampling (default 0)")
+    stats.add_argument(
+        "--preferred",
+        default=",".join(DEFAULT_PREFERRED),
+        help="the paper's specification: construction,cutoff,normalisation",
+    )
+    stats.add_argument("--quiet", action="store_true", help="no progress bars")
+    stats.set_defaults(run=run_stats_command)
+
+
 # ---------------------------------------------------------------------------- inspect
 
 
@@ -229,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rsf {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_sweep(commands)
+    _add_stats(commands)
     _add_inspect(commands)
     return parser
 

@@ -222,8 +222,14 @@ def test_fractions_at_cutoffs_equal_the_full_profile(case, ks):
     expected = np.where(ks >= 1, profile[np.clip(ks, 1, d) - 1], np.nan)
     gram = probes.residual_gram(delta, pathway=pathway)
     for g in (None, gram):
-        np.testing.assert_allclose(probes.fractions_at(delta, basis, ks, pathway=pathway, gram=g), expected,
-                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            probes.fractions_at(delta, basis, ks, pathway=pathway, gram=g),
+            expected,
+            rtol=1e-9,
+            atol=1e-12,
+        )
     # A partial frame has no tail to read from: only its own prefix.
-    part = probes.fractions_at(delta, basis[:, : max(1, ks.max())], ks.clip(max=max(1, ks.max())), pathway=pathway)
+    part = probes.fractions_at(
+        delta, basis[:, : max(1, ks.max())], ks.clip(max=max(1, ks.max())), pathway=pathway
+    )
     assert part.shape == ks.shape

@@ -112,10 +112,14 @@ def test_random_subspaces_have_the_haar_mean_and_variance():
     rng = np.random.default_rng(42)
     d, k, draws = 10, 3, 4000
     delta = rng.standard_normal((4, d)) * np.geomspace(1, 0.1, d)
-    values = np.array([
-        probes.fraction_profile(delta, probes.random_subspace(d, rng=rng, k=k).basis, pathway="read")[-1]
-        for _ in range(draws)
-    ])
+    values = np.array(
+        [
+            probes.fraction_profile(
+                delta, probes.random_subspace(d, rng=rng, k=k).basis, pathway="read"
+            )[-1]
+            for _ in range(draws)
+        ]
+    )
     var = probes.haar_variance(k, d, probes.gram_spectrum(delta))
     assert abs(values.mean() - k / d) < 4.5 * np.sqrt(var / draws)
     assert values.var(ddof=1) == pytest.approx(var, rel=0.1)

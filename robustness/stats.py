@@ -1,0 +1,301 @@
+"""`rsf stats`: the statistics dataset (``stats.nc``) from a results dataset.
+
+One row per specification (``pair, construction, cutoff, normalisation``):
+``asymmetry``, ``ci_low``/``ci_high`` (cluster bootstrap over layers),
+``p_signflip``, ``p_perm``, ``p_adj`` (Benjamini–Hochberg over the pair's
+specifications), ``p_wy`` (Westfall–Young min-p), ``effect_size`` (Cohen's
+d_z of the per-layer differences) with its interval, and the sign-flip null
+draws for plotting. Per pair: the specification-curve joint tests, the share
+of variation in effect size owed to each analytic choice (type-II ANOVA,
+statsmodels), and how stable the ranking of layers is across specifications
+(Kendall's W and ICC, pingouin). With several pairs, a mixed model
+``s ~ pathway * pair + (1 | layer)`` on the preferred specification.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import __version__
+from .asymmetry import probe_scale, spec_tests
+
+__all__ = ["DEFAULT_PREFERRED", "compute_stats", "summarise"]
+
+DEFAULT_PREFERRED = ("act_cov", "k=8", "log_isotropic")
+SPEC_DIMS = ("construction", "cutoff", "normalisation")
+
+
+def _validate_sets(results: xr.Dataset, read, write) -> tuple[list[str], list[str]]:
+    matrices = list(results.matrix.values)
+    for name, chosen in (("read", read), ("write", write)):
+        missing = [m for m in chosen if m not in matrices]
+        if missing:
+            raise ValueError(
+                f"--{name} names {missing}, absent from the results: present are {', '.join(matrices)}"
+            )
+        if not chosen:
+            raise ValueError(f"the {name} set is empty")
+    if set(read) & set(write):
+        raise ValueError(
+            f"a matrix cannot be both read and write: {sorted(set(read) & set(write))}"
+        )
+    return list(read), list(write)
+
+
+def _variance_shares(frame: pd.DataFrame) -> dict[str, float]:
+    """Share of the effect-size sum of squares per analytic choice (type-II ANOVA)."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    factors = [f for f in SPEC_DIMS if frame[f].nunique() > 1]
+    if not factors or len(frame) <= sum(frame[f].nunique() - 1 for f in factors) + 1:
+        return {}
+    model = smf.ols("effect_size ~ " + " + ".join(f"C({f})" for f in factors), data=frame).fit()
+    table = anova_lm(model, typ=2)
+    total = float(table["sum_sq"].sum())
+    shares = {f: float(table.loc[f"C({f})", "sum_sq"]) / total for f in factors}
+    shares["residual"] = float(table.loc["Residual", "sum_sq"]) / total
+    return shares
+
+
+def _ranking_stability(differences: np.ndarray) -> dict[str, float]:
+    """Kendall's W and ICC (agreement, consistency) of per-layer differences across specifications."""
+    import pingouin
+
+    n_layers, n_specs = differences.shape
+    if n_layers < 3 or n_specs < 2:
+        return {}
+    frame = pd.DataFrame({
+        "layer": np.repeat(np.arange(n_layers), n_specs),
+        "spec": np.tile(np.arange(n_specs), n_layers),
+        "d": differences.ravel(),
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        friedman = pingouin.friedman(data=frame, dv="d", within="layer", subject="spec")
+        icc = pingouin.intraclass_corr(
+            data=frame, targets="layer", raters="spec", ratings="d"
+        ).set_index("Type")
+    return {
+        "kendall_w": float(friedman["W"].iloc[0]),
+        "icc_agreement": float(icc.loc["ICC(A,1)", "ICC"]),  # ICC(2,1): absolute agreement
+        "icc_consistency": float(icc.loc["ICC(C,1)", "ICC"]),  # ICC(3,1): consistency
+    }
+
+
+def _mixed_model(results: xr.Dataset, preferred, read, write) -> dict:
+    """``s ~ pathway * pair + (1 | layer)`` on the preferred specification (statsmodels MixedLM)."""
+    import statsmodels.formula.api as smf
+
+    construction, cutoff, normalisation = preferred
+    cell = results.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
+    rows = []
+    for pair in results.pair.values:
+        values = probe_scale(cell.sel(pair=pair).values, normalisation)
+        for li, layer in enumerate(results.layer.values):
+            for mi, matrix in enumerate(results.matrix.values):
+                if matrix in read or matrix in write:
+                    if np.isfinite(values[li, mi]):
+                        rows.append({"s": values[li, mi], "pair": str(pair), "layer": int(layer),
+                                     "pathway": "read" if matrix in read else "write"})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    if frame.empty or frame["pair"].nunique() < 2:
+        return {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = smf.mixedlm(
+            "s ~ C(pathway, Treatment('write')) * pair", frame, groups=frame["layer"]
+        ).fit()
+    table = pd.DataFrame({"coef": fit.params, "p": fit.pvalues}).dropna()
+    return {
+        "formula": "s ~ pathway * pair + (1 | layer)",
+        "specification": list(preferred),
+        "coefficients": {
+            name: {"coef": float(r.coef), "p": float(r.p)} for name, r in table.iterrows()
+        },
+    }
+
+
+def compute_stats(
+    results: xr.Dataset,
+    *,
+    read=("q", "k"),
+    write=("o", "down"),
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    n_permutations: int = 9999,
+    alpha: float = 0.05,
+    seed: int = 0,
+    preferred=DEFAULT_PREFERRED,
+    progress: bool = False,
+) -> xr.Dataset:
+    """The statistics dataset for every pair and specification of `results`."""
+    from tqdm.auto import tqdm
+
+    if not 0 < confidence_level < 1:
+        raise ValueError(f"`confidence_level` must lie in (0, 1), got {confidence_level}")
+    if n_resamples < 1 or n_permutations < 1:
+        raise ValueError("resample and permutation counts must be positive")
+    read, write = _validate_sets(results, read, write)
+    matrices = list(results.matrix.values)
+    read_idx, write_idx = [matrices.index(m) for m in read], [matrices.index(m) for m in write]
+    shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
+    names = ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm", "p_greater", "p_adj", "p_wy",
+             "effect_size", "effect_ci_low", "effect_ci_high")  # fmt: skip
+    out = {name: np.full(shape, np.nan) for name in names}
+    n_draws = 1000
+    null = np.full((*shape, n_draws), np.nan)
+    per_pair: dict[str, dict] = {}
+    rng = np.random.default_rng(seed)
+    for p, pair in enumerate(tqdm(results.pair.values, desc="stats", disable=not progress)):
+        n_layers = (
+            int(results.n_layers.sel(pair=pair))
+            if "n_layers" in results
+            else results.sizes["layer"]
+        )
+        rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
+        # s[layer, matrix, spec] on the statistics' scale, specs flattened in C order.
+        stacked = np.stack([
+            probe_scale(rsf.sel(normalisation=n).values, n) for n in results.normalisation.values
+        ], axis=-1)  # fmt: skip
+        s = stacked.reshape(n_layers, len(matrices), -1)
+        complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
+        info: dict = {"n_layers": n_layers, "incomplete_specifications": int((~complete).sum())}
+        if complete.sum() == 0 or n_layers < 2:
+            per_pair[str(pair)] = info
+            continue
+        tests = spec_tests(s[:, :, complete], read_idx, write_idx, confidence_level=confidence_level,
+                           n_resamples=n_resamples, n_permutations=n_permutations, alpha=alpha, rng=rng,
+                           n_null_draws=n_draws)  # fmt: skip
+        flat = {name: np.full(complete.size, np.nan) for name in names}
+        for name in names:
+            flat[name][complete] = getattr(tests, name)
+            out[name][p] = flat[name].reshape(shape[1:])
+        draws = np.full((complete.size, n_draws), np.nan)
+        draws[complete, : tests.null_draws.shape[0]] = tests.null_draws.T
+        null[p] = draws.reshape(*shape[1:], n_draws)
+        specs = list(np.ndindex(*shape[1:]))
+        frame = pd.DataFrame([
+            {"construction": results.construction.values[i], "cutoff": results.cutoff.values[j],
+             "normalisation": results.normalisation.values[k], "effect_size": e}
+            for (i, j, k), e, c in zip(specs, flat["effect_size"], complete, strict=True) if c
+        ])  # fmt: skip
+        differences = s[:, read_idx].mean(axis=1) - s[:, write_idx].mean(axis=1)
+        info.update({
+            "joint": tests.joint,
+            "signflip_exact": tests.signflip_exact,
+            "perm_exact": tests.perm_exact,
+            "variance_shares": _variance_shares(frame),
+            "ranking_stability": _ranking_stability(differences[:, complete]),
+            "ci_methods": sorted(set(tests.ci_method)),
+        })  # fmt: skip
+        per_pair[str(pair)] = info
+    preferred = tuple(preferred)
+    if not all(v in results[d].values for v, d in zip(preferred, SPEC_DIMS, strict=True)):
+        preferred = tuple(str(results[d].values[0]) for d in SPEC_DIMS)
+    mixed = _mixed_model(results, preferred, read, write) if results.sizes["pair"] > 1 else {}
+    dims = ("pair", *SPEC_DIMS)
+    data_vars = {name: (dims, values) for name, values in out.items()}
+    data_vars["null_asymmetry"] = ((*dims, "null_draw"), null)
+    return xr.Dataset(
+        data_vars,
+        coords={d: results[d].values for d in dims},
+        attrs={
+            "title": "read/write asymmetry statistics",
+            "rsf_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "read_set": ",".join(read),
+            "write_set": ",".join(write),
+            "confidence_level": confidence_level,
+            "ci_method": "cluster bootstrap over layers (scipy.stats.bootstrap, BCa; percentile where BCa is undefined)",
+            "n_resamples": n_resamples,
+            "n_permutations": n_permutations,
+            "alpha": alpha,
+            "seed": seed,
+            "scale": "log2 for isotropic and base_relative; as stored otherwise",
+            "p_value_rule": "Monte Carlo (1+b)/(1+B); exact b/B when all arrangements are enumerated",
+            "preferred_specification": ",".join(preferred),
+            "per_pair": json.dumps(per_pair),
+            "mixed_model": json.dumps(mixed),
+            "results_config": results.attrs.get("config", ""),
+            "results_corpus_hash": results.attrs.get("corpus_hash", ""),
+        },
+    )
+
+
+def summarise(stats: xr.Dataset) -> str:
+    """A readable summary with the verdict in plain words."""
+    lines = []
+    per_pair = json.loads(stats.attrs["per_pair"])
+    preferred = stats.attrs["preferred_specification"].split(",")
+    level = stats.attrs["confidence_level"]
+    lines.append(f"read {{{stats.attrs['read_set']}}} vs write {{{stats.attrs['write_set']}}}; "
+                 f"{int(level * 100)}% intervals; α = {stats.attrs['alpha']}")  # fmt: skip
+    for pair in stats.pair.values:
+        info = per_pair[str(pair)]
+        lines.append(f"\npair {pair} ({info['n_layers']} layers)")
+        if "joint" not in info:
+            lines.append("  no complete specification: nothing to test")
+            continue
+        joint = info["joint"]
+        cell = stats.sel(
+            pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
+        )
+        lines.append(f"  preferred specification {'/'.join(preferred)}: asymmetry {float(cell.asymmetry):+.3f} "
+                     f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}], sign-flip p = {float(cell.p_signflip):.3g}, "
+                     f"permutation p = {float(cell.p_perm):.3g}")  # fmt: skip
+        lines.append(f"  {joint['n_specifications']} specifications: median effect size d_z = {joint['median_effect']:+.2f} "
+                     f"(joint p = {joint['p_median_effect']:.3g}); {joint['share_significant']:.0%} significant with "
+                     f"read > write (joint p = {joint['p_share_significant']:.3g}); Stouffer Z = {joint['stouffer_z']:.2f} "
+                     f"(joint p = {joint['p_stouffer_z']:.3g})")  # fmt: skip
+        shares = info.get("variance_shares", {})
+        if shares:
+            driver = max((k for k in shares if k != "residual"), key=shares.get, default=None)
+            if driver:
+                lines.append(
+                    f"  the choice that moves the result most: {driver} ({shares[driver]:.0%} of the variation in effect size)"
+                )
+        stability = info.get("ranking_stability", {})
+        if stability:
+            lines.append(
+                f"  layer rankings across specifications: Kendall's W = {stability['kendall_w']:.2f}, ICC(A,1) = {stability['icc_agreement']:.2f}"
+            )
+        lines.append("  verdict: " + _verdict(joint, info["n_layers"], stats.attrs["alpha"]))
+    return "\n".join(lines)
+
+
+def _verdict(joint: dict, n_layers: int, alpha: float) -> str:
+    if joint["exact"] and 2.0**-n_layers * 2 > alpha:
+        return (
+            f"with {n_layers} layers the sign-flip test cannot reach α = {alpha} (smallest two-sided p is "
+            f"{2 * 2.0**-n_layers:.3g}); the data cannot settle the question"
+        )
+    if (
+        joint["median_effect"] > 0
+        and joint["p_median_effect"] < alpha
+        and joint["p_share_significant"] < alpha
+    ):
+        return (
+            "the read pathway is more aligned than the write pathway across the analytic choices: "
+            "both the median effect and the share of significant specifications exceed what chance gives"
+        )
+    if (
+        joint["median_effect"] > 0
+        and min(joint["p_median_effect"], joint["p_share_significant"]) < alpha
+    ):
+        return (
+            "suggestive only: one joint test favours read > write, the other does not; the asymmetry "
+            "depends on the analytic choices"
+        )
+    if joint["median_effect"] < 0 and joint["p_median_effect"] > 1 - alpha:
+        return "the asymmetry runs the other way: the write pathway is the more aligned"
+    return (
+        "no robust read/write asymmetry: across the analytic choices the evidence does not exceed what "
+        "chance gives"
+    )
