@@ -90,8 +90,6 @@ def run_sweep_command(args) -> int:
     from .files import check_writable
 
     config = _sweep_config(args)
-    if config.replicates:
-        raise ValueError("--bootstrap is not available yet in this version; use --bootstrap 0")
     out = check_writable(args.out)
     preflight(config)  # configs only: bad ids, mismatched pairs and k > d fail before any load
     corpus = load_corpus(
@@ -225,6 +223,78 @@ def _add_stats(commands) -> None:
     stats.set_defaults(run=run_stats_command)
 
 
+# ---------------------------------------------------------------------------- calibrate
+
+
+def run_calibrate_command(args) -> int:
+    import dataclasses
+    import json
+
+    from .calibration import CalibrationSettings, run_calibration
+    from .files import atomic_output, check_writable
+
+    out = check_writable(args.out)
+    settings = (
+        CalibrationSettings.fast(seed=args.seed)
+        if args.fast
+        else CalibrationSettings(seed=args.seed)
+    )
+    if args.sims is not None:
+        if args.sims < 10:
+            raise ValueError(f"--sims must be at least 10, got {args.sims}")
+        settings = dataclasses.replace(settings, n_null=args.sims)
+    calibration = run_calibration(settings, progress=not args.quiet)
+    with atomic_output(out) as temporary:
+        calibration.to_netcdf(temporary, engine="netcdf4")
+    alpha = calibration.attrs["alpha"]
+    print(f"type-I error at α = {alpha} ({settings.n_null} null pairs, 95% Clopper-Pearson):")
+    for test in calibration.test.values:
+        row = calibration.sel(test=test)
+        print(
+            f"  {test:15s} {float(row.type1_error):.3f} [{float(row.type1_ci_low):.3f}, {float(row.type1_ci_high):.3f}]"
+        )
+    print("power against the read plant's strength β:")
+    for test in calibration.test.values:
+        values = "  ".join(
+            f"β={b:g}: {p:.2f}"
+            for b, p in zip(
+                calibration.strength.values, calibration.power.sel(test=test).values, strict=True
+            )
+        )
+        print(f"  {test:15s} {values}")
+    print("coverage of the 95% layer-bootstrap intervals (bootstrap-t is what rsf stats reports):")
+    for method in calibration.interval.values:
+        for scenario in calibration.scenario.values:
+            row = calibration.sel(scenario=scenario, interval=method)
+            low, high = float(row.coverage_ci_low), float(row.coverage_ci_high)
+            print(
+                f"  {method:12s} {scenario:22s} {float(row.coverage):.3f} [{low:.3f}, {high:.3f}]"
+            )
+    misses = json.loads(calibration.attrs["misses"])
+    print("misses against the targets: " + ("; ".join(misses) if misses else "none"))
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def _add_calibrate(commands) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="simulation study: type-I error, power, coverage"
+    )
+    calibrate.add_argument(
+        "--sims", type=int, help="null simulations (default 1000; 200 with --fast)"
+    )
+    calibrate.add_argument(
+        "--fast", action="store_true", help="a quick study for CI (about a minute)"
+    )
+    calibrate.add_argument(
+        "--out", default="calibration.nc", help="output dataset (default calibration.nc)"
+    )
+    calibrate.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    calibrate.add_argument("--quiet", action="store_true", help="no progress bars")
+    calibrate.set_defaults(run=run_calibrate_command)
+
+
 # ---------------------------------------------------------------------------- inspect
 
 
@@ -292,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_sweep(commands)
     _add_stats(commands)
+    _add_calibrate(commands)
     _add_inspect(commands)
     return parser
 

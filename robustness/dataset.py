@@ -109,6 +109,23 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "pair",
             np.asarray(values, dtype=object if isinstance(values[0], str) else np.int64),
         )
+    dims = ("pair", "layer", "matrix", "construction", "cutoff", "normalisation")
+    if config.replicates:
+        for name, dim in (("replicates", "replicate"), ("jackknife", "jackknife")):
+            count = max(result.bootstrap[name].shape[0] for result in results)
+            values = np.full((count, *rsf.shape), np.nan)
+            for p, result in enumerate(results):
+                columns = [matrices.index(m) for m in result.matrices]
+                block = result.bootstrap[name]
+                layers = block.shape[1]
+                values[: block.shape[0], p, :layers, columns] = block.transpose(2, 0, 1, 3, 4, 5)
+            variable = "rsf_boot" if name == "replicates" else "rsf_jack"
+            long_name = (
+                "rsf on a bootstrap resample of the corpus' sequence chunks"
+                if name == "replicates"
+                else "rsf with one sequence chunk left out (for BCa's acceleration)"
+            )
+            data_vars[variable] = ((dim, *dims), values, {"long_name": long_name})
     notes = [f"{result.label}: {note}" for result in results for note in result.notes]
     return xr.Dataset(
         data_vars,
@@ -130,6 +147,9 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": config.to_toml(),
             "seed": int(config.seed),
+            "bootstrap_replicates": int(config.replicates),
+            "bootstrap_unit": "chunks of consecutive sequences (at most 32 per corpus); "
+            "only activation constructions vary across replicates",
             "corpus_hash": corpus.hash,
             "corpus_source": corpus.source,
             "n_tokens": corpus.n_tokens,

@@ -18,6 +18,7 @@ identical results.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from .corpus import Corpus
 
 __all__ = ["PairResult", "preflight", "resolve_device", "run_sweep", "sweep_pair"]
 
+BOOTSTRAP_CHUNKS = 32
 ACTIVATION_SOURCE = {"act_cov": "base", "act_moment": "base", "act_cov_aligned": "aligned"}
 
 
@@ -52,6 +54,8 @@ class PairResult:
     provenance: dict
     statistics_passes: int = 0
     notes: list[str] = field(default_factory=list)
+    # With --bootstrap: "replicates" [B, ...rsf] and "jackknife" [C, ...rsf] (leave one chunk out).
+    bootstrap: dict | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -149,13 +153,17 @@ def _load(spec: str, config: SweepConfig, device: str):
 def _statistics(
     model, model_hash: str, corpus: Corpus, sites, config, device, cache, progress, label
 ):
-    """Cached statistics pass; returns (statistics, 1 if a forward pass ran else 0)."""
+    """Cached statistics pass; returns (statistics, 1 if a forward pass ran else 0).
+
+    With bootstrap replicates the pass also keeps per-chunk statistics.
+    """
+    chunk_size = bootstrap_chunk_size(corpus.ids.shape[0]) if config.replicates else None
     settings = {
         "sites": sorted(sites),
         "dtype": config.dtype,
         "batch_size": config.batch_size,
         "device_type": torch.device(device).type,
-        "chunk_size": None,
+        "chunk_size": chunk_size,
     }
     key = StatisticsCache.key(weights_hash=model_hash, corpus_hash=corpus.hash, settings=settings)
     stats = cache.load(key)
@@ -166,11 +174,29 @@ def _statistics(
         corpus.ids,
         sites=sites,
         batch_size=config.batch_size,
+        chunk_size=chunk_size,
         progress=progress,
         description=f"statistics {label}",
     )
     cache.store(key, stats)
     return stats, 1
+
+
+def bootstrap_chunk_size(n_sequences: int) -> int:
+    """Sequences per bootstrap chunk: at most BOOTSTRAP_CHUNKS chunks of whole sequences."""
+    return math.ceil(n_sequences / min(n_sequences, BOOTSTRAP_CHUNKS))
+
+
+def _resampling_weights(stats: dict, config: SweepConfig, label: str) -> np.ndarray:
+    """Multinomial chunk counts for each replicate, then one leave-one-chunk-out row per chunk."""
+    if not stats:
+        return np.ones((config.replicates, 1))  # nothing corpus-dependent to resample
+    any_chunks = next(iter(next(iter(stats.values())).chunks.values()))
+    n_chunks = len(any_chunks.n)
+    rng = probes.construction_rng(config.seed, label, "bootstrap")
+    counts = rng.multinomial(n_chunks, np.full(n_chunks, 1.0 / n_chunks), size=config.replicates)
+    jackknife = 1.0 - np.eye(n_chunks)
+    return np.vstack([counts.astype(np.float64), jackknife])
 
 
 def _as_numpy(tensor) -> np.ndarray:
@@ -261,19 +287,41 @@ def sweep_pair(
             )
             notes.append("the final norm has no gain: unembed_folded equals unembed")
 
-    grid = _Grid(config, d, pair.label, stats, pair_bases)
+    grid = _Grid(config, d, pair.label, pair_bases)
     shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
     ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
+    resampled = [c for c in constructions if c in ACTIVATION_SOURCE]
+    weights_b = _resampling_weights(stats, config, pair.label) if config.replicates else None
+    boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
     for layer in tqdm(
         range(n_layers), desc=f"grid {pair.label}", disable=not progress, leave=False
     ):
         layer_deltas = [_as_numpy(deltas[(layer, m)]) for m in matrices]
         layer_weights = [_as_numpy(weights[(layer, m)]) if grid.need_w else None for m in matrices]
-        grid.run_layer(layer, matrices, layer_deltas, layer_weights, rsf[layer], ks[layer])
+        prepared = grid.prepare(matrices, layer_deltas, layer_weights)
+        grid.fill(layer, prepared, stats, rsf[layer], ks[layer])
         delta_fro[layer] = [np.linalg.norm(delta) for delta in layer_deltas]
-    return PairResult(pair.label, matrices, rsf, ks, delta_fro, provenance, passes, notes)
+        if boot is None:
+            continue
+        # Replicates: the corpus-independent constructions keep their values; the
+        # activation ones are recomputed from reweighted chunk statistics.
+        boot[:, layer] = rsf[layer]
+        scratch = np.empty_like(ks[layer])
+        for b, weights_row in enumerate(weights_b):
+            if resampled:
+                replicate = {role: _Reweighted(stats[role], weights_row) for role in stats}
+                grid.fill(
+                    layer, prepared, replicate, boot[b, layer], scratch, constructions=resampled
+                )
+    bootstrap = None
+    if boot is not None:
+        n_boot = config.replicates
+        bootstrap = {"replicates": boot[:n_boot], "jackknife": boot[n_boot:], "weights": weights_b}
+    return PairResult(
+        pair.label, matrices, rsf, ks, delta_fro, provenance, passes, notes, bootstrap
+    )
 
 
 def _eigen_all(subspace_tasks: dict) -> dict:
@@ -293,13 +341,24 @@ def _eigen_all(subspace_tasks: dict) -> dict:
         return {key: future.result() for key, future in futures.items()}
 
 
+@dataclass
+class _Matrix:
+    """One matrix of one layer, with everything every basis reuses."""
+
+    name: str
+    pathway: str
+    delta: np.ndarray
+    w_from: np.ndarray | None
+    gram_w: np.ndarray | None
+    gram_delta: np.ndarray | None  # only for wide matrices, where it is the cheaper route
+    purity: float | None
+
+
 class _Grid:
     """The per-layer work of one pair: bases, then profiles, then every cutoff and normalisation."""
 
-    def __init__(self, config: SweepConfig, d: int, label: str, stats: dict, pair_bases: dict):
-        self.config, self.d, self.label = config, d, label
-        self.stats, self.pair_bases = stats, pair_bases
-        self.constructions = config.constructions
+    def __init__(self, config: SweepConfig, d: int, label: str, pair_bases: dict):
+        self.config, self.d, self.label, self.pair_bases = config, d, label, pair_bases
         self.need_w = (
             "weight_svd" in config.constructions or "base_relative" in config.normalisations
         )
@@ -312,25 +371,41 @@ class _Grid:
         ]
         self.random_k = max(fixed, default=0)
 
-    def _bases(self, layer, matrices, grams_w) -> dict:
+    def prepare(self, matrices, deltas, weights) -> list[_Matrix]:
+        prepared = []
+        for name, delta, w_from in zip(matrices, deltas, weights, strict=True):
+            pathway = probes.PATHWAY[name]
+            # Wide matrices (the MLP's 4d side) are cheaper through their d×d Gram.
+            wide = (delta.shape[0] if pathway == "read" else delta.shape[1]) > self.d
+            gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
+            purity = None
+            if self.need_purity:
+                purity = (
+                    _purity(gram_delta) if gram_delta is not None else probes.gram_purity(delta)
+                )
+            gram_w = probes.residual_gram(w_from, pathway=pathway) if self.need_w else None
+            prepared.append(_Matrix(name, pathway, delta, w_from, gram_w, gram_delta, purity))
+        return prepared
+
+    def _bases(self, layer, prepared, stats, constructions) -> dict:
         tasks = {}
-        for matrix, gram_w in zip(matrices, grams_w, strict=True):
-            site = probes.SITE_OF[matrix]
-            for construction in self.constructions:
+        for matrix in prepared:
+            site = probes.SITE_OF[matrix.name]
+            for construction in constructions:
                 if construction in ACTIVATION_SOURCE and (site, construction) not in tasks:
-                    stats = self.stats[ACTIVATION_SOURCE[construction]].sites[(layer, site)]
+                    site_stats = stats[ACTIVATION_SOURCE[construction]].sites[(layer, site)]
                     tasks[(site, construction)] = partial(
-                        stats.subspace,
+                        site_stats.subspace,
                         centred=construction != "act_moment",
                         construction=construction,
                     )
                 elif construction == "weight_svd":
-                    tasks[(matrix, construction)] = partial(
-                        probes.gram_subspace, gram_w, "weight_svd"
+                    tasks[(matrix.name, construction)] = partial(
+                        probes.gram_subspace, matrix.gram_w, "weight_svd"
                     )
         return _eigen_all(tasks)
 
-    def _subspace(self, bases, layer, matrix, construction):
+    def _subspace(self, bases, layer, matrix: str, construction: str):
         if construction in ACTIVATION_SOURCE:
             return bases[(probes.SITE_OF[matrix], construction)]
         if construction in self.pair_bases:
@@ -342,49 +417,38 @@ class _Grid:
         rng = probes.construction_rng(self.config.seed, self.label, layer, matrix)
         return probes.random_subspace(self.d, rng=rng, k=self.random_k)
 
-    def run_layer(self, layer, matrices, deltas, weights, rsf, ks) -> None:
-        """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer."""
+    def fill(self, layer, prepared, stats, rsf, ks, *, constructions=None) -> None:
+        """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer.
+
+        ``constructions`` limits the work to some constructions (their indices in
+        the config are kept): a bootstrap replicate redoes only the activation ones.
+        """
         d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
-        pathways = [probes.PATHWAY[m] for m in matrices]
-        grams_w = [
-            probes.residual_gram(w, pathway=p) if self.need_w else None
-            for w, p in zip(weights, pathways, strict=True)
-        ]
-        bases = self._bases(layer, matrices, grams_w)
-        for mi, (matrix, delta, w_from, gram_w) in enumerate(
-            zip(matrices, deltas, weights, grams_w, strict=True)
-        ):
-            pathway = pathways[mi]
-            # Wide matrices (the MLP's 4d side) are cheaper through their d×d Gram.
-            wide = (delta.shape[0] if pathway == "read" else delta.shape[1]) > d
-            gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
-            purity = None
-            if self.need_purity:
-                purity = (
-                    _purity(gram_delta) if gram_delta is not None else probes.gram_purity(delta)
-                )
-            for ci, construction in enumerate(self.constructions):
-                subspace = self._subspace(bases, layer, matrix, construction)
+        chosen = constructions or self.config.constructions
+        bases = self._bases(layer, prepared, stats, chosen)
+        for mi, matrix in enumerate(prepared):
+            for construction in chosen:
+                ci = self.config.constructions.index(construction)
+                subspace = self._subspace(bases, layer, matrix.name, construction)
                 if subspace is None:
                     continue
-                k = np.array(
-                    [
-                        probes.resolve_cutoff(
-                            c, d=d, spectrum=subspace.spectrum, n_samples=subspace.n_samples
-                        )
-                        for c in cutoffs
-                    ]
-                )
+                k = np.array([
+                    probes.resolve_cutoff(c, d=d, spectrum=subspace.spectrum, n_samples=subspace.n_samples)
+                    for c in cutoffs
+                ])  # fmt: skip
                 ks[mi, ci] = k
                 if k.max() < 1:
                     continue
-                basis = subspace.basis
                 with warnings.catch_warnings():
                     warnings.simplefilter(
                         "ignore", RuntimeWarning
                     )  # zero deltas: noted once per pair
                     fraction = probes.fractions_at(
-                        delta, basis, k, pathway=pathway, gram=gram_delta
+                        matrix.delta,
+                        subspace.basis,
+                        k,
+                        pathway=matrix.pathway,
+                        gram=matrix.gram_delta,
                     )
                 base_fraction = None
                 if "base_relative" in normalisations:
@@ -392,14 +456,29 @@ class _Grid:
                         share = np.cumsum(subspace.spectrum) / subspace.spectrum.sum()
                         base_fraction = np.where(k >= 1, share[np.clip(k, 1, None) - 1], np.nan)
                     else:
-                        gram = gram_w if wide else None
+                        gram = matrix.gram_w if matrix.gram_delta is not None else None
                         base_fraction = probes.fractions_at(
-                            w_from, basis, k, pathway=pathway, gram=gram
+                            matrix.w_from, subspace.basis, k, pathway=matrix.pathway, gram=gram
                         )
                 for ni, name in enumerate(normalisations):
                     rsf[mi, ci, :, ni] = probes.normalise(
-                        name, fraction, k, d, base_fraction=base_fraction, purity=purity
+                        name, fraction, k, d, base_fraction=base_fraction, purity=matrix.purity
                     )
+
+
+class _Reweighted:
+    """Activation statistics with chunk ``c`` counted ``weights[c]`` times (one bootstrap replicate)."""
+
+    def __init__(self, stats: probes.ActivationStatistics, weights: np.ndarray):
+        self.sites = _ReweightedSites(stats.chunks, weights)
+
+
+class _ReweightedSites:
+    def __init__(self, chunks, weights):
+        self.chunks, self.weights = chunks, weights
+
+    def __getitem__(self, key):
+        return self.chunks[key].reweighted(self.weights)
 
 
 def _purity(gram: np.ndarray) -> float:

@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from . import __version__
-from .asymmetry import probe_scale, spec_tests
+from .asymmetry import bca_interval, layer_differences, probe_scale, spec_tests
 
 __all__ = ["DEFAULT_PREFERRED", "compute_stats", "summarise"]
 
@@ -122,6 +122,43 @@ def _mixed_model(results: xr.Dataset, preferred, read, write) -> dict:
     }
 
 
+def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence_level) -> dict:
+    """Intervals from the sweep's sequence bootstrap: percentile and BCa, per specification."""
+
+    def asymmetries(variable: str) -> np.ndarray:
+        block = results[variable].sel(pair=pair).isel(layer=slice(0, n_layers))
+        scaled = np.stack(
+            [
+                probe_scale(block.sel(normalisation=n).values, n)
+                for n in results.normalisation.values
+            ],
+            axis=-1,
+        )
+        scaled = scaled.reshape(scaled.shape[0], n_layers, results.sizes["matrix"], -1)
+        return np.stack([layer_differences(r, read_idx, write_idx).mean(axis=0) for r in scaled])
+
+    replicates, jackknife = asymmetries("rsf_boot"), asymmetries("rsf_jack")
+    rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
+    observed = np.stack(
+        [probe_scale(rsf.sel(normalisation=n).values, n) for n in results.normalisation.values],
+        axis=-1,
+    )
+    observed = layer_differences(
+        observed.reshape(n_layers, results.sizes["matrix"], -1), read_idx, write_idx
+    ).mean(axis=0)
+    low, high = bca_interval(replicates, jackknife, observed, confidence_level)
+    tail = 100 * (1 - confidence_level) / 2
+    valid = np.isfinite(replicates).all(axis=0)
+    pct = np.full((2, observed.size), np.nan)
+    pct[:, valid] = np.percentile(replicates[:, valid], [tail, 100 - tail], axis=0)
+    return {
+        "seq_ci_low": low,
+        "seq_ci_high": high,
+        "seq_ci_low_percentile": pct[0],
+        "seq_ci_high_percentile": pct[1],
+    }
+
+
 def compute_stats(
     results: xr.Dataset,
     *,
@@ -148,6 +185,9 @@ def compute_stats(
     shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
     names = ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm", "p_greater", "p_adj", "p_wy",
              "effect_size", "effect_ci_low", "effect_ci_high")  # fmt: skip
+    boot = "rsf_boot" in results and "rsf_jack" in results
+    if boot:
+        names += ("seq_ci_low", "seq_ci_high", "seq_ci_low_percentile", "seq_ci_high_percentile")
     out = {name: np.full(shape, np.nan) for name in names}
     n_draws = 1000
     null = np.full((*shape, n_draws), np.nan)
@@ -175,7 +215,15 @@ def compute_stats(
                            n_null_draws=n_draws)  # fmt: skip
         flat = {name: np.full(complete.size, np.nan) for name in names}
         for name in names:
-            flat[name][complete] = getattr(tests, name)
+            if hasattr(tests, name):
+                flat[name][complete] = getattr(tests, name)
+        if boot:
+            seq = _sequence_intervals(
+                results, pair, n_layers, read_idx, write_idx, confidence_level
+            )
+            for name, values in seq.items():
+                flat[name] = values
+        for name in names:
             out[name][p] = flat[name].reshape(shape[1:])
         draws = np.full((complete.size, n_draws), np.nan)
         draws[complete, : tests.null_draws.shape[0]] = tests.null_draws.T
@@ -193,7 +241,6 @@ def compute_stats(
             "perm_exact": tests.perm_exact,
             "variance_shares": _variance_shares(frame),
             "ranking_stability": _ranking_stability(differences[:, complete]),
-            "ci_methods": sorted(set(tests.ci_method)),
         })  # fmt: skip
         per_pair[str(pair)] = info
     preferred = tuple(preferred)
@@ -213,7 +260,10 @@ def compute_stats(
             "read_set": ",".join(read),
             "write_set": ",".join(write),
             "confidence_level": confidence_level,
-            "ci_method": "cluster bootstrap over layers (scipy.stats.bootstrap, BCa; percentile where BCa is undefined)",
+            "ci_method": "cluster bootstrap over layers, studentized (bootstrap-t); chosen over BCa, which under-covers with few layers (rsf calibrate)",
+            "seq_ci_method": "sequence bootstrap from the sweep's rsf_boot (BCa with leave-one-chunk-out acceleration; "
+            "percentile alongside); absent without --bootstrap",
+            "sequence_replicates": int(results.sizes.get("replicate", 0)),
             "n_resamples": n_resamples,
             "n_permutations": n_permutations,
             "alpha": alpha,

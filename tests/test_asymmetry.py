@@ -60,11 +60,17 @@ def test_monte_carlo_sign_flip_agrees_with_exact_and_counts_the_observed():
     assert np.all(p_mc >= 1 / 20001)  # (1 + b)/(1 + B) is never zero
 
 
-def test_cluster_bootstrap_interval_is_scipys_on_the_layer_differences():
+def test_bca_comparison_interval_is_scipys_on_the_layer_differences():
     rng = np.random.default_rng(2)
     s = planted(rng, n_layers=12, shift=0.5)
     out = spec_tests(
-        s, READ, WRITE, n_resamples=4000, n_permutations=500, rng=np.random.default_rng(9)
+        s,
+        READ,
+        WRITE,
+        n_resamples=4000,
+        n_permutations=500,
+        rng=np.random.default_rng(9),
+        with_bca=True,
     )
     d = layer_differences(s, READ, WRITE)
     ref = stats.bootstrap(
@@ -76,11 +82,31 @@ def test_cluster_bootstrap_interval_is_scipys_on_the_layer_differences():
         vectorized=True,
     )
     # Same data, same method; the resampling streams differ, so agree to Monte Carlo error.
-    assert out.ci_low[0] == pytest.approx(ref.confidence_interval.low, abs=0.05)
-    assert out.ci_high[0] == pytest.approx(ref.confidence_interval.high, abs=0.05)
-    assert out.ci_low[0] < out.asymmetry[0] < out.ci_high[0]
+    assert out.bca_low[0] == pytest.approx(ref.confidence_interval.low, abs=0.05)
+    assert out.bca_high[0] == pytest.approx(ref.confidence_interval.high, abs=0.05)
     np.testing.assert_allclose(out.asymmetry, d.mean(axis=0))
     np.testing.assert_allclose(out.effect_size, d.mean(axis=0) / d.std(axis=0, ddof=1))
+
+
+def test_studentized_interval_equals_a_plain_loop():
+    from robustness.asymmetry import studentized_interval
+
+    d = np.random.default_rng(3).standard_normal((10, 2)) + [0.3, -0.1]
+    low, high = studentized_interval(
+        d, confidence_level=0.9, n_resamples=2000, rng=np.random.default_rng(4)
+    )
+    rows = np.random.default_rng(4).integers(0, 10, size=(2000, 10))
+    for j in range(2):
+        t = []
+        for r in rows:
+            sample = d[r, j]
+            t.append((sample.mean() - d[:, j].mean()) / (sample.std(ddof=1) / np.sqrt(10)))
+        se = d[:, j].std(ddof=1) / np.sqrt(10)
+        hi_t, lo_t = np.quantile(t, [0.95, 0.05])
+        assert low[j] == pytest.approx(d[:, j].mean() - hi_t * se)
+        assert high[j] == pytest.approx(d[:, j].mean() - lo_t * se)
+    # Wider than the normal-theory interval's half-width is not required, but it must contain the mean.
+    assert np.all((low < d.mean(0)) & (d.mean(0) < high))
 
 
 def test_label_permutation_exact_enumeration_matches_brute_force():
@@ -150,3 +176,18 @@ def test_null_p_values_are_uniform():
     for p in (p_flip, p_perm):
         assert stats.kstest(p, "uniform").pvalue > 0.01
         assert 0.02 < np.mean(np.array(p) < 0.05) < 0.09
+
+
+def test_bca_from_precomputed_replicates_matches_scipy():
+    from robustness.asymmetry import bca_interval
+
+    x = np.random.default_rng(8).gamma(2.0, size=30)  # skewed, so the correction matters
+    res = stats.bootstrap(
+        (x,), np.mean, n_resamples=5000, method="BCa", rng=np.random.default_rng(1)
+    )
+    jackknife = np.array([np.delete(x, i).mean() for i in range(x.size)])
+    low, high = bca_interval(
+        res.bootstrap_distribution[:, None], jackknife[:, None], np.array([x.mean()])
+    )
+    assert low[0] == pytest.approx(res.confidence_interval.low, rel=1e-10)
+    assert high[0] == pytest.approx(res.confidence_interval.high, rel=1e-10)
