@@ -15,8 +15,9 @@ functions a real sweep uses (:mod:`probes`):
   with outputs ``u_t ~ N(0, I + β·S_pred)`` along the prediction subspace.
 
 Reported, at level α: the type-I error of every test under the null, with
-binomial (Clopper–Pearson) 95 % intervals; power against the read plant's
-strength; the coverage of the layer-cluster bootstrap intervals (the
+binomial (Clopper–Pearson) 95 % intervals; the rejection rate against each
+plant's strength (power for the two-sided tests; for the joint tests, which
+look for read > write, a write plant's rate is the wrong-direction rate); the coverage of the layer-cluster bootstrap intervals (the
 studentized ones `rsf stats` reports, and BCa for comparison), whose target
 (the population mean of the per-layer difference) is zero under the null and
 estimated from many extra layers under a plant. Targets (full mode): type-I
@@ -181,7 +182,10 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(settings.seed)
-    scenarios = [("null", 0.0), *[(f"read plant β={b:g}", b) for b in settings.strengths]]
+    plants = [
+        (f"{side} plant β={b:g}", side, b) for side in ("read", "write") for b in settings.strengths
+    ]
+    scenarios = [("null", "none", 0.0), *plants]
     counts = {(t, name): [0, 0] for t in TESTS for name, _ in scenarios}
     covered = {(m, name): [0, 0] for m in INTERVALS for name, _ in scenarios}
     for name, beta in scenarios:
@@ -213,7 +217,7 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
     misses = [f"type-I error of {t}: {type1[i, 0]:.3f}" for i, t in enumerate(TESTS)
               if not TYPE1_TARGET[0] <= type1[i, 0] <= TYPE1_TARGET[1]]  # fmt: skip
     for mi, method in enumerate(INTERVALS):
-        for si, (name, _) in enumerate(scenarios):
+        for si, (name, _, _) in enumerate(scenarios):
             value = coverage[mi, si, 0]
             if not COVERAGE_TARGET[0] <= value <= COVERAGE_TARGET[1]:
                 role = "" if method == INTERVALS[0] else " (comparison only: not used by rsf stats)"
@@ -223,9 +227,9 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
             "type1_error": ("test", type1[:, 0]),
             "type1_ci_low": ("test", type1[:, 1]),
             "type1_ci_high": ("test", type1[:, 2]),
-            "power": (("test", "strength"), power[..., 0]),
-            "power_ci_low": (("test", "strength"), power[..., 1]),
-            "power_ci_high": (("test", "strength"), power[..., 2]),
+            "power": (("test", "plant", "strength"), power[..., 0]),
+            "power_ci_low": (("test", "plant", "strength"), power[..., 1]),
+            "power_ci_high": (("test", "plant", "strength"), power[..., 2]),
             "coverage": (("interval", "scenario"), coverage[..., 0]),
             "coverage_ci_low": (("interval", "scenario"), coverage[..., 1]),
             "coverage_ci_high": (("interval", "scenario"), coverage[..., 2]),
@@ -233,7 +237,8 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
         coords={
             "test": np.asarray(TESTS, dtype=object),
             "strength": np.asarray(settings.strengths, dtype=np.float64),
-            "scenario": np.asarray([name for name, _ in scenarios], dtype=object),
+            "scenario": np.asarray([name for name, _, _ in scenarios], dtype=object),
+            "plant": np.asarray(["read", "write"], dtype=object),
             "interval": np.asarray(INTERVALS, dtype=object),
         },
         attrs={

@@ -86,17 +86,20 @@ def run_sweep_command(args) -> int:
     from .cache import default_cache_dir
     from .corpus import load_corpus
     from .dataset import build_dataset, write_dataset
-    from .engine import preflight, run_sweep
+    from .engine import check_corpus, preflight, run_sweep
     from .files import check_writable
 
     config = _sweep_config(args)
     out = check_writable(args.out)
-    preflight(config)  # configs only: bad ids, mismatched pairs and k > d fail before any load
+    widths = preflight(
+        config
+    )  # configs only: bad ids, mismatched pairs and k > d fail before any load
     corpus = load_corpus(
         config.corpus,
         tokenizer_source=config.pairs[0].base,
         trust_remote_code=config.trust_remote_code,
     )
+    check_corpus(corpus, widths)
     cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
     results = run_sweep(
         config,
@@ -253,15 +256,14 @@ def run_calibrate_command(args) -> int:
         print(
             f"  {test:15s} {float(row.type1_error):.3f} [{float(row.type1_ci_low):.3f}, {float(row.type1_ci_high):.3f}]"
         )
-    print("power against the read plant's strength β:")
-    for test in calibration.test.values:
-        values = "  ".join(
-            f"β={b:g}: {p:.2f}"
-            for b, p in zip(
-                calibration.strength.values, calibration.power.sel(test=test).values, strict=True
+    for plant in calibration.plant.values:
+        print(f"rejection rate against the {plant} plant's strength β:")
+        for test in calibration.test.values:
+            rates = calibration.power.sel(test=test, plant=plant).values
+            values = "  ".join(
+                f"β={b:g}: {r:.2f}" for b, r in zip(calibration.strength.values, rates, strict=True)
             )
-        )
-        print(f"  {test:15s} {values}")
+            print(f"  {test:15s} {values}")
     print("coverage of the 95% layer-bootstrap intervals (bootstrap-t is what rsf stats reports):")
     for method in calibration.interval.values:
         for scenario in calibration.scenario.values:

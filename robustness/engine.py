@@ -108,10 +108,10 @@ def _config_widths(config) -> dict:
     }
 
 
-def preflight(config: SweepConfig) -> dict[str, int]:
+def preflight(config: SweepConfig) -> dict[str, dict]:
     """Check every pair from configs alone (no weights): types, widths, cutoffs.
 
-    Returns the residual width per pair label. A missing path, an unreachable
+    Returns each pair's widths (``model_type``, ``n_layers``, ``d_model``, ``vocab_size``). A missing path, an unreachable
     hub id, a mismatched pair and ``k > d`` all fail here, before any model loads.
     """
     widths = {}
@@ -136,8 +136,18 @@ def preflight(config: SweepConfig) -> dict[str, int]:
             probes.validate_cutoffs(config.cutoffs, int(base["d_model"]))
         except ValueError as error:
             raise ValueError(f"pair {pair.label!r}: {error}") from None
-        widths[pair.label] = int(base["d_model"])
+        widths[pair.label] = base
     return widths
+
+
+def check_corpus(corpus: Corpus, widths: dict[str, dict]) -> None:
+    """Token ids must exist in every pair's vocabulary (an ids file may not match the models)."""
+    largest = int(corpus.ids.max())
+    for label, w in widths.items():
+        if w["vocab_size"] is not None and largest >= int(w["vocab_size"]):
+            raise ValueError(
+                f"the corpus holds token id {largest}, outside pair {label!r}'s vocabulary of {w['vocab_size']}"
+            )
 
 
 def _load(spec: str, config: SweepConfig, device: str):

@@ -387,5 +387,24 @@ def test_mismatched_pair_and_unreachable_hub_id(saved_pair, tmp_path, capsys, mo
     assert "model directory not found" in capsys.readouterr().err
 
 
+def test_token_ids_outside_the_vocabulary_are_refused(saved_pair, tmp_path, capsys):
+    base, aligned = saved_pair("llama")
+    ids = tmp_path / "big.npy"
+    np.save(ids, np.full((4, 8), 500))
+    args = [
+        "sweep",
+        "--base",
+        base,
+        "--aligned",
+        aligned,
+        "--out",
+        str(tmp_path / "r.nc"),
+        "--corpus",
+        str(ids),
+    ]
+    assert main([*args, "--quiet", "--no-cache"]) == 2
+    assert "token id 500, outside pair" in capsys.readouterr().err
+
+
 def test_dataset_module_has_the_contract_variables():
     assert set(dataset_module.PROVENANCE) >= {"base_id", "aligned_id", "base_hash", "aligned_hash"}
