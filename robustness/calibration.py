@@ -186,21 +186,23 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
         (f"{side} plant β={b:g}", side, b) for side in ("read", "write") for b in settings.strengths
     ]
     scenarios = [("null", "none", 0.0), *plants]
-    counts = {(t, name): [0, 0] for t in TESTS for name, _ in scenarios}
-    covered = {(m, name): [0, 0] for m in INTERVALS for name, _ in scenarios}
-    for name, beta in scenarios:
-        if beta == 0.0:
+    counts = {(t, name): [0, 0] for t in TESTS for name, _, _ in scenarios}
+    covered = {(m, name): [0, 0] for m in INTERVALS for name, _, _ in scenarios}
+    for name, side, beta in scenarios:
+        strengths = {
+            "read_strength": beta if side == "read" else 0.0,
+            "write_strength": beta if side == "write" else 0.0,
+        }
+        if side == "none":
             truth, n_sims = 0.0, settings.n_null  # the null's asymmetry is 0 by symmetry
         else:
             # A plant's true asymmetry: the mean per-layer difference over 1000 extra layers.
-            many = simulate_probe(rng, settings, read_strength=beta, n_layers=1000)
-            truth, n_sims = (
-                layer_differences(many, [0, 1], [2, 3]).mean(axis=0)[CALIBRATED],
-                settings.n_power,
-            )
+            many = simulate_probe(rng, settings, n_layers=1000, **strengths)
+            truth = layer_differences(many, [0, 1], [2, 3]).mean(axis=0)[CALIBRATED]
+            n_sims = settings.n_power
         for _ in tqdm(range(n_sims), desc=name, disable=not progress):
             rejected, intervals = _decisions(
-                simulate_probe(rng, settings, read_strength=beta), settings, rng
+                simulate_probe(rng, settings, **strengths), settings, rng
             )
             for test, flags in rejected.items():
                 counts[(test, name)][0] += int(flags.sum())
@@ -209,11 +211,15 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
                 covered[(method, name)][0] += int(low <= truth <= high)
                 covered[(method, name)][1] += 1
 
+    names = [name for name, _, _ in scenarios]
     rates = np.array(
-        [[_rate(*counts[(t, name)]) for name, _ in scenarios] for t in TESTS]
+        [[_rate(*counts[(t, name)]) for name in names] for t in TESTS]
     )  # [test, scenario, 3]
-    coverage = np.array([[_rate(*covered[(m, name)]) for name, _ in scenarios] for m in INTERVALS])
-    type1, power = rates[:, 0], rates[:, 1:]
+    coverage = np.array([[_rate(*covered[(m, name)]) for name in names] for m in INTERVALS])
+    type1 = rates[:, 0]
+    power = rates[:, 1:].reshape(
+        len(TESTS), 2, len(settings.strengths), 3
+    )  # [test, plant, strength, 3]
     misses = [f"type-I error of {t}: {type1[i, 0]:.3f}" for i, t in enumerate(TESTS)
               if not TYPE1_TARGET[0] <= type1[i, 0] <= TYPE1_TARGET[1]]  # fmt: skip
     for mi, method in enumerate(INTERVALS):
