@@ -204,7 +204,8 @@ def label_permutation_null(
     else:
         choices = rng.integers(0, len(combos), size=(n_resamples, n_layers))
         exact = False
-    statistics = per_layer[layers[None, :], choices].mean(axis=1)  # [B, J]
+    # Accumulate layer by layer: never hold the [B, L, J] gather at once.
+    statistics = sum(per_layer[layer, choices[:, layer]] for layer in layers) / n_layers  # [B, J]
     return JointNull(statistics, exact)
 
 
