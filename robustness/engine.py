@@ -241,7 +241,6 @@ def sweep_pair(
     ):
         models[role] = _load(spec, config, device)
     base, aligned = models["base"], models["aligned"]
-    probes.check_pair(base, aligned)
     dims = probes.model_dims(base)
     d, n_layers = dims.d_model, dims.n_layers
     matrices = tuple(m for m in config.matrices if m in probes.family_of(base).matrices)
@@ -251,7 +250,7 @@ def sweep_pair(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas are reported below, once
-        deltas = probes.extract_deltas(base, aligned, matrices=matrices)
+        deltas = probes.extract_deltas(base, aligned, matrices=matrices)  # checks the pair first
     zero = [f"layer {layer} {m}" for (layer, m), delta in deltas.items() if not torch.any(delta)]
     notes = [f"all-zero delta (NaN fractions): {', '.join(zero)}"] if zero else []
     weights = probes.canonical_weights(base, matrices=matrices)
