@@ -185,14 +185,20 @@ def gram_spectrum(delta) -> np.ndarray:
     return s / total if total > 0 else np.full_like(s, np.nan)
 
 
-def gram_purity(delta) -> float:
+def gram_purity(delta=None, *, gram=None) -> float:
     """``Σ g_i²`` for the normalised Gram spectrum, without an eigendecomposition.
 
     ``Σ eig(G)² = ‖G‖_F²``, and the smaller of ``ΔWᵀΔW`` and ``ΔWΔWᵀ`` has the
-    same non-zero spectrum, so this costs one small Gram matrix.
+    same non-zero spectrum, so this costs one small Gram matrix; pass `gram`
+    (either side's) when it is already at hand.
     """
-    delta = as_float64(delta)
-    small = delta @ delta.T if delta.shape[0] <= delta.shape[1] else delta.T @ delta
+    if (delta is None) == (gram is None):
+        raise ValueError("give exactly one of `delta` and `gram`")
+    if gram is not None:
+        small = as_float64(gram)
+    else:
+        delta = as_float64(delta)
+        small = delta @ delta.T if delta.shape[0] <= delta.shape[1] else delta.T @ delta
     trace = float(np.trace(small))
     return float(np.sum(small * small)) / trace**2 if trace > 0 else math.nan
 

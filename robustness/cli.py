@@ -168,8 +168,8 @@ def _add_sweep(commands) -> None:
 
 
 def run_stats_command(args) -> int:
-    from .dataset import open_dataset
-    from .files import atomic_output, check_writable
+    from .dataset import open_dataset, write_dataset
+    from .files import check_writable
     from .stats import compute_stats, summarise
 
     out = check_writable(args.out)
@@ -188,8 +188,7 @@ def run_stats_command(args) -> int:
         preferred=_split(args.preferred),
         progress=not args.quiet,
     )
-    with atomic_output(out) as temporary:
-        stats.to_netcdf(temporary, engine="netcdf4")
+    write_dataset(stats, out)
     print(summarise(stats))
     if not args.quiet:
         print(f"\nwrote {out}")
@@ -234,7 +233,8 @@ def run_calibrate_command(args) -> int:
     import json
 
     from .calibration import CalibrationSettings, run_calibration
-    from .files import atomic_output, check_writable
+    from .dataset import write_dataset
+    from .files import check_writable
 
     out = check_writable(args.out)
     settings = (
@@ -247,8 +247,7 @@ def run_calibrate_command(args) -> int:
             raise ValueError(f"--sims must be at least 10, got {args.sims}")
         settings = dataclasses.replace(settings, n_null=args.sims)
     calibration = run_calibration(settings, progress=not args.quiet)
-    with atomic_output(out) as temporary:
-        calibration.to_netcdf(temporary, engine="netcdf4")
+    write_dataset(calibration, out)
     alpha = calibration.attrs["alpha"]
     print(f"type-I error at α = {alpha} ({settings.n_null} null pairs, 95% Clopper-Pearson):")
     for test in calibration.test.values:

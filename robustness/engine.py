@@ -389,9 +389,7 @@ class _Grid:
             gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
             purity = None
             if self.need_purity:
-                purity = (
-                    _purity(gram_delta) if gram_delta is not None else probes.gram_purity(delta)
-                )
+                purity = probes.gram_purity(delta if gram_delta is None else None, gram=gram_delta)
             gram_w = probes.residual_gram(w_from, pathway=pathway) if self.need_w else None
             prepared.append(_Matrix(name, pathway, delta, w_from, gram_w, gram_delta, purity))
         return prepared
@@ -488,12 +486,6 @@ class _ReweightedSites:
 
     def __getitem__(self, key):
         return self.chunks[key].reweighted(self.weights)
-
-
-def _purity(gram: np.ndarray) -> float:
-    """``Σ g²`` from a residual-side Gram matrix already at hand: ``‖G‖_F² / (tr G)²``."""
-    trace = float(np.trace(gram))
-    return float(np.sum(gram * gram)) / trace**2 if trace > 0 else float("nan")
 
 
 def _blas_threads() -> int | None:

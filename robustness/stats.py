@@ -23,7 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from . import __version__
-from .asymmetry import bca_interval, layer_differences, probe_scale, spec_tests
+from .asymmetry import bca_interval, probe_scale, spec_tests
 
 __all__ = ["DEFAULT_PREFERRED", "compute_stats", "summarise"]
 
@@ -122,30 +122,29 @@ def _mixed_model(results: xr.Dataset, preferred, read, write) -> dict:
     }
 
 
+def _scaled(block: xr.DataArray, n_layers: int, n_matrices: int) -> np.ndarray:
+    """``[..., layer, matrix, spec]``: the probe on the statistics' scale, specs flattened in C order.
+
+    `block` is one pair's ``rsf``-like array (leading dims, then layer, matrix,
+    construction, cutoff, normalisation); each normalisation gets its own scale.
+    """
+    scaled = np.stack(
+        [probe_scale(block.sel(normalisation=n).values, n) for n in block.normalisation.values],
+        axis=-1,
+    )
+    return scaled.reshape(*scaled.shape[: scaled.ndim - 5], n_layers, n_matrices, -1)
+
+
 def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence_level) -> dict:
     """Intervals from the sweep's sequence bootstrap: percentile and BCa, per specification."""
 
-    def asymmetries(variable: str) -> np.ndarray:
+    def asymmetry(variable: str) -> np.ndarray:
         block = results[variable].sel(pair=pair).isel(layer=slice(0, n_layers))
-        scaled = np.stack(
-            [
-                probe_scale(block.sel(normalisation=n).values, n)
-                for n in results.normalisation.values
-            ],
-            axis=-1,
-        )
-        scaled = scaled.reshape(scaled.shape[0], n_layers, results.sizes["matrix"], -1)
-        return np.stack([layer_differences(r, read_idx, write_idx).mean(axis=0) for r in scaled])
+        s = _scaled(block, n_layers, results.sizes["matrix"])  # [..., layer, matrix, spec]
+        per_layer = s[..., read_idx, :].mean(axis=-2) - s[..., write_idx, :].mean(axis=-2)
+        return per_layer.mean(axis=-2)  # [..., spec]
 
-    replicates, jackknife = asymmetries("rsf_boot"), asymmetries("rsf_jack")
-    rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
-    observed = np.stack(
-        [probe_scale(rsf.sel(normalisation=n).values, n) for n in results.normalisation.values],
-        axis=-1,
-    )
-    observed = layer_differences(
-        observed.reshape(n_layers, results.sizes["matrix"], -1), read_idx, write_idx
-    ).mean(axis=0)
+    replicates, jackknife, observed = asymmetry("rsf_boot"), asymmetry("rsf_jack"), asymmetry("rsf")
     low, high = bca_interval(replicates, jackknife, observed, confidence_level)
     tail = 100 * (1 - confidence_level) / 2
     valid = np.isfinite(replicates).all(axis=0)
@@ -200,11 +199,7 @@ def compute_stats(
             else results.sizes["layer"]
         )
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
-        # s[layer, matrix, spec] on the statistics' scale, specs flattened in C order.
-        stacked = np.stack([
-            probe_scale(rsf.sel(normalisation=n).values, n) for n in results.normalisation.values
-        ], axis=-1)  # fmt: skip
-        s = stacked.reshape(n_layers, len(matrices), -1)
+        s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
         complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
         info: dict = {"n_layers": n_layers, "incomplete_specifications": int((~complete).sum())}
         if complete.sum() == 0 or n_layers < 2:

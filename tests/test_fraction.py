@@ -194,6 +194,9 @@ def test_purity_without_eigendecomposition_equals_sum_of_squared_spectrum(case):
     delta = case[0]
     g = probes.gram_spectrum(delta)
     assert probes.gram_purity(delta) == pytest.approx(np.sum(g**2), rel=1e-10)
+    for pathway in ("read", "write"):  # either side's Gram, when already at hand
+        gram = probes.residual_gram(delta, pathway=pathway)
+        assert probes.gram_purity(gram=gram) == pytest.approx(np.sum(g**2), rel=1e-10)
     k = np.arange(1, 5)
     np.testing.assert_allclose(
         probes.haar_variance(k, 12, purity=probes.gram_purity(delta)),
