@@ -350,6 +350,62 @@ def _add_inspect(commands) -> None:
     inspect.set_defaults(run=run_inspect_command)
 
 
+# ---------------------------------------------------------------------------- gradients
+
+
+def run_gradients(args) -> int:
+    from .gradients import run_gradients_command
+
+    return run_gradients_command(args)
+
+
+def _add_model_corpus_options(parser, *, tokens_default: int) -> None:
+    corpus = parser.add_argument_group("corpus")
+    corpus.add_argument(
+        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    )
+    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the model's)")
+    corpus.add_argument(
+        "--tokens", type=int, help=f"tokens to use (default {tokens_default}; all rows of an .npy)"
+    )
+    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    run.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or float64")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    run.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_gradients(commands) -> None:
+    gradients = commands.add_parser(
+        "gradients",
+        help="anisotropy of the gradients δ_t at the write sites, beside the read-site inputs",
+        description="Covariance spectra, effective ranks and prediction-subspace energy of the "
+        "residual-stream gradients δ_t at the outputs of o and down, and of the inputs a_t "
+        "at the read sites, for each objective, with bootstrap intervals.",
+    )
+    gradients.add_argument("--model", help="a save_pretrained directory or a hub id (default: the demo's base)")
+    gradients.add_argument("--reference", help="DPO reference model (default: the model itself)")
+    gradients.add_argument(
+        "--objective", default="ce,dpo", help="comma list from ce, dpo, mixed, lam=x (default ce,dpo)"
+    )
+    gradients.add_argument("--lam", default="0.5", help="λ values for `mixed` (default 0.5)")
+    gradients.add_argument("--beta", type=float, default=0.1, help="DPO β (default 0.1)")
+    gradients.add_argument("--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)")
+    gradients.add_argument("--cutoffs", default="k=8,frac=0.05", help="prediction-subspace k (default k=8,frac=0.05)")
+    gradients.add_argument(
+        "--prediction",
+        default="unembed",
+        help="prediction subspace: unembed (default), unembed_centered or unembed_folded",
+    )
+    gradients.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
+    gradients.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
+    gradients.add_argument("--out", default="gradients.nc", help="output dataset (default gradients.nc)")
+    _add_model_corpus_options(gradients, tokens_default=16384)
+    gradients.set_defaults(run=run_gradients)
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -365,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats(commands)
     _add_calibrate(commands)
     _add_inspect(commands)
+    _add_gradients(commands)
     return parser
 
 
