@@ -46,6 +46,7 @@ __all__ = [
     "CorpusSpec",
     "PairSpec",
     "SweepConfig",
+    "config_from_document",
     "load_config",
 ]
 
@@ -193,10 +194,15 @@ def load_config(path: str | Path) -> SweepConfig:
         document = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
+    return config_from_document(document, path.parent, source=str(path))
+
+
+def config_from_document(document: dict, root: Path, *, source: str = "the config") -> SweepConfig:
+    """A parsed TOML document as a config; relative paths are resolved against `root`."""
     unknown = set(document) - {"pair", "corpus", "probe", "bootstrap", "run"}
     if unknown:
-        raise ValueError(f"unknown table(s) {sorted(unknown)} in {path}")
-    root = path.parent
+        raise ValueError(f"unknown table(s) {sorted(unknown)} in {source}")
+    root = Path(root)
 
     def local(value: str) -> str:
         # A relative path is relative to the config file; a hub id stays as written.
