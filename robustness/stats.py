@@ -14,6 +14,7 @@ statsmodels), and how stable the ranking of layers is across specifications
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from datetime import datetime, timezone
@@ -25,10 +26,25 @@ import xarray as xr
 from . import __version__
 from .asymmetry import bca_interval, probe_scale, spec_tests
 
-__all__ = ["DEFAULT_PREFERRED", "compute_stats", "summarise"]
+__all__ = ["DEFAULT_PREFERRED", "compute_stats", "results_fingerprint", "summarise", "verdict"]
 
 DEFAULT_PREFERRED = ("act_cov", "k=8", "log_isotropic")
 SPEC_DIMS = ("construction", "cutoff", "normalisation")
+
+
+def results_fingerprint(results: xr.Dataset) -> str:
+    """SHA-256 of a results dataset's values and labels: which sweep a stats file was made from.
+
+    Covers ``rsf`` and the coordinates that label it, not the file's bytes or its
+    creation time, so a re-run with the same inputs and seed (identical values)
+    has the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for dim in ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"):
+        digest.update("\x1f".join(map(str, results[dim].values)).encode() + b"\x1e")
+    values = np.asarray(results.rsf.values, dtype="<f8")
+    digest.update(np.where(np.isnan(values), np.nan, values).tobytes())  # one NaN bit pattern
+    return "sha256:" + digest.hexdigest()
 
 
 def _validate_sets(results: xr.Dataset, read, write) -> tuple[list[str], list[str]]:
@@ -270,6 +286,7 @@ def compute_stats(
             "mixed_model": json.dumps(mixed),
             "results_config": results.attrs.get("config", ""),
             "results_corpus_hash": results.attrs.get("corpus_hash", ""),
+            "results_fingerprint": results_fingerprint(results),
         },
     )
 
@@ -313,6 +330,11 @@ def summarise(stats: xr.Dataset) -> str:
             )
         lines.append("  verdict: " + _verdict(joint, info["n_layers"], stats.attrs["alpha"]))
     return "\n".join(lines)
+
+
+def verdict(joint: dict, n_layers: int, alpha: float) -> str:
+    """The plain-words verdict on one pair's joint tests (as `rsf stats` prints it)."""
+    return _verdict(joint, n_layers, alpha)
 
 
 def _verdict(joint: dict, n_layers: int, alpha: float) -> str:

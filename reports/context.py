@@ -1,0 +1,119 @@
+"""What every section needs to know, read once from the datasets: pairs, sets, levels, the preferred specification."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from robustness.stats import DEFAULT_PREFERRED
+
+from .inputs import ReportInputs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ReportContext", "build_context"]
+
+SPEC_DIMS = ("construction", "cutoff", "normalisation")
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    inputs: ReportInputs
+    pairs: tuple[str, ...]
+    preferred: tuple[str, str, str]
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    alpha: float
+    confidence_level: float
+    per_pair: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    @property
+    def results(self) -> xr.Dataset:
+        return self.inputs.results.dataset
+
+    @property
+    def stats(self) -> xr.Dataset | None:
+        return self.inputs.stats.dataset if self.inputs.stats else None
+
+    @property
+    def calibration(self) -> xr.Dataset | None:
+        return self.inputs.calibration.dataset if self.inputs.calibration else None
+
+    def n_layers(self, pair: str) -> int:
+        if "n_layers" in self.results:
+            return int(self.results.n_layers.sel(pair=pair))
+        return self.results.sizes["layer"]
+
+    def provenance(self, pair: str, name: str, default=None):
+        if name in self.results:
+            return self.results[name].sel(pair=pair).item()
+        return default
+
+    def has_spec(self, spec) -> bool:
+        return all(v in self.results[d].values for v, d in zip(spec, SPEC_DIMS, strict=True))
+
+    def chosen_specs(self) -> list[tuple[str, str, str]]:
+        """The preferred specification, then the two ends of the first pair's specification curve."""
+        chosen = [self.preferred] if self.has_spec(self.preferred) else []
+        if self.stats is not None:
+            effect = self.stats.effect_size.sel(pair=self.pairs[0])
+            frame = effect.to_dataframe().reset_index().dropna(subset=["effect_size"])
+            if len(frame):
+                frame = frame.sort_values("effect_size", kind="stable")
+                for index in (0, len(frame) - 1):
+                    row = frame.iloc[index]
+                    spec = tuple(str(row[d]) for d in SPEC_DIMS)
+                    if spec not in chosen:
+                        chosen.append(spec)
+        return chosen
+
+
+def _first_defined(results: xr.Dataset) -> tuple[str, str, str]:
+    finite = np.isfinite(results.rsf).any(dim=("pair", "layer", "matrix"))
+    for c in results.construction.values:
+        for k in results.cutoff.values:
+            for n in results.normalisation.values:
+                if bool(finite.sel(construction=c, cutoff=k, normalisation=n)):
+                    return (str(c), str(k), str(n))
+    return tuple(str(results[d].values[0]) for d in SPEC_DIMS)
+
+
+def build_context(inputs: ReportInputs) -> ReportContext:
+    results = inputs.results.dataset
+    stats = inputs.stats.dataset if inputs.stats else None
+    matrices = [str(m) for m in results.matrix.values]
+    if stats is not None:
+        preferred = tuple(stats.attrs["preferred_specification"].split(","))
+        read = tuple(stats.attrs["read_set"].split(","))
+        write = tuple(stats.attrs["write_set"].split(","))
+        alpha = float(stats.attrs["alpha"])
+        level = float(stats.attrs["confidence_level"])
+        per_pair = json.loads(stats.attrs.get("per_pair", "{}"))
+    else:
+        preferred = DEFAULT_PREFERRED
+        read = tuple(m for m in ("q", "k") if m in matrices)
+        write = tuple(m for m in ("o", "down") if m in matrices)
+        alpha, level, per_pair = 0.05, 0.95, {}
+    context = ReportContext(
+        inputs=inputs,
+        pairs=tuple(str(p) for p in results.pair.values),
+        preferred=preferred,
+        read=read,
+        write=write,
+        alpha=alpha,
+        confidence_level=level,
+        per_pair=per_pair,
+        config=tomllib.loads(results.attrs.get("config", "")),
+    )
+    if not context.has_spec(preferred):
+        context = dataclasses.replace(context, preferred=_first_defined(results))
+    return context

@@ -1,0 +1,566 @@
+"""The report's figures: matplotlib drawn straight to inline SVG.
+
+No pyplot and no global backend: each figure is a ``matplotlib.figure.Figure``
+saved as SVG with text kept as text (``svg.fonttype = 'none'``, generic
+sans-serif fonts, no font files or URLs), a fixed hash salt and no date, so
+the same datasets give the same bytes. Element ids are prefixed per figure so
+several SVGs can live in one HTML document.
+
+Colours are the Okabe–Ito palette (distinguishable with the common colour
+vision deficiencies); heatmaps use cividis. Categories are also told apart by
+marker shape, never by colour alone.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import xarray as xr
+from markupsafe import Markup
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from robustness.asymmetry import probe_scale
+
+__all__ = [
+    "OKABE_ITO",
+    "PATHWAY_COLOURS",
+    "SvgFigure",
+    "calibration_errors",
+    "layer_heatmaps",
+    "null_distributions",
+    "rsf_by_cutoff",
+    "scale_label",
+    "spec_curve",
+    "trajectory",
+    "variance_shares",
+]
+
+OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+}
+GREY = "#8C8C8C"
+PATHWAY_COLOURS = {"read": OKABE_ITO["blue"], "write": OKABE_ITO["vermillion"]}
+SERIES = [OKABE_ITO[c] for c in ("blue", "orange", "green", "vermillion", "purple", "sky_blue", "black", "yellow")]
+MARKERS = "osD^vP*Xh<>"
+MATRIX_MARKERS = dict(zip(("q", "k", "v", "o", "up", "gate", "down"), "osD^vPX", strict=True))
+RC = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "rsf-report",
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
+    "font.size": 8.5,
+    "axes.titlesize": 9,
+    "axes.labelsize": 8.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "image.cmap": "cividis",
+}
+_ID = re.compile(r'(\bid="|href="#|url\(#)([^")]+)')
+
+
+@dataclass(frozen=True)
+class SvgFigure:
+    """An inline SVG with its alt text (read by screen readers) and caption (shown)."""
+
+    id: str
+    svg: Markup
+    alt: str
+    caption: str
+
+
+def _to_svg(fig: Figure, ident: str, alt: str) -> Markup:
+    buffer = io.StringIO()
+    with matplotlib.rc_context(RC):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg") :]
+    text = _ID.sub(lambda m: f"{m.group(1)}{ident}-{m.group(2)}", text)
+    head_end = text.index(">") + 1
+    width = re.search(r'\swidth="([\d.]+)pt"', text[:head_end])
+    head = re.sub(r'\s(width|height)="[^"]*"', "", text[:head_end])
+    # Scales down with the page, never up past its drawn size (text stays the size it was set in).
+    style = f' style="max-width: {width.group(1)}pt"' if width else ""
+    head = head.replace(
+        "<svg", f'<svg role="img" aria-label="{html.escape(alt)}" class="chart"{style}', 1
+    )
+    return Markup(head + f"<title>{html.escape(alt)}</title>" + text[head_end:])
+
+
+def _figure(width: float, height: float) -> Figure:
+    with matplotlib.rc_context(RC):
+        return Figure(figsize=(width, height), layout="constrained")
+
+
+def _finish(fig: Figure, ident: str, alt: str, caption: str) -> SvgFigure:
+    return SvgFigure(ident, _to_svg(fig, ident, alt), alt, caption)
+
+
+def scale_label(normalisation: str) -> str:
+    """The axis label for the probe on the statistics' scale (``log2`` for ratio normalisations)."""
+    return {
+        "fraction": "F(k)",
+        "isotropic": "log₂ isotropic ratio",
+        "log_isotropic": "log₂ F(k) / (k/d)",
+        "base_relative": "log₂ F_ΔW(k) / F_W(k)",
+        "null_z": "z against a Haar subspace",
+    }.get(normalisation, normalisation)
+
+
+def _reference(normalisation: str) -> float | None:
+    """Where "no preferred alignment" sits on the statistics' scale (none for ``fraction``)."""
+    return None if normalisation == "fraction" else 0.0
+
+
+def _columns(n: int, most: int) -> tuple[int, int]:
+    cols = min(n, most)
+    return cols, math.ceil(n / cols)
+
+
+def _n_layers(results: xr.Dataset, pair) -> int:
+    if "n_layers" in results:
+        return int(results.n_layers.sel(pair=pair))
+    return results.sizes["layer"]
+
+
+def _rank(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+# ----------------------------------------------------------------------- specification curve
+
+
+def _spec_frame(stats: xr.Dataset, pair):
+    variables = ["asymmetry", "effect_size", "effect_ci_low", "effect_ci_high", "p_signflip"]
+    frame = stats[variables].sel(pair=pair).to_dataframe().reset_index()
+    frame = frame[np.isfinite(frame["effect_size"])]
+    return frame.sort_values("effect_size", kind="stable").reset_index(drop=True)
+
+
+def spec_curve(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha: float) -> SvgFigure | None:
+    """Specifications sorted by effect size with intervals, over an indicator panel of the choices."""
+    frames = {pair: _spec_frame(stats, pair) for pair in pairs}
+    frames = {pair: f for pair, f in frames.items() if len(f)}
+    if not frames:
+        return None
+    groups = [(dim, [str(v) for v in stats[dim].values]) for dim in ("construction", "cutoff", "normalisation")]
+    rows: list[tuple[str, str | None]] = []
+    for dim, values in groups:
+        rows.append((dim, None))
+        rows.extend((dim, v) for v in values)
+    cols, nrows = _columns(len(frames), 2)
+    curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
+    fig = _figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
+    grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
+    lows = [f["effect_ci_low"].min() for f in frames.values()]
+    highs = [f["effect_ci_high"].max() for f in frames.values()]
+    finite = [v for v in (*lows, *highs) if np.isfinite(v)]
+    span = (min(finite), max(finite)) if finite else (-1.0, 1.0)
+    pad = 0.05 * (span[1] - span[0] or 1.0)
+    categories = [
+        ("read > write, sign-flip p < α", OKABE_ITO["blue"], "o"),
+        ("write > read, sign-flip p < α", OKABE_ITO["vermillion"], "s"),
+        ("not significant", GREY, "."),
+    ]
+    alt_parts = []
+    for index, (pair, frame) in enumerate(frames.items()):
+        r, c = divmod(index, cols)
+        top = fig.add_subplot(grid[2 * r, c])
+        bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
+        x = np.arange(len(frame))
+        significant = frame["p_signflip"] < alpha
+        kinds = [significant & (frame["asymmetry"] > 0), significant & (frame["asymmetry"] < 0), ~significant]
+        for (label, colour, marker), mask in zip(categories, kinds, strict=True):
+            mask = mask.to_numpy()
+            if not mask.any():
+                continue
+            top.errorbar(
+                x[mask],
+                frame["effect_size"][mask],
+                yerr=[
+                    frame["effect_size"][mask] - frame["effect_ci_low"][mask],
+                    frame["effect_ci_high"][mask] - frame["effect_size"][mask],
+                ],
+                fmt=marker,
+                color=colour,
+                ecolor=colour,
+                elinewidth=0.6,
+                markersize=3 if marker != "." else 4,
+                alpha=0.9,
+                label=label,
+            )
+        top.axhline(0, color="black", linewidth=0.6)
+        top.set_ylim(span[0] - pad, span[1] + pad)
+        top.set_ylabel("effect size d_z")
+        top.set_title(f"pair {pair}: {len(frame)} specifications")
+        top.tick_params(labelbottom=False)
+        is_preferred = (
+            (frame["construction"] == preferred[0])
+            & (frame["cutoff"] == preferred[1])
+            & (frame["normalisation"] == preferred[2])
+        ).to_numpy()
+        rank = None
+        if is_preferred.any():
+            rank = int(np.flatnonzero(is_preferred)[0])
+            for axis in (top, bottom):
+                axis.axvspan(rank - 0.5, rank + 0.5, color=OKABE_ITO["orange"], alpha=0.35, linewidth=0)
+            top.plot([rank], [span[1] + pad * 0.4], marker="v", color="black", markersize=6,
+                     linestyle="none", label="preferred specification")  # fmt: skip
+        for y, (dim, label) in enumerate(rows):
+            if label is None:
+                continue
+            used = (frame[dim] == label).to_numpy()
+            bottom.plot(x[used], np.full(used.sum(), y), "|", color="black", markersize=4, markeredgewidth=0.8)
+        bottom.set_yticks(range(len(rows)), [label if label else dim.upper() for dim, label in rows])
+        for tick, (_, label) in zip(bottom.get_yticklabels(), rows, strict=True):
+            if label is None:
+                tick.set_fontweight("bold")
+        bottom.set_ylim(len(rows) - 0.5, -0.5)
+        bottom.set_xlim(-1, len(frame))
+        bottom.set_xlabel("specifications, sorted by effect size")
+        bottom.tick_params(axis="y", labelsize=7, length=0)
+        if index == 0:
+            top.legend(loc="upper left", fontsize=7)
+        n_read, n_write = int(kinds[0].sum()), int(kinds[1].sum())
+        where = (
+            f"the preferred specification {'/'.join(preferred)} ranks {_rank(rank + 1)} of {len(frame)}"
+            if rank is not None
+            else "the preferred specification is not among them"
+        )
+        alt_parts.append(
+            f"Pair {pair}: {len(frame)} specifications with effect sizes from "
+            f"{frame['effect_size'].min():+.2f} to {frame['effect_size'].max():+.2f}; {n_read} significant "
+            f"with read > write, {n_write} with write > read; {where}."
+        )
+    alt = "Specification curve. " + " ".join(alt_parts)
+    caption = (
+        "Specification curve (Simonsohn, Simmons & Nelson 2020). Top: every specification's effect "
+        "size (Cohen's d_z of the per-layer read − write differences) with its interval, sorted; "
+        "blue circles are significant with read > write, vermillion squares with write > read "
+        f"(two-sided sign-flip p < {alpha:g}), grey dots are not significant. Bottom: the analytic "
+        "choices of each specification (one tick per choice used). The shaded column and the "
+        "triangle mark the paper's preferred specification."
+    )
+    return _finish(fig, "fig-spec-curve", alt, caption)
+
+
+# ----------------------------------------------------------------------- rsf against the cutoff
+
+
+@contextmanager
+def _quiet():
+    """Means over all-NaN slices are NaN by design here (missing layers, undefined cutoffs)."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _set_mean(values: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Mean over the matrices in `columns`, then over layers: ``[..., layer, matrix, cutoff]`` → ``[..., cutoff]``."""
+    with _quiet():
+        return np.nanmean(np.nanmean(values[..., columns, :], axis=-2), axis=-2)
+
+
+def rsf_by_cutoff(
+    results: xr.Dataset,
+    pairs,
+    constructions: list[str],
+    normalisation: str,
+    read: list[str],
+    write: list[str],
+    confidence_level: float = 0.95,
+) -> SvgFigure | None:
+    """The probe against the rank cutoff, per matrix and per pathway set, with sequence-bootstrap bands."""
+    matrices = [str(m) for m in results.matrix.values]
+    pathways = dict(zip(matrices, (str(p) for p in results.pathway.values), strict=True))
+    read_idx = [matrices.index(m) for m in read if m in matrices]
+    write_idx = [matrices.index(m) for m in write if m in matrices]
+    panels = [(c, p) for c in constructions for p in pairs]
+    if not panels or not read_idx or not write_idx:
+        return None
+    cols = len(pairs)
+    fig = _figure(min(4.2 * cols, 11) + 0.4, 2.8 * len(constructions) + 0.4)
+    axes = fig.subplots(len(constructions), cols, squeeze=False, sharey="row")
+    tail = 100 * (1 - confidence_level) / 2
+    boot = "rsf_boot" in results
+    banded, alt_parts = [], []
+    for (construction, pair), axis in zip(panels, axes.ravel(), strict=True):
+        n_layers = _n_layers(results, pair)
+        cell = results.rsf.sel(pair=pair, construction=construction, normalisation=normalisation)
+        values = probe_scale(cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values, normalisation)
+        ks = results.k.sel(pair=pair, construction=construction).isel(layer=slice(0, n_layers))
+        ks = ks.transpose("layer", "matrix", "cutoff").values.astype(float)
+        ks[ks < 0] = np.nan
+        with _quiet():
+            median_k = np.nanmedian(ks.reshape(-1, ks.shape[-1]), axis=0)
+        defined = np.flatnonzero(np.isfinite(median_k) & np.isfinite(values).any(axis=(0, 1)))
+        order = defined[np.argsort(median_k[defined], kind="stable")]
+        if not order.size:
+            axis.set_title(f"{construction}, pair {pair}: no defined cutoff")
+            axis.set_axis_off()
+            continue
+        x = np.arange(order.size)
+        labels = [f"{results.cutoff.values[i]}\nk≈{median_k[i]:.0f}" for i in order]
+        for m, matrix in enumerate(matrices):
+            if m not in read_idx + write_idx:
+                continue
+            with _quiet():
+                line = np.nanmean(values[:, m, order], axis=0)
+            axis.plot(x, line, marker=MATRIX_MARKERS.get(matrix, "o"), markersize=3, linewidth=0.7,
+                      color=PATHWAY_COLOURS[pathways[matrix]], alpha=0.45,
+                      linestyle="-" if pathways[matrix] == "read" else "--")  # fmt: skip
+        summary = {}
+        for name, columns in (("read", read_idx), ("write", write_idx)):
+            colour = PATHWAY_COLOURS[name]
+            mean = _set_mean(values, columns)[order]
+            summary[name] = mean
+            axis.plot(x, mean, color=colour, linewidth=2.2, marker=MARKERS[0] if name == "read" else "s",
+                      markersize=4, label=f"{name} set mean ({', '.join(read if name == 'read' else write)})")  # fmt: skip
+            if boot:
+                replicates = results.rsf_boot.sel(pair=pair, construction=construction, normalisation=normalisation)
+                replicates = replicates.isel(layer=slice(0, n_layers)).transpose("replicate", "layer", "matrix", "cutoff")
+                draws = _set_mean(probe_scale(replicates.values, normalisation), columns)[:, order]
+                with _quiet():
+                    low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
+                if np.nanmax(high - low, initial=0.0) > 0:
+                    axis.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+                    banded.append(construction)
+        reference = _reference(normalisation)
+        if reference is not None:
+            axis.axhline(reference, color="black", linewidth=0.6, linestyle=":")
+        axis.set_xticks(x, labels, fontsize=7)
+        axis.set_title(f"{construction} · pair {pair}")
+        axis.set_ylabel(scale_label(normalisation))
+        gaps = summary["read"] - summary["write"]
+        alt_parts.append(
+            f"{construction}, pair {pair}: read-set minus write-set mean from {np.nanmin(gaps):+.2f} to "
+            f"{np.nanmax(gaps):+.2f} over {order.size} cutoffs"
+        )
+    axes.ravel()[0].legend(loc="best", fontsize=7)
+    band_text = (
+        f"Shaded bands: {int(confidence_level * 100)}% percentile intervals over the sweep's sequence-bootstrap "
+        f"replicates ({results.sizes.get('replicate', 0)}), for the constructions that depend on the corpus "
+        f"({', '.join(sorted(set(banded)))}); the others do not move across replicates."
+        if banded
+        else "No bands: the sweep was run without --bootstrap, or none of these constructions depends on the corpus."
+    )
+    caption = (
+        f"The probe ({scale_label(normalisation)}, layer mean) against the rank cutoff, cutoffs ordered by "
+        "their median k over layers and matrices. Thin lines: single matrices (read solid, write dashed); "
+        f"thick lines: the read-set and write-set means the asymmetry compares. {band_text}"
+    )
+    alt = "The probe against the rank cutoff. " + "; ".join(alt_parts) + "."
+    return _finish(fig, "fig-rsf-cutoff", alt, caption)
+
+
+# ----------------------------------------------------------------------- heatmaps
+
+
+def layer_heatmaps(results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]) -> SvgFigure | None:
+    """Layer × matrix heatmaps of the probe (statistics' scale) for chosen specifications."""
+    if not specs:
+        return None
+    matrices = [str(m) for m in results.matrix.values]
+    pathways = [str(p) for p in results.pathway.values]
+    n_layers = results.sizes["layer"]
+    cols = len(pairs)
+    fig = _figure(min(2.6 * cols + 1.0, 11), (0.16 * n_layers + 1.2) * len(specs) + 0.3)
+    axes = fig.subplots(len(specs), cols, squeeze=False)
+    cmap = matplotlib.colormaps["cividis"]
+    annotate = n_layers <= 16
+    alt_parts = []
+    for r, (construction, cutoff, normalisation) in enumerate(specs):
+        cell = results.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
+        values = probe_scale(cell.transpose("pair", "layer", "matrix").sel(pair=list(pairs)).values, normalisation)
+        finite = values[np.isfinite(values)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        image = None
+        for c, pair in enumerate(pairs):
+            axis = axes[r, c]
+            grid = values[c]
+            # pcolormesh, not imshow: vector cells, no embedded raster image.
+            edges_x, edges_y = np.arange(grid.shape[1] + 1) - 0.5, np.arange(grid.shape[0] + 1) - 0.5
+            image = axis.pcolormesh(edges_x, edges_y, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax)
+            axis.invert_yaxis()
+            axis.set_facecolor("#DDDDDD")  # where a pair has no such layer or matrix
+            axis.set_xticks(range(len(matrices)), [f"{m}\n{p[0].upper()}" for m, p in zip(matrices, pathways, strict=True)], fontsize=7)
+            axis.set_yticks(range(n_layers), [str(v) for v in results.layer.values], fontsize=6.5)
+            axis.set_ylabel("layer")
+            axis.set_title(f"{construction}, {cutoff}, {normalisation}\npair {pair}", fontsize=7.5)
+            axis.spines[:].set_visible(False)
+            if annotate:
+                middle = (vmin + vmax) / 2
+                for (li, mi), v in np.ndenumerate(grid):
+                    if np.isfinite(v):
+                        axis.text(mi, li, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
+                                  color="white" if v < middle else "black")  # fmt: skip
+            if finite.size:
+                hot = np.unravel_index(np.nanargmax(np.where(np.isfinite(grid), grid, -np.inf)), grid.shape)
+                alt_parts.append(
+                    f"{construction}/{cutoff}/{normalisation}, pair {pair}: values {np.nanmin(grid):+.2f} to "
+                    f"{np.nanmax(grid):+.2f}, highest at layer {results.layer.values[hot[0]]} {matrices[hot[1]]}"
+                )
+        if image is not None:
+            bar = fig.colorbar(image, ax=list(axes[r]), label=scale_label(normalisation), shrink=0.9)
+            bar.solids.set_rasterized(False)  # vector, so the SVG embeds no image
+    caption = (
+        "The probe per layer and matrix (R: read, W: write) on the statistics' scale, for the chosen "
+        "specifications; one colour scale per row (cividis: dark is low, yellow is high), grey where a "
+        "pair has no such layer or matrix."
+    )
+    return _finish(fig, "fig-heatmaps", "Layer by matrix heatmaps. " + "; ".join(alt_parts) + ".", caption)
+
+
+# ----------------------------------------------------------------------- null distributions
+
+
+def null_distributions(stats: xr.Dataset, pairs, specs: list[tuple[str, str, str]]) -> SvgFigure | None:
+    """Sign-flip null draws of the asymmetry with the observed statistic."""
+    if "null_asymmetry" not in stats or not specs:
+        return None
+    cols = len(pairs)
+    fig = _figure(min(3.0 * cols + 0.5, 11), 2.1 * len(specs) + 0.3)
+    axes = fig.subplots(len(specs), cols, squeeze=False)
+    alt_parts = []
+    for r, spec in enumerate(specs):
+        for c, pair in enumerate(pairs):
+            axis = axes[r, c]
+            cell = stats.sel(pair=pair, construction=spec[0], cutoff=spec[1], normalisation=spec[2])
+            draws = cell.null_asymmetry.values
+            draws = draws[np.isfinite(draws)]
+            observed, p = float(cell.asymmetry), float(cell.p_signflip)
+            title = f"{'/'.join(spec)} · pair {pair}"
+            if not draws.size or not np.isfinite(observed):
+                axis.set_title(title + "\n(not defined)", fontsize=7.5)
+                axis.set_axis_off()
+                continue
+            axis.hist(draws, bins=min(40, max(5, np.unique(draws).size)), color=GREY, alpha=0.8)
+            axis.axvline(observed, color=OKABE_ITO["blue"], linewidth=2)
+            axis.set_title(f"{title}\nobserved {observed:+.3f}, sign-flip p = {p:.3g}", fontsize=7.5)
+            axis.set_xlabel("asymmetry under the null")
+            axis.set_yticks([])
+            axis.xaxis.set_major_locator(MaxNLocator(5))
+            alt_parts.append(
+                f"{'/'.join(spec)}, pair {pair}: {draws.size} null draws from {draws.min():+.3f} to "
+                f"{draws.max():+.3f}, observed {observed:+.3f}, p {p:.3g}"
+            )
+    caption = (
+        "Null distributions of the asymmetry from sign flips of whole layers' read − write "
+        "differences (all arrangements when exact, else a sample), as histograms; the blue line "
+        "is the observed asymmetry and the title gives its two-sided p-value."
+    )
+    return _finish(fig, "fig-nulls", "Permutation null distributions. " + "; ".join(alt_parts) + ".", caption)
+
+
+# ----------------------------------------------------------------------- variance decomposition
+
+
+def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
+    """Grouped bars: the share of variation in effect size owed to each analytic choice, per pair."""
+    shares = {pair: s for pair, s in shares.items() if s}
+    if not shares:
+        return None
+    factors = [f for f in ("construction", "cutoff", "normalisation", "residual") if any(f in s for s in shares.values())]
+    pairs = list(shares)
+    fig = _figure(6.0, 0.35 * len(factors) * max(1, len(pairs)) ** 0.5 + 1.3)
+    axis = fig.subplots()
+    height = 0.8 / len(pairs)
+    for i, pair in enumerate(pairs):
+        y = np.arange(len(factors)) + (i - (len(pairs) - 1) / 2) * height
+        values = [100 * shares[pair].get(f, np.nan) for f in factors]
+        axis.barh(y, values, height=height * 0.95, color=SERIES[i % len(SERIES)],
+                  hatch=["", "//", "..", "xx"][i // len(SERIES) % 4], label=f"pair {pair}")  # fmt: skip
+    axis.set_yticks(range(len(factors)), factors)
+    axis.invert_yaxis()
+    axis.set_xlabel("% of the sum of squares of effect size (type-II ANOVA)")
+    if len(pairs) > 1:
+        axis.legend(loc="lower right")
+    parts = []
+    for pair in pairs:
+        driver = max((f for f in shares[pair] if f != "residual"), key=shares[pair].get, default=None)
+        if driver:
+            parts.append(f"pair {pair}: {driver} moves the result most ({shares[pair][driver]:.0%})")
+    caption = (
+        "Which analytic choice moves the result: the share of the variation in effect size across "
+        "specifications attributed to each choice by a type-II ANOVA; the residual is what the "
+        "choices' main effects do not explain (their interactions and the pair itself)."
+    )
+    return _finish(fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption)
+
+
+# ----------------------------------------------------------------------- trajectory
+
+
+def trajectory(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], confidence_level: float) -> SvgFigure | None:
+    """The preferred specification's asymmetry with its interval, pair by pair, in dataset order."""
+    if len(pairs) < 2:
+        return None
+    cell = stats.sel(construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2])
+    values = [float(cell.asymmetry.sel(pair=p)) for p in pairs]
+    lows = [float(cell.ci_low.sel(pair=p)) for p in pairs]
+    highs = [float(cell.ci_high.sel(pair=p)) for p in pairs]
+    fig = _figure(min(1.0 * len(pairs) + 2.5, 11), 2.6)
+    axis = fig.subplots()
+    x = np.arange(len(pairs))
+    axis.errorbar(x, values, yerr=[np.subtract(values, lows), np.subtract(highs, values)], fmt="o-",
+                  color=OKABE_ITO["blue"], capsize=3, linewidth=1)  # fmt: skip
+    axis.axhline(0, color="black", linewidth=0.6)
+    axis.set_xticks(x, [str(p) for p in pairs])
+    axis.set_xlabel("pair")
+    axis.set_ylabel(f"asymmetry ({scale_label(preferred[2])})")
+    alt = "Asymmetry across pairs under the preferred specification: " + "; ".join(
+        f"{p} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for p, v, lo, hi in zip(pairs, values, lows, highs, strict=True)
+    ) + "."
+    caption = (
+        f"The preferred specification ({'/'.join(preferred)}) pair by pair, in the order of the "
+        f"results dataset, with {int(confidence_level * 100)}% layer-bootstrap intervals."
+    )
+    return _finish(fig, "fig-trajectory", alt, caption)
+
+
+# ----------------------------------------------------------------------- calibration
+
+
+def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | None) -> SvgFigure:
+    """Type-I error of every test with its binomial interval, against the target band and α."""
+    tests = [str(t) for t in calibration.test.values]
+    error = calibration.type1_error.values
+    low, high = calibration.type1_ci_low.values, calibration.type1_ci_high.values
+    alpha = float(calibration.attrs.get("alpha", 0.05))
+    fig = _figure(6.0, 0.3 * len(tests) + 1.2)
+    axis = fig.subplots()
+    y = np.arange(len(tests))
+    if target is not None:
+        axis.axvspan(target[0], target[1], color=OKABE_ITO["sky_blue"], alpha=0.25, linewidth=0, label="target band")
+    axis.axvline(alpha, color="black", linewidth=0.7, linestyle=":", label=f"α = {alpha:g}")
+    axis.errorbar(error, y, xerr=[error - low, high - error], fmt="o", color=OKABE_ITO["blue"], capsize=3)
+    axis.set_yticks(y, tests)
+    axis.invert_yaxis()
+    axis.set_xlabel("type-I error under the isotropic null")
+    axis.legend(loc="lower right")
+    alt = "Type-I error by test: " + "; ".join(
+        f"{t} {e:.3f} [{lo:.3f}, {hi:.3f}]" for t, e, lo, hi in zip(tests, error, low, high, strict=True)
+    ) + "."
+    caption = (
+        "Calibration: the rate at which each test rejects simulated pairs with no planted "
+        "asymmetry, with 95% Clopper–Pearson intervals; a calibrated test sits in the target band around α."
+    )
+    return _finish(fig, "fig-calibration", alt, caption)

@@ -1,0 +1,133 @@
+"""The datasets a report is made from: opened, recognised, hashed and checked against each other.
+
+A dataset's kind is its ``kind`` attribute when it has one, and otherwise is
+recognised from its variables: ``rsf`` (a results dataset from ``rsf sweep``),
+``asymmetry`` (statistics from ``rsf stats``), ``type1_error`` (a calibration
+study from ``rsf calibrate``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import xarray as xr
+
+from robustness.dataset import open_dataset
+from robustness.stats import results_fingerprint
+
+__all__ = ["ReportInputs", "Source", "dataset_kind", "load_inputs", "load_source"]
+
+_RECOGNISED = (("rsf", "results"), ("asymmetry", "stats"), ("type1_error", "calibration"))
+_WRITTEN_BY = {"results": "rsf sweep", "stats": "rsf stats", "calibration": "rsf calibrate"}
+_DESCRIBED = {
+    "results": "a results dataset",
+    "stats": "a statistics dataset",
+    "calibration": "a calibration dataset",
+}
+_FLAG = {"stats": "--stats", "calibration": "--calibration"}
+
+
+@dataclass(frozen=True)
+class Source:
+    """One data file: its kind, name as given, SHA-256 of its bytes and the dataset."""
+
+    kind: str
+    path: Path
+    sha256: str
+    dataset: xr.Dataset
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def created(self) -> str:
+        return str(self.dataset.attrs.get("created", "unknown"))
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    results: Source
+    stats: Source | None = None
+    calibration: Source | None = None
+    extra: tuple[Source, ...] = ()
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        found = (self.results, self.stats, self.calibration, *self.extra)
+        return tuple(s for s in found if s is not None)
+
+
+def dataset_kind(dataset: xr.Dataset) -> str | None:
+    """The ``kind`` attribute, else the kind recognised from the variables, else ``None``."""
+    kind = dataset.attrs.get("kind")
+    if kind:
+        return str(kind)
+    for variable, name in _RECOGNISED:
+        if variable in dataset:
+            return name
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def load_source(path: str | Path, expected: str | None = None) -> Source:
+    """Open `path` and check it is a dataset of kind `expected` (any known kind when ``None``)."""
+    path = Path(path)
+    dataset = open_dataset(path)
+    kind = dataset_kind(dataset)
+    if expected is not None and kind != expected:
+        wanted = f"{_DESCRIBED[expected]} written by {_WRITTEN_BY[expected]}"
+        if kind in _DESCRIBED:
+            hint = f": pass it with {_FLAG[kind]}" if kind in _FLAG else ""
+            raise ValueError(f"{path} is {_DESCRIBED[kind]} (from {_WRITTEN_BY[kind]}), not {wanted}{hint}")
+        found = f"it holds a dataset of kind {kind!r}" if kind else "it has none of the variables rsf writes"
+        raise ValueError(f"{path} is not {wanted}: {found}")
+    if kind is None:
+        raise ValueError(f"{path} is not a dataset rsf knows: it has no `kind` attribute")
+    return Source(kind, path, _sha256(path), dataset)
+
+
+def _check_stats_match(results: Source, stats: Source) -> None:
+    recorded = stats.dataset.attrs.get("results_fingerprint")
+    rerun = f"re-run `rsf stats {results.path}`"
+    if recorded:
+        if recorded != results_fingerprint(results.dataset):
+            raise ValueError(
+                f"{stats.path} was made from a different results file than {results.path} "
+                f"(fingerprints differ): {rerun}"
+            )
+        return
+    # Older statistics files record the sweep's config and corpus, not a fingerprint.
+    for attr, own in (("results_config", "config"), ("results_corpus_hash", "corpus_hash")):
+        if stats.dataset.attrs.get(attr, "") != results.dataset.attrs.get(own, ""):
+            raise ValueError(
+                f"{stats.path} was made from a different results file than {results.path} "
+                f"(its {own} differs): {rerun}"
+            )
+    for dim in ("pair", "construction", "cutoff", "normalisation"):
+        if list(stats.dataset[dim].values) != list(results.dataset[dim].values):
+            raise ValueError(
+                f"{stats.path} does not match {results.path}: its {dim} labels differ: {rerun}"
+            )
+
+
+def load_inputs(results_path, *, stats_path=None, calibration_path=None, extra_paths=()) -> ReportInputs:
+    """Open and cross-check every input; every problem is a one-line ``ValueError``."""
+    results = load_source(results_path, "results")
+    stats = load_source(stats_path, "stats") if stats_path is not None else None
+    if stats is not None:
+        _check_stats_match(results, stats)
+    calibration = (
+        load_source(calibration_path, "calibration") if calibration_path is not None else None
+    )
+    extra = tuple(load_source(path) for path in extra_paths)
+    return ReportInputs(results, stats, calibration, extra)
