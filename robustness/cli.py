@@ -296,6 +296,33 @@ def _add_calibrate(commands) -> None:
     calibrate.set_defaults(run=run_calibrate_command)
 
 
+# ---------------------------------------------------------------------------- report
+
+
+def run_report_command(args) -> int:
+    from reports import write_report
+
+    out = write_report(
+        args.results, args.out, stats_path=args.stats, calibration_path=args.calibration
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser(
+        "report",
+        help="the reviewer-facing HTML report from the datasets",
+        description="One self-contained HTML file (inline figures, no network requests): "
+        "verdict, specification curve, evidence, methods, provenance and caveats.",
+    )
+    report.add_argument("results", help="results.nc written by rsf sweep")
+    report.add_argument("--stats", help="stats.nc written by rsf stats from the same results")
+    report.add_argument("--calibration", help="calibration.nc written by rsf calibrate")
+    report.add_argument("--out", default="report.html", help="output file (default report.html)")
+    report.set_defaults(run=run_report_command)
+
+
 # ---------------------------------------------------------------------------- inspect
 
 
@@ -420,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_stats(commands)
     _add_calibrate(commands)
+    _add_report(commands)
     _add_inspect(commands)
     _add_gradients(commands)
     return parser
