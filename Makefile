@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test bench lint clean
+.PHONY: venv browser test bench lint clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# The report's browser test loads a report in Debian's chromium, driven by the
+# system chromedriver (nothing is downloaded by selenium); installed when missing.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-dejavu-core)
+
+test: $(STAMP) browser
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 bench: $(STAMP)
