@@ -398,8 +398,12 @@ def _add_model_corpus_options(parser, *, tokens_default: int) -> None:
     corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    run.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, float16 or float64")
-    run.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub")
+    run.add_argument(
+        "--dtype", default="float32", help="float32 (default), bfloat16, float16 or float64"
+    )
+    run.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub"
+    )
     run.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -412,25 +416,194 @@ def _add_gradients(commands) -> None:
         "residual-stream gradients δ_t at the outputs of o and down, and of the inputs a_t "
         "at the read sites, for each objective, with bootstrap intervals.",
     )
-    gradients.add_argument("--model", help="a save_pretrained directory or a hub id (default: the demo's base)")
+    gradients.add_argument(
+        "--model", help="a save_pretrained directory or a hub id (default: the demo's base)"
+    )
     gradients.add_argument("--reference", help="DPO reference model (default: the model itself)")
     gradients.add_argument(
-        "--objective", default="ce,dpo", help="comma list from ce, dpo, mixed, lam=x (default ce,dpo)"
+        "--objective",
+        default="ce,dpo",
+        help="comma list from ce, dpo, mixed, lam=x (default ce,dpo)",
     )
     gradients.add_argument("--lam", default="0.5", help="λ values for `mixed` (default 0.5)")
     gradients.add_argument("--beta", type=float, default=0.1, help="DPO β (default 0.1)")
-    gradients.add_argument("--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)")
-    gradients.add_argument("--cutoffs", default="k=8,frac=0.05", help="prediction-subspace k (default k=8,frac=0.05)")
+    gradients.add_argument(
+        "--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)"
+    )
+    gradients.add_argument(
+        "--cutoffs", default="k=8,frac=0.05", help="prediction-subspace k (default k=8,frac=0.05)"
+    )
     gradients.add_argument(
         "--prediction",
         default="unembed",
         help="prediction subspace: unembed (default), unembed_centered or unembed_folded",
     )
-    gradients.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)")
-    gradients.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
-    gradients.add_argument("--out", default="gradients.nc", help="output dataset (default gradients.nc)")
+    gradients.add_argument(
+        "--bootstrap", type=int, default=200, help="bootstrap replicates (default 200)"
+    )
+    gradients.add_argument(
+        "--batch-size", type=int, default=8, help="sequences per step (default 8)"
+    )
+    gradients.add_argument(
+        "--out", default="gradients.nc", help="output dataset (default gradients.nc)"
+    )
     _add_model_corpus_options(gradients, tokens_default=16384)
     gradients.set_defaults(run=run_gradients)
+
+
+# ---------------------------------------------------------------------------- experiment
+
+
+def run_experiment(args) -> int:
+    from . import experiments
+
+    return {
+        "trajectory": experiments.run_trajectory_command,
+        "contrastive": experiments.run_contrastive_command,
+        "rank1": experiments.run_rank1_command,
+    }[args.experiment](args)
+
+
+def _add_sweep_grid_options(parser) -> None:
+    probe = parser.add_argument_group(
+        "probe (a sweep per pair; defaults act_cov,unembed,random × k=8,var=0.9 × isotropic)"
+    )
+    probe.add_argument("--constructions", help="comma list, e.g. act_cov,unembed,random")
+    probe.add_argument("--cutoffs", help="comma list, e.g. k=8,var=0.9")
+    probe.add_argument("--normalisations", help="comma list, e.g. isotropic")
+    probe.add_argument("--matrices", help="comma list from q,k,v,o,up,gate,down")
+    probe.add_argument("--read", default="q,k", help="read set of the summaries (default q,k)")
+    probe.add_argument(
+        "--write", default="o,down", help="write set of the summaries (default o,down)"
+    )
+    probe.add_argument("--bootstrap", type=int, help="sequence-bootstrap replicates of each sweep")
+    probe.add_argument("--batch-size", type=int, help="sequences per forward pass (default 8)")
+    probe.add_argument("--cache-dir", help="statistics cache (default ~/.cache/rsf-robustness)")
+    probe.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    corpus = parser.add_argument_group("probe corpus")
+    corpus.add_argument(
+        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    )
+    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the first model's)")
+    corpus.add_argument(
+        "--tokens", type=int, help="tokens to use (default 65536; all rows of an .npy)"
+    )
+    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", help="auto (default), cpu or cuda")
+    run.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the hub"
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_experiment(commands) -> None:
+    experiment = commands.add_parser(
+        "experiment",
+        help="tests of the mechanism: trajectory, contrastive, rank1",
+        description="Experiments on the asymmetry's mechanism, each written as a netCDF dataset.",
+    )
+    kinds = experiment.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+
+    trajectory = kinds.add_parser(
+        "trajectory",
+        help="RSF along ordered checkpoints, relative to the start and to the previous one",
+    )
+    source = trajectory.add_argument_group("checkpoints (one of)")
+    source.add_argument("--checkpoints", help="ordered comma list of directories or hub ids")
+    source.add_argument(
+        "--config", help="TOML with [trajectory] checkpoints = [...] and the sweep's tables"
+    )
+    source.add_argument("--demo", action="store_true", help="the demo pair's saved checkpoints")
+    source.add_argument(
+        "--phase",
+        default="align",
+        choices=("align", "pretrain", "both"),
+        help="demo phase (default align)",
+    )
+    source.add_argument("--labels", help="comma list of checkpoint labels (default: folder names)")
+    trajectory.add_argument(
+        "--out", default="trajectory.nc", help="output dataset (default trajectory.nc)"
+    )
+    _add_sweep_grid_options(trajectory)
+
+    contrastive = kinds.add_parser(
+        "contrastive",
+        help="variants trained with (1 − λ)·CE(chosen) + λ·DPO: RSF and δ_t rank against λ",
+    )
+    source = contrastive.add_argument_group("base (one of)")
+    source.add_argument("--base", help="the base model: a directory or a hub id")
+    source.add_argument("--demo", action="store_true", help="the demo's base, data and recipe")
+    training = contrastive.add_argument_group("training (defaults: the demo's alignment recipe)")
+    training.add_argument(
+        "--lams", default="0,0.25,0.5,0.75,1", help="λ values (default 0,0.25,0.5,0.75,1)"
+    )
+    training.add_argument(
+        "--steps", type=int, help="training steps per variant (default 60; demo 120)"
+    )
+    training.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; demo 5e-4)")
+    training.add_argument("--train-batch", type=int, help="pairs per step (default 16)")
+    training.add_argument("--beta", type=float, help="DPO β (default 0.1)")
+    training.add_argument(
+        "--prompt-len", type=int, help="prompt tokens of a pair (default 32; demo's)"
+    )
+    training.add_argument(
+        "--train-corpus", help="text/JSONL files for the pairs (default: built-in corpus)"
+    )
+    training.add_argument(
+        "--train-tokens", type=int, default=65536, help="tokens of training text (default 65536)"
+    )
+    training.add_argument(
+        "--variants-dir", help="where variants are saved and reused (default: the cache)"
+    )
+    training.add_argument(
+        "--gradient-pairs",
+        type=int,
+        default=256,
+        help="training pairs for the δ_t statistics (default 256)",
+    )
+    training.add_argument(
+        "--gradient-bootstrap",
+        type=int,
+        default=200,
+        help="bootstrap replicates of δ_t ranks (default 200)",
+    )
+    contrastive.add_argument(
+        "--out", default="contrastive.nc", help="output dataset (default contrastive.nc)"
+    )
+    _add_sweep_grid_options(contrastive)
+
+    rank1 = kinds.add_parser(
+        "rank1",
+        help="rank-1 interventions along principal directions against matched controls",
+    )
+    rank1.add_argument(
+        "--model", help="a directory or hub id (default: the demo's base, on held-out documents)"
+    )
+    rank1.add_argument("--layer", type=int, help="layer (default: the middle one)")
+    rank1.add_argument("--read-matrix", default="q", help="read matrix (default q)")
+    rank1.add_argument("--write-matrix", default="o", help="write matrix (default o)")
+    rank1.add_argument("--controls", type=int, default=20, help="controls per family (default 20)")
+    rank1.add_argument("--scale", type=float, default=0.25, help="α = scale·‖W‖_F (default 0.25)")
+    rank1.add_argument(
+        "--neighbours",
+        type=int,
+        default=4,
+        help="matched controls mix principal directions 2..1+N (default 4)",
+    )
+    rank1.add_argument("--beta", type=float, default=0.1, help="DPO β of the margin (default 0.1)")
+    rank1.add_argument(
+        "--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)"
+    )
+    rank1.add_argument(
+        "--batch-size", type=int, default=16, help="sequences per forward pass (default 16)"
+    )
+    rank1.add_argument("--cache-dir", help="where the demo pair is cached")
+    rank1.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
+    rank1.add_argument("--out", default="rank1.nc", help="output dataset (default rank1.nc)")
+    _add_model_corpus_options(rank1, tokens_default=8192)
+    experiment.set_defaults(run=run_experiment)
 
 
 # ---------------------------------------------------------------------------- main
@@ -450,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_inspect(commands)
     _add_gradients(commands)
+    _add_experiment(commands)
     return parser
 
 
