@@ -35,15 +35,25 @@ def build_report(inputs: ReportInputs) -> str:
     )
 
 
-def write_report(results_path, out_path, *, stats_path=None, calibration_path=None) -> Path:
+def write_report(
+    results_path, out_path, *, stats_path=None, calibration_path=None, extra_paths=()
+) -> Path:
     """Write the HTML report for `results_path` (and the optional statistics and calibration datasets).
+
+    `extra_paths` are datasets of other kinds (``gradients``, ``trajectory``,
+    ``contrastive``, ``rank1``, …), each shown by the section registered for its kind.
 
     Every input is read and checked, and the output folder checked writable,
     before anything is written; the file appears under `out_path` only when
     complete. Returns `out_path` as a :class:`~pathlib.Path`.
     """
     out = check_writable(out_path)
-    inputs = load_inputs(results_path, stats_path=stats_path, calibration_path=calibration_path)
+    inputs = load_inputs(
+        results_path,
+        stats_path=stats_path,
+        calibration_path=calibration_path,
+        extra_paths=tuple(extra_paths),
+    )
     document = build_report(inputs)
     with atomic_output(out) as temporary:
         temporary.write_text(document, encoding="utf-8")
