@@ -12,4 +12,11 @@ from .inputs import ReportInputs, load_inputs
 from .report import build_report, write_report
 from .sections import Section, register_section
 
-__all__ = ["ReportInputs", "Section", "build_report", "load_inputs", "register_section", "write_report"]
+__all__ = [
+    "ReportInputs",
+    "Section",
+    "build_report",
+    "load_inputs",
+    "register_section",
+    "write_report",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def build_report(inputs: ReportInputs) -> str:
     pairs = ", ".join(context.pairs)
     return render(
         "report.html.j2",
-        title=f"RSF robustness report: {pairs}" if len(context.pairs) < 5 else f"RSF robustness report: {len(context.pairs)} pairs",
+        title=f"RSF robustness report: {pairs}"
+        if len(context.pairs) < 5
+        else f"RSF robustness report: {len(context.pairs)} pairs",
         sections=build_sections(context),
         sources=inputs.sources,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -57,4 +60,11 @@ def write_report(
     document = build_report(inputs)
     with atomic_output(out) as temporary:
         temporary.write_text(document, encoding="utf-8")
+        temporary.chmod(0o666 & ~_umask())  # a document to share: the usual file mode, not mkstemp's 0600
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

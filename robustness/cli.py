@@ -303,7 +303,11 @@ def run_report_command(args) -> int:
     from reports import write_report
 
     out = write_report(
-        args.results, args.out, stats_path=args.stats, calibration_path=args.calibration
+        args.results,
+        args.out,
+        stats_path=args.stats,
+        calibration_path=args.calibration,
+        extra_paths=_split(args.extra) or (),
     )
     print(f"wrote {out}")
     return 0
@@ -319,6 +323,10 @@ def _add_report(commands) -> None:
     report.add_argument("results", help="results.nc written by rsf sweep")
     report.add_argument("--stats", help="stats.nc written by rsf stats from the same results")
     report.add_argument("--calibration", help="calibration.nc written by rsf calibrate")
+    report.add_argument(
+        "--extra",
+        help="comma list of further datasets (rsf gradients, rsf experiment …), a section each",
+    )
     report.add_argument("--out", default="report.html", help="output file (default report.html)")
     report.set_defaults(run=run_report_command)
 

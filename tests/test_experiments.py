@@ -8,8 +8,11 @@ against robustness.training.preference_margin on an edited copy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,10 +26,12 @@ from robustness.config import CorpusSpec, PairSpec, SweepConfig
 from robustness.corpus import Corpus
 from robustness.engine import sweep_pair
 from robustness.experiments import (
+    ContrastiveSettings,
     Rank1Settings,
     rank1_dataset,
     rank1_hook,
     rank1_update,
+    train_variants,
     trajectory_dataset,
     trajectory_pairs,
     trend_test,
@@ -320,18 +325,42 @@ def test_cli_trajectory_errors_are_one_line(tmp_path, capsys):
 # ---------------------------------------------------------------------------- contrastive and rank1 CLI
 
 
-def test_cli_contrastive_end_to_end(saved_pair, tmp_path, capsys):
+def _run(argv) -> str:
+    """`main(argv)` in-process; its stdout (exit status 0 required)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(argv) == 0
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def contrastive_run(saved_pair, tmp_path_factory):
     base, _ = saved_pair("llama")
-    out = tmp_path / "contrastive.nc"
-    code = main([
+    root = tmp_path_factory.mktemp("contrastive")
+    out = root / "contrastive.nc"
+    printed = _run([
         "experiment", "contrastive", "--base", base, "--lams", "0,0.5,1", "--steps", "2",
         "--train-batch", "4", "--prompt-len", "6", "--train-tokens", "480", "--gradient-pairs", "8",
         "--gradient-bootstrap", "5", "--tokens", "512", "--seq-len", "32", "--cutoffs", "k=4",
-        "--variants-dir", str(tmp_path / "variants"), "--cache-dir", str(tmp_path / "cache"),
+        "--variants-dir", str(root / "variants"), "--cache-dir", str(root / "cache"),
         "--quiet", "--out", str(out),
     ])  # fmt: skip
-    assert code == 0
-    printed = capsys.readouterr().out
+    return base, root, out, printed
+
+
+@pytest.fixture(scope="module")
+def rank1_run(saved_pair, tmp_path_factory):
+    base, _ = saved_pair("gpt2")
+    out = tmp_path_factory.mktemp("rank1") / "rank1.nc"
+    printed = _run([
+        "experiment", "rank1", "--model", base, "--controls", "2", "--tokens", "256",
+        "--seq-len", "16", "--read-matrix", "up", "--write-matrix", "down", "--quiet", "--out", str(out),
+    ])  # fmt: skip
+    return out, printed
+
+
+def test_cli_contrastive_end_to_end(contrastive_run):
+    base, root, out, printed = contrastive_run
     assert "trend against λ" in printed
     ds = xr.open_dataset(out)
     assert ds.attrs["kind"] == "contrastive"
@@ -340,24 +369,55 @@ def test_cli_contrastive_end_to_end(saved_pair, tmp_path, capsys):
     assert "delta_entropy_rank" in ds.trend.values
     assert np.isfinite(ds.trend_p_value.values).all()
     assert np.all(ds.delta_mean_entropy_rank_ci_low <= ds.delta_mean_entropy_rank_ci_high)
-    # Variants are reused, not retrained, on a second run.
-    variants = sorted((tmp_path / "variants").iterdir())
-    assert len(variants) == 3
+    # The same settings find the saved variants instead of training again.
+    settings = ContrastiveSettings(lams=(0.0, 0.5, 1.0), steps=2, batch_size=4, prompt_len=6)
+    train_ids = np.random.default_rng(0).integers(0, VOCAB, (4, 12))
+    first = train_variants(base, train_ids, settings, variants_dir=root / "again", progress=False)
+    stamps = [Path(p, "config.json").stat().st_mtime_ns for p in first]
+    second = train_variants(base, train_ids, settings, variants_dir=root / "again", progress=False)
+    assert second == first
+    assert [Path(p, "config.json").stat().st_mtime_ns for p in second] == stamps
+    names = [Path(p).name for p in ds.variant_id.values]
+    assert [n.split("-")[1] for n in names] == ["0", "0.5", "1"]
 
 
-def test_cli_rank1_end_to_end(saved_pair, tmp_path, capsys):
-    base, _ = saved_pair("gpt2")
-    out = tmp_path / "rank1.nc"
-    code = main([
-        "experiment", "rank1", "--model", base, "--controls", "2", "--tokens", "256",
-        "--seq-len", "16", "--read-matrix", "up", "--write-matrix", "down", "--quiet", "--out", str(out),
-    ])  # fmt: skip
-    assert code == 0
-    assert "principal Δmargin" in capsys.readouterr().out
+def test_cli_rank1_end_to_end(rank1_run):
+    out, printed = rank1_run
+    assert "principal Δmargin" in printed
     ds = xr.open_dataset(out)
     assert list(ds.matrix.values) == ["up", "down"]
     assert ds.attrs["layer"] == 1
     np.testing.assert_allclose(ds.alpha.values, 0.25 * ds.weight_fro.values)
+
+
+def test_report_shows_every_mechanism_section(
+    saved_pair, checkpoints, contrastive_run, rank1_run, tmp_path
+):
+    base, aligned = saved_pair("llama")
+    results, gradients = tmp_path / "results.nc", tmp_path / "gradients.nc"
+    _run(["sweep", "--base", base, "--aligned", aligned, "--tokens", "256", "--seq-len", "16",
+          "--constructions", "act_cov,unembed", "--cutoffs", "k=4", "--normalisations", "isotropic",
+          "--no-cache", "--quiet", "--out", str(results)])  # fmt: skip
+    _run(["gradients", "--model", base, "--tokens", "256", "--seq-len", "16", "--bootstrap", "4",
+          "--quiet", "--out", str(gradients)])  # fmt: skip
+    dirs, ids_path = checkpoints
+    trajectory = tmp_path / "trajectory.nc"
+    _run(["experiment", "trajectory", "--checkpoints", ",".join(dirs), "--corpus", ids_path,
+          "--cutoffs", "k=4", "--no-cache", "--quiet", "--out", str(trajectory)])  # fmt: skip
+    extras = [gradients, trajectory, contrastive_run[2], rank1_run[0]]
+    report = tmp_path / "report.html"
+    _run(["report", str(results), "--extra", ",".join(map(str, extras)), "--out", str(report)])
+    html = report.read_text()
+    for index, (kind, table) in enumerate(
+        (("gradients", "gradients-table"), ("trajectory", "trajectory-table"),
+         ("contrastive", "contrastive-trends"), ("rank1", "rank1-table"))
+    ):  # fmt: skip
+        assert f'<section id="extra-{index}-{kind}"' in html, kind
+        assert f'id="{table}"' in html, kind
+    # The numbers are the datasets' own, rounded by the report.
+    rank1 = xr.open_dataset(rank1_run[0])
+    value = float(rank1.p_margin.sel(matrix="up", control="all"))
+    assert f'data-value="{value!r}"' in html
 
 
 def test_cli_rank1_rejects_a_write_matrix_as_read(saved_pair, tmp_path, capsys):
