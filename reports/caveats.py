@@ -61,7 +61,12 @@ def _layers(ctx: ReportContext) -> list[Caveat]:
                 "significant on its own and the sign-flip test cannot settle the question for it.",
             ))  # fmt: skip
         elif n < 3:
-            out.append(Caveat(f"few-layers-{pair}", f"Pair {pair} has {n} layers: too few for ranking stability."))
+            out.append(
+                Caveat(
+                    f"few-layers-{pair}",
+                    f"Pair {pair} has {n} layers: too few for ranking stability.",
+                )
+            )
     return out
 
 
@@ -103,7 +108,9 @@ def _resamples(ctx: ReportContext) -> list[Caveat]:
 
 def _incomplete(ctx: ReportContext) -> list[Caveat]:
     out = []
-    total = int(np.prod([ctx.results.sizes[d] for d in ("construction", "cutoff", "normalisation")]))
+    total = int(
+        np.prod([ctx.results.sizes[d] for d in ("construction", "cutoff", "normalisation")])
+    )
     for pair in ctx.pairs:
         missing = ctx.per_pair.get(pair, {}).get("incomplete_specifications", 0)
         if missing:
@@ -208,7 +215,12 @@ def _inputs(ctx: ReportContext) -> list[Caveat]:
             ))  # fmt: skip
     misses = json.loads(calibration.attrs.get("misses", "[]") or "[]")
     if misses:
-        out.append(Caveat("calibration-misses", "The calibration missed its targets: " + "; ".join(misses) + "."))
+        out.append(
+            Caveat(
+                "calibration-misses",
+                "The calibration missed its targets: " + "; ".join(misses) + ".",
+            )
+        )
     return out
 
 

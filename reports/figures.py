@@ -56,7 +56,10 @@ OKABE_ITO = {
 }
 GREY = "#8C8C8C"
 PATHWAY_COLOURS = {"read": OKABE_ITO["blue"], "write": OKABE_ITO["vermillion"]}
-SERIES = [OKABE_ITO[c] for c in ("blue", "orange", "green", "vermillion", "purple", "sky_blue", "black", "yellow")]
+SERIES = [
+    OKABE_ITO[c]
+    for c in ("blue", "orange", "green", "vermillion", "purple", "sky_blue", "black", "yellow")
+]
 MARKERS = "osD^vP*Xh<>"
 MATRIX_MARKERS = dict(zip(("q", "k", "v", "o", "up", "gate", "down"), "osD^vPX", strict=True))
 RC = {
@@ -155,13 +158,18 @@ def _spec_frame(stats: xr.Dataset, pair):
     return frame.sort_values("effect_size", kind="stable").reset_index(drop=True)
 
 
-def spec_curve(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha: float) -> SvgFigure | None:
+def spec_curve(
+    stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha: float
+) -> SvgFigure | None:
     """Specifications sorted by effect size with intervals, over an indicator panel of the choices."""
     frames = {pair: _spec_frame(stats, pair) for pair in pairs}
     frames = {pair: f for pair, f in frames.items() if len(f)}
     if not frames:
         return None
-    groups = [(dim, [str(v) for v in stats[dim].values]) for dim in ("construction", "cutoff", "normalisation")]
+    groups = [
+        (dim, [str(v) for v in stats[dim].values])
+        for dim in ("construction", "cutoff", "normalisation")
+    ]
     rows: list[tuple[str, str | None]] = []
     for dim, values in groups:
         rows.append((dim, None))
@@ -187,7 +195,11 @@ def spec_curve(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha:
         bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
         x = np.arange(len(frame))
         significant = frame["p_signflip"] < alpha
-        kinds = [significant & (frame["asymmetry"] > 0), significant & (frame["asymmetry"] < 0), ~significant]
+        kinds = [
+            significant & (frame["asymmetry"] > 0),
+            significant & (frame["asymmetry"] < 0),
+            ~significant,
+        ]
         for (label, colour, marker), mask in zip(categories, kinds, strict=True):
             mask = mask.to_numpy()
             if not mask.any():
@@ -221,15 +233,26 @@ def spec_curve(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha:
         if is_preferred.any():
             rank = int(np.flatnonzero(is_preferred)[0])
             for axis in (top, bottom):
-                axis.axvspan(rank - 0.5, rank + 0.5, color=OKABE_ITO["orange"], alpha=0.35, linewidth=0)
+                axis.axvspan(
+                    rank - 0.5, rank + 0.5, color=OKABE_ITO["orange"], alpha=0.35, linewidth=0
+                )
             top.plot([rank], [span[1] + pad * 0.4], marker="v", color="black", markersize=6,
                      linestyle="none", label="preferred specification")  # fmt: skip
         for y, (dim, label) in enumerate(rows):
             if label is None:
                 continue
             used = (frame[dim] == label).to_numpy()
-            bottom.plot(x[used], np.full(used.sum(), y), "|", color="black", markersize=4, markeredgewidth=0.8)
-        bottom.set_yticks(range(len(rows)), [label if label else dim.upper() for dim, label in rows])
+            bottom.plot(
+                x[used],
+                np.full(used.sum(), y),
+                "|",
+                color="black",
+                markersize=4,
+                markeredgewidth=0.8,
+            )
+        bottom.set_yticks(
+            range(len(rows)), [label if label else dim.upper() for dim, label in rows]
+        )
         for tick, (_, label) in zip(bottom.get_yticklabels(), rows, strict=True):
             if label is None:
                 tick.set_fontweight("bold")
@@ -305,7 +328,10 @@ def rsf_by_cutoff(
     for (construction, pair), axis in zip(panels, axes.ravel(), strict=True):
         n_layers = _n_layers(results, pair)
         cell = results.rsf.sel(pair=pair, construction=construction, normalisation=normalisation)
-        values = probe_scale(cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values, normalisation)
+        values = probe_scale(
+            cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values,
+            normalisation,
+        )
         ks = results.k.sel(pair=pair, construction=construction).isel(layer=slice(0, n_layers))
         ks = ks.transpose("layer", "matrix", "cutoff").values.astype(float)
         ks[ks < 0] = np.nan
@@ -335,8 +361,12 @@ def rsf_by_cutoff(
             axis.plot(x, mean, color=colour, linewidth=2.2, marker=MARKERS[0] if name == "read" else "s",
                       markersize=4, label=f"{name} set mean ({', '.join(read if name == 'read' else write)})")  # fmt: skip
             if boot:
-                replicates = results.rsf_boot.sel(pair=pair, construction=construction, normalisation=normalisation)
-                replicates = replicates.isel(layer=slice(0, n_layers)).transpose("replicate", "layer", "matrix", "cutoff")
+                replicates = results.rsf_boot.sel(
+                    pair=pair, construction=construction, normalisation=normalisation
+                )
+                replicates = replicates.isel(layer=slice(0, n_layers)).transpose(
+                    "replicate", "layer", "matrix", "cutoff"
+                )
                 draws = _set_mean(probe_scale(replicates.values, normalisation), columns)[:, order]
                 with _quiet():
                     low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
@@ -374,7 +404,9 @@ def rsf_by_cutoff(
 # ----------------------------------------------------------------------- heatmaps
 
 
-def layer_heatmaps(results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]) -> SvgFigure | None:
+def layer_heatmaps(
+    results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
+) -> SvgFigure | None:
     """Layer × matrix heatmaps of the probe (statistics' scale) for chosen specifications."""
     if not specs:
         return None
@@ -388,8 +420,12 @@ def layer_heatmaps(results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
     annotate = n_layers <= 16
     alt_parts = []
     for r, (construction, cutoff, normalisation) in enumerate(specs):
-        cell = results.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
-        values = probe_scale(cell.transpose("pair", "layer", "matrix").sel(pair=list(pairs)).values, normalisation)
+        cell = results.rsf.sel(
+            construction=construction, cutoff=cutoff, normalisation=normalisation
+        )
+        values = probe_scale(
+            cell.transpose("pair", "layer", "matrix").sel(pair=list(pairs)).values, normalisation
+        )
         finite = values[np.isfinite(values)]
         vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         image = None
@@ -397,11 +433,20 @@ def layer_heatmaps(results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
             axis = axes[r, c]
             grid = values[c]
             # pcolormesh, not imshow: vector cells, no embedded raster image.
-            edges_x, edges_y = np.arange(grid.shape[1] + 1) - 0.5, np.arange(grid.shape[0] + 1) - 0.5
-            image = axis.pcolormesh(edges_x, edges_y, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax)
+            edges_x, edges_y = (
+                np.arange(grid.shape[1] + 1) - 0.5,
+                np.arange(grid.shape[0] + 1) - 0.5,
+            )
+            image = axis.pcolormesh(
+                edges_x, edges_y, np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax
+            )
             axis.invert_yaxis()
             axis.set_facecolor("#DDDDDD")  # where a pair has no such layer or matrix
-            axis.set_xticks(range(len(matrices)), [f"{m}\n{p[0].upper()}" for m, p in zip(matrices, pathways, strict=True)], fontsize=7)
+            axis.set_xticks(
+                range(len(matrices)),
+                [f"{m}\n{p[0].upper()}" for m, p in zip(matrices, pathways, strict=True)],
+                fontsize=7,
+            )
             axis.set_yticks(range(n_layers), [str(v) for v in results.layer.values], fontsize=6.5)
             axis.set_ylabel("layer")
             axis.set_title(f"{construction}, {cutoff}, {normalisation}\npair {pair}", fontsize=7.5)
@@ -413,26 +458,34 @@ def layer_heatmaps(results: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
                         axis.text(mi, li, f"{v:.2f}", ha="center", va="center", fontsize=5.5,
                                   color="white" if v < middle else "black")  # fmt: skip
             if finite.size:
-                hot = np.unravel_index(np.nanargmax(np.where(np.isfinite(grid), grid, -np.inf)), grid.shape)
+                hot = np.unravel_index(
+                    np.nanargmax(np.where(np.isfinite(grid), grid, -np.inf)), grid.shape
+                )
                 alt_parts.append(
                     f"{construction}/{cutoff}/{normalisation}, pair {pair}: values {np.nanmin(grid):+.2f} to "
                     f"{np.nanmax(grid):+.2f}, highest at layer {results.layer.values[hot[0]]} {matrices[hot[1]]}"
                 )
         if image is not None:
-            bar = fig.colorbar(image, ax=list(axes[r]), label=scale_label(normalisation), shrink=0.9)
+            bar = fig.colorbar(
+                image, ax=list(axes[r]), label=scale_label(normalisation), shrink=0.9
+            )
             bar.solids.set_rasterized(False)  # vector, so the SVG embeds no image
     caption = (
         "The probe per layer and matrix (R: read, W: write) on the statistics' scale, for the chosen "
         "specifications; one colour scale per row (cividis: dark is low, yellow is high), grey where a "
         "pair has no such layer or matrix."
     )
-    return _finish(fig, "fig-heatmaps", "Layer by matrix heatmaps. " + "; ".join(alt_parts) + ".", caption)
+    return _finish(
+        fig, "fig-heatmaps", "Layer by matrix heatmaps. " + "; ".join(alt_parts) + ".", caption
+    )
 
 
 # ----------------------------------------------------------------------- null distributions
 
 
-def null_distributions(stats: xr.Dataset, pairs, specs: list[tuple[str, str, str]]) -> SvgFigure | None:
+def null_distributions(
+    stats: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
+) -> SvgFigure | None:
     """Sign-flip null draws of the asymmetry with the observed statistic."""
     if "null_asymmetry" not in stats or not specs:
         return None
@@ -454,7 +507,9 @@ def null_distributions(stats: xr.Dataset, pairs, specs: list[tuple[str, str, str
                 continue
             axis.hist(draws, bins=min(40, max(5, np.unique(draws).size)), color=GREY, alpha=0.8)
             axis.axvline(observed, color=OKABE_ITO["blue"], linewidth=2)
-            axis.set_title(f"{title}\nobserved {observed:+.3f}, sign-flip p = {p:.3g}", fontsize=7.5)
+            axis.set_title(
+                f"{title}\nobserved {observed:+.3f}, sign-flip p = {p:.3g}", fontsize=7.5
+            )
             axis.set_xlabel("asymmetry under the null")
             axis.set_yticks([])
             axis.xaxis.set_major_locator(MaxNLocator(5))
@@ -467,7 +522,9 @@ def null_distributions(stats: xr.Dataset, pairs, specs: list[tuple[str, str, str
         "differences (all arrangements when exact, else a sample), as histograms; the blue line "
         "is the observed asymmetry and the title gives its two-sided p-value."
     )
-    return _finish(fig, "fig-nulls", "Permutation null distributions. " + "; ".join(alt_parts) + ".", caption)
+    return _finish(
+        fig, "fig-nulls", "Permutation null distributions. " + "; ".join(alt_parts) + ".", caption
+    )
 
 
 # ----------------------------------------------------------------------- variance decomposition
@@ -478,7 +535,11 @@ def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
     shares = {pair: s for pair, s in shares.items() if s}
     if not shares:
         return None
-    factors = [f for f in ("construction", "cutoff", "normalisation", "residual") if any(f in s for s in shares.values())]
+    factors = [
+        f
+        for f in ("construction", "cutoff", "normalisation", "residual")
+        if any(f in s for s in shares.values())
+    ]
     pairs = list(shares)
     fig = _figure(6.0, 0.35 * len(factors) * max(1, len(pairs)) ** 0.5 + 1.3)
     axis = fig.subplots()
@@ -495,21 +556,29 @@ def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
         axis.legend(loc="lower right")
     parts = []
     for pair in pairs:
-        driver = max((f for f in shares[pair] if f != "residual"), key=shares[pair].get, default=None)
+        driver = max(
+            (f for f in shares[pair] if f != "residual"), key=shares[pair].get, default=None
+        )
         if driver:
-            parts.append(f"pair {pair}: {driver} moves the result most ({shares[pair][driver]:.0%})")
+            parts.append(
+                f"pair {pair}: {driver} moves the result most ({shares[pair][driver]:.0%})"
+            )
     caption = (
         "Which analytic choice moves the result: the share of the variation in effect size across "
         "specifications attributed to each choice by a type-II ANOVA; the residual is what the "
         "choices' main effects do not explain (their interactions and the pair itself)."
     )
-    return _finish(fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption)
+    return _finish(
+        fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption
+    )
 
 
 # ----------------------------------------------------------------------- trajectory
 
 
-def trajectory(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], confidence_level: float) -> SvgFigure | None:
+def trajectory(
+    stats: xr.Dataset, pairs, preferred: tuple[str, str, str], confidence_level: float
+) -> SvgFigure | None:
     """The preferred specification's asymmetry with its interval, pair by pair, in dataset order."""
     if len(pairs) < 2:
         return None
@@ -526,9 +595,14 @@ def trajectory(stats: xr.Dataset, pairs, preferred: tuple[str, str, str], confid
     axis.set_xticks(x, [str(p) for p in pairs])
     axis.set_xlabel("pair")
     axis.set_ylabel(f"asymmetry ({scale_label(preferred[2])})")
-    alt = "Asymmetry across pairs under the preferred specification: " + "; ".join(
-        f"{p} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for p, v, lo, hi in zip(pairs, values, lows, highs, strict=True)
-    ) + "."
+    alt = (
+        "Asymmetry across pairs under the preferred specification: "
+        + "; ".join(
+            f"{p} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+            for p, v, lo, hi in zip(pairs, values, lows, highs, strict=True)
+        )
+        + "."
+    )
     caption = (
         f"The preferred specification ({'/'.join(preferred)}) pair by pair, in the order of the "
         f"results dataset, with {int(confidence_level * 100)}% layer-bootstrap intervals."
@@ -549,16 +623,30 @@ def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | No
     axis = fig.subplots()
     y = np.arange(len(tests))
     if target is not None:
-        axis.axvspan(target[0], target[1], color=OKABE_ITO["sky_blue"], alpha=0.25, linewidth=0, label="target band")
+        axis.axvspan(
+            target[0],
+            target[1],
+            color=OKABE_ITO["sky_blue"],
+            alpha=0.25,
+            linewidth=0,
+            label="target band",
+        )
     axis.axvline(alpha, color="black", linewidth=0.7, linestyle=":", label=f"α = {alpha:g}")
-    axis.errorbar(error, y, xerr=[error - low, high - error], fmt="o", color=OKABE_ITO["blue"], capsize=3)
+    axis.errorbar(
+        error, y, xerr=[error - low, high - error], fmt="o", color=OKABE_ITO["blue"], capsize=3
+    )
     axis.set_yticks(y, tests)
     axis.invert_yaxis()
     axis.set_xlabel("type-I error under the isotropic null")
     axis.legend(loc="lower right")
-    alt = "Type-I error by test: " + "; ".join(
-        f"{t} {e:.3f} [{lo:.3f}, {hi:.3f}]" for t, e, lo, hi in zip(tests, error, low, high, strict=True)
-    ) + "."
+    alt = (
+        "Type-I error by test: "
+        + "; ".join(
+            f"{t} {e:.3f} [{lo:.3f}, {hi:.3f}]"
+            for t, e, lo, hi in zip(tests, error, low, high, strict=True)
+        )
+        + "."
+    )
     caption = (
         "Calibration: the rate at which each test rejects simulated pairs with no planted "
         "asymmetry, with 95% Clopper–Pearson intervals; a calibrated test sits in the target band around α."

@@ -88,8 +88,14 @@ def load_source(path: str | Path, expected: str | None = None) -> Source:
         wanted = f"{_DESCRIBED[expected]} written by {_WRITTEN_BY[expected]}"
         if kind in _DESCRIBED:
             hint = f": pass it with {_FLAG[kind]}" if kind in _FLAG else ""
-            raise ValueError(f"{path} is {_DESCRIBED[kind]} (from {_WRITTEN_BY[kind]}), not {wanted}{hint}")
-        found = f"it holds a dataset of kind {kind!r}" if kind else "it has none of the variables rsf writes"
+            raise ValueError(
+                f"{path} is {_DESCRIBED[kind]} (from {_WRITTEN_BY[kind]}), not {wanted}{hint}"
+            )
+        found = (
+            f"it holds a dataset of kind {kind!r}"
+            if kind
+            else "it has none of the variables rsf writes"
+        )
         raise ValueError(f"{path} is not {wanted}: {found}")
     if kind is None:
         raise ValueError(f"{path} is not a dataset rsf knows: it has no `kind` attribute")
@@ -120,7 +126,9 @@ def _check_stats_match(results: Source, stats: Source) -> None:
             )
 
 
-def load_inputs(results_path, *, stats_path=None, calibration_path=None, extra_paths=()) -> ReportInputs:
+def load_inputs(
+    results_path, *, stats_path=None, calibration_path=None, extra_paths=()
+) -> ReportInputs:
     """Open and cross-check every input; every problem is a one-line ``ValueError``."""
     results = load_source(results_path, "results")
     stats = load_source(stats_path, "stats") if stats_path is not None else None

@@ -75,7 +75,11 @@ def _verdict_table(ctx: ReportContext) -> Table:
     c, k, n = ctx.preferred
     level = int(round(ctx.confidence_level * 100))
     rows: list[tuple[str, str, Callable]] = [
-        ("asymmetry", f"asymmetry A, preferred specification ({_spec_label(ctx.preferred)})", fmt.signed),
+        (
+            "asymmetry",
+            f"asymmetry A, preferred specification ({_spec_label(ctx.preferred)})",
+            fmt.signed,
+        ),
         ("ci_low", f"{level}% interval, low (layer bootstrap)", fmt.signed),
         ("ci_high", f"{level}% interval, high (layer bootstrap)", fmt.signed),
     ]
@@ -102,26 +106,41 @@ def _verdict_table(ctx: ReportContext) -> Table:
     values: dict[str, dict[str, float]] = {}
     for pair in ctx.pairs:
         cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
-        row = {name: float(cell[name]) for name in ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm")}
+        row = {
+            name: float(cell[name])
+            for name in ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm")
+        }
         if "seq_ci_low" in stats:
             row.update(seq_ci_low=float(cell.seq_ci_low), seq_ci_high=float(cell.seq_ci_high))
         same_scale = stats.asymmetry.sel(pair=pair, normalisation=n).values.ravel()
         same_scale = same_scale[np.isfinite(same_scale)]
         if same_scale.size:
             row["median_asymmetry"] = float(np.median(same_scale))
-            row["quartile_low"], row["quartile_high"] = (float(q) for q in np.percentile(same_scale, [25, 75]))
+            row["quartile_low"], row["quartile_high"] = (
+                float(q) for q in np.percentile(same_scale, [25, 75])
+            )
         info = ctx.per_pair.get(pair, {})
-        row.update({key: float(v) for key, v in info.get("joint", {}).items() if not isinstance(v, bool)})
+        row.update(
+            {key: float(v) for key, v in info.get("joint", {}).items() if not isinstance(v, bool)}
+        )
         row["n_layers"] = float(info.get("n_layers", ctx.n_layers(pair)))
         values[pair] = row
-    columns = (Column("quantity", "quantity", numeric=False), *(Column(f"pair:{p}", f"pair {p}") for p in ctx.pairs))
+    columns = (
+        Column("quantity", "quantity", numeric=False),
+        *(Column(f"pair:{p}", f"pair {p}") for p in ctx.pairs),
+    )
     table_rows = []
     for key, label, rule in rows:
         cells = {"quantity": fmt.text(label)}
         for pair in ctx.pairs:
             cells[f"pair:{pair}"] = rule(values[pair].get(key))
         table_rows.append(Row(key, cells))
-    return Table("verdict-table", "The numbers behind the verdict, one column per pair", columns, tuple(table_rows))
+    return Table(
+        "verdict-table",
+        "The numbers behind the verdict, one column per pair",
+        columns,
+        tuple(table_rows),
+    )
 
 
 def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
@@ -133,7 +152,13 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
         info = ctx.per_pair.get(pair, {})
         joint = info.get("joint")
         if not joint:
-            out.append({"pair": pair, "verdict": "no complete specification: nothing to test", "details": []})
+            out.append(
+                {
+                    "pair": pair,
+                    "verdict": "no complete specification: nothing to test",
+                    "details": [],
+                }
+            )
             continue
         value = {key: str(cells[f"pair:{pair}"]) for key, cells in shown.items()}
         details = [
@@ -148,7 +173,13 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
             f"{value['p_stouffer_z']}). The joint p-values apply one set of sign flips to every "
             "specification at once, so they account for the specifications' dependence.",
         ]
-        out.append({"pair": pair, "verdict": verdict(joint, int(info["n_layers"]), ctx.alpha), "details": details})
+        out.append(
+            {
+                "pair": pair,
+                "verdict": verdict(joint, int(info["n_layers"]), ctx.alpha),
+                "details": details,
+            }
+        )
     return out
 
 
@@ -160,14 +191,22 @@ def _mixed_model_table(ctx: ReportContext) -> Table | None:
         Row(name, {"term": fmt.text(name), "coef": fmt.signed(v["coef"]), "p": fmt.p_value(v["p"])})
         for name, v in mixed["coefficients"].items()
     )
-    columns = (Column("term", "term", numeric=False), Column("coef", "coefficient"), Column("p", "p"))
+    columns = (
+        Column("term", "term", numeric=False),
+        Column("coef", "coefficient"),
+        Column("p", "p"),
+    )
     caption = f"Mixed model {mixed['formula']} on {_spec_label(mixed['specification'])} (statsmodels MixedLM)"
     return Table("mixed-model", caption, columns, rows)
 
 
 def verdict_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment("sections/missing.html.j2", needs="stats.nc", command="rsf stats results.nc --out stats.nc")
+        body = fragment(
+            "sections/missing.html.j2",
+            needs="stats.nc",
+            command="rsf stats results.nc --out stats.nc",
+        )
         return Section("verdict", "Verdict", body)
     table = _verdict_table(ctx)
     body = fragment(
@@ -193,7 +232,10 @@ def spec_table(ctx: ReportContext) -> Table:
         ("ci_high", "CI high", fmt.signed),
     ]
     if "seq_ci_low" in stats:
-        numbers += [("seq_ci_low", "seq. CI low", fmt.signed), ("seq_ci_high", "seq. CI high", fmt.signed)]
+        numbers += [
+            ("seq_ci_low", "seq. CI low", fmt.signed),
+            ("seq_ci_high", "seq. CI high", fmt.signed),
+        ]
     numbers += [
         ("effect_size", "d_z", fmt.effect),
         ("p_signflip", "p sign-flip", fmt.p_value),
@@ -233,7 +275,11 @@ def spec_table(ctx: ReportContext) -> Table:
 
 def spec_curve_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment("sections/missing.html.j2", needs="stats.nc", command="rsf stats results.nc --out stats.nc")
+        body = fragment(
+            "sections/missing.html.j2",
+            needs="stats.nc",
+            command="rsf stats results.nc --out stats.nc",
+        )
     else:
         body = fragment(
             "sections/figure_and_table.html.j2",
@@ -258,7 +304,13 @@ def rsf_cutoff_section(ctx: ReportContext) -> Section:
         if extra in present and extra not in constructions:
             constructions.append(extra)
     figure = figures.rsf_by_cutoff(
-        ctx.results, ctx.pairs, constructions, ctx.preferred[2], list(ctx.read), list(ctx.write), ctx.confidence_level
+        ctx.results,
+        ctx.pairs,
+        constructions,
+        ctx.preferred[2],
+        list(ctx.read),
+        list(ctx.write),
+        ctx.confidence_level,
     )
     body = fragment(
         "sections/figure_and_table.html.j2",
@@ -281,7 +333,11 @@ def heatmap_section(ctx: ReportContext) -> Section:
         "sections/figure_and_table.html.j2",
         intro=(
             "Where in the network the delta aligns: the preferred specification"
-            + (" and the two ends of the first pair's specification curve" if ctx.stats is not None else "")
+            + (
+                " and the two ends of the first pair's specification curve"
+                if ctx.stats is not None
+                else ""
+            )
             + f" ({'; '.join(_spec_label(s) for s in specs)})."
         ),
         figure=figures.layer_heatmaps(ctx.results, ctx.pairs, specs),
@@ -295,7 +351,11 @@ def heatmap_section(ctx: ReportContext) -> Section:
 
 def null_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment("sections/missing.html.j2", needs="stats.nc", command="rsf stats results.nc --out stats.nc")
+        body = fragment(
+            "sections/missing.html.j2",
+            needs="stats.nc",
+            command="rsf stats results.nc --out stats.nc",
+        )
         return Section("null-distributions", "Permutation null distributions", body)
     exact = {p: ctx.per_pair.get(p, {}).get("signflip_exact") for p in ctx.pairs}
     how = "; ".join(
@@ -341,7 +401,11 @@ def variance_table(ctx: ReportContext) -> Table:
 
 def variance_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment("sections/missing.html.j2", needs="stats.nc", command="rsf stats results.nc --out stats.nc")
+        body = fragment(
+            "sections/missing.html.j2",
+            needs="stats.nc",
+            command="rsf stats results.nc --out stats.nc",
+        )
     else:
         shares = {p: ctx.per_pair.get(p, {}).get("variance_shares", {}) for p in ctx.pairs}
         body = fragment(
@@ -374,10 +438,23 @@ def calibration_tables(calibration) -> list[Table]:
         "calibration-type1",
         "Type-I error under the isotropic null with 95% Clopper–Pearson intervals"
         + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
-        (Column("test", "test", numeric=False), Column("type1_error", "type-I error"),
-         Column("type1_ci_low", "CI low"), Column("type1_ci_high", "CI high")),  # fmt: skip
+        (
+            Column("test", "test", numeric=False),
+            Column("type1_error", "type-I error"),
+            Column("type1_ci_low", "CI low"),
+            Column("type1_ci_high", "CI high"),
+        ),  # fmt: skip
         tuple(
-            Row(str(t), {"test": fmt.text(t), **{v: fmt.rate(calibration[v].sel(test=t)) for v in ("type1_error", "type1_ci_low", "type1_ci_high")}})
+            Row(
+                str(t),
+                {
+                    "test": fmt.text(t),
+                    **{
+                        v: fmt.rate(calibration[v].sel(test=t))
+                        for v in ("type1_error", "type1_ci_low", "type1_ci_high")
+                    },
+                },
+            )
             for t in calibration.test.values
         ),
     )
@@ -391,9 +468,19 @@ def calibration_tables(calibration) -> list[Table]:
         "read > write, a write plant's rate is the wrong-direction rate)",
         tuple(power_columns),
         tuple(
-            Row(str(t), {"test": fmt.text(t), **{
-                f"{plant}:{strength:g}": fmt.rate(calibration.power.sel(test=t, plant=plant, strength=strength))
-                for plant in calibration.plant.values for strength in calibration.strength.values}})  # fmt: skip
+            Row(
+                str(t),
+                {
+                    "test": fmt.text(t),
+                    **{
+                        f"{plant}:{strength:g}": fmt.rate(
+                            calibration.power.sel(test=t, plant=plant, strength=strength)
+                        )
+                        for plant in calibration.plant.values
+                        for strength in calibration.strength.values
+                    },
+                },
+            )  # fmt: skip
             for t in calibration.test.values
         ),
     )
@@ -402,11 +489,25 @@ def calibration_tables(calibration) -> list[Table]:
         "calibration-coverage",
         "Coverage of the layer-bootstrap intervals with 95% Clopper–Pearson intervals"
         + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
-        (Column("interval", "interval", numeric=False), Column("scenario", "scenario", numeric=False),
-         Column("coverage", "coverage"), Column("coverage_ci_low", "CI low"), Column("coverage_ci_high", "CI high")),  # fmt: skip
+        (
+            Column("interval", "interval", numeric=False),
+            Column("scenario", "scenario", numeric=False),
+            Column("coverage", "coverage"),
+            Column("coverage_ci_low", "CI low"),
+            Column("coverage_ci_high", "CI high"),
+        ),  # fmt: skip
         tuple(
-            Row(f"{i}|{s}", {"interval": fmt.text(i), "scenario": fmt.text(s), **{
-                v: fmt.rate(calibration[v].sel(interval=i, scenario=s)) for v in ("coverage", "coverage_ci_low", "coverage_ci_high")}})  # fmt: skip
+            Row(
+                f"{i}|{s}",
+                {
+                    "interval": fmt.text(i),
+                    "scenario": fmt.text(s),
+                    **{
+                        v: fmt.rate(calibration[v].sel(interval=i, scenario=s))
+                        for v in ("coverage", "coverage_ci_low", "coverage_ci_high")
+                    },
+                },
+            )  # fmt: skip
             for i in calibration.interval.values
             for s in calibration.scenario.values
         ),
@@ -417,7 +518,11 @@ def calibration_tables(calibration) -> list[Table]:
 def calibration_section(ctx: ReportContext) -> Section:
     calibration = ctx.calibration
     if calibration is None:
-        body = fragment("sections/missing.html.j2", needs="calibration.nc", command="rsf calibrate --out calibration.nc")
+        body = fragment(
+            "sections/missing.html.j2",
+            needs="calibration.nc",
+            command="rsf calibrate --out calibration.nc",
+        )
         return Section("calibration", "Calibration", body)
     settings = json.loads(calibration.attrs.get("settings", "{}"))
     body = fragment(
@@ -447,7 +552,10 @@ def _report_versions() -> dict[str, str]:
 def methods_section(ctx: ReportContext) -> Section:
     attrs = ctx.results.attrs
     probe = ctx.config.get("probe", {})
-    listed = {d: [str(v) for v in ctx.results[d].values] for d in ("construction", "cutoff", "normalisation", "matrix")}
+    listed = {
+        d: [str(v) for v in ctx.results[d].values]
+        for d in ("construction", "cutoff", "normalisation", "matrix")
+    }
     body = fragment(
         "sections/methods.html.j2",
         ctx=ctx,
@@ -455,7 +563,9 @@ def methods_section(ctx: ReportContext) -> Section:
         listed=listed,
         probe=probe,
         stats_attrs=ctx.stats.attrs if ctx.stats is not None else None,
-        calibration_settings=json.loads(ctx.calibration.attrs.get("settings", "{}")) if ctx.calibration is not None else None,
+        calibration_settings=json.loads(ctx.calibration.attrs.get("settings", "{}"))
+        if ctx.calibration is not None
+        else None,
         sweep_versions=json.loads(attrs.get("package_versions", "{}") or "{}"),
         report_versions=_report_versions(),
         config_toml=attrs.get("config", ""),
@@ -470,13 +580,24 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
     files = Table(
         "data-files",
         "The data files this report was made from (SHA-256 of the file's bytes)",
-        (Column("kind", "kind", numeric=False), Column("file", "file", numeric=False),
-         Column("sha256", "SHA-256", numeric=False), Column("created", "created", numeric=False),
-         Column("version", "written by", numeric=False)),  # fmt: skip
+        (
+            Column("kind", "kind", numeric=False),
+            Column("file", "file", numeric=False),
+            Column("sha256", "SHA-256", numeric=False),
+            Column("created", "created", numeric=False),
+            Column("version", "written by", numeric=False),
+        ),  # fmt: skip
         tuple(
-            Row(s.kind, {"kind": fmt.text(s.kind), "file": fmt.text(s.name), "sha256": fmt.text(s.sha256),
-                         "created": fmt.text(s.created),
-                         "version": fmt.text(f"rsf {s.dataset.attrs.get('rsf_version', '?')}")})  # fmt: skip
+            Row(
+                s.kind,
+                {
+                    "kind": fmt.text(s.kind),
+                    "file": fmt.text(s.name),
+                    "sha256": fmt.text(s.sha256),
+                    "created": fmt.text(s.created),
+                    "version": fmt.text(f"rsf {s.dataset.attrs.get('rsf_version', '?')}"),
+                },
+            )  # fmt: skip
             for s in ctx.inputs.sources
         ),
     )
@@ -496,7 +617,10 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
     models = Table(
         "models",
         "The models compared, with content hashes of their weights",
-        (Column("pair", "pair", numeric=False), *(Column(k, label, numeric=False) for k, label in fields)),
+        (
+            Column("pair", "pair", numeric=False),
+            *(Column(k, label, numeric=False) for k, label in fields),
+        ),
         tuple(rows),
         wrap=True,
     )
@@ -540,7 +664,9 @@ def build_sections(ctx: ReportContext) -> list[Section]:
     for index, source in enumerate(ctx.inputs.extra):
         if source.kind not in _REGISTRY:
             known = ", ".join(registered_kinds()) or "none registered"
-            raise ValueError(f"{source.path}: no report section for datasets of kind {source.kind!r} ({known})")
+            raise ValueError(
+                f"{source.path}: no report section for datasets of kind {source.kind!r} ({known})"
+            )
         title, builder = _REGISTRY[source.kind]
         sections.append(Section(f"extra-{index}-{source.kind}", title, builder(ctx, source)))
     sections.extend(build(ctx) for build in CORE_AFTER)

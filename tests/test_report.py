@@ -146,7 +146,12 @@ def shown(x, rule: str) -> str:
     x = float(x)
     if rule == "p":
         return "< 0.001" if x < 0.001 else f"{x:.3f}"
-    return format(x, {"signed": "+.3f", "effect": "+.2f", "share": ".0%", "rate": ".3f", "agreement": ".2f"}[rule])
+    return format(
+        x,
+        {"signed": "+.3f", "effect": "+.2f", "share": ".0%", "rate": ".3f", "agreement": ".2f"}[
+            rule
+        ],
+    )
 
 
 def sha256(path: Path) -> str:
@@ -162,7 +167,17 @@ def test_every_section_figure_and_input_is_in_one_self_contained_file(report, da
     assert page.sections == list(SECTIONS)
     # Nothing is fetched: every link is an in-page anchor, no element loads anything, CSS imports nothing.
     assert [u for u in page.urls if not u[2].startswith("#")] == []
-    assert not page.tags & {"img", "link", "iframe", "object", "embed", "video", "audio", "source", "image"}
+    assert not page.tags & {
+        "img",
+        "link",
+        "iframe",
+        "object",
+        "embed",
+        "video",
+        "audio",
+        "source",
+        "image",
+    }
     assert "@import" not in text and not re.search(r"url\((?!#)", text)
     assert not re.search(r"(?<![\w-])data:", text)  # no embedded rasters either
     csp = [m["content"] for m in page.meta if m.get("http-equiv") == "Content-Security-Policy"]
@@ -203,7 +218,9 @@ def test_numbers_shown_match_the_datasets(report, datasets):
     calibration = open_dataset(datasets["calibration"])
 
     table = page.tables["spec-table"]
-    assert len(table) == np.prod([stats.sizes[d] for d in ("pair", "construction", "cutoff", "normalisation")])
+    assert len(table) == np.prod(
+        [stats.sizes[d] for d in ("pair", "construction", "cutoff", "normalisation")]
+    )
     rules = {"asymmetry": "signed", "ci_low": "signed", "ci_high": "signed", "seq_ci_low": "signed",
              "seq_ci_high": "signed", "effect_size": "effect", "p_signflip": "p", "p_perm": "p",
              "p_adj": "p", "p_wy": "p"}  # fmt: skip
@@ -229,7 +246,9 @@ def test_numbers_shown_match_the_datasets(report, datasets):
     per_pair = json.loads(stats.attrs["per_pair"])
     for pair in ("early", "late"):
         column = f"pair:{pair}"
-        cell = stats.sel(pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2])
+        cell = stats.sel(
+            pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
+        )
         for name in ("asymmetry", "ci_low", "ci_high", "seq_ci_low", "seq_ci_high"):
             assert verdict[name][column][0] == shown(float(cell[name]), "signed")
         for name in ("p_signflip", "p_perm"):
@@ -253,13 +272,19 @@ def test_numbers_shown_match_the_datasets(report, datasets):
         for name in ("base_hash", "aligned_hash", "base_id", "aligned_id"):
             assert models[name][0] == str(results[name].sel(pair=pair).item())
     # The sentence in the verdict box uses the same rounding as the table.
-    early = stats.sel(pair="early", construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2])
-    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average" in report.read_text(encoding="utf-8")
+    early = stats.sel(
+        pair="early", construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
+    )
+    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average" in report.read_text(
+        encoding="utf-8"
+    )
 
     type1 = page.tables["calibration-type1"]
     for test in calibration.test.values:
         for name in ("type1_error", "type1_ci_low", "type1_ci_high"):
-            assert type1[str(test)][name][0] == shown(float(calibration[name].sel(test=test)), "rate")
+            assert type1[str(test)][name][0] == shown(
+                float(calibration[name].sel(test=test)), "rate"
+            )
     coverage = page.tables["calibration-coverage"]
     for interval in calibration.interval.values:
         for scenario in calibration.scenario.values:
@@ -271,7 +296,13 @@ def test_caveats_follow_from_the_data(report):
     page = Page(report.read_text(encoding="utf-8"))
     found = set(page.caveats)
     # "late" ties its embeddings and has 3 layers (smallest sign-flip p 2/8 > α); 20 replicates are too few for BCa.
-    assert {"tied-embeddings", "few-layers-late", "bca-replicates", "layer-resamples", "calibration-shape"} <= found
+    assert {
+        "tied-embeddings",
+        "few-layers-late",
+        "bca-replicates",
+        "layer-resamples",
+        "calibration-shape",
+    } <= found
     assert "few-layers-early" not in found  # 6 layers: 2/64 < 0.05
     assert not {"no-stats", "no-calibration", "no-sequence-bootstrap"} & found
     text = report.read_text(encoding="utf-8")
@@ -299,7 +330,10 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(datasets, tmp_path, ca
     cases = [
         (["report", str(tmp_path / "absent.nc")], "dataset not found"),
         (["report", stats], "is a statistics dataset (from rsf stats), not a results dataset"),
-        (["report", results, "--stats", str(datasets["calibration"])], "pass it with --calibration"),
+        (
+            ["report", results, "--stats", str(datasets["calibration"])],
+            "pass it with --calibration",
+        ),
         (["report", str(subset), "--stats", stats], "was made from a different results file"),
         (["report", results, "--calibration", results], "not a calibration dataset"),
     ]
@@ -336,7 +370,9 @@ def test_sections_for_other_datasets_plug_in_by_kind(datasets, tmp_path, monkeyp
 
     monkeypatch.setattr(reports.sections, "_REGISTRY", {})
     toy = tmp_path / "toy.nc"
-    write_dataset(xr.Dataset({"x": ("i", np.arange(3.0))}, attrs={"kind": "toy", "created": "now"}), toy)
+    write_dataset(
+        xr.Dataset({"x": ("i", np.arange(3.0))}, attrs={"kind": "toy", "created": "now"}), toy
+    )
     inputs = reports.load_inputs(datasets["results"], extra_paths=[toy])
     with pytest.raises(ValueError, match="no report section for datasets of kind 'toy'"):
         reports.build_report(inputs)
@@ -385,11 +421,17 @@ def test_a_headless_browser_loads_it_offline_without_errors(report):
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
         events = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
-        requested = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
+        requested = [
+            e["params"]["request"]["url"]
+            for e in events
+            if e["method"] == "Network.requestWillBeSent"
+        ]
         # The browser's own pages (chrome://) aside, the report is the one thing loaded.
         assert [u for u in requested if not u.startswith("chrome:")] == [url]
         # The first screen answers the question; every figure is laid out.
-        box = driver.execute_script("return document.querySelector('.answer').getBoundingClientRect().bottom")
+        box = driver.execute_script(
+            "return document.querySelector('.answer').getBoundingClientRect().bottom"
+        )
         assert 0 < box < 1000
         widths = driver.execute_script(
             "return Array.from(document.querySelectorAll('figure svg')).map(s => s.getBoundingClientRect().width)"
@@ -402,10 +444,14 @@ def test_a_headless_browser_loads_it_offline_without_errors(report):
         column = "return Array.from(document.querySelectorAll('#spec-table tbody td[data-col=\"effect_size\"]')).map(td => td.dataset.value)"
         before = [float(v) for v in driver.execute_script(column) if v]
         assert before != sorted(before)  # in specification order at first
-        driver.find_element(By.CSS_SELECTOR, '#spec-table th[data-col="effect_size"] button').click()
+        driver.find_element(
+            By.CSS_SELECTOR, '#spec-table th[data-col="effect_size"] button'
+        ).click()
         values = driver.execute_script(column)
         numbers = [float(v) for v in values if v]
-        assert numbers == sorted(before) and values[len(numbers) :] == [""] * (len(values) - len(numbers))
+        assert numbers == sorted(before) and values[len(numbers) :] == [""] * (
+            len(values) - len(numbers)
+        )
         # It prints: several pages of PDF, with the screen-only parts left out.
         pdf = base64.b64decode(driver.print_page())
         assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) > 3
