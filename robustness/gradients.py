@@ -252,6 +252,51 @@ def _site_summary(site: probes.SiteStatistics, basis: np.ndarray, ks: np.ndarray
     return spectrum, pr, er, fraction
 
 
+def _ranks(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Participation ratio and entropy effective rank of each row of ``spectra [B, d]``.
+
+    The row-wise forms of :func:`probes.participation_ratio` and
+    :func:`probes.entropy_effective_rank` (same definitions; NaN for a zero row).
+    """
+    lam = np.clip(spectra, 0.0, None)
+    total = lam.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pr = total**2 / np.sum(lam**2, axis=1)
+        p = lam / total[:, None]
+        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    er = np.where(total > 0, np.exp(entropy), np.nan)
+    return np.where(total > 0, pr, np.nan), er
+
+
+def _replicate_summaries(chunks: probes.ChunkStatistics, weights, basis, ks):
+    """Effective ranks and prediction fractions for every bootstrap replicate at once.
+
+    Replicate ``b`` counts chunk ``c`` ``weights[b, c]`` times; the reweighted
+    sums, covariances and eigenvalues are formed for all replicates together.
+    """
+    d = chunks.d
+    w = np.asarray(weights, dtype=np.float64)
+    packed = w @ chunks.sum_xx_packed.astype(np.float64)  # [B, d(d+1)/2]
+    rows, cols = np.triu_indices(d)
+    sum_xx = np.empty((len(w), d * d))
+    sum_xx[:, rows * d + cols] = packed  # flat positions: one contiguous scatter per triangle
+    sum_xx[:, cols * d + rows] = packed
+    sum_xx = sum_xx.reshape(len(w), d, d)
+    n = w @ chunks.n.astype(np.float64)
+    mean = (w @ chunks.sum_x) / n[:, None]
+    second = sum_xx / n[:, None, None]
+    covariance = second - mean[:, :, None] * mean[:, None, :]
+    spectra = np.clip(np.linalg.eigvalsh(covariance)[:, ::-1], 0.0, None)
+    pr, er = _ranks(spectra)
+    width = int(ks.max())
+    top = basis[:, :width]
+    energy = np.einsum("dj,bdj->bj", top, second @ top)
+    trace = np.trace(second, axis1=1, axis2=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.cumsum(energy, axis=1)[:, ks - 1] / trace[:, None]
+    return pr, er, np.clip(fraction, 0.0, 1.0)
+
+
 def prediction_basis(model, construction: str = "unembed") -> np.ndarray:
     gain = probes.final_norm_gain(model)
     subspaces = probes.unembedding_subspaces(probes.unembedding(model), gain=gain)
@@ -299,12 +344,11 @@ def summarise_statistics(
         out["entropy_rank"][layer, s] = er
         out["prediction_fraction"][layer, s] = fraction
         out["n"][layer, s] = site_stats.n
-        for b in range(n_boot):
-            replicate = stats.chunks[(layer, site)].reweighted(weights[b])
-            _, pr, er, fraction = _site_summary(replicate, basis, ks)
-            out["participation_ratio_boot"][b, layer, s] = pr
-            out["entropy_rank_boot"][b, layer, s] = er
-            out["prediction_fraction_boot"][b, layer, s] = fraction
+        if n_boot:
+            pr, er, fraction = _replicate_summaries(stats.chunks[(layer, site)], weights, basis, ks)
+            out["participation_ratio_boot"][:, layer, s] = pr
+            out["entropy_rank_boot"][:, layer, s] = er
+            out["prediction_fraction_boot"][:, layer, s] = fraction
     return out
 
 

@@ -266,3 +266,21 @@ def test_cli_gradients_errors_are_one_line(tmp_path, saved_pair, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rsf: error: unknown objective 'sft'") and "\n" not in err
+
+
+def test_vectorised_replicates_equal_one_at_a_time():
+    from robustness.gradients import _replicate_summaries, _site_summary, bootstrap_weights
+
+    model = random_model("llama")
+    ids = np.random.default_rng(5).integers(0, VOCAB, (6, 10))
+    stats = measure_objective(model, ids, lam=None, chunks=[(0, 2), (2, 4), (4, 6)])
+    basis = probes.random_subspace(32, rng=np.random.default_rng(0)).basis
+    ks = np.array([1, 4, 9])
+    weights = bootstrap_weights(3, 5, 0, "test")
+    chunks = stats.chunks[(1, "down_out")]
+    pr, er, fraction = _replicate_summaries(chunks, weights, basis, ks)
+    for b in range(len(weights)):
+        _, pr_b, er_b, fraction_b = _site_summary(chunks.reweighted(weights[b]), basis, ks)
+        assert pr[b] == pytest.approx(pr_b, rel=1e-9)
+        assert er[b] == pytest.approx(er_b, rel=1e-9)
+        np.testing.assert_allclose(fraction[b], fraction_b, rtol=1e-9)
