@@ -186,7 +186,7 @@ def spec_curve(
     categories = [
         ("read > write, sign-flip p < α", OKABE_ITO["blue"], "o"),
         ("write > read, sign-flip p < α", OKABE_ITO["vermillion"], "s"),
-        ("not significant", GREY, "."),
+        ("not significant", GREY, "o"),
     ]
     alt_parts = []
     for index, (pair, frame) in enumerate(frames.items()):
@@ -215,7 +215,7 @@ def spec_curve(
                 color=colour,
                 ecolor=colour,
                 elinewidth=0.6,
-                markersize=3 if marker != "." else 4,
+                markersize=3 if colour != GREY else 2.2,
                 alpha=0.9,
                 label=label,
             )
@@ -259,6 +259,7 @@ def spec_curve(
         bottom.set_ylim(len(rows) - 0.5, -0.5)
         bottom.set_xlim(-1, len(frame))
         bottom.set_xlabel("specifications, sorted by effect size")
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.tick_params(axis="y", labelsize=7, length=0)
         if index == 0:
             top.legend(loc="upper left", fontsize=7)

@@ -60,7 +60,8 @@ def write_report(
     document = build_report(inputs)
     with atomic_output(out) as temporary:
         temporary.write_text(document, encoding="utf-8")
-        temporary.chmod(0o666 & ~_umask())  # a document to share: the usual file mode, not mkstemp's 0600
+        # A document to share: the usual file mode, not mkstemp's 0600.
+        temporary.chmod(0o666 & ~_umask())
     return out
 
 
