@@ -455,6 +455,7 @@ def _add_gradients(commands) -> None:
     gradients.add_argument(
         "--out", default="gradients.nc", help="output dataset (default gradients.nc)"
     )
+    gradients.add_argument("--cache-dir", help="where the demo pair is cached (without --model)")
     _add_model_corpus_options(gradients, tokens_default=16384)
     gradients.set_defaults(run=run_gradients)
 

@@ -669,7 +669,7 @@ def run_gradients_command(args) -> int:
     if model_id is None:
         from .experiments import demo_checkpoints
 
-        demo = demo_checkpoints(progress=not args.quiet)
+        demo = demo_checkpoints(cache_root=args.cache_dir, progress=not args.quiet)
         model_id = demo.base
     model = load_model(
         model_id, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
