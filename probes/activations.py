@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -78,19 +79,41 @@ class ChunkStatistics:
     def sum_xx(self, weights=None) -> np.ndarray:
         """``Σ_c w_c Σxxᵀ_c`` as a full float64 matrix (all weights 1 by default)."""
         w = np.ones(len(self.n)) if weights is None else np.asarray(weights, dtype=np.float64)
+        return self.sum_xx_many(w[None, :])[0]
+
+    def sum_xx_many(self, weights) -> np.ndarray:
+        """``[B, d, d]``: :meth:`sum_xx` for each row of ``weights [B, C]``.
+
+        One product reads the chunks once for the whole block of rows, which is
+        what makes a block of bootstrap replicates cheaper than the rows one by one.
+        """
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         packed = w @ self.sum_xx_packed.astype(np.float64)
-        full = np.zeros((self.d, self.d))
-        rows, cols = np.triu_indices(self.d)
-        full[rows, cols] = packed
-        full[cols, rows] = packed
-        return full
+        upper, lower = _triangle_positions(self.d)
+        full = np.empty((len(w), self.d * self.d))
+        full[:, upper] = packed
+        full[:, lower] = packed
+        return full.reshape(len(w), self.d, self.d)
 
     def reweighted(self, weights) -> SiteStatistics:
         """The site's statistics with chunk `c` counted ``weights[c]`` times."""
-        w = np.asarray(weights, dtype=np.float64)
-        return SiteStatistics(
-            n=int(round(float(w @ self.n))), sum_x=w @ self.sum_x, sum_xx=self.sum_xx(w)
-        )
+        return self.reweighted_many(np.asarray(weights, dtype=np.float64)[None, :])[0]
+
+    def reweighted_many(self, weights) -> list[SiteStatistics]:
+        """:meth:`reweighted` for each row of ``weights [B, C]``, from one pass over the chunks."""
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        sum_xx, sum_x, n = self.sum_xx_many(w), w @ self.sum_x, w @ self.n
+        return [
+            SiteStatistics(n=int(round(float(n[b]))), sum_x=sum_x[b], sum_xx=sum_xx[b])
+            for b in range(len(w))
+        ]
+
+
+@lru_cache(maxsize=4)
+def _triangle_positions(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions in a ``[d, d]`` matrix of the packed row-major upper triangle, and its mirror."""
+    rows, cols = np.triu_indices(d)
+    return rows * d + cols, cols * d + rows
 
 
 @dataclass

@@ -39,6 +39,7 @@ from .corpus import Corpus
 __all__ = ["PairResult", "preflight", "resolve_device", "run_sweep", "sweep_pair"]
 
 BOOTSTRAP_CHUNKS = 32
+REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together
 ACTIVATION_SOURCE = {"act_cov": "base", "act_moment": "base", "act_cov_aligned": "aligned"}
 
 
@@ -317,13 +318,8 @@ def sweep_pair(
         # Replicates: the corpus-independent constructions keep their values; the
         # activation ones are recomputed from reweighted chunk statistics.
         boot[:, layer] = rsf[layer]
-        scratch = np.empty_like(ks[layer])
-        for b, weights_row in enumerate(weights_b):
-            if resampled:
-                replicate = {role: _Reweighted(stats[role], weights_row) for role in stats}
-                grid.fill(
-                    layer, prepared, replicate, boot[b, layer], scratch, constructions=resampled
-                )
+        if resampled:
+            _fill_replicates(grid, layer, prepared, stats, weights_b, boot[:, layer], resampled)
     bootstrap = None
     if boot is not None:
         n_boot = config.replicates
@@ -394,7 +390,8 @@ class _Grid:
             prepared.append(_Matrix(name, pathway, delta, w_from, gram_w, gram_delta, purity))
         return prepared
 
-    def _bases(self, layer, prepared, stats, constructions) -> dict:
+    def basis_tasks(self, layer, prepared, stats, constructions) -> dict:
+        """The eigendecompositions one layer needs, as ``{key: callable}`` for :func:`_eigen_all`."""
         tasks = {}
         for matrix in prepared:
             site = probes.SITE_OF[matrix.name]
@@ -410,7 +407,7 @@ class _Grid:
                     tasks[(matrix.name, construction)] = partial(
                         probes.gram_subspace, matrix.gram_w, "weight_svd"
                     )
-        return _eigen_all(tasks)
+        return tasks
 
     def _subspace(self, bases, layer, matrix: str, construction: str):
         if construction in ACTIVATION_SOURCE:
@@ -424,15 +421,17 @@ class _Grid:
         rng = probes.construction_rng(self.config.seed, self.label, layer, matrix)
         return probes.random_subspace(self.d, rng=rng, k=self.random_k)
 
-    def fill(self, layer, prepared, stats, rsf, ks, *, constructions=None) -> None:
+    def fill(self, layer, prepared, stats, rsf, ks, *, constructions=None, bases=None) -> None:
         """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer.
 
         ``constructions`` limits the work to some constructions (their indices in
         the config are kept): a bootstrap replicate redoes only the activation ones.
+        ``bases`` are the results of :meth:`basis_tasks` when already computed.
         """
         d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
         chosen = constructions or self.config.constructions
-        bases = self._bases(layer, prepared, stats, chosen)
+        if bases is None:
+            bases = _eigen_all(self.basis_tasks(layer, prepared, stats, chosen))
         for mi, matrix in enumerate(prepared):
             for construction in chosen:
                 ci = self.config.constructions.index(construction)
@@ -473,19 +472,36 @@ class _Grid:
                     )
 
 
-class _Reweighted:
-    """Activation statistics with chunk ``c`` counted ``weights[c]`` times (one bootstrap replicate)."""
+def _fill_replicates(grid, layer, prepared, stats, weights, out, constructions) -> None:
+    """Fill ``out[b]`` for each row of ``weights``, in blocks of REPLICATE_BLOCK replicates.
 
-    def __init__(self, stats: probes.ActivationStatistics, weights: np.ndarray):
-        self.sites = _ReweightedSites(stats.chunks, weights)
-
-
-class _ReweightedSites:
-    def __init__(self, chunks, weights):
-        self.chunks, self.weights = chunks, weights
-
-    def __getitem__(self, key):
-        return self.chunks[key].reweighted(self.weights)
+    A block's reweighted statistics come from one pass over the chunks per site,
+    and its eigendecompositions (sites × replicates) share the two-thread pool,
+    so no worker idles while the last site of a replicate finishes.
+    """
+    sites = sorted({(layer, probes.SITE_OF[m.name]) for m in prepared})
+    scratch = np.empty(out.shape[1:4], dtype=np.int64)  # ks of one replicate: not kept
+    for start in range(0, len(weights), REPLICATE_BLOCK):
+        block = weights[start : start + REPLICATE_BLOCK]
+        replicates = [
+            {role: probes.ActivationStatistics(sites={}) for role in stats} for _ in block
+        ]
+        for role, role_stats in stats.items():
+            for key in sites:
+                for b, site in enumerate(role_stats.chunks[key].reweighted_many(block)):
+                    replicates[b][role].sites[key] = site
+        tasks = {
+            (b, key): task
+            for b, replicate in enumerate(replicates)
+            for key, task in grid.basis_tasks(layer, prepared, replicate, constructions).items()
+        }
+        bases = _eigen_all(tasks)
+        del tasks, replicates
+        for b in range(len(block)):
+            mine = {key: basis for (owner, key), basis in bases.items() if owner == b}
+            grid.fill(
+                layer, prepared, None, out[start + b], scratch, constructions=constructions, bases=mine
+            )
 
 
 def _blas_threads() -> int | None:
