@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,12 +59,4 @@ def write_report(
     document = build_report(inputs)
     with atomic_output(out) as temporary:
         temporary.write_text(document, encoding="utf-8")
-        # A document to share: the usual file mode, not mkstemp's 0600.
-        temporary.chmod(0o666 & ~_umask())
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -24,10 +24,18 @@ def atomic_output(path: str | Path):
     os.close(descriptor)
     try:
         yield Path(temporary)
+        # The usual mode of a new file, not mkstemp's private 0600: outputs are shared.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | Path) -> Path:

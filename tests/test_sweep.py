@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -316,6 +319,18 @@ def test_interrupted_write_leaves_no_truncated_results(saved_pair, tmp_path, mon
     )
     assert out.read_bytes() == b"previous results"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    from robustness.files import atomic_output
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_output(tmp_path / "out.nc") as temporary:
+            temporary.write_bytes(b"data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.nc").stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
 @pytest.mark.parametrize(
