@@ -282,8 +282,13 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
     baseline = time.perf_counter() - start
     Path("/proc/self/clear_refs").write_text("5")
     start = time.perf_counter()
-    run_sweep(config, corpus, cache_root=cache, progress=False)
+    (result,) = run_sweep(config, corpus, cache_root=cache, progress=False)
     with_replicates = time.perf_counter() - start
+    spectral_k = {
+        cutoff: [int(result.k[..., 0, i].min()), int(result.k[..., 0, i].max())]
+        for i, cutoff in enumerate(BOOTSTRAP_CUTOFFS)
+        if not cutoff.startswith("k=")
+    }
     per_replicate = max(with_replicates - baseline, 0.0) / (replicates - 2)
     return {
         "value": per_replicate * 1000,
@@ -292,6 +297,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
         "peak_rss_mb": _peak_rss_bytes() / 2**20,
         "memory_target_mb": 4096,
         "tokens": corpus.n_tokens,
+        "k_range_of_spectral_cutoffs": spectral_k,
         "method": "exact: one full eigendecomposition per replicate, layer and site; "
         f"replicates reweighted and decomposed in blocks of {REPLICATE_BLOCK}",
     }
