@@ -126,6 +126,27 @@ def demo_token_windows(demo: DemoCheckpoints, *, held_out: bool, length: int) ->
 # ---------------------------------------------------------------------------- read/write summaries
 
 
+def _layer_ci(per_layer: xr.DataArray, level: float, seed: int, *, n_resamples: int = 2000) -> dict:
+    """Studentized cluster-bootstrap interval over layers for the layer mean of each cell."""
+    moved = per_layer.transpose("layer", ...)
+    flat = moved.values.reshape(moved.shape[0], -1)
+    low = np.full(flat.shape[1], np.nan)
+    high = np.full(flat.shape[1], np.nan)
+    finite = np.isfinite(flat).all(axis=0)
+    if finite.any() and flat.shape[0] >= 2:
+        low[finite], high[finite] = studentized_interval(
+            flat[:, finite],
+            confidence_level=level,
+            n_resamples=n_resamples,
+            rng=np.random.default_rng(seed),
+        )
+    template = moved.isel(layer=0, drop=True)
+    return {
+        "ci_low": template.copy(data=low.reshape(template.shape)),
+        "ci_high": template.copy(data=high.reshape(template.shape)),
+    }
+
+
 def pathway_summary(
     rsf: xr.DataArray,
     *,
@@ -134,13 +155,14 @@ def pathway_summary(
     confidence_level: float = 0.95,
     n_resamples: int = 2000,
     seed=0,
-) -> dict[str, np.ndarray]:
+    interval: bool = True,
+) -> dict[str, xr.DataArray]:
     """Layer means of the read and write sets on the statistics' scale, and their difference.
 
     `rsf` has dims ``(..., layer, matrix, construction, cutoff, normalisation)``;
     ratio normalisations are taken on the log2 scale (``probe_scale``). Returns
     ``read``, ``write``, ``asymmetry`` ``[..., construction, cutoff, normalisation]``,
-    the per-layer differences ``per_layer [..., layer, …]`` and a studentized
+    the per-layer read and write means, and (with `interval`) a studentized
     cluster-bootstrap interval over layers for the asymmetry.
     """
     read = [m for m in read if m in rsf.matrix.values]
@@ -166,26 +188,15 @@ def pathway_summary(
         "read_layer": read_layer,
         "write_layer": write_layer,
     }
-    # Studentized cluster bootstrap over layers (as rsf stats does), per specification.
-    moved = per_layer.transpose("layer", ...)
-    flat = moved.values.reshape(moved.shape[0], -1)
-    rng = np.random.default_rng(seed)
-    low = np.full(flat.shape[1], np.nan)
-    high = np.full(flat.shape[1], np.nan)
-    finite = np.isfinite(flat).all(axis=0)
-    if finite.any() and flat.shape[0] >= 2:
-        low[finite], high[finite] = studentized_interval(
-            flat[:, finite], confidence_level=confidence_level, n_resamples=n_resamples, rng=rng
-        )
-    template = moved.isel(layer=0, drop=True)
-    out["asymmetry_ci_low"] = template.copy(data=low.reshape(template.shape))
-    out["asymmetry_ci_high"] = template.copy(data=high.reshape(template.shape))
+    if interval:  # studentized cluster bootstrap over layers, as rsf stats does
+        bounds = _layer_ci(per_layer, confidence_level, seed, n_resamples=n_resamples)
+        out["asymmetry_ci_low"], out["asymmetry_ci_high"] = bounds["ci_low"], bounds["ci_high"]
     return out
 
 
 def _sequence_percentiles(boot: xr.DataArray, *, read, write, confidence_level: float) -> dict:
     """Percentile intervals of the read, write and asymmetry summaries from ``rsf_boot``."""
-    summary = pathway_summary(boot, read=read, write=write, n_resamples=10)
+    summary = pathway_summary(boot, read=read, write=write, interval=False)
     out = {}
     for name in ("read", "write", "asymmetry"):
         low, high = percentile_interval(
@@ -776,26 +787,6 @@ def contrastive_dataset(
     )
     ds.attrs = attrs
     return ds
-
-
-def _layer_ci(per_layer: xr.DataArray, level: float, seed: int) -> dict:
-    moved = per_layer.transpose("layer", ...)
-    flat = moved.values.reshape(moved.shape[0], -1)
-    low = np.full(flat.shape[1], np.nan)
-    high = np.full(flat.shape[1], np.nan)
-    finite = np.isfinite(flat).all(axis=0)
-    if finite.any() and flat.shape[0] >= 2:
-        low[finite], high[finite] = studentized_interval(
-            flat[:, finite],
-            confidence_level=level,
-            n_resamples=2000,
-            rng=np.random.default_rng(seed),
-        )
-    template = moved.isel(layer=0, drop=True)
-    return {
-        "ci_low": template.copy(data=low.reshape(template.shape)),
-        "ci_high": template.copy(data=high.reshape(template.shape)),
-    }
 
 
 # ---------------------------------------------------------------------------- rank-1

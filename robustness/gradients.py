@@ -647,6 +647,13 @@ def summary_lines(ds: xr.Dataset) -> list[str]:
     return lines
 
 
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
 def run_gradients_command(args) -> int:
     from .dataset import write_dataset
     from .engine import resolve_device
@@ -655,7 +662,7 @@ def run_gradients_command(args) -> int:
     out = check_writable(args.out)
     settings = GradientSettings(
         objectives=tuple(p.strip() for p in args.objective.split(",") if p.strip()),
-        lams=tuple(float(x) for x in args.lam.split(",") if x.strip()),
+        lams=_numbers(args.lam, "--lam"),
         beta=args.beta,
         prompt_len=args.prompt_len,
         batch_size=args.batch_size,
