@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv browser test bench lint clean
+.PHONY: venv browser demo test bench lint clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -q && apt-get install -y -q --no-install-recommends chromium chromium-driver fonts-dejavu-core)
+
+# The embedded default: trains the demo pair (or reuses it from the cache),
+# sweeps it, tests the asymmetry and writes rsf-demo/report.html.
+demo: $(STAMP)
+	$(PY) -m robustness.cli demo
 
 test: $(STAMP) browser
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q

@@ -60,6 +60,7 @@ __all__ = [
     "preference_margin",
     "preference_pairs",
     "pretrain",
+    "save_pretrained",
 ]
 
 CORRUPTIONS = ("mixed", "shuffle", "swap")
@@ -332,6 +333,21 @@ def _schedule(step: int, steps: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def save_pretrained(model, path, *, tokenizer=None) -> None:
+    """``model.save_pretrained(path)`` (and the tokenizer's), without the library's progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(path)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
+
+
 def _save_checkpoint(model, tokenizer, checkpoint_dir, step: int) -> None:
     """``checkpoint_dir/step-XXXXX``, written beside under a temporary name, then renamed."""
     root = Path(checkpoint_dir)
@@ -339,9 +355,7 @@ def _save_checkpoint(model, tokenizer, checkpoint_dir, step: int) -> None:
     final = root / f"step-{step:05d}"
     temporary = root / f".step-{step:05d}.tmp"
     shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(temporary)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(temporary)
+    save_pretrained(model, temporary, tokenizer=tokenizer)
     if final.exists():
         shutil.rmtree(final)
     os.replace(temporary, final)

@@ -1,0 +1,622 @@
+"""The embedded default: a demo pair trained here, then sweep → stats → report.
+
+Nothing is downloaded. The pair is built from Python's own help topics (the
+built-in corpus, ``pydoc_data.topics``):
+
+1. a byte-level BPE tokenizer is trained on the corpus (``tokenizers``) and
+   wrapped in ``transformers.PreTrainedTokenizerFast``;
+2. a small Llama-style model (untied embeddings, so the unembedding is its
+   own matrix) is **pretrained** with next-token cross-entropy
+   (:func:`robustness.training.pretrain`);
+3. a copy is **aligned** with DPO (:func:`robustness.training.align`, the
+   pretrained model frozen as the reference) on preference pairs from the
+   corpus: the prompt is a passage's first tokens, *chosen* its true
+   continuation, *rejected* a corrupted one (shuffled, or another passage's).
+
+Both models, their tokenizer and the intermediate checkpoints of both phases
+are written with ``save_pretrained`` under
+``<cache>/demo/<settings-hash>/``::
+
+    base/  aligned/                       the pair, each with the tokenizer
+    checkpoints/pretrain/step-XXXXX/      from initialisation to base
+    checkpoints/align/step-XXXXX/         from base to aligned
+    demo.json                             manifest: seed, settings, versions,
+                                          losses, held-out preference metrics
+
+The folder is built under a temporary name and renamed, so a half-built pair
+is never used. A second call with the same settings reuses it;
+``retrain=True`` rebuilds it. Everything is deterministic from the seed (on a
+given machine and thread count).
+
+:func:`run_demo` then sweeps the pair over a default grid with a sequence
+bootstrap (:func:`robustness.engine.run_sweep`), tests the read/write
+asymmetry (:func:`robustness.stats.compute_stats`) and writes the report
+(``reports.write_report``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .cache import default_cache_dir
+from .config import CorpusSpec, PairSpec, SweepConfig
+from .corpus import BUILTIN_CORPUS, builtin_documents, load_corpus, tokenize
+from .files import atomic_output
+from .training import align as align_model
+from .training import (
+    continuation_logprobs,
+    preference_margin,
+    preference_pairs,
+    pretrain,
+    save_pretrained,
+)
+
+__all__ = [
+    "DemoGrid",
+    "DemoOutcome",
+    "DemoPair",
+    "DemoSettings",
+    "build_tokenizer",
+    "demo_pair",
+    "run_demo",
+    "train_demo_pair",
+]
+
+FORMAT = 1  # bump when the training recipe changes: cached pairs are then rebuilt
+EOS = "<|endoftext|>"
+MANIFEST = "demo.json"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that determines the demo pair; its hash names the cache folder.
+
+    Sizes are chosen so that training, sweep, bootstrap, statistics and report
+    together take a few minutes on two CPU cores; 8 layers so that an exact
+    sign-flip test over layers can reach p < 0.01.
+    """
+
+    seed: int = 0
+    vocab_size: int = 2048
+    d_model: int = 128
+    n_layers: int = 8
+    n_heads: int = 4
+    intermediate_size: int = 352
+    # pretraining (cross-entropy)
+    seq_len: int = 128
+    pretrain_steps: int = 200
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 16
+    pretrain_every: int = 40
+    # alignment (DPO on corrupted continuations)
+    prompt_len: int = 32
+    continuation_len: int = 32
+    align_steps: int = 80
+    align_lr: float = 5e-4
+    align_batch: int = 16
+    align_every: int = 20
+    beta: float = 0.1
+    held_out_every: int = 10  # every 10th document is held out of both phases
+
+    @classmethod
+    def tiny(cls, **changes) -> DemoSettings:
+        """A seconds-long configuration for tests; same recipe, tiny sizes."""
+        values = dict(
+            vocab_size=300,
+            d_model=32,
+            n_layers=3,
+            n_heads=2,
+            intermediate_size=64,
+            seq_len=32,
+            pretrain_steps=6,
+            pretrain_batch=4,
+            pretrain_every=3,
+            prompt_len=8,
+            continuation_len=8,
+            align_steps=4,
+            align_batch=4,
+            align_every=2,
+            held_out_every=4,
+        )
+        values.update(changes)
+        return cls(**values)
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if name in ("seed",):
+                continue
+            if not value > 0:
+                raise ValueError(f"`{name}` must be positive, got {value}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"`d_model` ({self.d_model}) must be a multiple of `n_heads` ({self.n_heads})"
+            )
+        if self.vocab_size < 257:
+            raise ValueError(f"`vocab_size` must exceed the 256 bytes, got {self.vocab_size}")
+
+    @property
+    def key(self) -> str:
+        """Short hash of the settings and the recipe's format: the cache folder's name."""
+        payload = json.dumps({"format": FORMAT, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DemoGrid:
+    """The sweep and statistics the demo runs on its pair (not part of the cache key)."""
+
+    constructions: tuple[str, ...] = (
+        "act_cov",
+        "act_moment",
+        "unembed",
+        "unembed_centered",
+        "weight_svd",
+        "random",
+    )
+    cutoffs: tuple[str, ...] = ("k=4", "k=8", "k=16", "var=0.9", "pr")
+    normalisations: tuple[str, ...] = ("isotropic", "log_isotropic", "null_z")
+    tokens: int = 65536
+    seq_len: int = 128
+    replicates: int = 100
+    n_resamples: int = 9999
+    n_permutations: int = 9999
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, **changes) -> DemoGrid:
+        values = dict(
+            cutoffs=("k=2", "k=4", "var=0.9", "pr"),
+            tokens=2048,
+            seq_len=32,
+            replicates=5,
+            n_resamples=199,
+            n_permutations=199,
+        )
+        values.update(changes)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class DemoPair:
+    """A built demo pair: where it lies, its manifest, and whether this call trained it."""
+
+    root: Path
+    base: Path
+    aligned: Path
+    manifest: dict
+    trained: bool
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What :func:`run_demo` wrote, and the verdict it printed."""
+
+    pair: DemoPair
+    results: Path
+    stats: Path
+    report: Path | None
+    verdict: str
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- the pair
+
+
+def build_tokenizer(documents: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on `documents`, as a ``PreTrainedTokenizerFast``.
+
+    Byte-level, so any text encodes without unknown tokens; ``<|endoftext|>``
+    (id 0) separates documents and serves as BOS, EOS and padding.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(documents, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_max_length=1 << 20,  # the corpus tools cut sequences themselves
+    )
+
+
+def _model_config(settings: DemoSettings, vocab_size: int, eos_id: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=settings.d_model,
+        intermediate_size=settings.intermediate_size,
+        num_hidden_layers=settings.n_layers,
+        num_attention_heads=settings.n_heads,
+        num_key_value_heads=settings.n_heads,
+        max_position_embeddings=max(256, 2 * settings.seq_len),
+        tie_word_embeddings=False,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def _windows(stream: np.ndarray, length: int) -> np.ndarray:
+    n = len(stream) // length
+    return stream[: n * length].reshape(n, length)
+
+
+def _split_documents(documents: list[str], every: int) -> tuple[list[str], list[str]]:
+    held = [doc for i, doc in enumerate(documents) if i % every == every // 2]
+    train = [doc for i, doc in enumerate(documents) if i % every != every // 2]
+    return train, held
+
+
+@torch.no_grad()
+def _preference_metrics(policy, reference, pairs, *, beta: float, batch_size: int = 64) -> dict:
+    """Held-out preference: the DPO implicit-reward margin and the policy's own log-likelihood gap."""
+    margin = preference_margin(policy, reference, pairs, beta=beta, batch_size=batch_size)
+    gaps = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs.subset(slice(start, start + batch_size))
+        prompt, chosen, rejected = (
+            torch.as_tensor(a) for a in (batch.prompt, batch.chosen, batch.rejected)
+        )
+        gaps.append(
+            (
+                continuation_logprobs(policy, prompt, chosen)
+                - continuation_logprobs(policy, prompt, rejected)
+            ).double()
+        )
+    gap = torch.cat(gaps).numpy()
+    return {
+        "dpo_margin_mean": float(margin.mean()),
+        "logprob_gap_mean": float(gap.mean()),
+        "prefers_chosen": float((gap > 0).mean()),
+        "n_pairs": len(pairs),
+    }
+
+
+def _summary(history: list[dict]) -> dict:
+    losses = [round(h["loss"], 6) for h in history]
+    tail = losses[-min(10, len(losses)) :]
+    return {"first_loss": losses[0], "final_loss": float(np.mean(tail)), "losses": losses}
+
+
+def train_demo_pair(settings: DemoSettings, out: str | Path, *, progress: bool = True) -> dict:
+    """Train the demo pair into the folder `out` (created); returns the manifest written there."""
+    from transformers import AutoModelForCausalLM
+
+    from .dataset import package_versions
+
+    out = Path(out)
+    started = time.perf_counter()
+    documents = builtin_documents()
+    train_docs, held_docs = _split_documents(documents, settings.held_out_every)
+    tokenizer = build_tokenizer(train_docs, settings.vocab_size)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    train_stream, held_stream = tokenize(train_docs, tokenizer), tokenize(held_docs, tokenizer)
+    pair_len = settings.prompt_len + settings.continuation_len
+    text_ids = _windows(train_stream, settings.seq_len)
+    if len(text_ids) < settings.pretrain_batch or len(_windows(held_stream, pair_len)) < 2:
+        raise ValueError(
+            f"the built-in corpus gives {len(train_stream)} training tokens: too few for "
+            f"seq_len {settings.seq_len} and batch {settings.pretrain_batch}"
+        )
+    rng = np.random.default_rng(settings.seed)
+    train_pairs = preference_pairs(
+        _windows(train_stream, pair_len), prompt_len=settings.prompt_len, rng=rng
+    )
+    held_pairs = preference_pairs(
+        _windows(held_stream, pair_len), prompt_len=settings.prompt_len, rng=rng
+    )
+
+    config = _model_config(settings, len(tokenizer), eos_id)
+    with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state
+        torch.manual_seed(settings.seed)
+        model = AutoModelForCausalLM.from_config(config)
+    checkpoints = out / "checkpoints"
+    pretrain_history: list = []
+    pretrain(
+        model,
+        text_ids,
+        steps=settings.pretrain_steps,
+        lr=settings.pretrain_lr,
+        batch_size=settings.pretrain_batch,
+        seed=settings.seed,
+        checkpoint_dir=checkpoints / "pretrain",
+        every=settings.pretrain_every,
+        tokenizer=tokenizer,
+        progress=progress,
+        history=pretrain_history,
+    )
+    save_pretrained(model, out / "base", tokenizer=tokenizer)
+    pretrained_at = time.perf_counter()
+
+    reference = copy.deepcopy(model)
+    policy = copy.deepcopy(model)
+    before = _preference_metrics(model, reference, held_pairs, beta=settings.beta)
+    align_history: list = []
+    align_model(
+        policy,
+        reference,
+        train_pairs,
+        lam=1.0,
+        beta=settings.beta,
+        steps=settings.align_steps,
+        lr=settings.align_lr,
+        batch_size=settings.align_batch,
+        seed=settings.seed + 1,
+        checkpoint_dir=checkpoints / "align",
+        every=settings.align_every,
+        tokenizer=tokenizer,
+        progress=progress,
+        history=align_history,
+    )
+    save_pretrained(policy, out / "aligned", tokenizer=tokenizer)
+    after = _preference_metrics(policy, reference, held_pairs, beta=settings.beta)
+    train_after = _preference_metrics(
+        policy, reference, train_pairs.subset(slice(0, 256)), beta=settings.beta
+    )
+    finished = time.perf_counter()
+
+    manifest = {
+        "title": "rsf demo pair: pretrained with cross-entropy, then aligned with DPO",
+        "format": FORMAT,
+        "key": settings.key,
+        "seed": settings.seed,
+        "settings": asdict(settings),
+        "model": "llama (untied embeddings)",
+        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "corpus": BUILTIN_CORPUS,
+        "tokenizer": {
+            "kind": "byte-level BPE trained on the corpus' training documents",
+            "vocab_size": len(tokenizer),
+            "sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        },
+        "data": {
+            "documents": len(documents),
+            "held_out_documents": len(held_docs),
+            "train_tokens": int(len(train_stream)),
+            "held_out_tokens": int(len(held_stream)),
+            "pretrain_sequences": int(len(text_ids)),
+            "train_pairs": len(train_pairs),
+            "held_out_pairs": len(held_pairs),
+            "rejected": "the continuation's tokens shuffled, or another passage's continuation (half each)",
+        },
+        "pretrain": _summary(pretrain_history),
+        "align": {
+            "objective": "DPO (Rafailov et al. 2023), reference frozen",
+            **_summary(align_history),
+        },
+        "held_out": {"base": before, "aligned": after},
+        "train_subset_aligned": train_after,
+        "seconds": {
+            "pretrain": round(pretrained_at - started, 1),
+            "align": round(finished - pretrained_at, 1),
+        },
+        "torch_threads": torch.get_num_threads(),
+        "versions": package_versions(),
+        "rsf_version": __version__,
+    }
+    with atomic_output(out / MANIFEST) as temporary:
+        temporary.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+def _complete(root: Path) -> bool:
+    return (
+        all((root / part / "config.json").is_file() for part in ("base", "aligned"))
+        and (root / MANIFEST).is_file()
+    )
+
+
+def demo_pair(
+    settings: DemoSettings | None = None,
+    *,
+    cache_root: str | Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> DemoPair:
+    """The demo pair: from the cache when it is there (and ``retrain`` is off), else trained now.
+
+    The pair lives in ``<cache_root>/demo/<settings.key>/`` (``cache_root``
+    defaults to ``$RSF_CACHE_DIR`` or ``~/.cache/rsf-robustness``). It is
+    trained in a temporary folder beside it and renamed into place.
+    """
+    settings = settings or DemoSettings()
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    folder = cache_root / "demo"
+    root = folder / settings.key
+    if not retrain and _complete(root):
+        manifest = json.loads((root / MANIFEST).read_text())
+        return DemoPair(root, root / "base", root / "aligned", manifest, trained=False)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"cannot create the demo cache {folder}: {error.strerror or error}"
+        ) from None
+    building = folder / f".{settings.key}.{os.getpid()}.tmp"
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        manifest = train_demo_pair(settings, building, progress=progress)
+        if root.exists():
+            retired = folder / f".{settings.key}.{os.getpid()}.old"
+            os.replace(root, retired)
+            shutil.rmtree(retired, ignore_errors=True)
+        os.replace(building, root)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return DemoPair(root, root / "base", root / "aligned", manifest, trained=True)
+
+
+# ---------------------------------------------------------------------------- the pipeline
+
+
+def _verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
+    """One paragraph: what the pair is, what training did, what the statistics say."""
+    m = pair.manifest
+    s = m["settings"]
+    held = m["held_out"]
+    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
+    preferred = stats.attrs["preferred_specification"].split(",")
+    parts = [
+        f"The demo pair is a {s['n_layers']}-layer Llama-style model (d = {s['d_model']}, "
+        f"{m['n_parameters'] / 1e6:.1f}M parameters) pretrained here on Python's help topics "
+        f"(cross-entropy {m['pretrain']['first_loss']:.2f} → {m['pretrain']['final_loss']:.2f} "
+        f"over {s['pretrain_steps']} steps), then aligned with DPO for {s['align_steps']} steps; "
+        f"on held-out passages the aligned model prefers the true continuation over a corrupted one "
+        f"{held['aligned']['prefers_chosen']:.0%} of the time (base: {held['base']['prefers_chosen']:.0%}), "
+        f"with a mean DPO margin of {held['aligned']['dpo_margin_mean']:+.2f}."
+    ]
+    if "joint" in per_pair:
+        joint = per_pair["joint"]
+        cell = stats.sel(
+            pair="demo",
+            construction=preferred[0],
+            cutoff=preferred[1],
+            normalisation=preferred[2],
+        )
+        parts.append(
+            f"For the paper's specification ({'/'.join(preferred)}) the read − write asymmetry is "
+            f"{float(cell.asymmetry):+.3f} [{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] "
+            f"(sign-flip p = {float(cell.p_signflip):.3g}); across {joint['n_specifications']} "
+            f"specifications the median effect size is d_z = {joint['median_effect']:+.2f} "
+            f"(joint p = {joint['p_median_effect']:.3g}) and {joint['share_significant']:.0%} are "
+            f"significant with read > write (joint p = {joint['p_share_significant']:.3g})."
+        )
+    verdicts = [
+        line.split("verdict:", 1)[1].strip() for line in summary.splitlines() if "verdict:" in line
+    ]
+    if verdicts:
+        parts.append(f"Verdict: {verdicts[0]}.")
+    parts.append(
+        "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
+    )
+    return " ".join(parts)
+
+
+def _stage(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    out: str | Path = "rsf-demo",
+    *,
+    settings: DemoSettings | None = None,
+    grid: DemoGrid | None = None,
+    cache_root: str | Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> DemoOutcome:
+    """Demo pair (trained or cached) → sweep with bootstrap → stats → report, in folder `out`.
+
+    Writes ``results.nc``, ``stats.nc`` and ``report.html`` in `out` (created
+    when missing). The sweep's activation statistics are cached like any
+    sweep's, so a second run does no forward pass.
+    """
+    from .dataset import build_dataset, write_dataset
+    from .engine import run_sweep
+    from .files import check_writable
+    from .stats import compute_stats, summarise
+
+    settings = settings or DemoSettings()
+    grid = grid or DemoGrid()
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    started = time.perf_counter()
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"cannot create the output folder {out}: {error.strerror or error}"
+        ) from None
+    results_path, stats_path, report_path = (
+        check_writable(out / name) for name in ("results.nc", "stats.nc", "report.html")
+    )
+    quiet = not progress
+    timings = {}
+
+    cached = not retrain and _complete(cache_root / "demo" / settings.key)
+    _stage(
+        "demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)", quiet
+    )
+    pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
+    timings["pair"] = time.perf_counter() - started
+    _stage(f"demo pair: {pair.root}", quiet)
+
+    config = SweepConfig(
+        pairs=(PairSpec("demo", str(pair.base), str(pair.aligned)),),
+        corpus=CorpusSpec(tokens=grid.tokens, seq_len=grid.seq_len),
+        constructions=grid.constructions,
+        cutoffs=grid.cutoffs,
+        normalisations=grid.normalisations,
+        replicates=grid.replicates,
+        seed=grid.seed,
+        device="cpu",
+    )
+    corpus = load_corpus(config.corpus, tokenizer_source=str(pair.base))
+    mark = time.perf_counter()
+    results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
+    dataset = build_dataset(results, config, corpus)
+    dataset.attrs["demo_manifest"] = json.dumps(
+        {k: v for k, v in pair.manifest.items() if k not in ("pretrain", "align")}
+        | {
+            phase: {k: v for k, v in pair.manifest[phase].items() if k != "losses"}
+            for phase in ("pretrain", "align")
+        },
+        sort_keys=True,
+    )
+    write_dataset(dataset, results_path)
+    timings["sweep"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    stats = compute_stats(
+        dataset,
+        n_resamples=grid.n_resamples,
+        n_permutations=grid.n_permutations,
+        seed=grid.seed,
+        progress=progress,
+    )
+    write_dataset(stats, stats_path)
+    summary = summarise(stats)
+    timings["stats"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    _stage("report: writing", quiet)
+    report = _write_report(results_path, report_path, stats_path)
+    timings["report"] = time.perf_counter() - mark
+
+    verdict = _verdict_paragraph(pair, stats, summary)
+    return DemoOutcome(
+        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings
+    )
+
+
+def _write_report(results_path: Path, report_path: Path, stats_path: Path) -> Path:
+    """The report, by the report package (one call; the demo renders nothing itself)."""
+    from reports import write_report
+
+    return Path(write_report(results_path, report_path, stats_path=stats_path))
