@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
 from pathlib import Path
@@ -28,6 +29,8 @@ from robustness.engine import sweep_pair
 from robustness.experiments import (
     ContrastiveSettings,
     Rank1Settings,
+    demo_checkpoints,
+    demo_token_windows,
     rank1_dataset,
     rank1_hook,
     rank1_update,
@@ -436,3 +439,46 @@ def test_cli_rank1_rejects_a_write_matrix_as_read(saved_pair, tmp_path, capsys):
     )
     assert code == 2
     assert "--read-matrix must be one of" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the demo's paths
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    """The demo recipe at test size, cached where the commands' --cache-dir points."""
+    import robustness.demo as demo
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    settings = demo.DemoSettings.tiny()
+    demo.demo_pair(settings, cache_root=cache, progress=False)
+    return settings, cache
+
+
+def test_demo_defaults_use_the_demo_pair_and_its_held_out_text(tiny_demo, tmp_path, monkeypatch):
+    import robustness.demo as demo
+
+    settings, cache = tiny_demo
+    monkeypatch.setattr(demo, "demo_pair", functools.partial(demo.demo_pair, settings))
+    found = demo_checkpoints(cache_root=cache, progress=False)
+    assert [Path(p).name for p in found.align] == ["step-00000", "step-00002", "step-00004"]
+    held = demo_token_windows(found, held_out=True, length=16)
+    # The held-out documents are every `held_out_every`-th one, tokenised by the demo's tokenizer.
+    from robustness.corpus import builtin_documents, load_tokenizer, tokenize
+
+    every = settings.held_out_every
+    documents = [d for i, d in enumerate(builtin_documents()) if i % every == every // 2]
+    stream = tokenize(documents, load_tokenizer(found.base))
+    np.testing.assert_array_equal(held.ravel(), stream[: held.size])
+    out = tmp_path / "trajectory.nc"
+    common = ["--cache-dir", str(cache), "--tokens", "512", "--seq-len", "16", "--quiet"]
+    _run(["experiment", "trajectory", "--demo", "--cutoffs", "k=4", "--out", str(out), *common])
+    ds = xr.open_dataset(out)
+    assert list(ds.checkpoint_id.values) == list(found.align[1:])
+    assert ds.attrs["start_id"] == found.align[0]
+    out = tmp_path / "rank1.nc"
+    _run(["experiment", "rank1", "--controls", "2", "--out", str(out), *common])
+    ds = xr.open_dataset(out)
+    assert ds.attrs["model_id"] == found.base
+    assert ds.attrs["corpus_source"] == "demo:held-out documents"
+    assert ds.attrs["prompt_len"] == settings.prompt_len
