@@ -41,6 +41,16 @@ from robustness.experiments import (
 )
 from robustness.training import preference_margin, preference_pairs
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads; on a busy machine they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------- rank-1
 
 
