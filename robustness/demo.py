@@ -26,7 +26,7 @@ are written with ``save_pretrained`` under
 The folder is built under a temporary name and renamed, so a half-built pair
 is never used. A second call with the same settings reuses it;
 ``retrain=True`` rebuilds it. Everything is deterministic from the seed (on a
-given machine and thread count).
+given CPU architecture and library versions: training runs on one thread).
 
 :func:`run_demo` then sweeps the pair over a default grid with a sequence
 bootstrap (:func:`robustness.engine.run_sweep`), tests the read/write
@@ -43,6 +43,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -303,13 +304,39 @@ def _summary(history: list[dict]) -> dict:
     return {"first_loss": losses[0], "final_loss": float(np.mean(tail)), "losses": losses}
 
 
+@contextmanager
+def _single_threaded():
+    """Torch on one thread for the duration (restored after).
+
+    The demo's matrices are small (d = 128), so a second thread gains little,
+    while on a machine busy with other work each parallel region waits for a
+    descheduled worker: measured on two shared cores, a training step took
+    10 s on two threads and 1 s on one. One thread also makes the trained
+    weights independent of the machine's core count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_demo_pair(settings: DemoSettings, out: str | Path, *, progress: bool = True) -> dict:
-    """Train the demo pair into the folder `out` (created); returns the manifest written there."""
+    """Train the demo pair into the folder `out` (created); returns the manifest written there.
+
+    Training runs on one torch thread, so the weights depend on the seed and
+    the settings, not on how many cores the machine has.
+    """
+    with _single_threaded():
+        return _train_demo_pair(settings, Path(out), progress=progress)
+
+
+def _train_demo_pair(settings: DemoSettings, out: Path, *, progress: bool) -> dict:
     from transformers import AutoModelForCausalLM
 
     from .dataset import package_versions
 
-    out = Path(out)
     started = time.perf_counter()
     documents = builtin_documents()
     train_docs, held_docs = _split_documents(documents, settings.held_out_every)
@@ -579,7 +606,8 @@ def run_demo(
     )
     corpus = load_corpus(config.corpus, tokenizer_source=str(pair.base))
     mark = time.perf_counter()
-    results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
+    with _single_threaded():  # small matrices: a second thread only adds waiting on a busy machine
+        results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
     dataset = build_dataset(results, config, corpus)
     dataset.attrs["demo_manifest"] = json.dumps(
         {k: v for k, v in pair.manifest.items() if k not in ("pretrain", "align")}
