@@ -252,6 +252,10 @@ def studentized_interval(
     resampled = d[rows]  # [B, L, J]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (resampled.mean(axis=1) - mean) / (resampled.std(axis=1, ddof=1) / math.sqrt(n_layers))
+    # A resample of one layer repeated has no spread: its t is undefined, and
+    # round-off in its sd (≈1e-17 instead of 0) would otherwise give |t| ≈ 1e14.
+    # With few layers such resamples are common (1 in 9 for three layers).
+    t[~(rows != rows[:, :1]).any(axis=1)] = np.nan
     tail = (1 - confidence_level) / 2
     low, high = np.full(mean.shape, np.nan), np.full(mean.shape, np.nan)
     for j in range(mean.size):

@@ -109,6 +109,20 @@ def test_studentized_interval_equals_a_plain_loop():
     assert np.all((low < d.mean(0)) & (d.mean(0) < high))
 
 
+def test_studentized_interval_with_three_layers_stays_finite():
+    """A resample repeating one layer has no spread; it must not enter the t distribution."""
+    from robustness.asymmetry import studentized_interval
+
+    d = np.array([[0.1, 1.0], [0.4, 1.3], [0.25, 0.9]])  # values whose mean has round-off
+    low, high = studentized_interval(
+        d, confidence_level=0.95, n_resamples=4000, rng=np.random.default_rng(0)
+    )
+    spread = np.ptp(d, axis=0)
+    assert np.all(np.isfinite(low) & np.isfinite(high))
+    assert np.all((low < d.mean(0)) & (d.mean(0) < high))
+    assert np.all(high - low < 100 * spread)  # bounds of order 1e14 were seen before
+
+
 def test_label_permutation_exact_enumeration_matches_brute_force():
     rng = np.random.default_rng(3)
     s = planted(rng, n_layers=3, n_specs=2, shift=1.0)
