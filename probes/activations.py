@@ -29,6 +29,7 @@ from .adapters import SITES, layer_modules, model_dims, site_modules
 from .subspaces import Subspace, covariance_subspace
 
 __all__ = [
+    "Accumulator",
     "ActivationStatistics",
     "ChunkStatistics",
     "SiteStatistics",
@@ -169,7 +170,7 @@ def site_hooks(model, keys: Iterable[SiteKey], callback: Callable[[SiteKey, torc
             handle.remove()
 
 
-class _Accumulator:
+class Accumulator:
     """Float64 sums for one site on the compute device, with an optional chunk layer."""
 
     def __init__(self, d: int, device, chunked: bool):
@@ -267,7 +268,7 @@ def collect_statistics(
     device = next(model.parameters()).device
     chunked = chunk_size is not None
     d = model_dims(model).d_model  # every site lives in the residual space
-    accumulators = {key: _Accumulator(d, device, chunked) for key in keys}
+    accumulators = {key: Accumulator(d, device, chunked) for key in keys}
 
     def accumulate(key, tensor):
         accumulators[key].add(tensor)

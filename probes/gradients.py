@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import ChunkStatistics, SiteStatistics, _Accumulator, site_hooks
+from .activations import Accumulator, ChunkStatistics, SiteStatistics, site_hooks
 from .adapters import SITES, family_of, layer_modules, model_dims
 from .cutoffs import participation_ratio
 from .fraction import as_float64
@@ -99,7 +99,7 @@ def subspace_energy_fraction(moment, basis, ks) -> np.ndarray:
     return np.clip(np.cumsum(energy)[ks - 1] / total, 0.0, 1.0)
 
 
-class _ExactAccumulator(_Accumulator):
+class _ExactAccumulator(Accumulator):
     """The activation accumulator, but a float64 tensor's products stay in float64."""
 
     def add(self, tensor: torch.Tensor) -> None:
