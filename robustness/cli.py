@@ -12,16 +12,88 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from .config import CorpusSpec, SweepConfig
+
+__all__ = ["corpus_options", "main", "parse_numbers", "split_list", "sweep_options"]
 
 
-def _split(text: str | None) -> tuple[str, ...] | None:
+def split_list(text: str | None) -> tuple[str, ...] | None:
+    """A comma list option as a tuple of its non-empty, stripped parts; ``None`` stays ``None``."""
     if text is None:
         return None
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def parse_numbers(text: str, option: str) -> tuple[float, ...]:
+    """A comma list of numbers (`option` names the flag in the error)."""
+    try:
+        return tuple(float(part) for part in split_list(text))
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def corpus_options(args, corpus: CorpusSpec | None = None) -> CorpusSpec:
+    """`corpus` (default the built-in one) with the options ``--corpus/--tokens/--seq-len/--tokenizer``.
+
+    ``--corpus`` is a comma list of text/JSONL files or one ``.npy`` id file;
+    an option left out keeps `corpus`'s value.
+    """
+    from .config import CorpusSpec
+
+    corpus = CorpusSpec() if corpus is None else corpus
+    paths, ids = corpus.paths, corpus.ids
+    if args.corpus:
+        files = split_list(args.corpus)
+        id_files = [f for f in files if f.endswith(".npy")]
+        if id_files and len(files) > 1:
+            raise ValueError("--corpus takes one .npy id file, or text/JSONL files, not a mix")
+        paths, ids = ((), id_files[0]) if id_files else (files, None)
+    return CorpusSpec(
+        paths=paths,
+        ids=ids,
+        tokens=args.tokens if args.tokens is not None else corpus.tokens,
+        seq_len=args.seq_len if args.seq_len is not None else corpus.seq_len,
+        tokenizer=args.tokenizer or corpus.tokenizer,
+    )
+
+
+def _add_corpus_options(parser, *, title: str, tokenizer_default: str, tokens_default: int) -> None:
+    """The options :func:`corpus_options` reads, as an argument group."""
+    corpus = parser.add_argument_group(title)
+    corpus.add_argument(
+        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    )
+    corpus.add_argument("--tokenizer", help=f"tokenizer for text (default: {tokenizer_default})")
+    corpus.add_argument(
+        "--tokens", type=int, help=f"tokens to use (default {tokens_default}; all rows of an .npy)"
+    )
+    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
+
+
+def sweep_options(config: SweepConfig, args, **changes) -> SweepConfig:
+    """`config` with a command's corpus, probe, bootstrap and run options.
+
+    Options left out keep `config`'s values; `changes` are further options of
+    the command (``None`` keeps the value too).
+    """
+    return config.with_options(
+        corpus=corpus_options(args, config.corpus),
+        constructions=split_list(args.constructions),
+        cutoffs=split_list(args.cutoffs),
+        normalisations=split_list(args.normalisations),
+        matrices=split_list(args.matrices),
+        replicates=args.bootstrap,
+        seed=args.seed,
+        device=args.device,
+        batch_size=args.batch_size,
+        trust_remote_code=True if args.trust_remote_code else None,
+        **changes,
+    )
 
 
 def _quiet_libraries() -> None:
@@ -36,7 +108,7 @@ def _quiet_libraries() -> None:
 
 
 def _sweep_config(args):
-    from .config import CorpusSpec, PairSpec, SweepConfig, load_config
+    from .config import PairSpec, SweepConfig, load_config
 
     if args.config and (args.base or args.aligned):
         raise ValueError("give either --config or --base/--aligned, not both")
@@ -47,39 +119,7 @@ def _sweep_config(args):
         config = SweepConfig(pairs=(PairSpec(label, args.base, args.aligned),))
     else:
         raise ValueError("rsf sweep needs --base and --aligned, or --config FILE.toml")
-    corpus = config.corpus
-    if args.corpus:
-        files = _split(args.corpus)
-        ids = [f for f in files if f.endswith(".npy")]
-        if ids and len(files) > 1:
-            raise ValueError("--corpus takes one .npy id file, or text/JSONL files, not a mix")
-        corpus = CorpusSpec(
-            paths=() if ids else files,
-            ids=ids[0] if ids else None,
-            tokens=corpus.tokens,
-            seq_len=corpus.seq_len,
-            tokenizer=corpus.tokenizer,
-        )
-    corpus = CorpusSpec(
-        paths=corpus.paths,
-        ids=corpus.ids,
-        tokens=args.tokens if args.tokens is not None else corpus.tokens,
-        seq_len=args.seq_len if args.seq_len is not None else corpus.seq_len,
-        tokenizer=args.tokenizer or corpus.tokenizer,
-    )
-    return config.with_options(
-        corpus=corpus,
-        constructions=_split(args.constructions),
-        cutoffs=_split(args.cutoffs),
-        normalisations=_split(args.normalisations),
-        matrices=_split(args.matrices),
-        replicates=args.bootstrap,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        trust_remote_code=True if args.trust_remote_code else None,
-    )
+    return sweep_options(config, args, dtype=args.dtype)
 
 
 def run_sweep_command(args) -> int:
@@ -140,15 +180,9 @@ def _add_sweep(commands) -> None:
     probe.add_argument("--cutoffs", help="comma list, e.g. k=8,frac=0.05,var=0.9,pr,mp")
     probe.add_argument("--normalisations", help="comma list, e.g. isotropic,null_z")
     probe.add_argument("--matrices", help="comma list from q,k,v,o,up,gate,down")
-    corpus = sweep.add_argument_group("corpus")
-    corpus.add_argument(
-        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    _add_corpus_options(
+        sweep, title="corpus", tokenizer_default="the base model's", tokens_default=65536
     )
-    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the base model's)")
-    corpus.add_argument(
-        "--tokens", type=int, help="tokens to use (default 65536; all rows of an .npy)"
-    )
-    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
     run = sweep.add_argument_group("run")
     run.add_argument("--out", default="results.nc", help="output dataset (default results.nc)")
     run.add_argument("--bootstrap", type=int, help="bootstrap replicates over corpus sequences")
@@ -178,14 +212,14 @@ def run_stats_command(args) -> int:
         raise ValueError(f"{args.results} is not an rsf results dataset (no `rsf` variable)")
     stats = compute_stats(
         results,
-        read=_split(args.read),
-        write=_split(args.write),
+        read=split_list(args.read),
+        write=split_list(args.write),
         confidence_level=args.confidence,
         n_resamples=args.resamples,
         n_permutations=args.permutations,
         alpha=args.alpha,
         seed=args.seed,
-        preferred=_split(args.preferred),
+        preferred=split_list(args.preferred),
         progress=not args.quiet,
     )
     write_dataset(stats, out)
@@ -307,7 +341,7 @@ def run_report_command(args) -> int:
         args.out,
         stats_path=args.stats,
         calibration_path=args.calibration,
-        extra_paths=_split(args.extra) or (),
+        extra_paths=split_list(args.extra) or (),
     )
     print(f"wrote {out}")
     return 0
@@ -395,15 +429,9 @@ def run_gradients(args) -> int:
 
 
 def _add_model_corpus_options(parser, *, tokens_default: int) -> None:
-    corpus = parser.add_argument_group("corpus")
-    corpus.add_argument(
-        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    _add_corpus_options(
+        parser, title="corpus", tokenizer_default="the model's", tokens_default=tokens_default
     )
-    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the model's)")
-    corpus.add_argument(
-        "--tokens", type=int, help=f"tokens to use (default {tokens_default}; all rows of an .npy)"
-    )
-    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     run.add_argument(
@@ -464,13 +492,13 @@ def _add_gradients(commands) -> None:
 
 
 def run_experiment(args) -> int:
-    from . import experiments
-
-    return {
-        "trajectory": experiments.run_trajectory_command,
-        "contrastive": experiments.run_contrastive_command,
-        "rank1": experiments.run_rank1_command,
-    }[args.experiment](args)
+    if args.experiment == "trajectory":
+        from .trajectory import run_trajectory_command as command
+    elif args.experiment == "contrastive":
+        from .contrastive import run_contrastive_command as command
+    else:
+        from .rank1 import run_rank1_command as command
+    return command(args)
 
 
 def _add_sweep_grid_options(parser) -> None:
@@ -489,15 +517,9 @@ def _add_sweep_grid_options(parser) -> None:
     probe.add_argument("--batch-size", type=int, help="sequences per forward pass (default 8)")
     probe.add_argument("--cache-dir", help="statistics cache (default ~/.cache/rsf-robustness)")
     probe.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    corpus = parser.add_argument_group("probe corpus")
-    corpus.add_argument(
-        "--corpus", help="text/JSONL files (comma list) or one ids .npy [n_seq, seq_len]"
+    _add_corpus_options(
+        parser, title="probe corpus", tokenizer_default="the first model's", tokens_default=65536
     )
-    corpus.add_argument("--tokenizer", help="tokenizer for text (default: the first model's)")
-    corpus.add_argument(
-        "--tokens", type=int, help="tokens to use (default 65536; all rows of an .npy)"
-    )
-    corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
     run = parser.add_argument_group("run")
     run.add_argument("--device", help="auto (default), cpu or cuda")
     run.add_argument(
@@ -544,18 +566,24 @@ def _add_experiment(commands) -> None:
     source = contrastive.add_argument_group("base (one of)")
     source.add_argument("--base", help="the base model: a directory or a hub id")
     source.add_argument("--demo", action="store_true", help="the demo's base, data and recipe")
-    training = contrastive.add_argument_group("training (defaults: the demo's alignment recipe)")
+    training = contrastive.add_argument_group(
+        "training (with --demo, the defaults are the demo's alignment recipe)"
+    )
     training.add_argument(
         "--lams", default="0,0.25,0.5,0.75,1", help="λ values (default 0,0.25,0.5,0.75,1)"
     )
     training.add_argument(
-        "--steps", type=int, help="training steps per variant (default 60; demo 120)"
+        "--steps", type=int, help="training steps per variant (default 60; --demo: the demo's)"
     )
-    training.add_argument("--lr", type=float, help="peak learning rate (default 1e-3; demo 5e-4)")
-    training.add_argument("--train-batch", type=int, help="pairs per step (default 16)")
-    training.add_argument("--beta", type=float, help="DPO β (default 0.1)")
     training.add_argument(
-        "--prompt-len", type=int, help="prompt tokens of a pair (default 32; demo's)"
+        "--lr", type=float, help="peak learning rate (default 1e-3; --demo: the demo's)"
+    )
+    training.add_argument(
+        "--train-batch", type=int, help="pairs per step (default 16; --demo: the demo's)"
+    )
+    training.add_argument("--beta", type=float, help="DPO β (default 0.1; --demo: the demo's)")
+    training.add_argument(
+        "--prompt-len", type=int, help="prompt tokens of a pair (default 32; --demo: the demo's)"
     )
     training.add_argument(
         "--train-corpus", help="text/JSONL files for the pairs (default: built-in corpus)"

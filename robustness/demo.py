@@ -72,6 +72,7 @@ __all__ = [
     "build_tokenizer",
     "demo_pair",
     "run_demo",
+    "split_documents",
     "train_demo_pair",
 ]
 
@@ -267,7 +268,8 @@ def _windows(stream: np.ndarray, length: int) -> np.ndarray:
     return stream[: n * length].reshape(n, length)
 
 
-def _split_documents(documents: list[str], every: int) -> tuple[list[str], list[str]]:
+def split_documents(documents: list[str], every: int) -> tuple[list[str], list[str]]:
+    """``(train, held_out)``: one document in every `every` (offset ``every // 2``) is held out."""
     held = [doc for i, doc in enumerate(documents) if i % every == every // 2]
     train = [doc for i, doc in enumerate(documents) if i % every != every // 2]
     return train, held
@@ -339,7 +341,7 @@ def _train_demo_pair(settings: DemoSettings, out: Path, *, progress: bool) -> di
 
     started = time.perf_counter()
     documents = builtin_documents()
-    train_docs, held_docs = _split_documents(documents, settings.held_out_every)
+    train_docs, held_docs = split_documents(documents, settings.held_out_every)
     tokenizer = build_tokenizer(train_docs, settings.vocab_size)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     train_stream, held_stream = tokenize(train_docs, tokenizer), tokenize(held_docs, tokenizer)

@@ -38,9 +38,8 @@ Losses are scaled to a sum over sequences (or pairs), so every batch's
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -70,7 +69,6 @@ SITE_KIND = {
     "down_out": "gradient",
 }
 PREDICTION_CONSTRUCTIONS = ("unembed", "unembed_centered", "unembed_folded")
-MAX_CHUNKS = 32
 
 
 def parse_objectives(names, lams=(0.5,)) -> list[tuple[str, float | None]]:
@@ -169,11 +167,17 @@ def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_
         raise ValueError(f"cannot load model {spec!r}: {error}") from None
 
 
-def sequence_chunks(n_sequences: int, max_chunks: int = MAX_CHUNKS) -> list[tuple[int, int]]:
-    """Bootstrap units: at most `max_chunks` runs of consecutive sequences."""
+def sequence_chunks(n_sequences: int) -> list[tuple[int, int]]:
+    """Bootstrap units: runs of consecutive sequences, chunked as the sweep's bootstrap chunks them.
+
+    At most :data:`robustness.engine.BOOTSTRAP_CHUNKS` runs of
+    :func:`robustness.engine.bootstrap_chunk_size` sequences (the last may be shorter).
+    """
+    from .engine import bootstrap_chunk_size
+
     if n_sequences < 1:
         raise ValueError("no sequences to measure")
-    span = math.ceil(n_sequences / min(n_sequences, max_chunks))
+    span = bootstrap_chunk_size(n_sequences)
     return [(lo, min(lo + span, n_sequences)) for lo in range(0, n_sequences, span)]
 
 
@@ -586,20 +590,12 @@ def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, pro
 
 def corpus_from_args(args, *, tokenizer_source: str, default_tokens: int, trust_remote_code=False):
     """The corpus of a command's ``--corpus/--tokenizer/--tokens/--seq-len`` options."""
-    from .config import CorpusSpec
+    from .cli import corpus_options
     from .corpus import load_corpus
 
-    files = tuple(part.strip() for part in (args.corpus or "").split(",") if part.strip())
-    ids = [f for f in files if f.endswith(".npy")]
-    if ids and len(files) > 1:
-        raise ValueError("--corpus takes one .npy id file, or text/JSONL files, not a mix")
-    spec = CorpusSpec(
-        paths=() if ids else files,
-        ids=ids[0] if ids else None,
-        tokens=args.tokens if args.tokens is not None else (None if ids else default_tokens),
-        seq_len=args.seq_len if args.seq_len is not None else 128,
-        tokenizer=args.tokenizer,
-    )
+    spec = corpus_options(args)
+    if spec.ids is None and spec.tokens is None:  # an id file gives all its rows
+        spec = replace(spec, tokens=default_tokens)
     if spec.seq_len < 2:
         raise ValueError(f"--seq-len must be at least 2, got {spec.seq_len}")
     if spec.tokens is not None and spec.tokens < spec.seq_len:
@@ -647,28 +643,22 @@ def summary_lines(ds: xr.Dataset) -> list[str]:
     return lines
 
 
-def _numbers(text: str, option: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
 def run_gradients_command(args) -> int:
+    from .cli import parse_numbers, split_list
     from .dataset import write_dataset
     from .engine import resolve_device
     from .files import check_writable
 
     out = check_writable(args.out)
     settings = GradientSettings(
-        objectives=tuple(p.strip() for p in args.objective.split(",") if p.strip()),
-        lams=_numbers(args.lam, "--lam"),
+        objectives=split_list(args.objective),
+        lams=parse_numbers(args.lam, "--lam"),
         beta=args.beta,
         prompt_len=args.prompt_len,
         batch_size=args.batch_size,
         replicates=args.bootstrap,
         seed=args.seed,
-        cutoffs=tuple(p.strip() for p in args.cutoffs.split(",") if p.strip()),
+        cutoffs=split_list(args.cutoffs),
         prediction=args.prediction,
     )
     device = resolve_device(args.device)

@@ -1,4 +1,4 @@
-"""`rsf experiment trajectory|contrastive|rank1` (robustness.experiments).
+"""`rsf experiment trajectory|contrastive|rank1` (robustness.trajectory, .contrastive, .rank1).
 
 References: the trajectory against separate sweeps of the same pairs; the
 trend test against exact enumeration on a constructed monotone case; the
@@ -24,22 +24,13 @@ from conftest import VOCAB, aligned_copy, char_tokenizer, random_model
 import probes
 from robustness.cli import main
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
+from robustness.contrastive import ContrastiveSettings, train_variants, trend_test
 from robustness.corpus import Corpus
 from robustness.engine import sweep_pair
-from robustness.experiments import (
-    ContrastiveSettings,
-    Rank1Settings,
-    demo_checkpoints,
-    demo_token_windows,
-    rank1_dataset,
-    rank1_hook,
-    rank1_update,
-    train_variants,
-    trajectory_dataset,
-    trajectory_pairs,
-    trend_test,
-)
+from robustness.experiments import demo_checkpoints, demo_token_windows
+from robustness.rank1 import Rank1Settings, rank1_dataset, rank1_hook, rank1_update
 from robustness.training import preference_margin, preference_pairs
+from robustness.trajectory import trajectory_dataset, trajectory_pairs
 
 
 @pytest.fixture(autouse=True, scope="module")

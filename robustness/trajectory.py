@@ -1,0 +1,314 @@
+"""`rsf experiment trajectory`: RSF along an ordered list of checkpoints.
+
+Every checkpoint ``c_i`` of ``c_0, c_1, …, c_n`` against the start
+(``c_0 → c_i``) and against the previous one (``c_{i−1} → c_i``), each a pair
+of the sweep engine (so statistics are cached and shared), with the read/write
+summaries and their intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from .cli import split_list
+from .config import PairSpec, SweepConfig
+from .corpus import Corpus
+from .experiments import (
+    DEFAULT_READ,
+    DEFAULT_WRITE,
+    cache_root_from_args,
+    demo_checkpoints,
+    experiment_config,
+    load_probe_corpus,
+    pathway_summary,
+)
+from .gradients import percentile_interval, provenance_attrs
+
+__all__ = [
+    "run_trajectory_command",
+    "trajectory_dataset",
+    "trajectory_from_toml",
+    "trajectory_lines",
+    "trajectory_pairs",
+]
+
+
+def trajectory_pairs(checkpoints, labels=None) -> tuple[list[PairSpec], dict]:
+    """The sweep pairs of a trajectory and where each (reference, checkpoint) finds its pair.
+
+    ``c_0 → c_i`` (``start``) and ``c_{i−1} → c_i`` (``previous``) for i ≥ 1;
+    for ``i = 1`` both are the same pair, swept once.
+    """
+    checkpoints = list(checkpoints)
+    if len(checkpoints) < 2:
+        raise ValueError(f"a trajectory needs at least 2 checkpoints, got {len(checkpoints)}")
+    labels = list(labels) if labels is not None else [_checkpoint_label(c) for c in checkpoints]
+    if len(labels) != len(checkpoints):
+        raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+    if len(set(labels)) != len(labels):
+        labels = [f"{i}:{label}" for i, label in enumerate(labels)]
+    pairs: dict[tuple[str, str], PairSpec] = {}
+    where = {}
+    for i in range(1, len(checkpoints)):
+        for reference, j in (("start", 0), ("previous", i - 1)):
+            key = (checkpoints[j], checkpoints[i])
+            if key not in pairs:
+                pairs[key] = PairSpec(f"{labels[j]}->{labels[i]}", *key)
+            where[(reference, labels[i])] = pairs[key].label
+    return list(pairs.values()), {"labels": labels, "where": where}
+
+
+def _checkpoint_label(spec: str) -> str:
+    path = Path(spec.rstrip("/"))
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def trajectory_dataset(
+    checkpoints,
+    config: SweepConfig,
+    corpus: Corpus,
+    *,
+    labels=None,
+    read=DEFAULT_READ,
+    write=DEFAULT_WRITE,
+    confidence_level: float = 0.95,
+    cache_root=None,
+    progress: bool = True,
+) -> xr.Dataset:
+    """RSF of every checkpoint relative to the start and to the previous one.
+
+    Runs the sweep engine on the trajectory's pairs (``config``'s own pairs are
+    replaced) and arranges the results by ``reference`` (``start``,
+    ``previous``) and ``checkpoint``; the full ``rsf`` grid is kept
+    (``rsf(reference, checkpoint, layer, matrix, construction, cutoff,
+    normalisation)``) beside read/write layer means and their asymmetry, with
+    a cluster-bootstrap interval over layers and, when the sweep bootstraps,
+    percentile intervals over corpus chunks.
+    """
+    from .dataset import build_dataset
+    from .engine import run_sweep
+
+    pairs, layout = trajectory_pairs(checkpoints, labels)
+    config = replace(config, pairs=tuple(pairs))
+    results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
+    sweep = build_dataset(results, config, corpus)
+    ordered = layout["labels"]
+    references = ("start", "previous")
+    steps = ordered[1:]
+
+    def arrange(variable: str) -> xr.DataArray:
+        rows = [
+            xr.concat(
+                [
+                    sweep[variable].sel(pair=layout["where"][(ref, step)], drop=True)
+                    for step in steps
+                ],
+                dim="checkpoint",
+            )
+            for ref in references
+        ]
+        return xr.concat(rows, dim="reference")
+
+    rsf = arrange("rsf")
+    summary = pathway_summary(
+        rsf, read=read, write=write, confidence_level=confidence_level, seed=config.seed
+    )
+    data_vars = {
+        "rsf": rsf,
+        "k": arrange("k"),
+        "delta_fro": arrange("delta_fro"),
+        "read_rsf": summary["read"],
+        "write_rsf": summary["write"],
+        "asymmetry": summary["asymmetry"],
+        "asymmetry_ci_low": summary["asymmetry_ci_low"],
+        "asymmetry_ci_high": summary["asymmetry_ci_high"],
+        "read_rsf_layer": summary["read_layer"],
+        "write_rsf_layer": summary["write_layer"],
+    }
+    if "rsf_boot" in sweep:
+        boot = arrange("rsf_boot")
+        data_vars["rsf_boot"] = boot
+        for name, value in _sequence_percentiles(
+            boot, read=read, write=write, confidence_level=confidence_level
+        ).items():
+            data_vars[name] = value
+    pair_of = np.array(
+        [[layout["where"][(ref, step)] for step in steps] for ref in references], dtype=object
+    )
+    ds = xr.Dataset(data_vars)
+    ds = ds.assign_coords(
+        reference=("reference", np.asarray(references, dtype=object)),
+        checkpoint=("checkpoint", np.asarray(steps, dtype=object)),
+        checkpoint_id=(
+            "checkpoint",
+            np.asarray([str(c) for c in list(checkpoints)[1:]], dtype=object),
+        ),
+        position=("checkpoint", np.arange(1, len(ordered), dtype=np.int64)),
+    )
+    ds["pair"] = (("reference", "checkpoint"), pair_of)
+    for name in ("base_hash", "aligned_hash"):
+        ds[name] = (
+            ("reference", "checkpoint"),
+            np.array(
+                [[str(sweep[name].sel(pair=p).values) for p in row] for row in pair_of],
+                dtype=object,
+            ),
+        )
+    for name in ("read_rsf", "write_rsf", "asymmetry"):
+        ds[name].attrs["long_name"] = (
+            f"{name.replace('_', ' ')}: layer mean, log2 for ratio normalisations"
+        )
+    attrs = provenance_attrs(
+        "trajectory",
+        corpus=corpus,
+        seed=config.seed,
+        settings_json=json.dumps({"config": config.to_toml()}),
+    )
+    attrs.update(
+        title="RSF along a sequence of checkpoints",
+        config=config.to_toml(),
+        start_id=str(list(checkpoints)[0]),
+        start_label=ordered[0],
+        read_set=",".join(read),
+        write_set=",".join(write),
+        confidence_level=confidence_level,
+        interval="studentized cluster bootstrap over layers (asymmetry_ci_*); percentile over corpus chunks (*_seq_ci_*)",
+        bootstrap_replicates=int(config.replicates),
+    )
+    ds.attrs = attrs
+    return ds
+
+
+def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig]:
+    """``[trajectory] checkpoints = [...]`` (``labels`` optional) plus the sweep's tables."""
+    from .config import config_from_document
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}") from None
+    table = document.pop("trajectory", None)
+    if not isinstance(table, dict) or "checkpoints" not in table:
+        raise ValueError(f"{path} needs a [trajectory] table with `checkpoints = [...]`, in order")
+    unknown = set(table) - {"checkpoints", "labels"}
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {sorted(unknown)} in [trajectory]: valid are checkpoints, labels"
+        )
+    if "pair" in document:
+        raise ValueError(f"{path}: a trajectory config takes [trajectory], not [[pair]] tables")
+
+    def local(value: str) -> str:
+        candidate = path.parent / value
+        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+
+    checkpoints = [local(str(c)) for c in table["checkpoints"]]
+    if len(checkpoints) < 2:
+        raise ValueError(f"[trajectory] needs at least 2 checkpoints, got {len(checkpoints)}")
+    document["pair"] = [{"label": "trajectory", "base": checkpoints[0], "aligned": checkpoints[1]}]
+    config = config_from_document(document, path.parent, source=str(path))
+    labels = [str(x) for x in table["labels"]] if "labels" in table else None
+    return checkpoints, labels, config
+
+
+def _sequence_percentiles(boot: xr.DataArray, *, read, write, confidence_level: float) -> dict:
+    """Percentile intervals of the read, write and asymmetry summaries from ``rsf_boot``."""
+    summary = pathway_summary(boot, read=read, write=write, interval=False)
+    out = {}
+    for name in ("read", "write", "asymmetry"):
+        low, high = percentile_interval(
+            summary[name].transpose("replicate", ...).values, confidence_level
+        )
+        template = summary[name].isel(replicate=0, drop=True)
+        out[f"{name}_seq_ci_low"] = template.copy(data=low)
+        out[f"{name}_seq_ci_high"] = template.copy(data=high)
+    return out
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def run_trajectory_command(args) -> int:
+    from .dataset import write_dataset
+    from .files import check_writable
+
+    out = check_writable(args.out)
+    sources = [bool(args.checkpoints), bool(args.config), bool(args.demo)]
+    if sum(sources) != 1:
+        raise ValueError("rsf experiment trajectory needs one of --checkpoints, --config or --demo")
+    labels = split_list(args.labels)
+    base_config = None
+    if args.checkpoints:
+        checkpoints = list(split_list(args.checkpoints))
+    elif args.config:
+        checkpoints, config_labels, base_config = trajectory_from_toml(args.config)
+        labels = labels or config_labels
+    else:
+        demo = demo_checkpoints(cache_root=cache_root_from_args(args), progress=not args.quiet)
+        phases = {"align": list(demo.align), "pretrain": list(demo.pretrain)}
+        # The align phase starts from the base itself, so "both" drops its duplicate first step.
+        phases["both"] = list(demo.pretrain) + list(demo.align[1:])
+        checkpoints = phases[args.phase]
+        if len(checkpoints) < 2:
+            raise ValueError(f"the demo saved fewer than 2 checkpoints for phase {args.phase!r}")
+    pairs, _ = trajectory_pairs(checkpoints, labels)
+    config = experiment_config(args, pairs, base_config)
+    corpus = load_probe_corpus(config, checkpoints[0])
+    ds = trajectory_dataset(
+        checkpoints,
+        config,
+        corpus,
+        labels=labels,
+        read=split_list(args.read),
+        write=split_list(args.write),
+        cache_root=cache_root_from_args(args),
+        progress=not args.quiet,
+    )
+    write_dataset(ds, out)
+    print("\n".join(trajectory_lines(ds)))
+    if not args.quiet:
+        print(f"wrote {out}")
+    return 0
+
+
+def _first_spec(ds: xr.Dataset) -> dict:
+    """The specification a summary prints: act_cov if present, the first cutoff and normalisation."""
+    construction = "act_cov" if "act_cov" in ds.construction.values else ds.construction.values[0]
+    return {
+        "construction": construction,
+        "cutoff": ds.cutoff.values[0],
+        "normalisation": ds.normalisation.values[0],
+    }
+
+
+def trajectory_lines(ds: xr.Dataset) -> list[str]:
+    spec = _first_spec(ds)
+    scale = "log2 " if spec["normalisation"] in ("isotropic", "base_relative") else ""
+    lines = [
+        f"read − write asymmetry ({scale}{spec['normalisation']}, {spec['construction']}, "
+        f"{spec['cutoff']}; read {ds.attrs['read_set']}, write {ds.attrs['write_set']}), "
+        f"from {ds.attrs['start_label']}:"
+    ]
+    for reference in ds.reference.values:
+        lines.append(f"  relative to the {reference} checkpoint")
+        for checkpoint in ds.checkpoint.values:
+            cell = ds.sel(reference=reference, checkpoint=checkpoint, **spec)
+            lines.append(
+                f"    {checkpoint:28s} read {float(cell.read_rsf):+.3f}  write {float(cell.write_rsf):+.3f}  "
+                f"asymmetry {float(cell.asymmetry):+.3f} "
+                f"[{float(cell.asymmetry_ci_low):+.3f}, {float(cell.asymmetry_ci_high):+.3f}]"
+            )
+    return lines
