@@ -19,7 +19,14 @@ from . import __version__
 if TYPE_CHECKING:
     from .config import CorpusSpec, SweepConfig
 
-__all__ = ["corpus_options", "main", "parse_numbers", "split_list", "sweep_options"]
+__all__ = [
+    "cache_root_from_args",
+    "corpus_options",
+    "main",
+    "parse_numbers",
+    "split_list",
+    "sweep_options",
+]
 
 
 def split_list(text: str | None) -> tuple[str, ...] | None:
@@ -75,6 +82,13 @@ def _add_corpus_options(parser, *, title: str, tokenizer_default: str, tokens_de
     corpus.add_argument("--seq-len", type=int, help="sequence length (default 128)")
 
 
+def cache_root_from_args(args):
+    """The statistics cache of ``--cache-dir``/``--no-cache`` (``None``: no cache)."""
+    from .cache import default_cache_dir
+
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+
 def sweep_options(config: SweepConfig, args, **changes) -> SweepConfig:
     """`config` with a command's corpus, probe, bootstrap and run options.
 
@@ -123,7 +137,6 @@ def _sweep_config(args):
 
 
 def run_sweep_command(args) -> int:
-    from .cache import default_cache_dir
     from .corpus import load_corpus
     from .dataset import build_dataset, write_dataset
     from .engine import check_corpus, preflight, run_sweep
@@ -140,11 +153,10 @@ def run_sweep_command(args) -> int:
         trust_remote_code=config.trust_remote_code,
     )
     check_corpus(corpus, widths)
-    cache_root = None if args.no_cache else (args.cache_dir or default_cache_dir())
     results = run_sweep(
         config,
         corpus,
-        cache_root=cache_root,
+        cache_root=cache_root_from_args(args),
         progress=not args.quiet,
         workers=args.workers,
         scheduler=args.scheduler,

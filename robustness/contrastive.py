@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 
 import probes
 
-from .cli import parse_numbers, split_list
+from .cli import cache_root_from_args, parse_numbers, split_list
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
 from .experiments import (
     DEFAULT_READ,
     DEFAULT_WRITE,
-    cache_root_from_args,
     demo_checkpoints,
     demo_token_windows,
     evenly_spaced,

@@ -36,7 +36,6 @@ __all__ = [
     "DEFAULT_WRITE",
     "EXPERIMENT_GRID",
     "DemoCheckpoints",
-    "cache_root_from_args",
     "demo_checkpoints",
     "demo_token_windows",
     "evenly_spaced",
@@ -183,13 +182,6 @@ def experiment_config(args, pairs, base: SweepConfig | None = None) -> SweepConf
 
     config = base or SweepConfig(pairs=tuple(pairs), **EXPERIMENT_GRID)
     return sweep_options(replace(config, pairs=tuple(pairs)), args)
-
-
-def cache_root_from_args(args):
-    """The statistics cache of ``--cache-dir``/``--no-cache`` (``None``: no cache)."""
-    from .cache import default_cache_dir
-
-    return None if args.no_cache else (args.cache_dir or default_cache_dir())
 
 
 def load_probe_corpus(config: SweepConfig, tokenizer_source: str):

@@ -25,13 +25,9 @@ from tqdm.auto import tqdm
 
 import probes
 
+from .cli import cache_root_from_args
 from .corpus import Corpus
-from .experiments import (
-    cache_root_from_args,
-    demo_checkpoints,
-    demo_token_windows,
-    evenly_spaced,
-)
+from .experiments import demo_checkpoints, demo_token_windows, evenly_spaced
 from .gradients import load_model, percentile_interval, provenance_attrs
 
 __all__ = [

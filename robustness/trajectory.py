@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from .cli import split_list
+from .cli import cache_root_from_args, split_list
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
 from .experiments import (
     DEFAULT_READ,
     DEFAULT_WRITE,
-    cache_root_from_args,
     demo_checkpoints,
     experiment_config,
     load_probe_corpus,
