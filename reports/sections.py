@@ -161,15 +161,17 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
             )
             continue
         value = {key: str(cells[f"pair:{pair}"]) for key, cells in shown.items()}
+        # "p = 0.031" but "p < 0.001": a shown p-value may already carry its relation.
+        value |= {key: (v if v.startswith("<") else f"= {v}") for key, v in value.items() if key.startswith("p_")}
         details = [
             f"Under the preferred specification ({_spec_label(ctx.preferred)}) the read set "
             f"({', '.join(ctx.read)}) minus the write set ({', '.join(ctx.write)}) is A = {value['asymmetry']} "
             f"on average over layers ({level}% interval {value['ci_low']} to {value['ci_high']}; "
-            f"sign-flip p = {value['p_signflip']}, label-permutation p = {value['p_perm']}).",
+            f"sign-flip p {value['p_signflip']}, label-permutation p {value['p_perm']}).",
             f"Over the {value['n_specifications']} defined specifications the median effect size is "
-            f"d_z = {value['median_effect']} (joint p = {value['p_median_effect']}); "
-            f"{value['share_significant']} are significant with read > write (joint p = "
-            f"{value['p_share_significant']}); Stouffer's Z = {value['stouffer_z']} (joint p = "
+            f"d_z = {value['median_effect']} (joint p {value['p_median_effect']}); "
+            f"{value['share_significant']} are significant with read > write (joint p "
+            f"{value['p_share_significant']}); Stouffer's Z = {value['stouffer_z']} (joint p "
             f"{value['p_stouffer_z']}). The joint p-values apply one set of sign flips to every "
             "specification at once, so they account for the specifications' dependence.",
         ]

@@ -275,9 +275,12 @@ def test_numbers_shown_match_the_datasets(report, datasets):
     early = stats.sel(
         pair="early", construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
     )
-    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average" in report.read_text(
-        encoding="utf-8"
-    )
+    text = report.read_text(encoding="utf-8")
+    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average" in text
+    p_flip = shown(float(early.p_signflip), "p")
+    relation = p_flip if p_flip.startswith("<") else f"= {p_flip}"
+    assert f"sign-flip p {relation}, label-permutation p " in text
+    assert "p = <" not in text  # "p < 0.001", never "p = < 0.001"
 
     type1 = page.tables["calibration-type1"]
     for test in calibration.test.values:
