@@ -161,3 +161,13 @@ def saved_pair(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: tiny models gain nothing from intra-op threads,
+    and on a busy machine they only contend."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,14 +32,7 @@ from robustness.rank1 import Rank1Settings, rank1_dataset, rank1_hook, rank1_upd
 from robustness.training import preference_margin, preference_pairs
 from robustness.trajectory import trajectory_dataset, trajectory_pairs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy machine they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- rank-1
