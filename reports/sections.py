@@ -202,13 +202,18 @@ def _mixed_model_table(ctx: ReportContext) -> Table | None:
     return Table("mixed-model", caption, columns, rows)
 
 
+def _needs_stats():
+    """The body of a section that has nothing to show without ``stats.nc``: what to run."""
+    return fragment(
+        "sections/missing.html.j2",
+        needs="stats.nc",
+        command="rsf stats results.nc --out stats.nc",
+    )
+
+
 def verdict_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment(
-            "sections/missing.html.j2",
-            needs="stats.nc",
-            command="rsf stats results.nc --out stats.nc",
-        )
+        body = _needs_stats()
         return Section("verdict", "Verdict", body)
     table = _verdict_table(ctx)
     body = fragment(
@@ -277,11 +282,7 @@ def spec_table(ctx: ReportContext) -> Table:
 
 def spec_curve_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment(
-            "sections/missing.html.j2",
-            needs="stats.nc",
-            command="rsf stats results.nc --out stats.nc",
-        )
+        body = _needs_stats()
     else:
         body = fragment(
             "sections/figure_and_table.html.j2",
@@ -353,11 +354,7 @@ def heatmap_section(ctx: ReportContext) -> Section:
 
 def null_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment(
-            "sections/missing.html.j2",
-            needs="stats.nc",
-            command="rsf stats results.nc --out stats.nc",
-        )
+        body = _needs_stats()
         return Section("null-distributions", "Permutation null distributions", body)
     exact = {p: ctx.per_pair.get(p, {}).get("signflip_exact") for p in ctx.pairs}
     how = "; ".join(
@@ -403,11 +400,7 @@ def variance_table(ctx: ReportContext) -> Table:
 
 def variance_section(ctx: ReportContext) -> Section:
     if ctx.stats is None:
-        body = fragment(
-            "sections/missing.html.j2",
-            needs="stats.nc",
-            command="rsf stats results.nc --out stats.nc",
-        )
+        body = _needs_stats()
     else:
         shares = {p: ctx.per_pair.get(p, {}).get("variance_shares", {}) for p in ctx.pairs}
         body = fragment(
