@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv browser demo test bench lint clean
+.PHONY: venv browser demo layers test bench lint clean
 
 venv: $(STAMP)
 
@@ -26,16 +26,20 @@ browser:
 # The embedded default: trains the demo pair (or reuses it from the cache),
 # sweeps it, tests the asymmetry and writes rsf-demo/report.html.
 demo: $(STAMP)
-	$(PY) -m robustness.cli demo
+	$(PY) -m rsf demo
 
-test: $(STAMP) browser
+# The layering contract in pyproject.toml ([tool.importlinter]): an upward import fails here.
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) browser layers
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out bench.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check probes robustness reports tests benchmarks
+	$(PY) -m ruff check rsf reports robustness probes tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis bench.json

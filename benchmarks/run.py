@@ -355,17 +355,23 @@ def reduced_basis_error(tmp: Path, n_tokens: int = 16384, replicates: int = 50) 
     errors, spreads = [], []
     for key, chunks in stats.chunks.items():
         d = chunks.d
-        delta = rng.standard_normal((d, d)) * np.sqrt(np.linspace(2.0, 0.5, d))  # mildly anisotropic
+        delta = rng.standard_normal((d, d)) * np.sqrt(
+            np.linspace(2.0, 0.5, d)
+        )  # mildly anisotropic
         full = stats.sites[key].subspace()
         reduced = full.basis[:, :width]
         # Chunk statistics kept in the reduced basis: Qᵀ Σxxᵀ_c Q and Qᵀ Σx_c.
         sum_xx = reduced.T @ chunks.sum_xx_many(np.eye(len(chunks.n))) @ reduced
         sum_x = chunks.sum_x @ reduced
-        counts = rng.multinomial(len(chunks.n), np.full(len(chunks.n), 1 / len(chunks.n)), replicates)
+        counts = rng.multinomial(
+            len(chunks.n), np.full(len(chunks.n), 1 / len(chunks.n)), replicates
+        )
         exact, approx = [], []
         for w, site in zip(counts, chunks.reweighted_many(counts), strict=True):
             exact.append(probes.fractions_at(delta, site.subspace().basis, ks, pathway="read"))
-            ritz = probes.covariance_subspace(np.tensordot(w, sum_x, 1), np.tensordot(w, sum_xx, 1), site.n)
+            ritz = probes.covariance_subspace(
+                np.tensordot(w, sum_x, 1), np.tensordot(w, sum_xx, 1), site.n
+            )
             approx.append(probes.fractions_at(delta, reduced @ ritz.basis, ks, pathway="read"))
         exact, approx = np.array(exact), np.array(approx)
         errors.append(np.max(np.abs(approx - exact) / exact))

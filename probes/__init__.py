@@ -22,10 +22,13 @@ from .adapters import (
     describe,
     family_of,
     final_norm_gain,
+    layer_modules,
+    matrix_rows,
     model_dims,
     tied_embeddings,
     unembedding,
 )
+from .checkpoints import Checkpoint, resolve_checkpoint, tensor_digest, weights_hash
 from .cutoffs import CUTOFF_RULES, Cutoff, parse_cutoff, resolve_cutoff, validate_cutoffs
 from .fraction import (
     energy_profile,
@@ -48,7 +51,8 @@ from .gradients import (
     subspace_energy_fraction,
 )
 from .heads import head_blocks, head_fraction_profiles
-from .models import check_pair, extract_deltas, load_model, weights_hash
+from .interventions import rank1_hook, rank1_update
+from .models import DTYPES, check_pair, extract_deltas, load_model, prediction_subspaces
 from .normalise import NORMALISATIONS, RATIO_NORMALISATIONS, normalise
 from .subspaces import (
     ACTIVATION_CONSTRUCTIONS,
@@ -77,7 +81,9 @@ __all__ = [
     "SITES",
     "SITE_OF",
     "SUPPORTED_MODEL_TYPES",
+    "DTYPES",
     "ActivationStatistics",
+    "Checkpoint",
     "ChunkStatistics",
     "Cutoff",
     "GradientStatistics",
@@ -106,21 +112,28 @@ __all__ = [
     "haar_variance",
     "head_blocks",
     "head_fraction_profiles",
+    "layer_modules",
     "load_model",
+    "matrix_rows",
     "model_dims",
     "normalise",
     "parse_cutoff",
     "participation_ratio",
+    "prediction_subspaces",
     "random_subspace",
+    "rank1_hook",
+    "rank1_update",
+    "resolve_checkpoint",
     "residual_gram",
     "resolve_cutoff",
     "site_hooks",
     "subspace_energy_fraction",
+    "tensor_digest",
     "tied_embeddings",
     "unembedding",
     "unembedding_subspace",
-    "weights_hash",
     "unembedding_subspaces",
     "validate_cutoffs",
     "weight_subspace",
+    "weights_hash",
 ]

@@ -43,6 +43,7 @@ __all__ = [
     "family_of",
     "final_norm_gain",
     "layer_modules",
+    "matrix_rows",
     "model_dims",
     "site_modules",
     "tied_embeddings",
@@ -267,6 +268,24 @@ def _rows(source: Source, name: str, fused_rows: int, config) -> slice | torch.T
         rows = np.arange(n_heads)[:, None] * 3 * head_dim + part * head_dim + np.arange(head_dim)
         return torch.as_tensor(rows.ravel())
     raise AssertionError(source.fused)  # the table admits nothing else
+
+
+def matrix_rows(
+    model, layer: int, matrix: str
+) -> tuple[torch.nn.Module, slice | torch.Tensor, int]:
+    """Where canonical `matrix` of `layer` lives: ``(module, rows, fused_rows)``.
+
+    ``rows`` selects the matrix's rows of the module's Linear-layout weight and
+    of its output (all of them unless the module is fused); ``fused_rows`` is
+    the module's output width. GPT-2's Conv1D output is already in Linear order.
+    """
+    family = family_of(model)
+    if matrix not in family.matrices:
+        raise ValueError(f"{model.config.model_type} has no matrix {matrix!r}")
+    source = family.matrices[matrix]
+    module = layer_modules(model)[layer].get_submodule(source.module)
+    fused_rows = _linear_weight(module).shape[0]
+    return module, _rows(source, matrix, fused_rows, model.config), fused_rows
 
 
 def _select(tensor: torch.Tensor, rows) -> torch.Tensor:

@@ -2,21 +2,30 @@
 
 ``trust_remote_code`` is off unless the caller turns it on. A mismatched pair
 (model type, layer count, widths, vocabulary) is refused before any heavy work.
+The weights hash is defined over a checkpoint's stored tensors
+(:func:`probes.checkpoints.weights_hash`), not over a loaded model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from .adapters import MATRICES, canonical_weights, family_of, model_dims
+from .adapters import (
+    MATRICES,
+    canonical_weights,
+    family_of,
+    final_norm_gain,
+    model_dims,
+    unembedding,
+)
+from .subspaces import Subspace, unembedding_subspaces
 
-__all__ = ["check_pair", "extract_deltas", "load_model", "weights_hash"]
+__all__ = ["DTYPES", "check_pair", "extract_deltas", "load_model", "prediction_subspaces"]
 
-_DTYPES = {
+DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
     "bfloat16": torch.bfloat16,
@@ -37,9 +46,9 @@ def load_model(
     unsupported architecture fails before anything else happens.
     """
     if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: choose from {', '.join(_DTYPES)}")
-        dtype = _DTYPES[dtype]
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
     )
@@ -101,11 +110,14 @@ def extract_deltas(base_model, aligned_model, *, matrices=None, layers=None):
     return deltas
 
 
-def weights_hash(model) -> str:
-    """SHA-256 of every parameter (name, dtype, shape, bytes); tied tensors counted once."""
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        tensor = param.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
+def prediction_subspaces(model) -> dict[str, Subspace]:
+    """``unembed``, ``unembed_centered`` and ``unembed_folded`` of `model`'s unembedding.
+
+    A final norm without a gain (OLMo-1) folds in nothing: ``unembed_folded``
+    is then the ``unembed`` basis itself (callers that report it say so).
+    """
+    subspaces = unembedding_subspaces(unembedding(model), gain=final_norm_gain(model))
+    if "unembed_folded" not in subspaces:
+        plain = subspaces["unembed"]
+        subspaces["unembed_folded"] = Subspace("unembed_folded", plain.basis, plain.spectrum)
+    return subspaces

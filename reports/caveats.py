@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustness.stats import DEFAULT_PREFERRED
+from robustness.specification import DEFAULT_PREFERRED
 
 from .context import ReportContext
 
@@ -89,14 +89,14 @@ def _resamples(ctx: ReportContext) -> list[Caveat]:
         ))  # fmt: skip
     if ctx.stats is not None:
         attrs = ctx.stats.attrs
-        if int(attrs.get("n_resamples", MONTE_CARLO_MIN)) < MONTE_CARLO_MIN:
+        if int(attrs.get("layer_replicates", MONTE_CARLO_MIN)) < MONTE_CARLO_MIN:
             out.append(Caveat(
                 "layer-resamples",
-                f"The layer bootstrap used {int(attrs['n_resamples'])} resamples (fewer than "
+                f"The layer bootstrap used {int(attrs['layer_replicates'])} resamples (fewer than "
                 f"{MONTE_CARLO_MIN}): its interval endpoints carry visible Monte Carlo error.",
             ))  # fmt: skip
         inexact = [p for p in ctx.pairs if ctx.per_pair.get(p, {}).get("signflip_exact") is False]
-        n_perm = int(attrs.get("n_permutations", MONTE_CARLO_MIN))
+        n_perm = int(attrs.get("n_resamples", MONTE_CARLO_MIN))
         if inexact and n_perm < MONTE_CARLO_MIN:
             out.append(Caveat(
                 "permutations",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from robustness.stats import DEFAULT_PREFERRED
+from robustness.specification import DEFAULT_PREFERRED, DEFAULT_READ, DEFAULT_WRITE, SPEC_DIMS
 
 from .inputs import ReportInputs
 
@@ -20,8 +20,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ReportContext", "build_context"]
-
-SPEC_DIMS = ("construction", "cutoff", "normalisation")
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,8 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         per_pair = json.loads(stats.attrs.get("per_pair", "{}"))
     else:
         preferred = DEFAULT_PREFERRED
-        read = tuple(m for m in ("q", "k") if m in matrices)
-        write = tuple(m for m in ("o", "down") if m in matrices)
+        read = tuple(m for m in DEFAULT_READ if m in matrices)
+        write = tuple(m for m in DEFAULT_WRITE if m in matrices)
         alpha, level, per_pair = 0.05, 0.95, {}
     context = ReportContext(
         inputs=inputs,

@@ -28,7 +28,7 @@ from markupsafe import Markup
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from robustness.asymmetry import probe_scale
+from robustness.specification import probe_scale
 
 __all__ = [
     "OKABE_ITO",
@@ -107,12 +107,12 @@ def _to_svg(fig: Figure, ident: str, alt: str) -> Markup:
     return Markup(head + f"<title>{html.escape(alt)}</title>" + text[head_end:])
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
     with matplotlib.rc_context(RC):
         return Figure(figsize=(width, height), layout="constrained")
 
 
-def _finish(fig: Figure, ident: str, alt: str, caption: str) -> SvgFigure:
+def finish(fig: Figure, ident: str, alt: str, caption: str) -> SvgFigure:
     return SvgFigure(ident, _to_svg(fig, ident, alt), alt, caption)
 
 
@@ -176,7 +176,7 @@ def spec_curve(
         rows.extend((dim, v) for v in values)
     cols, nrows = _columns(len(frames), 2)
     curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
-    fig = _figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
+    fig = figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
     grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
     lows = [f["effect_ci_low"].min() for f in frames.values()]
     highs = [f["effect_ci_high"].max() for f in frames.values()]
@@ -283,7 +283,7 @@ def spec_curve(
         "choices of each specification (one tick per choice used). The shaded column and the "
         "triangle mark the paper's preferred specification."
     )
-    return _finish(fig, "fig-spec-curve", alt, caption)
+    return finish(fig, "fig-spec-curve", alt, caption)
 
 
 # ----------------------------------------------------------------------- rsf against the cutoff
@@ -321,7 +321,7 @@ def rsf_by_cutoff(
     if not panels or not read_idx or not write_idx:
         return None
     cols = len(pairs)
-    fig = _figure(min(4.2 * cols, 11) + 0.4, 2.8 * len(constructions) + 0.4)
+    fig = figure(min(4.2 * cols, 11) + 0.4, 2.8 * len(constructions) + 0.4)
     axes = fig.subplots(len(constructions), cols, squeeze=False, sharey="row")
     tail = 100 * (1 - confidence_level) / 2
     boot = "rsf_boot" in results
@@ -399,7 +399,7 @@ def rsf_by_cutoff(
         f"thick lines: the read-set and write-set means the asymmetry compares. {band_text}"
     )
     alt = "The probe against the rank cutoff. " + "; ".join(alt_parts) + "."
-    return _finish(fig, "fig-rsf-cutoff", alt, caption)
+    return finish(fig, "fig-rsf-cutoff", alt, caption)
 
 
 # ----------------------------------------------------------------------- heatmaps
@@ -415,7 +415,7 @@ def layer_heatmaps(
     pathways = [str(p) for p in results.pathway.values]
     n_layers = results.sizes["layer"]
     cols = len(pairs)
-    fig = _figure(min(2.6 * cols + 1.0, 11), (0.16 * n_layers + 1.2) * len(specs) + 0.3)
+    fig = figure(min(2.6 * cols + 1.0, 11), (0.16 * n_layers + 1.2) * len(specs) + 0.3)
     axes = fig.subplots(len(specs), cols, squeeze=False)
     cmap = matplotlib.colormaps["cividis"]
     annotate = n_layers <= 16
@@ -476,7 +476,7 @@ def layer_heatmaps(
         "specifications; one colour scale per row (cividis: dark is low, yellow is high), grey where a "
         "pair has no such layer or matrix."
     )
-    return _finish(
+    return finish(
         fig, "fig-heatmaps", "Layer by matrix heatmaps. " + "; ".join(alt_parts) + ".", caption
     )
 
@@ -491,7 +491,7 @@ def null_distributions(
     if "null_asymmetry" not in stats or not specs:
         return None
     cols = len(pairs)
-    fig = _figure(min(3.0 * cols + 0.5, 11), 2.1 * len(specs) + 0.3)
+    fig = figure(min(3.0 * cols + 0.5, 11), 2.1 * len(specs) + 0.3)
     axes = fig.subplots(len(specs), cols, squeeze=False)
     alt_parts = []
     for r, spec in enumerate(specs):
@@ -523,7 +523,7 @@ def null_distributions(
         "differences (all arrangements when exact, else a sample), as histograms; the blue line "
         "is the observed asymmetry and the title gives its two-sided p-value."
     )
-    return _finish(
+    return finish(
         fig, "fig-nulls", "Permutation null distributions. " + "; ".join(alt_parts) + ".", caption
     )
 
@@ -542,7 +542,7 @@ def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
         if any(f in s for s in shares.values())
     ]
     pairs = list(shares)
-    fig = _figure(6.0, 0.35 * len(factors) * max(1, len(pairs)) ** 0.5 + 1.3)
+    fig = figure(6.0, 0.35 * len(factors) * max(1, len(pairs)) ** 0.5 + 1.3)
     axis = fig.subplots()
     height = 0.8 / len(pairs)
     for i, pair in enumerate(pairs):
@@ -569,9 +569,7 @@ def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
         "specifications attributed to each choice by a type-II ANOVA; the residual is what the "
         "choices' main effects do not explain (their interactions and the pair itself)."
     )
-    return _finish(
-        fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption
-    )
+    return finish(fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption)
 
 
 # ----------------------------------------------------------------------- trajectory
@@ -587,7 +585,7 @@ def trajectory(
     values = [float(cell.asymmetry.sel(pair=p)) for p in pairs]
     lows = [float(cell.ci_low.sel(pair=p)) for p in pairs]
     highs = [float(cell.ci_high.sel(pair=p)) for p in pairs]
-    fig = _figure(min(1.0 * len(pairs) + 2.5, 11), 2.6)
+    fig = figure(min(1.0 * len(pairs) + 2.5, 11), 2.6)
     axis = fig.subplots()
     x = np.arange(len(pairs))
     axis.errorbar(x, values, yerr=[np.subtract(values, lows), np.subtract(highs, values)], fmt="o-",
@@ -608,7 +606,7 @@ def trajectory(
         f"The preferred specification ({'/'.join(preferred)}) pair by pair, in the order of the "
         f"results dataset, with {int(confidence_level * 100)}% layer-bootstrap intervals."
     )
-    return _finish(fig, "fig-trajectory", alt, caption)
+    return finish(fig, "fig-trajectory", alt, caption)
 
 
 # ----------------------------------------------------------------------- calibration
@@ -620,7 +618,7 @@ def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | No
     error = calibration.type1_error.values
     low, high = calibration.type1_ci_low.values, calibration.type1_ci_high.values
     alpha = float(calibration.attrs.get("alpha", 0.05))
-    fig = _figure(6.0, 0.3 * len(tests) + 1.2)
+    fig = figure(6.0, 0.3 * len(tests) + 1.2)
     axis = fig.subplots()
     y = np.arange(len(tests))
     if target is not None:
@@ -652,4 +650,4 @@ def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | No
         "Calibration: the rate at which each test rejects simulated pairs with no planted "
         "asymmetry, with 95% Clopper–Pearson intervals; a calibrated test sits in the target band around α."
     )
-    return _finish(fig, "fig-calibration", alt, caption)
+    return finish(fig, "fig-calibration", alt, caption)

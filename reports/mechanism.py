@@ -13,7 +13,7 @@ import xarray as xr
 from markupsafe import Markup
 
 from . import formatting as fmt
-from .figures import MARKERS, OKABE_ITO, SERIES, _figure, _finish, scale_label
+from .figures import MARKERS, OKABE_ITO, SERIES, figure, finish, scale_label
 from .render import fragment
 from .sections import register_section
 from .tables import Column, Row, Table
@@ -67,7 +67,7 @@ def gradients_section(ctx, source) -> Markup:
     cutoff = str(ds.cutoff.values[0])
     objectives = [str(o) for o in ds.objective.values]
     sites = [str(s) for s in ds.site.values]
-    fig = _figure(7.2, 2.8)
+    fig = figure(7.2, 2.8)
     axes = fig.subplots(1, 2, sharex=True)
     for axis, measure, label in (
         (axes[0], "entropy_rank", "entropy effective rank"),
@@ -95,7 +95,7 @@ def gradients_section(ctx, source) -> Markup:
         for o in objectives
         for s in ("o_out", "down_out")
     )
-    figure = _finish(
+    chart = finish(
         fig,
         "fig-gradients",
         alt,
@@ -145,7 +145,7 @@ def gradients_section(ctx, source) -> Markup:
         "anisotropic; a prediction ratio above 1 means δ_t leans into the unembedding's top "
         f"directions. Model {ds.attrs.get('model_id', '')}, objectives {', '.join(objectives)}."
     )
-    return _section(intro, figure, table)
+    return _section(intro, chart, table)
 
 
 # ----------------------------------------------------------------------- trajectory
@@ -164,7 +164,7 @@ def trajectory_section(ctx, source) -> Markup:
     ds = source.dataset
     spec = _trajectory_spec(ds)
     x = ds.position.values
-    fig = _figure(7.2, 2.8)
+    fig = figure(7.2, 2.8)
     axes = fig.subplots(1, 2, sharey=True)
     for axis, reference in zip(axes, ds.reference.values, strict=True):
         cell = ds.sel(reference=reference, **spec)
@@ -192,7 +192,7 @@ def trajectory_section(ctx, source) -> Markup:
         f"{c} {float(ds.asymmetry.sel(reference='start', checkpoint=c, **spec)):+.3f}"
         for c in ds.checkpoint.values
     )
-    figure = _finish(
+    chart = finish(
         fig,
         "fig-trajectory-checkpoints",
         alt,
@@ -228,7 +228,7 @@ def trajectory_section(ctx, source) -> Markup:
         "to the start); the step-to-step deltas (relative to the previous checkpoint) show whether "
         "each stretch of training has the same shape."
     )
-    return _section(intro, figure, table)
+    return _section(intro, chart, table)
 
 
 # ----------------------------------------------------------------------- contrastive
@@ -239,7 +239,7 @@ def contrastive_section(ctx, source) -> Markup:
     ds = source.dataset
     spec = {"cutoff": str(ds.cutoff.values[0]), "normalisation": str(ds.normalisation.values[0])}
     lams = ds.lam.values
-    fig = _figure(7.2, 2.8)
+    fig = figure(7.2, 2.8)
     axes = fig.subplots(1, 2)
     axes[0].plot(
         lams,
@@ -271,7 +271,7 @@ def contrastive_section(ctx, source) -> Markup:
         f"λ={float(l):g} asymmetry {float(a):+.3f}, δ rank {float(r):.2f}"
         for l, a, r in zip(lams, ds.paper_asymmetry.sel(**spec).values, value, strict=True)
     )
-    figure = _finish(fig, "fig-contrastive", alt,
+    chart = finish(fig, "fig-contrastive", alt,
                      f"Left: read RSF, write RSF and their difference per variant ({spec['cutoff']}, {spec['normalisation']}), "
                      f"with {_level(ds)}% layer-bootstrap intervals. Right: the effective rank of L_λ's gradients δ_t on "
                      "the base at the write sites, with bootstrap intervals.")  # fmt: skip
@@ -339,7 +339,7 @@ def contrastive_section(ctx, source) -> Markup:
         "asymmetry comes from the contrastive objective's gradients, it and the gradients' anisotropy "
         "should move together with λ."
     )
-    return _section(intro, figure, trends, per_lam)
+    return _section(intro, chart, trends, per_lam)
 
 
 # ----------------------------------------------------------------------- rank1
@@ -349,7 +349,7 @@ def contrastive_section(ctx, source) -> Markup:
 def rank1_section(ctx, source) -> Markup:
     ds = source.dataset
     matrices = [str(m) for m in ds.matrix.values]
-    fig = _figure(7.2, 2.6)
+    fig = figure(7.2, 2.6)
     axes = fig.subplots(1, 2)
     for axis, measure, label in (
         (axes[0], "abs_margin_change", "|Δ DPO margin|"),
@@ -382,7 +382,7 @@ def rank1_section(ctx, source) -> Markup:
         f"p {float(ds.p_margin.sel(matrix=m, control='all')):.3g}"
         for m in matrices
     )
-    figure = _finish(fig, "fig-rank1", alt,
+    chart = finish(fig, "fig-rank1", alt,
                      f"Each point one intervention ΔW = α u vᵀ at layer {ds.attrs.get('layer')} with ‖ΔW‖_F = α; the "
                      "star is the principal direction, the others its controls.")  # fmt: skip
     rows = []
@@ -423,4 +423,4 @@ def rank1_section(ctx, source) -> Markup:
         "next principal (or prediction) directions. If behaviour is most sensitive along the principal "
         "directions, the star sits above its controls."
     )
-    return _section(intro, figure, table)
+    return _section(intro, chart, table)

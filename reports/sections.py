@@ -23,12 +23,13 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 from markupsafe import Markup
 
+from robustness.specification import SPEC_DIMS
 from robustness.stats import verdict
 
 from . import figures
 from . import formatting as fmt
 from .caveats import caveats
-from .context import SPEC_DIMS, ReportContext
+from .context import ReportContext
 from .inputs import Source
 from .render import fragment
 from .tables import Column, Row, Table
@@ -162,7 +163,11 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
             continue
         value = {key: str(cells[f"pair:{pair}"]) for key, cells in shown.items()}
         # "p = 0.031" but "p < 0.001": a shown p-value may already carry its relation.
-        value |= {key: (v if v.startswith("<") else f"= {v}") for key, v in value.items() if key.startswith("p_")}
+        value |= {
+            key: (v if v.startswith("<") else f"= {v}")
+            for key, v in value.items()
+            if key.startswith("p_")
+        }
         details = [
             f"Under the preferred specification ({_spec_label(ctx.preferred)}) the read set "
             f"({', '.join(ctx.read)}) minus the write set ({', '.join(ctx.write)}) is A = {value['asymmetry']} "
@@ -358,7 +363,7 @@ def null_section(ctx: ReportContext) -> Section:
         return Section("null-distributions", "Permutation null distributions", body)
     exact = {p: ctx.per_pair.get(p, {}).get("signflip_exact") for p in ctx.pairs}
     how = "; ".join(
-        f"pair {p}: {'exact, all 2^' + str(ctx.n_layers(p)) + ' sign vectors' if e else 'Monte Carlo, ' + str(ctx.stats.attrs.get('n_permutations')) + ' draws'}"
+        f"pair {p}: {'exact, all 2^' + str(ctx.n_layers(p)) + ' sign vectors' if e else 'Monte Carlo, ' + str(ctx.stats.attrs.get('n_resamples')) + ' draws'}"
         for p, e in exact.items()
     )
     body = fragment(

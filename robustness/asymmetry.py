@@ -7,7 +7,7 @@ asymmetry are
 
     D_l = mean_{m ∈ read} s[l, m] − mean_{m ∈ write} s[l, m],     A = mean_l D_l.
 
-Tests (``DESIGN.md`` §2):
+Tests (``docs/design.md`` §2):
 
 - **cluster bootstrap over layers**: layers are the resampled units; the
   interval is the studentized (bootstrap-t) one, because with a dozen layers
@@ -41,29 +41,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from .specification import EXACT_LIMIT
+
 __all__ = [
-    "EXACT_LIMIT",
-    "bca_interval",
     "JointNull",
     "SpecTests",
-    "layer_differences",
     "label_permutation_null",
-    "probe_scale",
+    "layer_differences",
     "sign_flip_null",
     "spec_tests",
+    "studentized_interval",
 ]
-
-EXACT_LIMIT = 65536
-RATIO = ("isotropic", "base_relative")
-
-
-def probe_scale(values: np.ndarray, normalisation: str) -> np.ndarray:
-    """The probe on the scale the statistics use: ``log2`` for ratio normalisations."""
-    values = np.asarray(values, dtype=np.float64)
-    if normalisation in RATIO:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values = np.log2(values)
-    return np.where(np.isfinite(values), values, np.nan)
 
 
 def layer_differences(s: np.ndarray, read: list[int], write: list[int]) -> np.ndarray:
@@ -128,40 +116,6 @@ class JointNull:
         # Exact: the share of arrangements at least as extreme. Monte Carlo: the
         # other B − 1 draws plus the "observed" one, (1 + (at_least − 1))/(1 + (B − 1)).
         return at_least / self.n
-
-
-def bca_interval(
-    replicates: np.ndarray,
-    jackknife: np.ndarray,
-    observed: np.ndarray,
-    confidence_level: float = 0.95,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bias-corrected and accelerated interval from precomputed replicates (Efron 1987).
-
-    ``replicates [B, J]`` are bootstrap values of the statistic, ``jackknife
-    [C, J]`` its leave-one-unit-out values, ``observed [J]`` the full-sample
-    value. scipy computes BCa only when it does the resampling itself; here the
-    replicates come from reweighting chunk statistics, so the same formulas
-    (and scipy's linear percentile rule) are applied to them directly.
-    """
-    replicates, jackknife, observed = map(np.asarray, (replicates, jackknife, observed))
-    alpha = (1 - confidence_level) / 2
-    n = replicates.shape[0]
-    below = (
-        np.sum(replicates < observed, axis=0) + 0.5 * np.sum(replicates == observed, axis=0)
-    ) / n
-    z0 = special.ndtri(below)
-    spread = jackknife.mean(axis=0) - jackknife
-    with np.errstate(divide="ignore", invalid="ignore"):
-        accel = np.sum(spread**3, axis=0) / (6 * np.sum(spread**2, axis=0) ** 1.5)
-    z = special.ndtri(np.array([alpha, 1 - alpha]))[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        levels = special.ndtr(z0 + (z0 + z) / (1 - accel * (z0 + z)))
-    low, high = np.full(observed.shape, np.nan), np.full(observed.shape, np.nan)
-    for j in range(observed.size):
-        if np.all(np.isfinite(levels[:, j])) and np.isfinite(replicates[:, j]).all():
-            low[j], high[j] = np.percentile(replicates[:, j], 100 * levels[:, j])
-    return low, high
 
 
 def _sign_vectors(
@@ -234,7 +188,7 @@ class SpecTests:
 
 
 def studentized_interval(
-    d: np.ndarray, *, confidence_level: float, n_resamples: int, rng: np.random.Generator
+    d: np.ndarray, *, confidence_level: float, replicates: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster bootstrap-t interval for the mean of each column of ``d [L, J]``.
 
@@ -248,7 +202,7 @@ def studentized_interval(
     n_layers = d.shape[0]
     mean = d.mean(axis=0)
     se = d.std(axis=0, ddof=1) / math.sqrt(n_layers)
-    rows = rng.integers(0, n_layers, size=(n_resamples, n_layers))
+    rows = rng.integers(0, n_layers, size=(replicates, n_layers))
     resampled = d[rows]  # [B, L, J]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = (resampled.mean(axis=1) - mean) / (resampled.std(axis=1, ddof=1) / math.sqrt(n_layers))
@@ -268,12 +222,12 @@ def studentized_interval(
     return low, high
 
 
-def _bca_ci(d: np.ndarray, confidence_level: float, n_resamples: int, rng) -> tuple[float, float]:
+def _bca_ci(d: np.ndarray, confidence_level: float, replicates: int, rng) -> tuple[float, float]:
     """scipy's BCa interval for the mean over layers (kept for comparison in calibration)."""
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0])
     with np.errstate(all="ignore"):
-        res = stats.bootstrap((d,), np.mean, n_resamples=n_resamples, confidence_level=confidence_level,
+        res = stats.bootstrap((d,), np.mean, n_resamples=replicates, confidence_level=confidence_level,
                               method="BCa", rng=rng, vectorized=True)  # fmt: skip
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -300,8 +254,8 @@ def spec_tests(
     write: list[int],
     *,
     confidence_level: float = 0.95,
+    layer_replicates: int = 9999,
     n_resamples: int = 9999,
-    n_permutations: int = 9999,
     alpha: float = 0.05,
     rng: np.random.Generator,
     n_null_draws: int = 1000,
@@ -318,18 +272,18 @@ def spec_tests(
     n_layers, n_specs = d.shape
     asymmetry = d.mean(axis=0)
     ci_low, ci_high = studentized_interval(
-        d, confidence_level=confidence_level, n_resamples=n_resamples, rng=rng
+        d, confidence_level=confidence_level, replicates=layer_replicates, rng=rng
     )
     bca = (
-        [_bca_ci(d[:, j], confidence_level, n_resamples, rng) for j in range(n_specs)]
+        [_bca_ci(d[:, j], confidence_level, layer_replicates, rng) for j in range(n_specs)]
         if with_bca
         else []
     )
     dz = _dz(d)
     effect_ci = [_effect_size_ci(float(v), n_layers, confidence_level) for v in dz]
 
-    flips = sign_flip_null(d, n_resamples=n_permutations, rng=rng)
-    perms = label_permutation_null(s, read, write, n_resamples=n_permutations, rng=rng)
+    flips = sign_flip_null(d, n_resamples=n_resamples, rng=rng)
+    perms = label_permutation_null(s, read, write, n_resamples=n_resamples, rng=rng)
     p_signflip = flips.p_value(asymmetry)
     p_greater = flips.p_value(asymmetry, "greater")
     p_perm = perms.p_value(asymmetry)

@@ -28,8 +28,7 @@ hidden.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import xarray as xr
@@ -37,8 +36,9 @@ from statsmodels.stats.proportion import proportion_confint
 
 import probes
 
-from . import __version__
-from .asymmetry import layer_differences, probe_scale, spec_tests
+from .asymmetry import layer_differences, spec_tests
+from .provenance import provenance_attrs
+from .specification import probe_scale
 
 __all__ = ["CalibrationSettings", "run_calibration", "simulate_probe"]
 
@@ -68,8 +68,8 @@ class CalibrationSettings:
     d: int = 24
     n_tokens: int = 256
     vocab: int = 96
+    layer_replicates: int = 999
     n_resamples: int = 999
-    n_permutations: int = 999
     alpha: float = 0.05
     confidence_level: float = 0.95
     seed: int = 0
@@ -80,8 +80,8 @@ class CalibrationSettings:
             n_null=200,
             n_power=50,
             strengths=(0.05, 0.2),
+            layer_replicates=499,
             n_resamples=499,
-            n_permutations=499,
             seed=seed,
         )
 
@@ -153,7 +153,7 @@ def _decisions(
     s: np.ndarray, settings: CalibrationSettings, rng
 ) -> tuple[dict, np.ndarray, np.ndarray]:
     tests = spec_tests(s, [0, 1], [2, 3], confidence_level=settings.confidence_level,
-                       n_resamples=settings.n_resamples, n_permutations=settings.n_permutations,
+                       layer_replicates=settings.layer_replicates, n_resamples=settings.n_resamples,
                        alpha=settings.alpha, rng=rng, n_null_draws=1, with_bca=True)  # fmt: skip
     a, joint = settings.alpha, tests.joint
     rejected = {
@@ -248,10 +248,12 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
             "interval": np.asarray(INTERVALS, dtype=object),
         },
         attrs={
-            "title": "rsf calibration: planted-truth simulation study",
-            "rsf_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "settings": json.dumps(settings.__dict__),
+            **provenance_attrs(
+                "calibration",
+                title="rsf calibration: planted-truth simulation study",
+                seed=settings.seed,
+                settings=asdict(settings),
+            ),
             "specifications": json.dumps(SPECS),
             "alpha": settings.alpha,
             "type1_target": json.dumps(TYPE1_TARGET),

@@ -1,6 +1,6 @@
 """Sweep configuration: one dataclass, read from TOML or from CLI flags, written back as TOML.
 
-The TOML layout is a contract (``DESIGN.md`` §4)::
+The TOML layout is a contract (``docs/design.md`` §4)::
 
     [[pair]]                 # one or more
     label = "demo"
@@ -21,7 +21,10 @@ The TOML layout is a contract (``DESIGN.md`` §4)::
 
 A ``[run]`` table (device, dtype, batch_size, trust_remote_code) is optional.
 Every name is checked here, before any model is loaded; an unknown one is an
-error that lists the valid ones.
+error that lists the valid ones. Cutoff labels are stored in their canonical
+spelling (``k = 8`` becomes ``k=8``), so every dataset spells them alike.
+:func:`read_toml` is the one TOML reader (other commands' config tables,
+such as ``[trajectory]``, use it too).
 """
 
 from __future__ import annotations
@@ -39,23 +42,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+from .specification import (
+    DEFAULT_CONSTRUCTIONS,
+    DEFAULT_CUTOFFS,
+    DEFAULT_NORMALISATIONS,
+    canonical_cutoffs,
+)
+
 __all__ = [
-    "DEFAULT_CONSTRUCTIONS",
-    "DEFAULT_CUTOFFS",
-    "DEFAULT_NORMALISATIONS",
+    "DEVICES",
+    "DTYPES",
     "CorpusSpec",
     "PairSpec",
     "SweepConfig",
     "config_from_document",
     "load_config",
+    "read_toml",
 ]
 
-DEFAULT_CONSTRUCTIONS = probes.CONSTRUCTIONS
-DEFAULT_CUTOFFS = ("k=8", "frac=0.05", "var=0.9", "pr", "mp")
-DEFAULT_NORMALISATIONS = probes.NORMALISATIONS
 DEFAULT_TOKENS = 65536
 DEFAULT_SEQ_LEN = 128
-DTYPES = ("float32", "float64", "bfloat16", "float16")
+DTYPES = tuple(probes.DTYPES)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -94,6 +101,10 @@ class SweepConfig:
 
     def __post_init__(self):
         _validate(self)
+        # Frozen: the canonical spelling is set through object.__setattr__, once.
+        object.__setattr__(self, "cutoffs", canonical_cutoffs(self.cutoffs))
+        if len(set(self.cutoffs)) != len(self.cutoffs):
+            raise ValueError(f"repeated cutoff in {list(self.cutoffs)} (after canonical spelling)")
 
     def with_options(self, **changes) -> SweepConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -185,16 +196,21 @@ def _table(document: dict, name: str, allowed: set[str]) -> dict:
     return table
 
 
-def load_config(path: str | Path) -> SweepConfig:
-    """Read a TOML sweep configuration; relative paths are resolved against its folder."""
+def read_toml(path: str | Path) -> dict:
+    """A TOML file as a dict, with one-line errors for a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        document = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
-    return config_from_document(document, path.parent, source=str(path))
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read a TOML sweep configuration; relative paths are resolved against its folder."""
+    path = Path(path)
+    return config_from_document(read_toml(path), path.parent, source=str(path))
 
 
 def config_from_document(document: dict, root: Path, *, source: str = "the config") -> SweepConfig:

@@ -25,7 +25,16 @@ import numpy as np
 
 from .config import DEFAULT_TOKENS, CorpusSpec
 
-__all__ = ["BUILTIN_CORPUS", "Corpus", "builtin_documents", "load_corpus", "select_sequences"]
+__all__ = [
+    "BUILTIN_CORPUS",
+    "Corpus",
+    "builtin_documents",
+    "evenly_spaced",
+    "load_corpus",
+    "load_tokenizer",
+    "select_sequences",
+    "tokenize",
+]
 
 BUILTIN_CORPUS = "builtin:pydoc_data.topics"
 
@@ -91,7 +100,9 @@ def tokenize(documents: list[str], tokenizer) -> np.ndarray:
     return np.asarray(stream, dtype=np.int64)
 
 
-def _evenly_spread(available: int, wanted: int) -> np.ndarray:
+def evenly_spaced(available: int, wanted: int) -> np.ndarray:
+    """``min(wanted, available)`` indices into ``range(available)``, evenly spread, first and last included."""
+    wanted = max(1, min(int(wanted), int(available)))
     return np.unique(np.linspace(0, available - 1, wanted).round().astype(np.int64))
 
 
@@ -105,7 +116,7 @@ def select_sequences(stream: np.ndarray, tokens: int, seq_len: int, *, source: s
             f"{tokens} tokens need {wanted}: add text or lower --tokens"
         )
     windows = stream[: available * seq_len].reshape(available, seq_len)
-    return windows[_evenly_spread(available, wanted)]
+    return windows[evenly_spaced(available, wanted)]
 
 
 def _load_ids(spec: CorpusSpec) -> Corpus:
@@ -129,7 +140,7 @@ def _load_ids(spec: CorpusSpec) -> Corpus:
                 f"{path} holds {ids.size} tokens ({ids.shape[0]} sequences of {ids.shape[1]}); "
                 f"{spec.tokens} tokens need {wanted} sequences: lower --tokens"
             )
-        ids = ids[_evenly_spread(ids.shape[0], wanted)]
+        ids = ids[evenly_spaced(ids.shape[0], wanted)]
     return Corpus(np.ascontiguousarray(ids, dtype=np.int64), f"ids:{path.name}")
 
 

@@ -1,6 +1,6 @@
 """The results dataset (``results.nc``): assembly, atomic writing and reading.
 
-Layout (a contract, ``DESIGN.md`` §4):
+Layout (a contract, ``docs/design.md`` §4):
 
 - dims ``pair, layer, matrix, construction, cutoff, normalisation``;
 - coords ``pair`` (labels), ``layer`` (int), ``matrix`` (canonical order, as
@@ -19,8 +19,6 @@ Pairs with fewer layers, or without a matrix another pair has (GPT-2 has no
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +26,13 @@ import xarray as xr
 
 import probes
 
-from . import __version__
 from .config import SweepConfig
 from .corpus import Corpus
 from .engine import PairResult
 from .files import atomic_output
+from .provenance import provenance_attrs
 
-__all__ = ["build_dataset", "open_dataset", "package_versions", "write_dataset"]
+__all__ = ["PROVENANCE", "build_dataset", "open_dataset", "write_dataset"]
 
 PROVENANCE = (
     "base_id",
@@ -48,27 +46,6 @@ PROVENANCE = (
     "n_kv_heads",
     "tied_embeddings",
 )
-_PACKAGES = (
-    "torch",
-    "transformers",
-    "numpy",
-    "scipy",
-    "xarray",
-    "netCDF4",
-    "dask",
-    "statsmodels",
-    "pingouin",
-)
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"rsf-robustness": __version__}
-    for name in _PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
 
 
 def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus) -> xr.Dataset:
@@ -135,26 +112,25 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "matrix": ("matrix", np.asarray(matrices, dtype=object)),
             "pathway": ("matrix", np.asarray([probes.PATHWAY[m] for m in matrices], dtype=object)),
             "construction": ("construction", np.asarray(config.constructions, dtype=object)),
-            "cutoff": (
-                "cutoff",
-                np.asarray([probes.parse_cutoff(c).label for c in config.cutoffs], dtype=object),
-            ),
+            "cutoff": ("cutoff", np.asarray(config.cutoffs, dtype=object)),
             "normalisation": ("normalisation", np.asarray(config.normalisations, dtype=object)),
         },
         attrs={
-            "title": "relative-subspace-fraction sweep",
-            "rsf_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance_attrs(
+                "results",
+                title="relative-subspace-fraction sweep",
+                corpus=corpus,
+                seed=config.seed,
+                inputs={
+                    f"{r.label}/{role}": r.provenance[f"{role}_hash"]
+                    for r in results
+                    for role in ("base", "aligned")
+                },
+            ),
             "config": config.to_toml(),
-            "seed": int(config.seed),
             "bootstrap_replicates": int(config.replicates),
             "bootstrap_unit": "chunks of consecutive sequences (at most 32 per corpus); "
             "only activation constructions vary across replicates",
-            "corpus_hash": corpus.hash,
-            "corpus_source": corpus.source,
-            "n_tokens": corpus.n_tokens,
-            "seq_len": corpus.seq_len,
-            "package_versions": json.dumps(package_versions(), sort_keys=True),
             "notes": json.dumps(notes),
         },
     )

@@ -28,10 +28,9 @@ is never used. A second call with the same settings reuses it;
 ``retrain=True`` rebuilds it. Everything is deterministic from the seed (on a
 given CPU architecture and library versions: training runs on one thread).
 
-:func:`run_demo` then sweeps the pair over a default grid with a sequence
-bootstrap (:func:`robustness.engine.run_sweep`), tests the read/write
-asymmetry (:func:`robustness.stats.compute_stats`) and writes the report
-(``reports.write_report``).
+:func:`demo_sweep_config` is the sweep the demo runs on its pair (its
+:class:`DemoGrid`); ``rsf demo`` then sweeps it with a sequence bootstrap,
+tests the read/write asymmetry and writes the report.
 """
 
 from __future__ import annotations
@@ -41,10 +40,9 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,25 +51,25 @@ import torch
 from . import __version__
 from .cache import default_cache_dir
 from .config import CorpusSpec, PairSpec, SweepConfig
-from .corpus import BUILTIN_CORPUS, builtin_documents, load_corpus, tokenize
+from .corpus import BUILTIN_CORPUS, builtin_documents, load_tokenizer, tokenize
 from .files import atomic_output
+from .preferences import continuation_logprobs, preference_margin, preference_pairs
+from .provenance import package_versions
 from .training import align as align_model
-from .training import (
-    continuation_logprobs,
-    preference_margin,
-    preference_pairs,
-    pretrain,
-    save_pretrained,
-)
+from .training import pretrain, save_pretrained
 
 __all__ = [
+    "DemoCheckpoints",
     "DemoGrid",
-    "DemoOutcome",
     "DemoPair",
     "DemoSettings",
     "build_tokenizer",
+    "demo_checkpoints",
+    "demo_is_cached",
     "demo_pair",
-    "run_demo",
+    "demo_sweep_config",
+    "demo_token_windows",
+    "single_threaded",
     "split_documents",
     "train_demo_pair",
 ]
@@ -172,8 +170,8 @@ class DemoGrid:
     tokens: int = 65536
     seq_len: int = 128
     replicates: int = 100
+    layer_replicates: int = 9999
     n_resamples: int = 9999
-    n_permutations: int = 9999
     seed: int = 0
 
     @classmethod
@@ -183,8 +181,8 @@ class DemoGrid:
             tokens=2048,
             seq_len=32,
             replicates=5,
+            layer_replicates=199,
             n_resamples=199,
-            n_permutations=199,
         )
         values.update(changes)
         return cls(**values)
@@ -199,19 +197,6 @@ class DemoPair:
     aligned: Path
     manifest: dict
     trained: bool
-
-
-@dataclass(frozen=True)
-class DemoOutcome:
-    """What :func:`run_demo` wrote, and the verdict it printed."""
-
-    pair: DemoPair
-    results: Path
-    stats: Path
-    report: Path | None
-    verdict: str
-    seconds: float
-    timings: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- the pair
@@ -307,7 +292,7 @@ def _summary(history: list[dict]) -> dict:
 
 
 @contextmanager
-def _single_threaded():
+def single_threaded():
     """Torch on one thread for the duration (restored after).
 
     The demo's matrices are small (d = 128), so a second thread gains little,
@@ -330,14 +315,12 @@ def train_demo_pair(settings: DemoSettings, out: str | Path, *, progress: bool =
     Training runs on one torch thread, so the weights depend on the seed and
     the settings, not on how many cores the machine has.
     """
-    with _single_threaded():
+    with single_threaded():
         return _train_demo_pair(settings, Path(out), progress=progress)
 
 
 def _train_demo_pair(settings: DemoSettings, out: Path, *, progress: bool) -> dict:
     from transformers import AutoModelForCausalLM
-
-    from .dataset import package_versions
 
     started = time.perf_counter()
     documents = builtin_documents()
@@ -453,6 +436,12 @@ def _train_demo_pair(settings: DemoSettings, out: Path, *, progress: bool) -> di
     return manifest
 
 
+def demo_is_cached(settings: DemoSettings, cache_root: str | Path | None = None) -> bool:
+    """Whether the pair of `settings` is complete in the cache (so :func:`demo_pair` trains nothing)."""
+    root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    return _complete(root / "demo" / settings.key)
+
+
 def _complete(root: Path) -> bool:
     return (
         all((root / part / "config.json").is_file() for part in ("base", "aligned"))
@@ -500,103 +489,62 @@ def demo_pair(
     return DemoPair(root, root / "base", root / "aligned", manifest, trained=True)
 
 
-# ---------------------------------------------------------------------------- the pipeline
+# ---------------------------------------------------------------------------- checkpoints and text
 
 
-def _verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
-    """One paragraph: what the pair is, what training did, what the statistics say."""
-    m = pair.manifest
-    s = m["settings"]
-    held = m["held_out"]
-    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
-    preferred = stats.attrs["preferred_specification"].split(",")
-    parts = [
-        f"The demo pair is a {s['n_layers']}-layer Llama-style model (d = {s['d_model']}, "
-        f"{m['n_parameters'] / 1e6:.1f}M parameters) pretrained here on Python's help topics "
-        f"(cross-entropy {m['pretrain']['first_loss']:.2f} → {m['pretrain']['final_loss']:.2f} "
-        f"over {s['pretrain_steps']} steps), then aligned with DPO for {s['align_steps']} steps; "
-        f"on held-out passages the aligned model prefers the true continuation over a corrupted one "
-        f"{held['aligned']['prefers_chosen']:.0%} of the time (base: {held['base']['prefers_chosen']:.0%}), "
-        f"with a mean DPO margin of {held['aligned']['dpo_margin_mean']:+.2f}."
-    ]
-    if "joint" in per_pair:
-        joint = per_pair["joint"]
-        cell = stats.sel(
-            pair="demo",
-            construction=preferred[0],
-            cutoff=preferred[1],
-            normalisation=preferred[2],
-        )
-        parts.append(
-            f"For the paper's specification ({'/'.join(preferred)}) the read − write asymmetry is "
-            f"{float(cell.asymmetry):+.3f} [{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] "
-            f"(sign-flip p = {float(cell.p_signflip):.3g}); across {joint['n_specifications']} "
-            f"specifications the median effect size is d_z = {joint['median_effect']:+.2f} "
-            f"(joint p = {joint['p_median_effect']:.3g}) and {joint['share_significant']:.0%} are "
-            f"significant with read > write (joint p = {joint['p_share_significant']:.3g})."
-        )
-    verdicts = [
-        line.split("verdict:", 1)[1].strip() for line in summary.splitlines() if "verdict:" in line
-    ]
-    if verdicts:
-        parts.append(f"Verdict: {verdicts[0]}.")
-    parts.append(
-        "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
+@dataclass(frozen=True)
+class DemoCheckpoints:
+    """The demo pair's directories: base, aligned and the saved checkpoints of each phase."""
+
+    base: str
+    aligned: str
+    pretrain: tuple[str, ...] = ()
+    align: tuple[str, ...] = ()
+    manifest: dict | None = None
+
+    def phase(self, name: str) -> list[str]:
+        """The saved checkpoints of phase ``align``, ``pretrain`` or ``both`` (in training order).
+
+        Alignment starts from the base itself, the last pretraining
+        checkpoint, so ``both`` drops that duplicate.
+        """
+        phases = {"align": list(self.align), "pretrain": list(self.pretrain)}
+        phases["both"] = list(self.pretrain) + list(self.align[1:])
+        if name not in phases:
+            raise ValueError(f"unknown phase {name!r}: valid are align, pretrain, both")
+        return phases[name]
+
+
+def demo_checkpoints(*, cache_root=None, progress: bool = True) -> DemoCheckpoints:
+    """The demo pair's directories (trained and cached on first use by :func:`demo_pair`)."""
+    pair = demo_pair(cache_root=cache_root, progress=progress)
+    phases = {
+        phase: tuple(str(p) for p in sorted((pair.root / "checkpoints" / phase).glob("step-*")))
+        for phase in ("pretrain", "align")
+    }
+    return DemoCheckpoints(
+        str(pair.base), str(pair.aligned), phases["pretrain"], phases["align"], pair.manifest
     )
-    return " ".join(parts)
 
 
-def _stage(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
+def demo_token_windows(demo: DemoCheckpoints, *, held_out: bool, length: int) -> np.ndarray:
+    """The demo corpus' training (or held-out) documents, tokenised, cut into windows of `length`.
 
-
-def run_demo(
-    out: str | Path = "rsf-demo",
-    *,
-    settings: DemoSettings | None = None,
-    grid: DemoGrid | None = None,
-    cache_root: str | Path | None = None,
-    retrain: bool = False,
-    progress: bool = True,
-) -> DemoOutcome:
-    """Demo pair (trained or cached) → sweep with bootstrap → stats → report, in folder `out`.
-
-    Writes ``results.nc``, ``stats.nc`` and ``report.html`` in `out` (created
-    when missing). The sweep's activation statistics are cached like any
-    sweep's, so a second run does no forward pass.
+    The same documents and tokenizer the demo trained on: every ``held_out_every``-th
+    document is held out of both training phases.
     """
-    from .dataset import build_dataset, write_dataset
-    from .engine import run_sweep
-    from .files import check_writable
-    from .stats import compute_stats, summarise
+    every = int(demo.manifest["settings"]["held_out_every"])
+    train, held = split_documents(builtin_documents(), every)
+    stream = tokenize(held if held_out else train, load_tokenizer(demo.base))
+    n = len(stream) // length
+    if n < 2:
+        raise ValueError(f"the demo's {'held-out' if held_out else 'training'} text is too short")
+    return stream[: n * length].reshape(n, length)
 
-    settings = settings or DemoSettings()
-    grid = grid or DemoGrid()
-    cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
-    started = time.perf_counter()
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(
-            f"cannot create the output folder {out}: {error.strerror or error}"
-        ) from None
-    results_path, stats_path, report_path = (
-        check_writable(out / name) for name in ("results.nc", "stats.nc", "report.html")
-    )
-    quiet = not progress
-    timings = {}
 
-    cached = not retrain and _complete(cache_root / "demo" / settings.key)
-    _stage(
-        "demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)", quiet
-    )
-    pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
-    timings["pair"] = time.perf_counter() - started
-    _stage(f"demo pair: {pair.root}", quiet)
-
-    config = SweepConfig(
+def demo_sweep_config(pair: DemoPair, grid: DemoGrid) -> SweepConfig:
+    """The sweep ``rsf demo`` runs on its pair: the grid's choices, the built-in corpus, CPU."""
+    return SweepConfig(
         pairs=(PairSpec("demo", str(pair.base), str(pair.aligned)),),
         corpus=CorpusSpec(tokens=grid.tokens, seq_len=grid.seq_len),
         constructions=grid.constructions,
@@ -606,47 +554,3 @@ def run_demo(
         seed=grid.seed,
         device="cpu",
     )
-    corpus = load_corpus(config.corpus, tokenizer_source=str(pair.base))
-    mark = time.perf_counter()
-    with _single_threaded():  # small matrices: a second thread only adds waiting on a busy machine
-        results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
-    dataset = build_dataset(results, config, corpus)
-    dataset.attrs["demo_manifest"] = json.dumps(
-        {k: v for k, v in pair.manifest.items() if k not in ("pretrain", "align")}
-        | {
-            phase: {k: v for k, v in pair.manifest[phase].items() if k != "losses"}
-            for phase in ("pretrain", "align")
-        },
-        sort_keys=True,
-    )
-    write_dataset(dataset, results_path)
-    timings["sweep"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    stats = compute_stats(
-        dataset,
-        n_resamples=grid.n_resamples,
-        n_permutations=grid.n_permutations,
-        seed=grid.seed,
-        progress=progress,
-    )
-    write_dataset(stats, stats_path)
-    summary = summarise(stats)
-    timings["stats"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    _stage("report: writing", quiet)
-    report = _write_report(results_path, report_path, stats_path)
-    timings["report"] = time.perf_counter() - mark
-
-    verdict = _verdict_paragraph(pair, stats, summary)
-    return DemoOutcome(
-        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings
-    )
-
-
-def _write_report(results_path: Path, report_path: Path, stats_path: Path) -> Path:
-    """The report, by the report package (one call; the demo renders nothing itself)."""
-    from reports import write_report
-
-    return Path(write_report(results_path, report_path, stats_path=stats_path))

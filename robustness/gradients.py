@@ -24,7 +24,7 @@ Objectives (``--objective``):
 ``ce``
     next-token cross-entropy on the corpus sequences, every position;
 ``dpo``
-    DPO (:func:`robustness.training.dpo_loss`) on preference pairs made from
+    DPO (:func:`robustness.preferences.dpo_loss`) on preference pairs made from
     the same sequences (prompt: the first ``prompt_len`` tokens; chosen: the
     true rest; rejected: a corrupted one);
 ``lam=x`` (``mixed`` takes ``x`` from ``--lam``)
@@ -38,9 +38,7 @@ Losses are scaled to a sum over sequences (or pairs), so every batch's
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -48,16 +46,19 @@ import xarray as xr
 
 import probes
 
-from . import __version__
 from .corpus import Corpus
+from .preferences import objective_loss, preference_pairs
+from .provenance import provenance_attrs
+from .resampling import bootstrap_weights, percentile_interval, sequence_chunks
+from .specification import canonical_cutoffs
 
 __all__ = [
+    "SITE_ORDER",
     "GradientSettings",
     "gradient_dataset",
-    "load_model",
     "measure_objective",
     "parse_objectives",
-    "sequence_chunks",
+    "summarise_statistics",
 ]
 
 OBJECTIVES = ("ce", "dpo", "mixed")
@@ -135,6 +136,7 @@ class GradientSettings:
                 f"unknown prediction subspace {self.prediction!r}: valid are "
                 f"{', '.join(PREDICTION_CONSTRUCTIONS)}"
             )
+        object.__setattr__(self, "cutoffs", canonical_cutoffs(self.cutoffs))
         for label in self.cutoffs:
             if probes.parse_cutoff(label).rule not in ("k", "frac"):
                 raise ValueError(
@@ -146,39 +148,6 @@ class GradientSettings:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def load_model(spec: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code=False):
-    """A model from a directory or hub id, with the sweep's one-line errors (no traceback)."""
-    from .engine import open_model_config
-
-    config = open_model_config(spec, trust_remote_code=trust_remote_code)
-    if config.model_type not in probes.SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"unsupported model type {config.model_type!r}: supported are "
-            f"{', '.join(probes.SUPPORTED_MODEL_TYPES)}"
-        )
-    path = os.path.expanduser(spec) if os.path.exists(os.path.expanduser(spec)) else spec
-    try:
-        return probes.load_model(
-            path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
-        )
-    except OSError as error:
-        raise ValueError(f"cannot load model {spec!r}: {error}") from None
-
-
-def sequence_chunks(n_sequences: int) -> list[tuple[int, int]]:
-    """Bootstrap units: runs of consecutive sequences, chunked as the sweep's bootstrap chunks them.
-
-    At most :data:`robustness.engine.BOOTSTRAP_CHUNKS` runs of
-    :func:`robustness.engine.bootstrap_chunk_size` sequences (the last may be shorter).
-    """
-    from .engine import bootstrap_chunk_size
-
-    if n_sequences < 1:
-        raise ValueError("no sequences to measure")
-    span = bootstrap_chunk_size(n_sequences)
-    return [(lo, min(lo + span, n_sequences)) for lo in range(0, n_sequences, span)]
 
 
 def _batches(n: int, chunks, batch_size: int) -> tuple[list[slice], list[int]]:
@@ -210,8 +179,6 @@ def measure_objective(
     otherwise ``L_λ`` on `pairs` (one pair per sequence, so `chunks` index
     both), with `reference` (default `model` itself) for the DPO term.
     """
-    from .training import objective_loss
-
     device = next(model.parameters()).device
     n = len(ids) if lam is None else len(pairs)
     chunks = chunks if chunks is not None else sequence_chunks(n)
@@ -301,22 +268,6 @@ def _replicate_summaries(chunks: probes.ChunkStatistics, weights, basis, ks):
     return pr, er, np.clip(fraction, 0.0, 1.0)
 
 
-def prediction_basis(model, construction: str = "unembed") -> np.ndarray:
-    gain = probes.final_norm_gain(model)
-    subspaces = probes.unembedding_subspaces(probes.unembedding(model), gain=gain)
-    if construction == "unembed_folded" and "unembed_folded" not in subspaces:
-        construction = "unembed"  # no final-norm gain: folding changes nothing
-    return subspaces[construction].basis
-
-
-def bootstrap_weights(n_chunks: int, replicates: int, seed: int, *labels) -> np.ndarray:
-    """Multinomial chunk counts ``[B, C]`` from a generator seeded by `seed` and `labels`."""
-    rng = probes.construction_rng(seed, *labels, "bootstrap")
-    return rng.multinomial(n_chunks, np.full(n_chunks, 1.0 / n_chunks), size=replicates).astype(
-        np.float64
-    )
-
-
 def summarise_statistics(
     stats: probes.GradientStatistics,
     *,
@@ -356,35 +307,6 @@ def summarise_statistics(
     return out
 
 
-def percentile_interval(replicates: np.ndarray, confidence_level: float, axis: int = 0):
-    """Percentile interval along `axis`; NaN where any replicate is NaN."""
-    tail = 100 * (1 - confidence_level) / 2
-    with np.errstate(invalid="ignore"):
-        low, high = np.percentile(replicates, [tail, 100 - tail], axis=axis)
-    return low, high
-
-
-def provenance_attrs(kind: str, *, corpus: Corpus | None, seed: int, settings_json: str) -> dict:
-    from .dataset import package_versions
-
-    attrs = {
-        "kind": kind,
-        "rsf_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seed": int(seed),
-        "settings": settings_json,
-        "package_versions": json.dumps(package_versions(), sort_keys=True),
-    }
-    if corpus is not None:
-        attrs.update(
-            corpus_hash=corpus.hash,
-            corpus_source=corpus.source,
-            n_tokens=corpus.n_tokens,
-            seq_len=corpus.seq_len,
-        )
-    return attrs
-
-
 def gradient_dataset(
     model,
     corpus: Corpus,
@@ -405,8 +327,6 @@ def gradient_dataset(
     (objective, site) as ``mean_*`` with intervals, and ``contrast_*`` =
     objective − the first objective, with paired intervals.
     """
-    from .training import preference_pairs
-
     objectives = settings.labelled_objectives()
     ids = corpus.ids
     seq_len = ids.shape[1]
@@ -426,7 +346,7 @@ def gradient_dataset(
     dims = probes.model_dims(model)
     d, n_layers = dims.d_model, dims.n_layers
     ks = np.array([probes.resolve_cutoff(c, d=d) for c in settings.cutoffs], dtype=np.int64)
-    basis = prediction_basis(model, settings.prediction)
+    basis = probes.prediction_subspaces(model)[settings.prediction].basis
     chunks = sequence_chunks(len(ids))
     weights = (
         bootstrap_weights(len(chunks), settings.replicates, settings.seed, "gradients")
@@ -462,9 +382,9 @@ def gradient_dataset(
         corpus=corpus,
         provenance={
             "model_id": model_id,
-            "model_hash": probes.weights_hash(model),
+            "model_hash": probes.weights_hash(model_id) if model_id else "",
             "reference_id": reference_id or model_id,
-            "reference_hash": probes.weights_hash(reference) if reference is not None else "",
+            "reference_hash": probes.weights_hash(reference_id) if reference_id else "",
             "model_type": dims.model_type,
             "d_model": d,
             "n_layers": n_layers,
@@ -556,11 +476,15 @@ def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, pro
             data_vars[f"{target}_ci_low"] = (dims, low)
             data_vars[f"{target}_ci_high"] = (dims, high)
     attrs = provenance_attrs(
-        "gradients", corpus=corpus, seed=settings.seed, settings_json=settings.to_json()
+        "gradients",
+        title="gradient anisotropy: δ_t at write sites, a_t at read sites",
+        corpus=corpus,
+        seed=settings.seed,
+        settings=settings.to_json(),
+        inputs={"model": provenance["model_hash"], "reference": provenance["reference_hash"]},
     )
     attrs.update({key: value for key, value in provenance.items()})
     attrs.update(
-        title="gradient anisotropy: δ_t at write sites, a_t at read sites",
         confidence_level=level,
         interval="percentile bootstrap over chunks of consecutive sequences (reweighted sums)",
         bootstrap_replicates=int(settings.replicates),
@@ -583,118 +507,3 @@ def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, pro
         },
         attrs=attrs,
     )
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def corpus_from_args(args, *, tokenizer_source: str, default_tokens: int, trust_remote_code=False):
-    """The corpus of a command's ``--corpus/--tokenizer/--tokens/--seq-len`` options."""
-    from .cli import corpus_options
-    from .corpus import load_corpus
-
-    spec = corpus_options(args)
-    if spec.ids is None and spec.tokens is None:  # an id file gives all its rows
-        spec = replace(spec, tokens=default_tokens)
-    if spec.seq_len < 2:
-        raise ValueError(f"--seq-len must be at least 2, got {spec.seq_len}")
-    if spec.tokens is not None and spec.tokens < spec.seq_len:
-        raise ValueError(f"--tokens ({spec.tokens}) must be at least one sequence ({spec.seq_len})")
-    return load_corpus(spec, tokenizer_source=tokenizer_source, trust_remote_code=trust_remote_code)
-
-
-def check_vocabulary(corpus: Corpus, model) -> None:
-    vocab = int(model.get_output_embeddings().weight.shape[0])
-    if int(corpus.ids.max()) >= vocab:
-        raise ValueError(
-            f"the corpus holds token id {int(corpus.ids.max())}, outside the model's vocabulary of {vocab}"
-        )
-
-
-def summary_lines(ds: xr.Dataset) -> list[str]:
-    """Plain-text summary: layer-mean effective ranks and prediction ratios per objective and site."""
-    d = int(ds.attrs["d_model"])
-    lines = [
-        f"layer means (d = {d}; {int(ds.attrs['bootstrap_replicates'])} bootstrap replicates, "
-        f"{100 * float(ds.attrs['confidence_level']):g}% percentile intervals)"
-    ]
-    has_ci = "mean_participation_ratio_ci_low" in ds
-    cutoff = str(ds.cutoff.values[0])
-
-    def cell(name, objective, site, **extra):
-        value = float(ds[f"mean_{name}"].sel(objective=objective, site=site, **extra))
-        if not has_ci:
-            return f"{value:8.2f}"
-        low = float(ds[f"mean_{name}_ci_low"].sel(objective=objective, site=site, **extra))
-        high = float(ds[f"mean_{name}_ci_high"].sel(objective=objective, site=site, **extra))
-        return f"{value:8.2f} [{low:.2f}, {high:.2f}]"
-
-    lines.append(
-        f"  {'objective':10s} {'site':9s} {'participation ratio':>28s} {'entropy rank':>28s} "
-        f"{'prediction ratio ' + cutoff:>28s}"
-    )
-    for objective in ds.objective.values:
-        for site in ds.site.values:
-            lines.append(
-                f"  {objective:10s} {site:9s} {cell('participation_ratio', objective, site):>28s} "
-                f"{cell('entropy_rank', objective, site):>28s} "
-                f"{cell('prediction_ratio', objective, site, cutoff=cutoff):>28s}"
-            )
-    return lines
-
-
-def run_gradients_command(args) -> int:
-    from .cli import parse_numbers, split_list
-    from .dataset import write_dataset
-    from .engine import resolve_device
-    from .files import check_writable
-
-    out = check_writable(args.out)
-    settings = GradientSettings(
-        objectives=split_list(args.objective),
-        lams=parse_numbers(args.lam, "--lam"),
-        beta=args.beta,
-        prompt_len=args.prompt_len,
-        batch_size=args.batch_size,
-        replicates=args.bootstrap,
-        seed=args.seed,
-        cutoffs=split_list(args.cutoffs),
-        prediction=args.prediction,
-    )
-    device = resolve_device(args.device)
-    model_id, reference_id = args.model, args.reference
-    if model_id is None:
-        from .experiments import demo_checkpoints
-
-        demo = demo_checkpoints(cache_root=args.cache_dir, progress=not args.quiet)
-        model_id = demo.base
-    model = load_model(
-        model_id, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
-    reference = None
-    if reference_id is not None:
-        reference = load_model(
-            reference_id, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-        )
-        probes.check_pair(model, reference)
-    corpus = corpus_from_args(
-        args,
-        tokenizer_source=model_id,
-        default_tokens=16384,
-        trust_remote_code=args.trust_remote_code,
-    )
-    check_vocabulary(corpus, model)
-    ds = gradient_dataset(
-        model,
-        corpus,
-        settings,
-        reference=reference,
-        model_id=model_id,
-        reference_id=reference_id or "",
-        progress=not args.quiet,
-    )
-    write_dataset(ds, out)
-    print("\n".join(summary_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0

@@ -17,19 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import __version__
-from .asymmetry import bca_interval, probe_scale, spec_tests
+from .asymmetry import spec_tests
+from .provenance import provenance_attrs
+from .resampling import bca_interval
+from .specification import DEFAULT_PREFERRED, DEFAULT_READ, DEFAULT_WRITE, SPEC_DIMS, probe_scale
 
-__all__ = ["DEFAULT_PREFERRED", "compute_stats", "results_fingerprint", "summarise", "verdict"]
-
-DEFAULT_PREFERRED = ("act_cov", "k=8", "log_isotropic")
-SPEC_DIMS = ("construction", "cutoff", "normalisation")
+__all__ = ["compute_stats", "results_fingerprint", "verdict"]
 
 
 def results_fingerprint(results: xr.Dataset) -> str:
@@ -177,11 +175,11 @@ def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence
 def compute_stats(
     results: xr.Dataset,
     *,
-    read=("q", "k"),
-    write=("o", "down"),
+    read=DEFAULT_READ,
+    write=DEFAULT_WRITE,
     confidence_level: float = 0.95,
+    layer_replicates: int = 9999,
     n_resamples: int = 9999,
-    n_permutations: int = 9999,
     alpha: float = 0.05,
     seed: int = 0,
     preferred=DEFAULT_PREFERRED,
@@ -192,8 +190,10 @@ def compute_stats(
 
     if not 0 < confidence_level < 1:
         raise ValueError(f"`confidence_level` must lie in (0, 1), got {confidence_level}")
-    if n_resamples < 1 or n_permutations < 1:
-        raise ValueError("resample and permutation counts must be positive")
+    if layer_replicates < 1:
+        raise ValueError(f"`layer_replicates` must be at least 1, got {layer_replicates}")
+    if n_resamples < 1:
+        raise ValueError(f"`n_resamples` must be at least 1, got {n_resamples}")
     read, write = _validate_sets(results, read, write)
     matrices = list(results.matrix.values)
     read_idx, write_idx = [matrices.index(m) for m in read], [matrices.index(m) for m in write]
@@ -222,8 +222,8 @@ def compute_stats(
             per_pair[str(pair)] = info
             continue
         tests = spec_tests(s[:, :, complete], read_idx, write_idx, confidence_level=confidence_level,
-                           n_resamples=n_resamples, n_permutations=n_permutations, alpha=alpha, rng=rng,
-                           n_null_draws=n_draws)  # fmt: skip
+                           layer_replicates=layer_replicates, n_resamples=n_resamples, alpha=alpha,
+                           rng=rng, n_null_draws=n_draws)  # fmt: skip
         flat = {name: np.full(complete.size, np.nan) for name in names}
         for name in names:
             if hasattr(tests, name):
@@ -265,9 +265,12 @@ def compute_stats(
         data_vars,
         coords={d: results[d].values for d in dims},
         attrs={
-            "title": "read/write asymmetry statistics",
-            "rsf_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance_attrs(
+                "stats",
+                title="read/write asymmetry statistics",
+                seed=seed,
+                inputs={"results": results_fingerprint(results)},
+            ),
             "read_set": ",".join(read),
             "write_set": ",".join(write),
             "confidence_level": confidence_level,
@@ -275,10 +278,9 @@ def compute_stats(
             "seq_ci_method": "sequence bootstrap from the sweep's rsf_boot (BCa with leave-one-chunk-out acceleration; "
             "percentile alongside); absent without --bootstrap",
             "sequence_replicates": int(results.sizes.get("replicate", 0)),
+            "layer_replicates": layer_replicates,
             "n_resamples": n_resamples,
-            "n_permutations": n_permutations,
             "alpha": alpha,
-            "seed": seed,
             "scale": "log2 for isotropic and base_relative; as stored otherwise",
             "p_value_rule": "Monte Carlo (1+b)/(1+B); exact b/B when all arrangements are enumerated",
             "preferred_specification": ",".join(preferred),
@@ -291,53 +293,8 @@ def compute_stats(
     )
 
 
-def summarise(stats: xr.Dataset) -> str:
-    """A readable summary with the verdict in plain words."""
-    lines = []
-    per_pair = json.loads(stats.attrs["per_pair"])
-    preferred = stats.attrs["preferred_specification"].split(",")
-    level = stats.attrs["confidence_level"]
-    lines.append(f"read {{{stats.attrs['read_set']}}} vs write {{{stats.attrs['write_set']}}}; "
-                 f"{int(level * 100)}% intervals; α = {stats.attrs['alpha']}")  # fmt: skip
-    for pair in stats.pair.values:
-        info = per_pair[str(pair)]
-        lines.append(f"\npair {pair} ({info['n_layers']} layers)")
-        if "joint" not in info:
-            lines.append("  no complete specification: nothing to test")
-            continue
-        joint = info["joint"]
-        cell = stats.sel(
-            pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
-        )
-        lines.append(f"  preferred specification {'/'.join(preferred)}: asymmetry {float(cell.asymmetry):+.3f} "
-                     f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}], sign-flip p = {float(cell.p_signflip):.3g}, "
-                     f"permutation p = {float(cell.p_perm):.3g}")  # fmt: skip
-        lines.append(f"  {joint['n_specifications']} specifications: median effect size d_z = {joint['median_effect']:+.2f} "
-                     f"(joint p = {joint['p_median_effect']:.3g}); {joint['share_significant']:.0%} significant with "
-                     f"read > write (joint p = {joint['p_share_significant']:.3g}); Stouffer Z = {joint['stouffer_z']:.2f} "
-                     f"(joint p = {joint['p_stouffer_z']:.3g})")  # fmt: skip
-        shares = info.get("variance_shares", {})
-        if shares:
-            driver = max((k for k in shares if k != "residual"), key=shares.get, default=None)
-            if driver:
-                lines.append(
-                    f"  the choice that moves the result most: {driver} ({shares[driver]:.0%} of the variation in effect size)"
-                )
-        stability = info.get("ranking_stability", {})
-        if stability:
-            lines.append(
-                f"  layer rankings across specifications: Kendall's W = {stability['kendall_w']:.2f}, ICC(A,1) = {stability['icc_agreement']:.2f}"
-            )
-        lines.append("  verdict: " + _verdict(joint, info["n_layers"], stats.attrs["alpha"]))
-    return "\n".join(lines)
-
-
 def verdict(joint: dict, n_layers: int, alpha: float) -> str:
     """The plain-words verdict on one pair's joint tests (as `rsf stats` prints it)."""
-    return _verdict(joint, n_layers, alpha)
-
-
-def _verdict(joint: dict, n_layers: int, alpha: float) -> str:
     if joint["exact"] and 2.0**-n_layers * 2 > alpha:
         return (
             f"with {n_layers} layers the sign-flip test cannot reach α = {alpha} (smallest two-sided p is "

@@ -9,10 +9,10 @@ from scipy import stats
 from robustness.asymmetry import (
     label_permutation_null,
     layer_differences,
-    probe_scale,
     sign_flip_null,
     spec_tests,
 )
+from robustness.specification import probe_scale
 
 READ, WRITE = [0, 1], [2, 3]
 
@@ -67,8 +67,8 @@ def test_bca_comparison_interval_is_scipys_on_the_layer_differences():
         s,
         READ,
         WRITE,
-        n_resamples=4000,
-        n_permutations=500,
+        layer_replicates=4000,
+        n_resamples=500,
         rng=np.random.default_rng(9),
         with_bca=True,
     )
@@ -93,7 +93,7 @@ def test_studentized_interval_equals_a_plain_loop():
 
     d = np.random.default_rng(3).standard_normal((10, 2)) + [0.3, -0.1]
     low, high = studentized_interval(
-        d, confidence_level=0.9, n_resamples=2000, rng=np.random.default_rng(4)
+        d, confidence_level=0.9, replicates=2000, rng=np.random.default_rng(4)
     )
     rows = np.random.default_rng(4).integers(0, 10, size=(2000, 10))
     for j in range(2):
@@ -115,7 +115,7 @@ def test_studentized_interval_with_three_layers_stays_finite():
 
     d = np.array([[0.1, 1.0], [0.4, 1.3], [0.25, 0.9]])  # values whose mean has round-off
     low, high = studentized_interval(
-        d, confidence_level=0.95, n_resamples=4000, rng=np.random.default_rng(0)
+        d, confidence_level=0.95, replicates=4000, rng=np.random.default_rng(0)
     )
     spread = np.ptp(d, axis=0)
     assert np.all(np.isfinite(low) & np.isfinite(high))
@@ -147,10 +147,10 @@ def test_label_permutation_exact_enumeration_matches_brute_force():
 def test_every_statistic_is_reproducible_from_its_seed():
     s = planted(np.random.default_rng(4), n_layers=20, shift=0.2)
     a = spec_tests(
-        s, READ, WRITE, n_resamples=300, n_permutations=300, rng=np.random.default_rng(5)
+        s, READ, WRITE, layer_replicates=300, n_resamples=300, rng=np.random.default_rng(5)
     )
     b = spec_tests(
-        s, READ, WRITE, n_resamples=300, n_permutations=300, rng=np.random.default_rng(5)
+        s, READ, WRITE, layer_replicates=300, n_resamples=300, rng=np.random.default_rng(5)
     )
     for name in ("ci_low", "ci_high", "p_signflip", "p_perm", "p_wy", "null_draws"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
@@ -160,7 +160,7 @@ def test_every_statistic_is_reproducible_from_its_seed():
 def test_adjusted_p_values_are_ordered_sensibly():
     s = planted(np.random.default_rng(6), n_layers=10, n_specs=6, shift=0.3)
     out = spec_tests(
-        s, READ, WRITE, n_resamples=200, n_permutations=2000, rng=np.random.default_rng(7)
+        s, READ, WRITE, layer_replicates=200, n_resamples=2000, rng=np.random.default_rng(7)
     )
     assert np.all(out.p_adj >= out.p_signflip - 1e-12)
     assert np.all(out.p_wy >= out.p_signflip - 1e-12)
@@ -193,7 +193,7 @@ def test_null_p_values_are_uniform():
 
 
 def test_bca_from_precomputed_replicates_matches_scipy():
-    from robustness.asymmetry import bca_interval
+    from robustness.resampling import bca_interval
 
     x = np.random.default_rng(8).gamma(2.0, size=30)  # skewed, so the correction matters
     res = stats.bootstrap(

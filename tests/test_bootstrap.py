@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robustness.cli import main
 from robustness.config import PairSpec, SweepConfig
 from robustness.corpus import Corpus
 from robustness.dataset import open_dataset
 from robustness.engine import run_sweep
+from rsf.main import main
 
 
 @pytest.fixture(scope="module")

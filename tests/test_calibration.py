@@ -9,8 +9,8 @@ import pytest
 
 from robustness.asymmetry import layer_differences
 from robustness.calibration import SPECS, CalibrationSettings, simulate_probe
-from robustness.cli import main
 from robustness.dataset import open_dataset
+from rsf.main import main
 
 
 def test_null_is_exchangeable_and_the_read_plant_concentrates_read_deltas():

@@ -12,8 +12,10 @@ import xarray as xr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from robustness import demo
-from robustness.cli import main
-from robustness.demo import DemoGrid, DemoSettings, demo_pair, run_demo
+from robustness.demo import DemoGrid, DemoSettings, demo_pair
+from rsf import demo as demo_cli
+from rsf.demo import run_demo
+from rsf.main import main
 
 TINY = DemoSettings.tiny()
 
@@ -107,13 +109,13 @@ def test_a_failed_training_leaves_no_pair_behind(tmp_path, monkeypatch):
 def test_the_whole_pipeline_end_to_end(built, tmp_path, monkeypatch):
     cache, pair = built
     reports = []
-    real_report = demo._write_report
+    real_report = demo_cli.write_report
 
-    def report(results_path, report_path, stats_path):
+    def report(results_path, report_path, *, stats_path):
         reports.append((results_path, report_path, stats_path))
-        return real_report(results_path, report_path, stats_path)
+        return real_report(results_path, report_path, stats_path=stats_path)
 
-    monkeypatch.setattr(demo, "_write_report", report)
+    monkeypatch.setattr(demo_cli, "write_report", report)
     out = tmp_path / "out"
     grid = DemoGrid.tiny()
     outcome = run_demo(out, settings=TINY, grid=grid, cache_root=cache, progress=False)
@@ -152,8 +154,8 @@ def test_the_second_run_does_no_forward_pass_and_reproduces_the_results(
 
 def test_rsf_demo_cli(built, tmp_path, monkeypatch, capsys):
     cache, pair = built
-    monkeypatch.setattr(demo, "DemoSettings", lambda seed=0: DemoSettings.tiny(seed=seed))
-    monkeypatch.setattr(demo, "DemoGrid", lambda: DemoGrid.tiny(replicates=2))
+    monkeypatch.setattr(demo_cli, "DemoSettings", lambda seed=0: DemoSettings.tiny(seed=seed))
+    monkeypatch.setattr(demo_cli, "DemoGrid", lambda: DemoGrid.tiny(replicates=2))
     out = tmp_path / "cli-out"
     assert main(["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
     printed = capsys.readouterr().out

@@ -22,15 +22,17 @@ import xarray as xr
 from conftest import VOCAB, aligned_copy, char_tokenizer, random_model
 
 import probes
-from robustness.cli import main
+from probes import rank1_hook, rank1_update
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
-from robustness.contrastive import ContrastiveSettings, train_variants, trend_test
 from robustness.corpus import Corpus
+from robustness.demo import demo_checkpoints, demo_token_windows
 from robustness.engine import sweep_pair
-from robustness.experiments import demo_checkpoints, demo_token_windows
-from robustness.rank1 import Rank1Settings, rank1_dataset, rank1_hook, rank1_update
-from robustness.training import preference_margin, preference_pairs
-from robustness.trajectory import trajectory_dataset, trajectory_pairs
+from robustness.experiments.contrastive import ContrastiveSettings, train_variants
+from robustness.experiments.rank1 import Rank1Settings, rank1_dataset
+from robustness.experiments.trajectory import trajectory_dataset, trajectory_pairs
+from robustness.experiments.trend import trend_test
+from robustness.preferences import preference_margin, preference_pairs
+from rsf.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +89,7 @@ def test_rank1_hook_equals_the_update_written_into_the_weights(model_type, matri
 def test_rank1_dataset_margin_matches_preference_margin(tmp_path):
     model = random_model("llama")
     ids = np.random.default_rng(2).integers(0, VOCAB, (12, 12))
-    settings = Rank1Settings(controls=3, layer=1, scale=0.5, n_resamples=200)
+    settings = Rank1Settings(controls=3, layer=1, scale=0.5, replicates=200)
     ds = rank1_dataset(model, Corpus(ids, "test"), settings, progress=False)
     assert ds.attrs["kind"] == "rank1"
     assert ds.sizes["intervention"] == 1 + 2 * 3
@@ -107,7 +109,7 @@ def test_rank1_dataset_margin_matches_preference_margin(tmp_path):
     edited = copy.deepcopy(model)
     with torch.no_grad():
         edited.model.layers[1].self_attn.q_proj.weight += rank1_update(
-            u, direction, float(ds.alpha.sel(matrix="q"))
+            u, direction, float(ds.update_norm.sel(matrix="q"))
         ).float()
     expected = preference_margin(edited, model, pairs, beta=0.1).mean()
     assert float(ds.margin_change.sel(matrix="q", intervention="principal")) == pytest.approx(
@@ -136,7 +138,7 @@ def test_trend_test_detects_a_monotone_trend_over_blocks():
     lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
     offsets = rng.standard_normal(8) * 5  # blocks differ a lot; the fixed effects absorb it
     values = -0.5 * lams[:, None] + offsets[None, :] + 0.05 * rng.standard_normal((5, 8))
-    result = trend_test(values, lams, n_permutations=999, rng=np.random.default_rng(2))
+    result = trend_test(values, lams, n_resamples=999, rng=np.random.default_rng(2))
     assert not result.exact
     assert result.slope == pytest.approx(-0.5, abs=0.05)
     assert result.p_value == pytest.approx(1 / 1000)
@@ -148,7 +150,7 @@ def test_trend_test_without_trend_is_not_significant():
     rng = np.random.default_rng(3)
     lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
     values = rng.standard_normal((5, 8))
-    result = trend_test(values, lams, n_permutations=999, rng=np.random.default_rng(4))
+    result = trend_test(values, lams, n_resamples=999, rng=np.random.default_rng(4))
     assert result.p_value > 0.05
     assert result.slope_ci_low < 0 < result.slope_ci_high
 
@@ -384,7 +386,7 @@ def test_cli_rank1_end_to_end(rank1_run):
     ds = xr.open_dataset(out)
     assert list(ds.matrix.values) == ["up", "down"]
     assert ds.attrs["layer"] == 1
-    np.testing.assert_allclose(ds.alpha.values, 0.25 * ds.weight_fro.values)
+    np.testing.assert_allclose(ds.update_norm.values, 0.25 * ds.weight_fro.values)
 
 
 def test_report_shows_every_mechanism_section(
@@ -432,7 +434,7 @@ def test_cli_rank1_rejects_a_write_matrix_as_read(saved_pair, tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert "--read-matrix must be one of" in capsys.readouterr().err
+    assert "`read_matrix` must be one of" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- the demo's paths

@@ -17,16 +17,16 @@ import xarray as xr
 from conftest import VOCAB, random_model
 
 import probes
-from robustness.cli import main
 from robustness.corpus import Corpus
 from robustness.gradients import (
     GradientSettings,
     gradient_dataset,
     measure_objective,
     parse_objectives,
-    sequence_chunks,
 )
-from robustness.training import preference_pairs
+from robustness.preferences import preference_pairs
+from robustness.resampling import sequence_chunks
+from rsf.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -272,7 +272,8 @@ def test_cli_gradients_errors_are_one_line(tmp_path, saved_pair, capsys):
 
 
 def test_vectorised_replicates_equal_one_at_a_time():
-    from robustness.gradients import _replicate_summaries, _site_summary, bootstrap_weights
+    from robustness.gradients import _replicate_summaries, _site_summary
+    from robustness.resampling import bootstrap_weights
 
     model = random_model("llama")
     ids = np.random.default_rng(5).integers(0, VOCAB, (6, 10))

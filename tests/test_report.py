@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from robustness.calibration import CalibrationSettings, run_calibration
-from robustness.cli import main
 from robustness.dataset import open_dataset, write_dataset
+from rsf.main import main
 
 SECTIONS = (
     "verdict",
@@ -61,7 +61,7 @@ def datasets(saved_pair, tmp_path_factory):
                  "--permutations", "200", "--quiet"]) == 0  # fmt: skip
     calibration = root / "calibration.nc"
     settings = CalibrationSettings(
-        n_null=20, n_power=10, strengths=(0.2,), n_layers=6, n_resamples=99, n_permutations=99
+        n_null=20, n_power=10, strengths=(0.2,), n_layers=6, layer_replicates=99, n_resamples=99
     )
     write_dataset(run_calibration(settings), calibration)
     return {"results": results, "stats": stats, "calibration": calibration, "root": root}

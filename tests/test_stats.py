@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from robustness.cli import main
 from robustness.dataset import open_dataset
+from rsf.main import main
 
 CONTRACT = ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm", "p_adj", "effect_size")
 

@@ -14,11 +14,11 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 import probes
 from robustness import dataset as dataset_module
-from robustness.cli import main
 from robustness.config import PairSpec, SweepConfig
 from robustness.corpus import Corpus
 from robustness.dataset import build_dataset, open_dataset, write_dataset
 from robustness.engine import run_sweep
+from rsf.main import main
 
 ALL = ",".join(probes.CONSTRUCTIONS)
 SMALL = ["--tokens", "256", "--seq-len", "16", "--quiet"]

@@ -10,16 +10,15 @@ import torch
 from conftest import VOCAB, char_tokenizer, tiny_config
 from transformers import AutoModelForCausalLM
 
-from robustness.training import (
+from robustness.preferences import (
     PreferencePairs,
-    align,
     continuation_logprobs,
     dpo_loss,
     objective_loss,
     preference_margin,
     preference_pairs,
-    pretrain,
 )
+from robustness.training import align, pretrain
 
 
 @pytest.fixture(autouse=True)

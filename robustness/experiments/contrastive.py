@@ -11,54 +11,32 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
-import math
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from scipy import stats as scipy_stats
 from tqdm.auto import tqdm
 
 import probes
 
-from .cli import cache_root_from_args, parse_numbers, split_list
-from .config import PairSpec, SweepConfig
-from .corpus import Corpus
-from .experiments import (
-    DEFAULT_READ,
-    DEFAULT_WRITE,
-    demo_checkpoints,
-    demo_token_windows,
-    evenly_spaced,
-    experiment_config,
-    layer_interval,
-    load_probe_corpus,
-    pathway_summary,
-)
-from .gradients import (
-    bootstrap_weights,
-    load_model,
-    measure_objective,
-    percentile_interval,
-    provenance_attrs,
-    sequence_chunks,
-    summarise_statistics,
-)
+from ..config import PairSpec, SweepConfig
+from ..corpus import Corpus, load_tokenizer
+from ..dataset import build_dataset
+from ..engine import run_sweep
+from ..gradients import SITE_ORDER, measure_objective, summarise_statistics
+from ..models import load_model
+from ..preferences import preference_pairs
+from ..provenance import provenance_attrs
+from ..resampling import bootstrap_weights, percentile_interval, sequence_chunks
+from ..specification import DEFAULT_READ, DEFAULT_WRITE
+from ..training import align
+from .summaries import layer_interval, pathway_summary
+from .trend import trend_test
 
-__all__ = [
-    "ContrastiveSettings",
-    "TrendTest",
-    "contrastive_dataset",
-    "contrastive_lines",
-    "run_contrastive_command",
-    "train_variants",
-    "trend_test",
-]
-
-EXACT_LIMIT = 65536
+__all__ = ["ContrastiveSettings", "contrastive_dataset", "train_variants"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +52,24 @@ class ContrastiveSettings:
     seed: int = 0
     gradient_replicates: int = 200
     confidence_level: float = 0.95
-    n_permutations: int = 9999
+    n_resamples: int = 9999
+
+    @classmethod
+    def demo_recipe(cls, recipe: dict, **changes) -> ContrastiveSettings:
+        """The demo's alignment recipe (its manifest's ``settings``): steps, learning rate, batch, β, prompt."""
+        values = dict(
+            steps=int(recipe["align_steps"]),
+            lr=float(recipe["align_lr"]),
+            batch_size=int(recipe["align_batch"]),
+            beta=float(recipe["beta"]),
+            prompt_len=int(recipe["prompt_len"]),
+        )
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return cls(**values)
 
     def __post_init__(self):
         if len(self.lams) < 3 or len(set(self.lams)) != len(self.lams):
-            raise ValueError(f"--lams needs at least 3 distinct values, got {list(self.lams)}")
+            raise ValueError(f"`lams` needs at least 3 distinct values, got {list(self.lams)}")
         if any(not 0.0 <= lam <= 1.0 for lam in self.lams):
             raise ValueError(f"every λ must lie in [0, 1], got {list(self.lams)}")
         if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.beta <= 0:
@@ -112,11 +103,8 @@ def train_variants(
     same order (one seed); only λ differs. A variant already saved under its
     key (base weights, data, settings, λ) is reused.
     """
-    from .corpus import load_tokenizer
-    from .training import align, preference_pairs
-
     base = load_model(base_id, device=device)
-    base_hash = probes.weights_hash(base)
+    base_hash = probes.weights_hash(base_id)
     digest = hashlib.sha256(np.ascontiguousarray(train_ids, dtype=np.int64).tobytes()).hexdigest()
     prompt_len = settings.prompt_len or train_ids.shape[1] // 2
     pairs = preference_pairs(
@@ -149,8 +137,6 @@ def train_variants(
                 progress=progress,
             )
             temporary = root / f".{target.name}.tmp"
-            import shutil
-
             shutil.rmtree(temporary, ignore_errors=True)
             policy.save_pretrained(temporary)
             if tokenizer is not None:
@@ -184,10 +170,6 @@ def contrastive_dataset(
     prompt + continuation; default the probe corpus' sequences). Trend tests
     use layers as blocks (for δ_t: layer × write site).
     """
-    from .dataset import build_dataset
-    from .engine import run_sweep
-    from .training import preference_pairs
-
     lams = np.asarray(settings.lams, dtype=np.float64)
     for construction in (read_construction, write_construction):
         if construction not in config.constructions:
@@ -222,7 +204,7 @@ def contrastive_dataset(
         else None
     )
     dims = probes.model_dims(base)
-    basis = probes.unembedding_subspaces(probes.unembedding(base))["unembed"].basis
+    basis = probes.prediction_subspaces(base)["unembed"].basis
     ks = np.array([probes.resolve_cutoff("k=8", d=dims.d_model)])
     grad = []
     for lam, label in zip(settings.lams, labels, strict=True):
@@ -233,7 +215,7 @@ def contrastive_dataset(
         grad.append(
             summarise_statistics(stats, n_layers=dims.n_layers, basis=basis, ks=ks, weights=weights)
         )
-    write_sites = [2, 3]  # o_out, down_out in robustness.gradients.SITE_ORDER
+    write_sites = [SITE_ORDER.index("o_out"), SITE_ORDER.index("down_out")]
     level = settings.confidence_level
     data_vars = {"rsf": rsf, "k": sweep["k"], "delta_fro": sweep["delta_fro"]}
     rng = np.random.default_rng(settings.seed)
@@ -241,7 +223,7 @@ def contrastive_dataset(
 
     def add_trend(name, per_block):
         result = trend_test(
-            per_block, lams, n_permutations=settings.n_permutations, confidence_level=level, rng=rng
+            per_block, lams, n_resamples=settings.n_resamples, confidence_level=level, rng=rng
         )
         trend_rows[name] = result
 
@@ -325,12 +307,14 @@ def contrastive_dataset(
     )
     attrs = provenance_attrs(
         "contrastive",
+        title="graded contrastive objective: L_λ = (1 − λ)·CE(chosen) + λ·DPO",
         corpus=corpus,
         seed=settings.seed,
-        settings_json=json.dumps(asdict(settings), sort_keys=True),
+        settings=asdict(settings),
+        inputs={"base": str(sweep["base_hash"].values[0])}
+        | {label: str(h) for label, h in zip(labels, sweep["aligned_hash"].values, strict=True)},
     )
     attrs.update(
-        title="graded contrastive objective: L_λ = (1 − λ)·CE(chosen) + λ·DPO",
         base_id=base_id,
         base_hash=str(sweep["base_hash"].values[0]),
         config=config.to_toml(),
@@ -346,232 +330,3 @@ def contrastive_dataset(
     )
     ds.attrs = attrs
     return ds
-
-
-# ---------------------------------------------------------------------------- trend test
-
-
-@dataclass(frozen=True)
-class TrendTest:
-    """A monotone trend of ``values [level, block]`` in the ordered `levels`.
-
-    ``slope``: least-squares slope with a fixed effect per block,
-    ``Σ_i (x_i − x̄) Σ_b (y_ib − ȳ_b) / (B Σ_i (x_i − x̄)²)``; ``p_value``: the
-    levels permuted independently within each block (exact when every
-    arrangement can be enumerated, else Monte Carlo ``(1 + b)/(1 + N)``),
-    two-sided on ``|slope|``; ``slope_ci_*``: percentile cluster bootstrap over
-    blocks; ``spearman``/``spearman_p``: Spearman's ρ of the block means
-    against the levels (scipy); ``page_p``: Page's L test for ordered
-    alternatives (scipy.stats.page_trend_test), two-sided by doubling the
-    smaller one-sided p.
-    """
-
-    slope: float
-    slope_ci_low: float
-    slope_ci_high: float
-    p_value: float
-    exact: bool
-    spearman: float
-    spearman_p: float
-    page_p: float
-    n_blocks: int
-
-
-def _slopes(values: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Fixed-effects slope for ``values [..., level, block]``."""
-    xc = x - x.mean()
-    centred = values - values.mean(axis=-2, keepdims=True)
-    return np.einsum("i,...ib->...", xc, centred) / (values.shape[-1] * np.sum(xc**2))
-
-
-def trend_test(
-    values,
-    levels,
-    *,
-    n_permutations: int = 9999,
-    n_resamples: int = 2000,
-    confidence_level: float = 0.95,
-    rng: np.random.Generator,
-) -> TrendTest:
-    """Test for a monotone trend of ``values [level, block]`` across ordered `levels`.
-
-    Blocks with a NaN are dropped. See :class:`TrendTest` for the statistics.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    x = np.asarray(levels, dtype=np.float64)
-    if values.ndim == 1:
-        values = values[:, None]
-    if values.ndim != 2 or values.shape[0] != x.size:
-        raise ValueError(
-            f"`values` must be [level, block] with {x.size} levels, got {values.shape}"
-        )
-    if x.size < 3 or np.ptp(x) == 0:
-        raise ValueError("a trend test needs at least 3 distinct levels")
-    values = values[:, np.isfinite(values).all(axis=0)]
-    n_levels, n_blocks = values.shape
-    nan = TrendTest(
-        math.nan, math.nan, math.nan, math.nan, False, math.nan, math.nan, math.nan, n_blocks
-    )
-    if n_blocks == 0:
-        return nan
-    slope = float(_slopes(values, x))
-    # Within-block permutations; the statistic is linear, so each block contributes separately.
-    perms = np.array(list(itertools.permutations(range(n_levels))))
-    xc = x - x.mean()
-    centred = values - values.mean(axis=0)
-    per_block = np.einsum("pi,ib->pb", xc[perms], centred) / (n_blocks * np.sum(xc**2))  # [P, B]
-    exact = len(perms) ** n_blocks <= EXACT_LIMIT
-    tolerance = 1e-12 * max(1.0, abs(slope))
-    if exact:
-        grid = np.array(list(itertools.product(range(len(perms)), repeat=n_blocks)))
-        null = per_block[grid, np.arange(n_blocks)].sum(axis=1)
-        p_value = float(np.mean(np.abs(null) >= abs(slope) - tolerance))
-    else:
-        choice = rng.integers(0, len(perms), size=(n_permutations, n_blocks))
-        null = per_block[choice, np.arange(n_blocks)].sum(axis=1)
-        p_value = float((1 + np.sum(np.abs(null) >= abs(slope) - tolerance)) / (1 + n_permutations))
-    rows = rng.integers(0, n_blocks, size=(n_resamples, n_blocks))
-    boot = _slopes(np.moveaxis(values[:, rows], 1, 0), x)  # [R]
-    low, high = percentile_interval(boot, confidence_level)
-    means = values.mean(axis=1)
-    if np.ptp(means) == 0:
-        rho, rho_p = math.nan, math.nan
-    else:
-        result = scipy_stats.spearmanr(x, means)
-        rho, rho_p = float(result.statistic), float(result.pvalue)
-    page_p = math.nan
-    if n_blocks >= 2:
-        order = np.argsort(x)
-        data = values[order].T  # [block, level], levels ascending
-        increasing = scipy_stats.page_trend_test(data, method="auto").pvalue
-        decreasing = scipy_stats.page_trend_test(data[:, ::-1], method="auto").pvalue
-        page_p = float(min(1.0, 2 * min(increasing, decreasing)))
-    return TrendTest(slope, float(low), float(high), p_value, exact, rho, rho_p, page_p, n_blocks)
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def run_contrastive_command(args) -> int:
-    from .cache import default_cache_dir
-    from .config import CorpusSpec
-    from .corpus import load_corpus
-    from .dataset import write_dataset
-    from .engine import resolve_device
-    from .files import check_writable
-
-    out = check_writable(args.out)
-    if bool(args.base) == bool(args.demo):
-        raise ValueError("rsf experiment contrastive needs one of --base M or --demo")
-    lams = parse_numbers(args.lams, "--lams")
-    defaults = ContrastiveSettings()
-    demo = None
-    if args.demo:
-        demo = demo_checkpoints(cache_root=cache_root_from_args(args), progress=not args.quiet)
-        recipe = demo.manifest["settings"]
-        defaults = replace(
-            defaults,
-            steps=int(recipe["align_steps"]),
-            lr=float(recipe["align_lr"]),
-            batch_size=int(recipe["align_batch"]),
-            beta=float(recipe["beta"]),
-            prompt_len=int(recipe["prompt_len"]),
-        )
-    settings = ContrastiveSettings(
-        lams=lams,
-        steps=args.steps if args.steps is not None else defaults.steps,
-        lr=args.lr if args.lr is not None else defaults.lr,
-        batch_size=args.train_batch if args.train_batch is not None else defaults.batch_size,
-        beta=args.beta if args.beta is not None else defaults.beta,
-        prompt_len=args.prompt_len if args.prompt_len is not None else defaults.prompt_len,
-        seed=args.seed,
-        gradient_replicates=args.gradient_bootstrap,
-    )
-    base_id = demo.base if demo else args.base
-    config = experiment_config(args, [PairSpec("contrastive", base_id, base_id)])
-    if demo:
-        pair_len = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        train_ids = demo_token_windows(demo, held_out=False, length=pair_len)
-    else:
-        pair_len = 2 * (settings.prompt_len or 32)
-        spec = CorpusSpec(
-            paths=split_list(args.train_corpus) or (), tokens=args.train_tokens, seq_len=pair_len
-        )
-        train_ids = load_corpus(spec, tokenizer_source=base_id).ids
-    if len(train_ids) < 2:
-        raise ValueError("the training text gives fewer than 2 preference pairs")
-    corpus = load_probe_corpus(config, base_id)
-    variants_dir = args.variants_dir or (
-        Path(cache_root_from_args(args) or default_cache_dir()) / "contrastive"
-    )
-    device = resolve_device(args.device or "auto")
-    variants = train_variants(
-        base_id,
-        train_ids,
-        settings,
-        variants_dir=variants_dir,
-        device=device,
-        progress=not args.quiet,
-    )
-    gradient_ids = train_ids[evenly_spaced(len(train_ids), args.gradient_pairs)]
-    ds = contrastive_dataset(
-        base_id,
-        variants,
-        settings,
-        config,
-        corpus,
-        read=split_list(args.read),
-        write=split_list(args.write),
-        gradient_ids=gradient_ids,
-        cache_root=cache_root_from_args(args),
-        device=device,
-        progress=not args.quiet,
-    )
-    ds.attrs["base_id"] = base_id
-    ds.attrs["training_pairs"] = int(len(train_ids))
-    write_dataset(ds, out)
-    print("\n".join(contrastive_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
-
-
-def contrastive_lines(ds: xr.Dataset) -> list[str]:
-    spec = {"cutoff": ds.cutoff.values[0], "normalisation": ds.normalisation.values[0]}
-    lines = [
-        f"λ against read RSF ({ds.attrs['read_construction']}), write RSF "
-        f"({ds.attrs['write_construction']}) [{spec['cutoff']}, {spec['normalisation']}, log2 for ratios] "
-        "and the δ_t entropy rank of L_λ at the write sites:"
-    ]
-    has_ci = "delta_mean_entropy_rank_ci_low" in ds
-    for label in ds.lam_label.values:
-        cell = ds.sel(lam_label=label)
-        ci = (
-            f" [{float(cell.delta_mean_entropy_rank_ci_low):.2f}, {float(cell.delta_mean_entropy_rank_ci_high):.2f}]"
-            if has_ci
-            else ""
-        )
-        lines.append(
-            f"  λ = {float(cell.lam):<5g} read {float(cell.paper_read_rsf.sel(**spec)):+.3f}  "
-            f"write {float(cell.paper_write_rsf.sel(**spec)):+.3f}  "
-            f"asymmetry {float(cell.paper_asymmetry.sel(**spec)):+.3f}  "
-            f"δ entropy rank {float(cell.delta_mean_entropy_rank):.2f}{ci}"
-        )
-    lines.append(
-        "trend against λ (slope per unit λ; within-layer permutation p; Spearman ρ of layer means):"
-    )
-    wanted = [
-        f"{q}[{spec['cutoff']},{spec['normalisation']}]"
-        for q in ("read_rsf", "write_rsf", "asymmetry")
-    ]
-    wanted += ["delta_entropy_rank", "delta_participation_ratio", "delta_prediction_ratio"]
-    for name in wanted:
-        if name not in ds.trend.values:
-            continue
-        row = ds.sel(trend=name)
-        lines.append(
-            f"  {name:34s} slope {float(row.trend_slope):+.4f} "
-            f"[{float(row.trend_slope_ci_low):+.4f}, {float(row.trend_slope_ci_high):+.4f}]  "
-            f"p = {float(row.trend_p_value):.3g}  ρ = {float(row.trend_spearman):+.2f}"
-        )
-    return lines

@@ -8,34 +8,22 @@ summaries and their intervals.
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from .cli import cache_root_from_args, split_list
-from .config import PairSpec, SweepConfig
-from .corpus import Corpus
-from .experiments import (
-    DEFAULT_READ,
-    DEFAULT_WRITE,
-    demo_checkpoints,
-    experiment_config,
-    load_probe_corpus,
-    pathway_summary,
-)
-from .gradients import percentile_interval, provenance_attrs
+from ..config import PairSpec, SweepConfig, config_from_document, read_toml
+from ..corpus import Corpus
+from ..dataset import build_dataset
+from ..engine import run_sweep
+from ..provenance import provenance_attrs
+from ..resampling import percentile_interval
+from ..specification import DEFAULT_READ, DEFAULT_WRITE
+from .summaries import pathway_summary
 
-__all__ = [
-    "run_trajectory_command",
-    "trajectory_dataset",
-    "trajectory_from_toml",
-    "trajectory_lines",
-    "trajectory_pairs",
-]
+__all__ = ["trajectory_dataset", "trajectory_from_toml", "trajectory_pairs"]
 
 
 def trajectory_pairs(checkpoints, labels=None) -> tuple[list[PairSpec], dict]:
@@ -90,9 +78,6 @@ def trajectory_dataset(
     a cluster-bootstrap interval over layers and, when the sweep bootstraps,
     percentile intervals over corpus chunks.
     """
-    from .dataset import build_dataset
-    from .engine import run_sweep
-
     pairs, layout = trajectory_pairs(checkpoints, labels)
     config = replace(config, pairs=tuple(pairs))
     results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
@@ -165,12 +150,13 @@ def trajectory_dataset(
         )
     attrs = provenance_attrs(
         "trajectory",
+        title="RSF along a sequence of checkpoints",
         corpus=corpus,
         seed=config.seed,
-        settings_json=json.dumps({"config": config.to_toml()}),
+        settings={"config": config.to_toml()},
+        inputs={str(c): h for c, h in zip(checkpoints, _hashes(sweep, layout), strict=True)},
     )
     attrs.update(
-        title="RSF along a sequence of checkpoints",
         config=config.to_toml(),
         start_id=str(list(checkpoints)[0]),
         start_label=ordered[0],
@@ -186,19 +172,8 @@ def trajectory_dataset(
 
 def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig]:
     """``[trajectory] checkpoints = [...]`` (``labels`` optional) plus the sweep's tables."""
-    from .config import config_from_document
-
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    try:
-        document = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path} is not valid TOML: {error}") from None
+    document = read_toml(path)
     table = document.pop("trajectory", None)
     if not isinstance(table, dict) or "checkpoints" not in table:
         raise ValueError(f"{path} needs a [trajectory] table with `checkpoints = [...]`, in order")
@@ -223,6 +198,16 @@ def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig
     return checkpoints, labels, config
 
 
+def _hashes(sweep: xr.Dataset, layout: dict) -> list[str]:
+    """Each checkpoint's weights hash, in trajectory order, from the sweep's provenance."""
+    labels = layout["labels"]
+    first = layout["where"][("start", labels[1])]
+    hashes = [str(sweep["base_hash"].sel(pair=first).values)]
+    for label in labels[1:]:
+        hashes.append(str(sweep["aligned_hash"].sel(pair=layout["where"][("start", label)]).values))
+    return hashes
+
+
 def _sequence_percentiles(boot: xr.DataArray, *, read, write, confidence_level: float) -> dict:
     """Percentile intervals of the read, write and asymmetry summaries from ``rsf_boot``."""
     summary = pathway_summary(boot, read=read, write=write, interval=False)
@@ -235,79 +220,3 @@ def _sequence_percentiles(boot: xr.DataArray, *, read, write, confidence_level: 
         out[f"{name}_seq_ci_low"] = template.copy(data=low)
         out[f"{name}_seq_ci_high"] = template.copy(data=high)
     return out
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def run_trajectory_command(args) -> int:
-    from .dataset import write_dataset
-    from .files import check_writable
-
-    out = check_writable(args.out)
-    sources = [bool(args.checkpoints), bool(args.config), bool(args.demo)]
-    if sum(sources) != 1:
-        raise ValueError("rsf experiment trajectory needs one of --checkpoints, --config or --demo")
-    labels = split_list(args.labels)
-    base_config = None
-    if args.checkpoints:
-        checkpoints = list(split_list(args.checkpoints))
-    elif args.config:
-        checkpoints, config_labels, base_config = trajectory_from_toml(args.config)
-        labels = labels or config_labels
-    else:
-        demo = demo_checkpoints(cache_root=cache_root_from_args(args), progress=not args.quiet)
-        phases = {"align": list(demo.align), "pretrain": list(demo.pretrain)}
-        # The align phase starts from the base itself, so "both" drops its duplicate first step.
-        phases["both"] = list(demo.pretrain) + list(demo.align[1:])
-        checkpoints = phases[args.phase]
-        if len(checkpoints) < 2:
-            raise ValueError(f"the demo saved fewer than 2 checkpoints for phase {args.phase!r}")
-    pairs, _ = trajectory_pairs(checkpoints, labels)
-    config = experiment_config(args, pairs, base_config)
-    corpus = load_probe_corpus(config, checkpoints[0])
-    ds = trajectory_dataset(
-        checkpoints,
-        config,
-        corpus,
-        labels=labels,
-        read=split_list(args.read),
-        write=split_list(args.write),
-        cache_root=cache_root_from_args(args),
-        progress=not args.quiet,
-    )
-    write_dataset(ds, out)
-    print("\n".join(trajectory_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
-
-
-def _first_spec(ds: xr.Dataset) -> dict:
-    """The specification a summary prints: act_cov if present, the first cutoff and normalisation."""
-    construction = "act_cov" if "act_cov" in ds.construction.values else ds.construction.values[0]
-    return {
-        "construction": construction,
-        "cutoff": ds.cutoff.values[0],
-        "normalisation": ds.normalisation.values[0],
-    }
-
-
-def trajectory_lines(ds: xr.Dataset) -> list[str]:
-    spec = _first_spec(ds)
-    scale = "log2 " if spec["normalisation"] in ("isotropic", "base_relative") else ""
-    lines = [
-        f"read − write asymmetry ({scale}{spec['normalisation']}, {spec['construction']}, "
-        f"{spec['cutoff']}; read {ds.attrs['read_set']}, write {ds.attrs['write_set']}), "
-        f"from {ds.attrs['start_label']}:"
-    ]
-    for reference in ds.reference.values:
-        lines.append(f"  relative to the {reference} checkpoint")
-        for checkpoint in ds.checkpoint.values:
-            cell = ds.sel(reference=reference, checkpoint=checkpoint, **spec)
-            lines.append(
-                f"    {checkpoint:28s} read {float(cell.read_rsf):+.3f}  write {float(cell.write_rsf):+.3f}  "
-                f"asymmetry {float(cell.asymmetry):+.3f} "
-                f"[{float(cell.asymmetry_ci_low):+.3f}, {float(cell.asymmetry_ci_high):+.3f}]"
-            )
-    return lines

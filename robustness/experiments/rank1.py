@@ -1,6 +1,6 @@
 """`rsf experiment rank1`: closed-form rank-1 interventions along principal directions.
 
-``ΔW = α u vᵀ`` (``‖ΔW‖_F = α``): on a read matrix along the top principal
+``ΔW = s·u vᵀ`` with unit ``u, v`` (``‖ΔW‖_F = s = scale·‖W‖_F``): on a read matrix along the top principal
 direction of the activations it reads (``v``), on a write matrix along the top
 prediction direction (``u``, the unembedding's top right singular vector),
 each against matched controls of the same norm (random unit directions, and
@@ -13,9 +13,7 @@ Effects: the change in held-out DPO preference margin and
 
 from __future__ import annotations
 
-import json
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
@@ -25,78 +23,12 @@ from tqdm.auto import tqdm
 
 import probes
 
-from .cli import cache_root_from_args
-from .corpus import Corpus
-from .experiments import demo_checkpoints, demo_token_windows, evenly_spaced
-from .gradients import load_model, percentile_interval, provenance_attrs
+from ..corpus import Corpus
+from ..preferences import continuation_logprobs, preference_pairs
+from ..provenance import provenance_attrs
+from ..resampling import percentile_interval
 
-__all__ = [
-    "Rank1Settings",
-    "rank1_dataset",
-    "rank1_hook",
-    "rank1_lines",
-    "rank1_update",
-    "run_rank1_command",
-]
-
-
-def rank1_update(u, v, alpha: float) -> torch.Tensor:
-    """``ΔW = α û v̂ᵀ`` with unit ``û = u/‖u‖``, ``v̂ = v/‖v‖``: rank one, ``‖ΔW‖_F = |α|``."""
-    u = torch.as_tensor(u, dtype=torch.float64)
-    v = torch.as_tensor(v, dtype=torch.float64)
-    if u.ndim != 1 or v.ndim != 1:
-        raise ValueError("`u` and `v` must be vectors")
-    nu, nv = torch.linalg.vector_norm(u), torch.linalg.vector_norm(v)
-    if nu == 0 or nv == 0:
-        raise ValueError("`u` and `v` must be non-zero")
-    return alpha * torch.outer(u / nu, v / nv)
-
-
-def _module_rows(model, layer: int, matrix: str):
-    from probes.adapters import _rows
-
-    family = probes.family_of(model)
-    if matrix not in family.matrices:
-        raise ValueError(f"{model.config.model_type} has no matrix {matrix!r}")
-    source = family.matrices[matrix]
-    module = probes.adapters.layer_modules(model)[layer].get_submodule(source.module)
-    weight = module.weight
-    from transformers.pytorch_utils import Conv1D
-
-    fused_rows = weight.shape[1] if isinstance(module, Conv1D) else weight.shape[0]
-    return module, _rows(source, matrix, fused_rows, model.config), fused_rows
-
-
-@contextmanager
-def rank1_hook(model, layer: int, matrix: str, u, v, alpha: float):
-    """Run `model` as if ``W_matrix += α û v̂ᵀ`` (Linear layout) at `layer`, without touching weights.
-
-    A forward hook adds ``α (v̂·x) û`` to the module's output rows that belong to
-    the canonical matrix (fused q|k|v and gate|up split as the adapters split
-    them; GPT-2's Conv1D output is already in Linear order), which is exactly
-    the output of the updated weight. Removed on exit, even on error.
-    """
-    module, rows, fused_rows = _module_rows(model, layer, matrix)
-    param = module.weight
-    u_hat = torch.as_tensor(u, dtype=torch.float64)
-    v_hat = torch.as_tensor(v, dtype=torch.float64)
-    u_hat = (u_hat / torch.linalg.vector_norm(u_hat)).to(param.dtype).to(param.device)
-    v_hat = (v_hat / torch.linalg.vector_norm(v_hat)).to(param.dtype).to(param.device)
-    full = torch.zeros(fused_rows, dtype=param.dtype, device=param.device)
-    if isinstance(rows, slice):
-        full[rows] = alpha * u_hat
-    else:
-        full[rows.to(param.device)] = alpha * u_hat
-
-    def hook(mod, args, kwargs, output):
-        x = args[0] if args else next(t for t in kwargs.values() if isinstance(t, torch.Tensor))
-        return output + (x @ v_hat).unsqueeze(-1) * full
-
-    handle = module.register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+__all__ = ["Rank1Settings", "rank1_dataset"]
 
 
 @dataclass(frozen=True)
@@ -107,30 +39,30 @@ class Rank1Settings:
     read_matrix: str = "q"
     write_matrix: str = "o"
     controls: int = 20  # per family (random, matched)
-    scale: float = 0.25  # α = scale · ‖W‖_F
+    scale: float = 0.25  # the update's norm is scale · ‖W‖_F
     neighbours: int = 4  # matched controls mix principal directions 2 … 1 + neighbours
     beta: float = 0.1
     prompt_len: int | None = None
     batch_size: int = 16
-    n_resamples: int = 2000
+    replicates: int = 2000  # percentile-bootstrap replicates of each effect's interval
     seed: int = 0
     confidence_level: float = 0.95
 
     def __post_init__(self):
         if self.controls < 1:
-            raise ValueError(f"--controls must be positive, got {self.controls}")
+            raise ValueError(f"`controls` must be positive, got {self.controls}")
         if self.scale <= 0:
-            raise ValueError(f"--scale must be positive, got {self.scale}")
+            raise ValueError(f"`scale` must be positive, got {self.scale}")
         if self.neighbours < 1:
-            raise ValueError(f"--neighbours must be positive, got {self.neighbours}")
+            raise ValueError(f"`neighbours` must be positive, got {self.neighbours}")
         if probes.PATHWAY.get(self.read_matrix) != "read":
             raise ValueError(
-                f"--read-matrix must be one of q, k, v, up, gate, got {self.read_matrix!r}"
+                f"`read_matrix` must be one of q, k, v, up, gate, got {self.read_matrix!r}"
             )
         if probes.PATHWAY.get(self.write_matrix) != "write":
-            raise ValueError(f"--write-matrix must be one of o, down, got {self.write_matrix!r}")
-        if self.beta <= 0 or self.batch_size < 1 or self.n_resamples < 1:
-            raise ValueError("`beta`, `batch_size` and `n_resamples` must be positive")
+            raise ValueError(f"`write_matrix` must be one of o, down, got {self.write_matrix!r}")
+        if self.beta <= 0 or self.batch_size < 1 or self.replicates < 1:
+            raise ValueError("`beta`, `batch_size` and `replicates` must be positive")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -164,8 +96,6 @@ class _Effects:
     """Base-model evaluations kept once, so each intervention costs one pass over the data."""
 
     def __init__(self, model, pairs, text_ids, *, beta: float, batch_size: int):
-        from .training import continuation_logprobs
-
         self.model, self.pairs, self.beta = model, pairs, beta
         self.logprobs = continuation_logprobs
         self.device = next(model.parameters()).device
@@ -216,11 +146,11 @@ class _Effects:
 
 
 def _mean_interval(
-    values: np.ndarray, *, n_resamples: int, level: float, rng
+    values: np.ndarray, *, replicates: int, confidence_level: float, rng
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (resampling examples)."""
-    rows = rng.integers(0, len(values), size=(n_resamples, len(values)))
-    return tuple(float(x) for x in percentile_interval(values[rows].mean(axis=1), level))
+    rows = rng.integers(0, len(values), size=(replicates, len(values)))
+    return tuple(float(x) for x in percentile_interval(values[rows].mean(axis=1), confidence_level))
 
 
 def _controls_p(stat: np.ndarray, family: np.ndarray, which: str) -> float:
@@ -248,20 +178,18 @@ def rank1_dataset(
     ``v`` the matrix's top right singular vector. Controls replace the principal
     direction only; ``α = scale · ‖W‖_F`` for all.
     """
-    from .training import preference_pairs
-
     dims = probes.model_dims(model)
     d, n_layers = dims.d_model, dims.n_layers
     layer = n_layers // 2 if settings.layer is None else settings.layer
     if not 0 <= layer < n_layers:
-        raise ValueError(f"--layer must lie in [0, {n_layers - 1}], got {layer}")
+        raise ValueError(f"`layer` must lie in [0, {n_layers - 1}], got {layer}")
     family_table = probes.family_of(model).matrices
     for name in (settings.read_matrix, settings.write_matrix):
         if name not in family_table:
             raise ValueError(f"{dims.model_type} has no matrix {name!r}")
     ids = corpus.ids
     if len(ids) < 2:
-        raise ValueError("rank1 needs at least 2 held-out sequences: raise --tokens")
+        raise ValueError("the rank-1 experiment needs at least 2 held-out sequences in `corpus`")
     prompt_len = settings.prompt_len or ids.shape[1] // 2
     pairs = preference_pairs(
         ids, prompt_len=prompt_len, rng=probes.construction_rng(settings.seed, "rank1", "pairs")
@@ -270,7 +198,7 @@ def rank1_dataset(
     site = probes.SITE_OF[settings.read_matrix]
     activations = probes.collect_statistics(model, ids, sites=[(layer, site)], progress=progress)
     act = activations.sites[(layer, site)].subspace(centred=True)
-    prediction = probes.unembedding_subspaces(probes.unembedding(model))["unembed"]
+    prediction = probes.prediction_subspaces(model)["unembed"]
     weights = probes.canonical_weights(
         model, matrices=[settings.read_matrix, settings.write_matrix], layers=[layer]
     )
@@ -283,7 +211,7 @@ def rank1_dataset(
     ):
         w = probes.fraction.as_float64(weights[(layer, matrix)])
         left, singular, right_t = np.linalg.svd(w, full_matrices=False)
-        alpha = settings.scale * float(np.linalg.norm(w))
+        norm = settings.scale * float(np.linalg.norm(w))
         names, family, vectors = _directions(
             basis,
             controls=settings.controls,
@@ -298,11 +226,13 @@ def rank1_dataset(
         margins, kls = [], []
         for vector in tqdm(vectors, desc=f"rank-1 {matrix}", disable=not progress, leave=False):
             u, v = (fixed, vector) if role == "read" else (vector, fixed)
-            margin, kl = effects.measure(partial(rank1_hook, model, layer, matrix, u, v, alpha))
+            margin, kl = effects.measure(
+                partial(probes.rank1_hook, model, layer, matrix, u, v, norm)
+            )
             margins.append(margin)
             kls.append(kl)
         rows[matrix] = dict(
-            role=role, alpha=alpha, weight_fro=float(np.linalg.norm(w)), names=names,
+            role=role, update_norm=norm, weight_fro=float(np.linalg.norm(w)), names=names,
             family=np.asarray(family), vectors=vectors, alignment=alignment,
             margins=np.stack(margins), kls=np.stack(kls),
         )  # fmt: skip
@@ -324,11 +254,13 @@ def rank1_dataset(
             data["margin_change"][m, i] = margin.mean()
             data["abs_margin_change"][m, i] = abs(margin.mean())
             data["margin_change_ci_low"][m, i], data["margin_change_ci_high"][m, i] = (
-                _mean_interval(margin, n_resamples=settings.n_resamples, level=level, rng=rng)
+                _mean_interval(
+                    margin, replicates=settings.replicates, confidence_level=level, rng=rng
+                )
             )
             data["kl"][m, i] = kl.mean()
             data["kl_ci_low"][m, i], data["kl_ci_high"][m, i] = _mean_interval(
-                kl, n_resamples=settings.n_resamples, level=level, rng=rng
+                kl, replicates=settings.replicates, confidence_level=level, rng=rng
             )
         for t, which in enumerate(tests):
             p_margin[m, t] = _controls_p(data["abs_margin_change"][m], family, which)
@@ -356,7 +288,11 @@ def rank1_dataset(
             p_kl,
             {"long_name": "(1+b)/(1+B): controls with KL ≥ the principal's"},
         ),
-        alpha=(("matrix",), np.array([rows[m]["alpha"] for m in matrices])),
+        update_norm=(
+            ("matrix",),
+            np.array([rows[m]["update_norm"] for m in matrices]),
+            {"long_name": "‖ΔW‖_F of every intervention: scale · ‖W‖_F"},
+        ),
         weight_fro=(("matrix",), np.array([rows[m]["weight_fro"] for m in matrices])),
         margin_per_pair=(
             ("matrix", "intervention", "example"),
@@ -378,16 +314,18 @@ def rank1_dataset(
             "component": ("component", np.arange(d, dtype=np.int64)),
         },
     )
+    model_hash = probes.weights_hash(model_id) if model_id else ""
     attrs = provenance_attrs(
         "rank1",
+        title="rank-1 interventions along principal directions against matched controls",
         corpus=corpus,
         seed=settings.seed,
-        settings_json=json.dumps(asdict(settings), sort_keys=True),
+        settings=asdict(settings),
+        inputs={"model": model_hash},
     )
     attrs.update(
-        title="rank-1 interventions along principal directions against matched controls",
         model_id=model_id,
-        model_hash=probes.weights_hash(model),
+        model_hash=model_hash,
         layer=int(layer),
         d_model=d,
         confidence_level=level,
@@ -400,84 +338,3 @@ def rank1_dataset(
     )
     ds.attrs = attrs
     return ds
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def run_rank1_command(args) -> int:
-    from .dataset import write_dataset
-    from .engine import resolve_device
-    from .files import check_writable
-    from .gradients import check_vocabulary, corpus_from_args
-
-    out = check_writable(args.out)
-    settings = Rank1Settings(
-        layer=args.layer,
-        read_matrix=args.read_matrix,
-        write_matrix=args.write_matrix,
-        controls=args.controls,
-        scale=args.scale,
-        neighbours=args.neighbours,
-        beta=args.beta,
-        prompt_len=args.prompt_len,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    device = resolve_device(args.device)
-    if args.model:
-        model_id = args.model
-        corpus = corpus_from_args(
-            args,
-            tokenizer_source=model_id,
-            default_tokens=8192,
-            trust_remote_code=args.trust_remote_code,
-        )
-    else:
-        if args.corpus:
-            raise ValueError("--corpus needs --model; the demo uses its own held-out documents")
-        demo = demo_checkpoints(cache_root=cache_root_from_args(args), progress=not args.quiet)
-        model_id = demo.base
-        recipe = demo.manifest["settings"]
-        length = args.seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        windows = demo_token_windows(demo, held_out=True, length=length)
-        tokens = args.tokens if args.tokens is not None else 8192
-        windows = windows[evenly_spaced(len(windows), tokens // length)]
-        corpus = Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
-        if args.prompt_len is None:
-            settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
-    model = load_model(
-        model_id, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
-    check_vocabulary(corpus, model)
-    ds = rank1_dataset(model, corpus, settings, model_id=model_id, progress=not args.quiet)
-    write_dataset(ds, out)
-    print("\n".join(rank1_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
-
-
-def rank1_lines(ds: xr.Dataset) -> list[str]:
-    lines = [
-        f"rank-1 interventions at layer {ds.attrs['layer']} (α = scale·‖W‖_F; "
-        f"{int((ds.family == 'random').sum())} random and {int((ds.family == 'matched').sum())} matched controls):"
-    ]
-    for matrix in ds.matrix.values:
-        cell = ds.sel(matrix=matrix)
-        principal = cell.sel(intervention="principal")
-        controls = cell.where(cell.family != "principal", drop=True)
-        lines.append(
-            f"  {matrix} ({str(cell.role.values)}): principal Δmargin {float(principal.margin_change):+.4f} "
-            f"[{float(principal.margin_change_ci_low):+.4f}, {float(principal.margin_change_ci_high):+.4f}], "
-            f"KL {float(principal.kl):.4g}; controls median |Δmargin| "
-            f"{float(np.median(controls.abs_margin_change)):.4f}, KL {float(np.median(controls.kl)):.4g}"
-        )
-        lines.append(
-            "     p (principal vs controls, |Δmargin| / KL): "
-            + ", ".join(
-                f"{c} {float(cell.p_margin.sel(control=c)):.3g} / {float(cell.p_kl.sel(control=c)):.3g}"
-                for c in cell.control.values
-            )
-        )
-    return lines

@@ -1,0 +1,180 @@
+"""A checkpoint's stored tensors, read one at a time, and the one weights hash over them.
+
+A checkpoint is a directory written by ``save_pretrained`` (or a hub id,
+resolved to its local snapshot). Its tensors live in safetensors files
+(``model.safetensors``, or shards listed by ``model.safetensors.index.json``)
+or, in older checkpoints, PyTorch pickles (``pytorch_model.bin`` and its
+index). :class:`Checkpoint` maps every tensor name to its file and reads one
+tensor at a time (``safetensors.safe_open``; memory-mapped ``torch.load`` for
+pickles), in the dtype it was stored in, so nothing above it ever holds a
+whole model (the pattern of mergekit's lazy tensor loader).
+
+**The weights hash** is defined over the stored tensors only: for every
+tensor ``sha256(name | stored dtype | shape | bytes as saved)``, and for the
+checkpoint ``sha256`` of the sorted ``name:digest`` lines. It does not depend
+on the dtype a model is later loaded in, nor on the order tensors are read
+in, so it can be computed while streaming (:meth:`Checkpoint.tensor_digest`
+as each tensor passes) and two datasets made from the same checkpoint at
+different dtypes carry the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+__all__ = ["Checkpoint", "looks_like_path", "resolve_checkpoint", "tensor_digest", "weights_hash"]
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether `spec` is written as a path (so a missing one is a missing folder, not a hub id)."""
+    return spec.startswith(("/", "./", "../", "~")) or spec.endswith("/") or spec.count("/") > 1
+
+
+def resolve_checkpoint(spec: str | os.PathLike) -> Path:
+    """The local folder holding `spec`'s files: the directory itself, or a hub id's snapshot.
+
+    A hub id is resolved by ``huggingface_hub.snapshot_download`` (from its
+    cache when present), safetensors files first and pickles only when the
+    repository has no safetensors.
+    """
+    text = str(spec)
+    local = Path(os.path.expanduser(text))
+    if local.exists():
+        if not local.is_dir():
+            raise ValueError(f"{spec} is not a checkpoint directory")
+        return local
+    if looks_like_path(text):
+        raise FileNotFoundError(f"model directory not found: {spec}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        root = Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(root.glob("*.safetensors")):
+            root = Path(snapshot_download(text, allow_patterns=["*.json", "*.bin"]))
+    except Exception as error:  # the hub client raises many types; all mean "not reachable"
+        raise ValueError(
+            f"cannot read the weights of hub id {text!r} ({type(error).__name__}): "
+            "no network or no such model; pass a local directory written by save_pretrained"
+        ) from None
+    return root
+
+
+def tensor_digest(name: str, tensor: torch.Tensor) -> str:
+    """``sha256(name | dtype | shape | bytes)`` of one tensor as stored (row-major, little-endian)."""
+    digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """The checkpoint hash from its per-tensor digests (any order: the names are sorted)."""
+    lines = "\n".join(f"{name}:{digests[name]}" for name in sorted(digests))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+
+
+class Checkpoint:
+    """The stored tensors of one checkpoint, by name, read one at a time.
+
+    Parameters
+    ----------
+    source : str or path
+        A ``save_pretrained`` directory or a hub id.
+    """
+
+    def __init__(self, source: str | os.PathLike):
+        self.source = str(source)
+        self.root = resolve_checkpoint(source)
+        self._pickles: dict[Path, dict] = {}
+
+    @cached_property
+    def files(self) -> dict[str, Path]:
+        """``{tensor name: file}`` from the index (sharded) or the single file's own header."""
+        for index, single, kind in (
+            (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, "safetensors"),
+            (PICKLE_INDEX, PICKLE_SINGLE, "pickle"),
+        ):
+            if (self.root / index).is_file():
+                try:
+                    weight_map = json.loads((self.root / index).read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError) as error:
+                    raise ValueError(f"{self.root / index} is not a valid index: {error}") from None
+                self.format = kind
+                return {name: self.root / shard for name, shard in weight_map.items()}
+            if (self.root / single).is_file():
+                self.format = kind
+                return {name: self.root / single for name in self._names_in(self.root / single)}
+        raise ValueError(
+            f"{self.source} holds no weights (no {SAFETENSORS_SINGLE}, {PICKLE_SINGLE} or their index)"
+        )
+
+    @property
+    def is_safetensors(self) -> bool:
+        self.files  # noqa: B018  (sets `format`)
+        return self.format == "safetensors"
+
+    def _names_in(self, path: Path) -> list[str]:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                return list(handle.keys())
+        return list(self._pickle(path))
+
+    def _pickle(self, path: Path) -> dict:
+        if path not in self._pickles:
+            # Memory-mapped: a tensor's pages are read only when it is used.
+            self._pickles[path] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return self._pickles[path]
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, in its stored dtype, on the CPU."""
+        if name not in self.files:
+            raise KeyError(f"{self.source} has no tensor {name!r}")
+        path = self.files[name]
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                return handle.get_tensor(name)
+        return self._pickle(path)[name]
+
+    def weights_hash(self) -> str:
+        """The checkpoint's weights hash (see the module docstring), one tensor in memory at a time."""
+        return combine_digests({name: tensor_digest(name, self.get(name)) for name in self.names()})
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def weights_hash(source: str | os.PathLike) -> str:
+    """The weights hash of a checkpoint (a ``save_pretrained`` directory or a hub id).
+
+    Defined over the stored tensors (name, stored dtype, shape, bytes as
+    saved): the same whatever dtype the model is loaded in. Remembered for
+    the process, keyed by the weight files' paths, sizes and modification
+    times, so a checkpoint shared by several pairs is read once.
+    """
+    checkpoint = Checkpoint(source)
+    files = sorted(set(checkpoint.files.values()))
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _HASHES:
+        _HASHES[key] = checkpoint.weights_hash()
+    return _HASHES[key]

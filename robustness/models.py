@@ -1,0 +1,169 @@
+"""Model access for every command: configs, preflight checks, loading, devices, vocabularies.
+
+Everything a command does before heavy work lives here, so a bad path, an
+unreachable hub id, an unsupported family, a mismatched pair, ``k > d`` or a
+corpus outside the vocabulary is one line, raised before any weights load.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+import probes
+from probes.checkpoints import looks_like_path
+
+from .config import SweepConfig
+from .corpus import Corpus, load_corpus
+
+__all__ = [
+    "check_corpus",
+    "check_vocabulary",
+    "config_widths",
+    "load_model",
+    "open_model_config",
+    "preflight",
+    "prepare_corpus",
+    "resolve_device",
+]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device that is absent is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"`device` {device!r} was asked for, but no CUDA device is available")
+    return device
+
+
+def open_model_config(spec: str, *, trust_remote_code: bool = False):
+    """The model's config (no weights), with one-line errors for a bad path or hub id."""
+    from transformers import AutoConfig
+
+    if os.path.exists(os.path.expanduser(spec)):
+        path = os.path.expanduser(spec)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(
+                f"{spec} is not a model directory (no config.json): use save_pretrained"
+            )
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if looks_like_path(spec):
+        raise FileNotFoundError(f"model directory not found: {spec}")
+    try:
+        return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot reach hub id {spec!r} ({type(error).__name__}): no network or no such model; "
+            "pass a local directory written by save_pretrained"
+        ) from None
+
+
+def supported_config(spec: str, *, trust_remote_code: bool = False):
+    """:func:`open_model_config`, refusing a model type no adapter supports."""
+    config = open_model_config(spec, trust_remote_code=trust_remote_code)
+    if config.model_type not in probes.SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"unsupported model type {config.model_type!r}: supported are "
+            f"{', '.join(probes.SUPPORTED_MODEL_TYPES)}"
+        )
+    return config
+
+
+def config_widths(config) -> dict:
+    """``model_type``, ``n_layers``, ``d_model`` and ``vocab_size`` from a config alone."""
+
+    def get(*names):
+        for name in names:
+            value = getattr(config, name, None)
+            if value is not None:
+                return value
+        return None
+
+    return {
+        "model_type": config.model_type,
+        "n_layers": get("num_hidden_layers", "n_layer", "num_layers"),
+        "d_model": get("hidden_size", "n_embd", "d_model"),
+        "vocab_size": get("vocab_size"),
+    }
+
+
+def preflight(config: SweepConfig) -> dict[str, dict]:
+    """Check every pair from configs alone (no weights): types, widths, cutoffs.
+
+    Returns each pair's widths (:func:`config_widths`). A missing path, an
+    unreachable hub id, a mismatched pair and ``k > d`` all fail here, before
+    any model loads.
+    """
+    widths = {}
+    for pair in config.pairs:
+        base = config_widths(
+            open_model_config(pair.base, trust_remote_code=config.trust_remote_code)
+        )
+        aligned = config_widths(
+            open_model_config(pair.aligned, trust_remote_code=config.trust_remote_code)
+        )
+        if base["model_type"] not in probes.SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"pair {pair.label!r}: unsupported model type {base['model_type']!r}: supported are "
+                f"{', '.join(probes.SUPPORTED_MODEL_TYPES)}"
+            )
+        differences = [f"{k}: {base[k]} vs {aligned[k]}" for k in base if base[k] != aligned[k]]
+        if differences:
+            raise ValueError(
+                f"pair {pair.label!r} is mismatched (base vs aligned): " + "; ".join(differences)
+            )
+        try:
+            probes.validate_cutoffs(config.cutoffs, int(base["d_model"]))
+        except ValueError as error:
+            raise ValueError(f"pair {pair.label!r}: {error}") from None
+        widths[pair.label] = base
+    return widths
+
+
+def check_corpus(corpus: Corpus, widths: dict[str, dict]) -> None:
+    """Token ids must exist in every pair's vocabulary (an ids file may not match the models)."""
+    largest = int(corpus.ids.max())
+    for label, w in widths.items():
+        if w["vocab_size"] is not None and largest >= int(w["vocab_size"]):
+            raise ValueError(
+                f"the corpus holds token id {largest}, outside pair {label!r}'s vocabulary of {w['vocab_size']}"
+            )
+
+
+def prepare_corpus(config: SweepConfig, tokenizer_source: str) -> Corpus:
+    """`config`'s probe corpus, after checking every pair from configs alone (:func:`preflight`).
+
+    Bad ids, mismatched pairs and ``k > d`` fail before the corpus is read,
+    token ids outside a vocabulary right after.
+    """
+    widths = preflight(config)
+    corpus = load_corpus(
+        config.corpus, tokenizer_source=tokenizer_source, trust_remote_code=config.trust_remote_code
+    )
+    check_corpus(corpus, widths)
+    return corpus
+
+
+def check_vocabulary(corpus: Corpus, model) -> None:
+    """Token ids must exist in a loaded model's vocabulary."""
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    if int(corpus.ids.max()) >= vocab:
+        raise ValueError(
+            f"the corpus holds token id {int(corpus.ids.max())}, outside the model's vocabulary of {vocab}"
+        )
+
+
+def load_model(
+    spec: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False
+):
+    """A supported model from a directory or hub id, with one-line errors (no traceback)."""
+    supported_config(spec, trust_remote_code=trust_remote_code)
+    path = os.path.expanduser(spec) if os.path.exists(os.path.expanduser(spec)) else spec
+    try:
+        return probes.load_model(
+            path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+    except OSError as error:
+        raise ValueError(f"cannot load model {spec!r}: {error}") from None

@@ -1,0 +1,61 @@
+"""The paper's names, defined once: what a specification is and the defaults every module shares.
+
+A **specification** is one analytic choice of (construction, cutoff,
+normalisation) (``docs/design.md`` §1). The statistics put the probe on the
+log2 scale for ratio normalisations (:func:`probe_scale`). The default read
+and write sets are the paper's: ``{q, k}`` and ``{o, down}``; its preferred
+specification is ``act_cov, k=8, log_isotropic``. Cutoff labels are made
+canonical (``k=8``, ``var=0.9``) once, when settings are read
+(:func:`canonical_cutoffs`), so every dataset spells a cutoff the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import probes
+
+__all__ = [
+    "DEFAULT_CONSTRUCTIONS",
+    "DEFAULT_CUTOFFS",
+    "DEFAULT_NORMALISATIONS",
+    "DEFAULT_PREFERRED",
+    "DEFAULT_READ",
+    "DEFAULT_WRITE",
+    "EXACT_LIMIT",
+    "RATIO_NORMALISATIONS",
+    "SPEC_DIMS",
+    "canonical_cutoffs",
+    "probe_scale",
+    "scale_name",
+]
+
+SPEC_DIMS = ("construction", "cutoff", "normalisation")
+RATIO_NORMALISATIONS = probes.RATIO_NORMALISATIONS
+DEFAULT_CONSTRUCTIONS = probes.CONSTRUCTIONS
+DEFAULT_CUTOFFS = ("k=8", "frac=0.05", "var=0.9", "pr", "mp")
+DEFAULT_NORMALISATIONS = probes.NORMALISATIONS
+DEFAULT_READ = ("q", "k")
+DEFAULT_WRITE = ("o", "down")
+DEFAULT_PREFERRED = ("act_cov", "k=8", "log_isotropic")
+# Exact enumeration of a permutation or sign-flip null when it has at most this many arrangements.
+EXACT_LIMIT = 65536
+
+
+def canonical_cutoffs(labels) -> tuple[str, ...]:
+    """Every label parsed and written in its contract spelling (``"k = 8"`` → ``"k=8"``)."""
+    return tuple(probes.parse_cutoff(label).label for label in labels)
+
+
+def probe_scale(values, normalisation: str) -> np.ndarray:
+    """The probe on the scale the statistics use: ``log2`` for ratio normalisations; NaN for ±inf."""
+    values = np.asarray(values, dtype=np.float64)
+    if normalisation in RATIO_NORMALISATIONS:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.log2(values)
+    return np.where(np.isfinite(values), values, np.nan)
+
+
+def scale_name(normalisation: str) -> str:
+    """``"log2 isotropic"`` for a ratio normalisation, the name itself otherwise."""
+    return f"log2 {normalisation}" if normalisation in RATIO_NORMALISATIONS else normalisation

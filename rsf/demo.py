@@ -1,0 +1,218 @@
+"""``rsf demo``: the embedded default, demo pair → sweep → stats → report, and its verdict.
+
+The pair is trained (or taken from the cache) by :func:`robustness.demo.demo_pair`;
+this module only orchestrates: the sweep of :func:`robustness.demo.demo_sweep_config`
+with its sequence bootstrap, ``rsf stats`` with the grid's settings, the
+report, and a one-paragraph verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reports import write_report
+from robustness.cache import default_cache_dir
+from robustness.corpus import load_corpus
+from robustness.dataset import build_dataset, write_dataset
+from robustness.demo import (
+    DemoGrid,
+    DemoPair,
+    DemoSettings,
+    demo_is_cached,
+    demo_pair,
+    demo_sweep_config,
+    single_threaded,
+)
+from robustness.engine import run_sweep
+from robustness.files import check_writable
+from robustness.stats import compute_stats
+
+from .stats import summary as stats_summary
+
+__all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="the embedded default: a demo pair trained here → sweep → stats → report",
+        description="Train (or reuse from the cache) a small Llama-style pair on Python's "
+        "help topics, pretrained with cross-entropy and aligned with DPO; sweep it with a "
+        "sequence bootstrap, test the read/write asymmetry and write the report. "
+        "Nothing is downloaded.",
+    )
+    parser.add_argument(
+        "--out",
+        default="rsf-demo",
+        help="output folder (default rsf-demo/): results.nc, stats.nc, report.html",
+    )
+    parser.add_argument("--retrain", action="store_true", help="rebuild the cached demo pair")
+    parser.add_argument(
+        "--seed", type=int, help="training seed (default 0; another seed, another pair)"
+    )
+    parser.add_argument(
+        "--cache-dir", help="cache for the pair and statistics (default ~/.cache/rsf-robustness)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    settings = DemoSettings() if args.seed is None else DemoSettings(seed=args.seed)
+    outcome = run_demo(
+        args.out,
+        settings=settings,
+        cache_root=args.cache_dir,
+        retrain=args.retrain,
+        progress=not args.quiet,
+    )
+    print(f"report: {outcome.report}")
+    print(f"results: {outcome.results}  stats: {outcome.stats}  pair: {outcome.pair.root}")
+    print()
+    print(outcome.verdict)
+    return 0
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    """What :func:`run_demo` wrote, and the verdict it printed."""
+
+    pair: DemoPair
+    results: Path
+    stats: Path
+    report: Path | None
+    verdict: str
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+
+def _stage(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    out: str | Path = "rsf-demo",
+    *,
+    settings: DemoSettings | None = None,
+    grid: DemoGrid | None = None,
+    cache_root: str | Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> DemoOutcome:
+    """Demo pair (trained or cached) → sweep with bootstrap → stats → report, in folder `out`.
+
+    Writes ``results.nc``, ``stats.nc`` and ``report.html`` in `out` (created
+    when missing). The sweep's activation statistics are cached like any
+    sweep's, so a second run does no forward pass.
+    """
+    settings = settings or DemoSettings()
+    grid = grid or DemoGrid()
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    started = time.perf_counter()
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"cannot create the output folder {out}: {error.strerror or error}"
+        ) from None
+    results_path, stats_path, report_path = (
+        check_writable(out / name) for name in ("results.nc", "stats.nc", "report.html")
+    )
+    quiet = not progress
+    timings = {}
+
+    cached = not retrain and demo_is_cached(settings, cache_root)
+    _stage(
+        "demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)", quiet
+    )
+    pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
+    timings["pair"] = time.perf_counter() - started
+    _stage(f"demo pair: {pair.root}", quiet)
+
+    config = demo_sweep_config(pair, grid)
+    corpus = load_corpus(config.corpus, tokenizer_source=str(pair.base))
+    mark = time.perf_counter()
+    with single_threaded():  # small matrices: a second thread only adds waiting on a busy machine
+        results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
+    dataset = build_dataset(results, config, corpus)
+    dataset.attrs["demo_manifest"] = json.dumps(
+        {k: v for k, v in pair.manifest.items() if k not in ("pretrain", "align")}
+        | {
+            phase: {k: v for k, v in pair.manifest[phase].items() if k != "losses"}
+            for phase in ("pretrain", "align")
+        },
+        sort_keys=True,
+    )
+    write_dataset(dataset, results_path)
+    timings["sweep"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    stats = compute_stats(
+        dataset,
+        layer_replicates=grid.layer_replicates,
+        n_resamples=grid.n_resamples,
+        seed=grid.seed,
+        progress=progress,
+    )
+    write_dataset(stats, stats_path)
+    summary = stats_summary(stats)
+    timings["stats"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    _stage("report: writing", quiet)
+    report = Path(write_report(results_path, report_path, stats_path=stats_path))
+    timings["report"] = time.perf_counter() - mark
+
+    verdict = verdict_paragraph(pair, stats, summary)
+    return DemoOutcome(
+        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings
+    )
+
+
+def verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
+    """One paragraph: what the pair is, what training did, what the statistics say."""
+    m = pair.manifest
+    s = m["settings"]
+    held = m["held_out"]
+    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
+    preferred = stats.attrs["preferred_specification"].split(",")
+    parts = [
+        f"The demo pair is a {s['n_layers']}-layer Llama-style model (d = {s['d_model']}, "
+        f"{m['n_parameters'] / 1e6:.1f}M parameters) pretrained here on Python's help topics "
+        f"(cross-entropy {m['pretrain']['first_loss']:.2f} → {m['pretrain']['final_loss']:.2f} "
+        f"over {s['pretrain_steps']} steps), then aligned with DPO for {s['align_steps']} steps; "
+        f"on held-out passages the aligned model prefers the true continuation over a corrupted one "
+        f"{held['aligned']['prefers_chosen']:.0%} of the time (base: {held['base']['prefers_chosen']:.0%}), "
+        f"with a mean DPO margin of {held['aligned']['dpo_margin_mean']:+.2f}."
+    ]
+    if "joint" in per_pair:
+        joint = per_pair["joint"]
+        cell = stats.sel(
+            pair="demo",
+            construction=preferred[0],
+            cutoff=preferred[1],
+            normalisation=preferred[2],
+        )
+        parts.append(
+            f"For the paper's specification ({'/'.join(preferred)}) the read − write asymmetry is "
+            f"{float(cell.asymmetry):+.3f} [{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] "
+            f"(sign-flip p = {float(cell.p_signflip):.3g}); across {joint['n_specifications']} "
+            f"specifications the median effect size is d_z = {joint['median_effect']:+.2f} "
+            f"(joint p = {joint['p_median_effect']:.3g}) and {joint['share_significant']:.0%} are "
+            f"significant with read > write (joint p = {joint['p_share_significant']:.3g})."
+        )
+    verdicts = [
+        line.split("verdict:", 1)[1].strip() for line in summary.splitlines() if "verdict:" in line
+    ]
+    if verdicts:
+        parts.append(f"Verdict: {verdicts[0]}.")
+    parts.append(
+        "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
+    )
+    return " ".join(parts)
