@@ -1,151 +1,43 @@
-"""The report's figures: matplotlib drawn straight to inline SVG.
+"""The report's figures: specification curve, RSF against the cutoff, heatmaps, nulls, shares, calibration.
 
-No pyplot and no global backend: each figure is a ``matplotlib.figure.Figure``
-saved as SVG with text kept as text (``svg.fonttype = 'none'``, generic
-sans-serif fonts, no font files or URLs), a fixed hash salt and no date, so
-the same datasets give the same bytes. Element ids are prefixed per figure so
-several SVGs can live in one HTML document.
-
-Colours are the Okabe–Ito palette (distinguishable with the common colour
-vision deficiencies); heatmaps use cividis. Categories are also told apart by
-marker shape, never by colour alone.
+Each returns a :class:`~reports.plotting.SvgFigure` (inline SVG, alt text,
+caption); drawing conventions are in :mod:`reports.plotting`.
 """
 
 from __future__ import annotations
 
-import html
-import io
-import math
-import re
-import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
-
 import matplotlib
 import numpy as np
 import xarray as xr
-from markupsafe import Markup
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from robustness.specification import probe_scale
 
+from .plotting import (
+    GREY,
+    MARKERS,
+    MATRIX_MARKERS,
+    OKABE_ITO,
+    PATHWAY_COLOURS,
+    SERIES,
+    SvgFigure,
+    figure,
+    finish,
+    grid_shape,
+    layer_count,
+    ordinal,
+    quiet_nan,
+    reference_level,
+    scale_label,
+)
+
 __all__ = [
-    "OKABE_ITO",
-    "PATHWAY_COLOURS",
-    "SvgFigure",
-    "calibration_errors",
     "layer_heatmaps",
     "null_distributions",
     "rsf_by_cutoff",
-    "scale_label",
     "spec_curve",
-    "trajectory",
     "variance_shares",
 ]
-
-OKABE_ITO = {
-    "black": "#000000",
-    "orange": "#E69F00",
-    "sky_blue": "#56B4E9",
-    "green": "#009E73",
-    "yellow": "#F0E442",
-    "blue": "#0072B2",
-    "vermillion": "#D55E00",
-    "purple": "#CC79A7",
-}
-GREY = "#8C8C8C"
-PATHWAY_COLOURS = {"read": OKABE_ITO["blue"], "write": OKABE_ITO["vermillion"]}
-SERIES = [
-    OKABE_ITO[c]
-    for c in ("blue", "orange", "green", "vermillion", "purple", "sky_blue", "black", "yellow")
-]
-MARKERS = "osD^vP*Xh<>"
-MATRIX_MARKERS = dict(zip(("q", "k", "v", "o", "up", "gate", "down"), "osD^vPX", strict=True))
-RC = {
-    "svg.fonttype": "none",
-    "svg.hashsalt": "rsf-report",
-    "font.family": "sans-serif",
-    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
-    "font.size": 8.5,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "legend.fontsize": 8,
-    "legend.frameon": False,
-    "image.cmap": "cividis",
-}
-_ID = re.compile(r'(\bid="|href="#|url\(#)([^")]+)')
-
-
-@dataclass(frozen=True)
-class SvgFigure:
-    """An inline SVG with its alt text (read by screen readers) and caption (shown)."""
-
-    id: str
-    svg: Markup
-    alt: str
-    caption: str
-
-
-def _to_svg(fig: Figure, ident: str, alt: str) -> Markup:
-    buffer = io.StringIO()
-    with matplotlib.rc_context(RC):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    text = buffer.getvalue()
-    text = text[text.index("<svg") :]
-    text = _ID.sub(lambda m: f"{m.group(1)}{ident}-{m.group(2)}", text)
-    head_end = text.index(">") + 1
-    width = re.search(r'\swidth="([\d.]+)pt"', text[:head_end])
-    head = re.sub(r'\s(width|height)="[^"]*"', "", text[:head_end])
-    # Scales down with the page, never up past its drawn size (text stays the size it was set in).
-    style = f' style="max-width: {width.group(1)}pt"' if width else ""
-    head = head.replace(
-        "<svg", f'<svg role="img" aria-label="{html.escape(alt)}" class="chart"{style}', 1
-    )
-    return Markup(head + f"<title>{html.escape(alt)}</title>" + text[head_end:])
-
-
-def figure(width: float, height: float) -> Figure:
-    with matplotlib.rc_context(RC):
-        return Figure(figsize=(width, height), layout="constrained")
-
-
-def finish(fig: Figure, ident: str, alt: str, caption: str) -> SvgFigure:
-    return SvgFigure(ident, _to_svg(fig, ident, alt), alt, caption)
-
-
-def scale_label(normalisation: str) -> str:
-    """The axis label for the probe on the statistics' scale (``log2`` for ratio normalisations)."""
-    return {
-        "fraction": "F(k)",
-        "isotropic": "log₂ isotropic ratio",
-        "log_isotropic": "log₂ F(k) / (k/d)",
-        "base_relative": "log₂ F_ΔW(k) / F_W(k)",
-        "null_z": "z against a Haar subspace",
-    }.get(normalisation, normalisation)
-
-
-def _reference(normalisation: str) -> float | None:
-    """Where "no preferred alignment" sits on the statistics' scale (none for ``fraction``)."""
-    return None if normalisation == "fraction" else 0.0
-
-
-def _columns(n: int, most: int) -> tuple[int, int]:
-    cols = min(n, most)
-    return cols, math.ceil(n / cols)
-
-
-def _n_layers(results: xr.Dataset, pair) -> int:
-    if "n_layers" in results:
-        return int(results.n_layers.sel(pair=pair))
-    return results.sizes["layer"]
-
-
-def _rank(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 # ----------------------------------------------------------------------- specification curve
@@ -174,7 +66,7 @@ def spec_curve(
     for dim, values in groups:
         rows.append((dim, None))
         rows.extend((dim, v) for v in values)
-    cols, nrows = _columns(len(frames), 2)
+    cols, nrows = grid_shape(len(frames), 2)
     curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
     fig = figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
     grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
@@ -265,7 +157,7 @@ def spec_curve(
             top.legend(loc="upper left", fontsize=7)
         n_read, n_write = int(kinds[0].sum()), int(kinds[1].sum())
         where = (
-            f"the preferred specification {'/'.join(preferred)} ranks {_rank(rank + 1)} of {len(frame)}"
+            f"the preferred specification {'/'.join(preferred)} ranks {ordinal(rank + 1)} of {len(frame)}"
             if rank is not None
             else "the preferred specification is not among them"
         )
@@ -289,17 +181,9 @@ def spec_curve(
 # ----------------------------------------------------------------------- rsf against the cutoff
 
 
-@contextmanager
-def _quiet():
-    """Means over all-NaN slices are NaN by design here (missing layers, undefined cutoffs)."""
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
 def _set_mean(values: np.ndarray, columns: list[int]) -> np.ndarray:
     """Mean over the matrices in `columns`, then over layers: ``[..., layer, matrix, cutoff]`` → ``[..., cutoff]``."""
-    with _quiet():
+    with quiet_nan():
         return np.nanmean(np.nanmean(values[..., columns, :], axis=-2), axis=-2)
 
 
@@ -327,7 +211,7 @@ def rsf_by_cutoff(
     boot = "rsf_boot" in results
     banded, alt_parts = [], []
     for (construction, pair), axis in zip(panels, axes.ravel(), strict=True):
-        n_layers = _n_layers(results, pair)
+        n_layers = layer_count(results, pair)
         cell = results.rsf.sel(pair=pair, construction=construction, normalisation=normalisation)
         values = probe_scale(
             cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values,
@@ -336,7 +220,7 @@ def rsf_by_cutoff(
         ks = results.k.sel(pair=pair, construction=construction).isel(layer=slice(0, n_layers))
         ks = ks.transpose("layer", "matrix", "cutoff").values.astype(float)
         ks[ks < 0] = np.nan
-        with _quiet():
+        with quiet_nan():
             median_k = np.nanmedian(ks.reshape(-1, ks.shape[-1]), axis=0)
         defined = np.flatnonzero(np.isfinite(median_k) & np.isfinite(values).any(axis=(0, 1)))
         order = defined[np.argsort(median_k[defined], kind="stable")]
@@ -349,7 +233,7 @@ def rsf_by_cutoff(
         for m, matrix in enumerate(matrices):
             if m not in read_idx + write_idx:
                 continue
-            with _quiet():
+            with quiet_nan():
                 line = np.nanmean(values[:, m, order], axis=0)
             axis.plot(x, line, marker=MATRIX_MARKERS.get(matrix, "o"), markersize=3, linewidth=0.7,
                       color=PATHWAY_COLOURS[pathways[matrix]], alpha=0.45,
@@ -369,12 +253,12 @@ def rsf_by_cutoff(
                     "replicate", "layer", "matrix", "cutoff"
                 )
                 draws = _set_mean(probe_scale(replicates.values, normalisation), columns)[:, order]
-                with _quiet():
+                with quiet_nan():
                     low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
                 if np.nanmax(high - low, initial=0.0) > 0:
                     axis.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
                     banded.append(construction)
-        reference = _reference(normalisation)
+        reference = reference_level(normalisation)
         if reference is not None:
             axis.axhline(reference, color="black", linewidth=0.6, linestyle=":")
         axis.set_xticks(x, labels, fontsize=7)
@@ -573,81 +457,3 @@ def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
 
 
 # ----------------------------------------------------------------------- trajectory
-
-
-def trajectory(
-    stats: xr.Dataset, pairs, preferred: tuple[str, str, str], confidence_level: float
-) -> SvgFigure | None:
-    """The preferred specification's asymmetry with its interval, pair by pair, in dataset order."""
-    if len(pairs) < 2:
-        return None
-    cell = stats.sel(construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2])
-    values = [float(cell.asymmetry.sel(pair=p)) for p in pairs]
-    lows = [float(cell.ci_low.sel(pair=p)) for p in pairs]
-    highs = [float(cell.ci_high.sel(pair=p)) for p in pairs]
-    fig = figure(min(1.0 * len(pairs) + 2.5, 11), 2.6)
-    axis = fig.subplots()
-    x = np.arange(len(pairs))
-    axis.errorbar(x, values, yerr=[np.subtract(values, lows), np.subtract(highs, values)], fmt="o-",
-                  color=OKABE_ITO["blue"], capsize=3, linewidth=1)  # fmt: skip
-    axis.axhline(0, color="black", linewidth=0.6)
-    axis.set_xticks(x, [str(p) for p in pairs])
-    axis.set_xlabel("pair")
-    axis.set_ylabel(f"asymmetry ({scale_label(preferred[2])})")
-    alt = (
-        "Asymmetry across pairs under the preferred specification: "
-        + "; ".join(
-            f"{p} {v:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-            for p, v, lo, hi in zip(pairs, values, lows, highs, strict=True)
-        )
-        + "."
-    )
-    caption = (
-        f"The preferred specification ({'/'.join(preferred)}) pair by pair, in the order of the "
-        f"results dataset, with {int(confidence_level * 100)}% layer-bootstrap intervals."
-    )
-    return finish(fig, "fig-trajectory", alt, caption)
-
-
-# ----------------------------------------------------------------------- calibration
-
-
-def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | None) -> SvgFigure:
-    """Type-I error of every test with its binomial interval, against the target band and α."""
-    tests = [str(t) for t in calibration.test.values]
-    error = calibration.type1_error.values
-    low, high = calibration.type1_ci_low.values, calibration.type1_ci_high.values
-    alpha = float(calibration.attrs.get("alpha", 0.05))
-    fig = figure(6.0, 0.3 * len(tests) + 1.2)
-    axis = fig.subplots()
-    y = np.arange(len(tests))
-    if target is not None:
-        axis.axvspan(
-            target[0],
-            target[1],
-            color=OKABE_ITO["sky_blue"],
-            alpha=0.25,
-            linewidth=0,
-            label="target band",
-        )
-    axis.axvline(alpha, color="black", linewidth=0.7, linestyle=":", label=f"α = {alpha:g}")
-    axis.errorbar(
-        error, y, xerr=[error - low, high - error], fmt="o", color=OKABE_ITO["blue"], capsize=3
-    )
-    axis.set_yticks(y, tests)
-    axis.invert_yaxis()
-    axis.set_xlabel("type-I error under the isotropic null")
-    axis.legend(loc="lower right")
-    alt = (
-        "Type-I error by test: "
-        + "; ".join(
-            f"{t} {e:.3f} [{lo:.3f}, {hi:.3f}]"
-            for t, e, lo, hi in zip(tests, error, low, high, strict=True)
-        )
-        + "."
-    )
-    caption = (
-        "Calibration: the rate at which each test rejects simulated pairs with no planted "
-        "asymmetry, with 95% Clopper–Pearson intervals; a calibrated test sits in the target band around α."
-    )
-    return finish(fig, "fig-calibration", alt, caption)

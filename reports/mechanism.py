@@ -13,9 +13,9 @@ import xarray as xr
 from markupsafe import Markup
 
 from . import formatting as fmt
-from .figures import MARKERS, OKABE_ITO, SERIES, figure, finish, scale_label
+from .plotting import MARKERS, OKABE_ITO, SERIES, errorbar, figure, finish, scale_label
+from .registry import register_section
 from .render import fragment
-from .sections import register_section
 from .tables import Column, Row, Table
 
 __all__ = ["contrastive_section", "gradients_section", "rank1_section", "trajectory_section"]
@@ -42,24 +42,6 @@ def _section(intro: str, figure, table: Table | None, extra: Table | None = None
     return Markup(body)
 
 
-def _errorbar(axis, x, value, low, high, **style):
-    """The values joined by a line, each with its interval as a vertical bar.
-
-    Drawn as bars from low to high rather than ``errorbar``'s distances: a
-    percentile interval need not contain the point estimate.
-    """
-    value, low, high = (np.asarray(a, dtype=np.float64) for a in (value, low, high))
-    axis.plot(x, value, linewidth=1, **style)
-    shown = np.isfinite(low) & np.isfinite(high)
-    if shown.any():
-        axis.vlines(
-            np.asarray(x)[shown], low[shown], high[shown], color=style.get("color"), linewidth=1
-        )
-
-
-# ----------------------------------------------------------------------- gradients
-
-
 @register_section("gradients", title="Gradient anisotropy: δ_t at the write sites")
 def gradients_section(ctx, source) -> Markup:
     ds = source.dataset
@@ -81,7 +63,7 @@ def gradients_section(ctx, source) -> Markup:
                 value = cell[measure].values
                 low = cell[f"{measure}_ci_low"].values if has_ci else value
                 high = cell[f"{measure}_ci_high"].values if has_ci else value
-                _errorbar(
+                errorbar(
                     axis, ds.layer.values + 0.1 * i, value, low, high,
                     color=SERIES[i % len(SERIES)], marker=MARKERS[j], linestyle="-" if j == 0 else ":",
                     label=f"{objective}, {site}",
@@ -168,7 +150,7 @@ def trajectory_section(ctx, source) -> Markup:
     axes = fig.subplots(1, 2, sharey=True)
     for axis, reference in zip(axes, ds.reference.values, strict=True):
         cell = ds.sel(reference=reference, **spec)
-        _errorbar(axis, x, cell.asymmetry.values, cell.asymmetry_ci_low.values, cell.asymmetry_ci_high.values,
+        errorbar(axis, x, cell.asymmetry.values, cell.asymmetry_ci_low.values, cell.asymmetry_ci_high.values,
                   color=OKABE_ITO["black"], marker="o", label="read − write")  # fmt: skip
         axis.plot(
             x, cell.read_rsf.values, color=OKABE_ITO["blue"], marker="s", linewidth=1, label="read"
@@ -255,7 +237,7 @@ def contrastive_section(ctx, source) -> Markup:
         marker="^",
         label=f"write ({ds.attrs.get('write_construction')})",
     )
-    _errorbar(axes[0], lams, ds.paper_asymmetry.sel(**spec).values, ds.paper_asymmetry_ci_low.sel(**spec).values,
+    errorbar(axes[0], lams, ds.paper_asymmetry.sel(**spec).values, ds.paper_asymmetry_ci_low.sel(**spec).values,
               ds.paper_asymmetry_ci_high.sel(**spec).values, color=OKABE_ITO["black"], marker="o", label="read − write")  # fmt: skip
     axes[0].axhline(0, color="black", linewidth=0.6)
     axes[0].set_xlabel("λ")
@@ -263,7 +245,7 @@ def contrastive_section(ctx, source) -> Markup:
     axes[0].legend()
     has_ci = "delta_mean_entropy_rank_ci_low" in ds
     value = ds.delta_mean_entropy_rank.values
-    _errorbar(axes[1], lams, value, ds.delta_mean_entropy_rank_ci_low.values if has_ci else value,
+    errorbar(axes[1], lams, value, ds.delta_mean_entropy_rank_ci_low.values if has_ci else value,
               ds.delta_mean_entropy_rank_ci_high.values if has_ci else value, color=OKABE_ITO["green"], marker="D")  # fmt: skip
     axes[1].set_xlabel("λ")
     axes[1].set_ylabel("δ_t entropy rank (write sites)")

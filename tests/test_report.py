@@ -369,9 +369,9 @@ def test_sections_for_other_datasets_plug_in_by_kind(datasets, tmp_path, monkeyp
     from markupsafe import Markup
 
     import reports
-    import reports.sections
+    import reports.registry
 
-    monkeypatch.setattr(reports.sections, "_REGISTRY", {})
+    monkeypatch.setattr(reports.registry, "REGISTRY", {})
     toy = tmp_path / "toy.nc"
     write_dataset(
         xr.Dataset({"x": ("i", np.arange(3.0))}, attrs={"kind": "toy", "created": "now"}), toy
