@@ -1,99 +1,40 @@
-"""Shared fixtures: tiny random models of every supported family, saved and reloaded.
+"""Shared fixtures: tiny random models of every supported family, saved and reloaded, and the
+inputs more than one test folder needs (checkpoints, the tiny demo pair, the report's datasets).
 
-Nothing is downloaded: each model is built from a config, its parameters are
-drawn at random (norm gains and biases included, so a wrong split or a missed
-norm cannot hide behind an identity initialisation), written with
-``save_pretrained`` and loaded back the way a user's model would be.
+Nothing is downloaded: each model is built from a config (``tiny_models.py``),
+its parameters drawn at random, written with ``save_pretrained`` and loaded
+back the way a user's model would be. The fixtures that take a while are
+session-scoped, so a folder of tests and another that shares them build them
+once.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from transformers import AutoConfig, AutoModelForCausalLM
+
+# Re-exported for test modules that still write ``from conftest import …``.
+from tiny_models import (  # noqa: F401
+    CHARS,
+    FAMILY_NAMES,
+    TINY_CONFIGS,
+    VOCAB,
+    aligned_copy,
+    char_tokenizer,
+    random_model,
+    single_torch_thread,
+    tiny_config,
+)
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-VOCAB = 61
-_GQA = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=48,
-)
-TINY_CONFIGS: dict[str, dict] = {
-    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64),
-    "gpt_neo": dict(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        max_position_embeddings=64,
-        attention_types=[[["global", "local"], 1]],
-        window_size=8,
-    ),
-    "gpt_neox": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
-        rotary_pct=0.5,
-    ),
-    "opt": dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        ffn_dim=48,
-        word_embed_proj_dim=32,
-        max_position_embeddings=64,
-    ),
-    "llama": dict(_GQA),
-    "mistral": dict(_GQA),
-    "qwen2": dict(_GQA),
-    "qwen3": dict(_GQA, head_dim=12),
-    "olmo": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48),
-    "olmo2": dict(_GQA),
-    "gemma2": dict(_GQA, head_dim=8),
-    "phi3": dict(_GQA, pad_token_id=0),
-}
-FAMILY_NAMES = tuple(TINY_CONFIGS)
-
-
-def tiny_config(model_type: str, **overrides):
-    kwargs = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 0, **TINY_CONFIGS[model_type]}
-    kwargs.update(overrides)
-    return AutoConfig.for_model(model_type, **kwargs)
-
-
-def random_model(model_type: str, seed: int = 0, **overrides):
-    """A tiny model with every parameter drawn from N(0, 0.3²) (norm gains around 1)."""
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator) * 0.3
-            is_gain = "norm" in name or ".ln_" in name or name.endswith("ln_f.weight")
-            param.copy_(
-                noise
-                + (
-                    1.0
-                    if is_gain
-                    and param.ndim == 1
-                    and name.endswith("weight")
-                    and model_type != "gemma2"
-                    else 0.0
-                )
-            )
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -111,33 +52,6 @@ def saved_models(tmp_path_factory):
         return cache[key]
 
     return get
-
-
-CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 .,:;()'\"-_=+*/\n[]{}<>#!?")[: VOCAB - 2]
-
-
-def char_tokenizer():
-    """A character-level fast tokenizer with the tiny models' vocabulary (no download)."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(CHARS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", eos_token="<eos>")
-
-
-def aligned_copy(model, seed: int, scale: float = 0.05):
-    """`model` plus a small random delta on every parameter: a stand-in for an aligned model."""
-    import copy
-
-    aligned = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in aligned.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * scale)
-    return aligned
 
 
 @pytest.fixture(scope="session")
@@ -171,3 +85,72 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Three saved llama checkpoints of one run (each a small step from the last), and token ids.
+
+    ``(dirs, ids_path)``: for robustness.experiments.trajectory and `rsf experiment trajectory`.
+    """
+    root = tmp_path_factory.mktemp("trajectory")
+    model = random_model("llama", seed=5)
+    dirs = []
+    for step in range(3):
+        path = root / f"step-{step:05d}"
+        model.save_pretrained(path)
+        char_tokenizer().save_pretrained(path)
+        dirs.append(str(path))
+        model = aligned_copy(model, seed=100 + step)
+    ids_path = root / "ids.npy"
+    np.save(ids_path, np.random.default_rng(6).integers(0, VOCAB, (16, 16)))
+    return dirs, str(ids_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+    """The demo recipe at test size (``DemoSettings.tiny()``), trained once, in its own cache.
+
+    ``(cache, pair)``: the cache folder the commands' ``--cache-dir`` points at, and the
+    pair as first built (``pair.trained`` is true).
+    """
+    from robustness.demo import DemoSettings, demo_pair
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    return cache, demo_pair(DemoSettings.tiny(), cache_root=cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def report_datasets(saved_pair, tmp_path_factory):
+    """Two pairs side by side (a trajectory): six untied layers, and three layers with tied
+    embeddings; swept with a sequence bootstrap, tested (`rsf stats`) and a small calibration.
+
+    ``{"results", "stats", "calibration", "root"}`` → paths.
+    """
+    from robustness.calibration import CalibrationSettings, run_calibration
+    from robustness.dataset import write_dataset
+    from rsf.main import main
+
+    root = tmp_path_factory.mktemp("report")
+    first = saved_pair("llama", num_hidden_layers=6)
+    second = saved_pair("llama", seed=5, num_hidden_layers=3, tie_word_embeddings=True)
+    config = root / "sweep.toml"
+    config.write_text(
+        f'[[pair]]\nlabel = "early"\nbase = "{first[0]}"\naligned = "{first[1]}"\n'
+        f'[[pair]]\nlabel = "late"\nbase = "{second[0]}"\naligned = "{second[1]}"\n'
+        "[corpus]\ntokens = 256\nseq_len = 16\n"
+        '[probe]\nconstructions = ["act_cov", "unembed", "random"]\ncutoffs = ["k=8", "var=0.9", "pr"]\n'
+        'normalisations = ["fraction", "log_isotropic", "isotropic"]\n'
+    )
+    results = root / "results.nc"
+    sweep = ["sweep", "--config", str(config), "--bootstrap", "20", "--out", str(results)]
+    assert main([*sweep, "--quiet", "--no-cache"]) == 0
+    stats = root / "stats.nc"
+    assert main(["stats", str(results), "--out", str(stats), "--resamples", "200",
+                 "--permutations", "200", "--quiet"]) == 0  # fmt: skip
+    calibration = root / "calibration.nc"
+    settings = CalibrationSettings(
+        n_null=20, n_power=10, strengths=(0.2,), n_layers=6, layer_replicates=99, n_resamples=99
+    )
+    write_dataset(run_calibration(settings), calibration)
+    return {"results": results, "stats": stats, "calibration": calibration, "root": root}

@@ -1,4 +1,4 @@
-"""Rank cutoffs on known spectra, and the Marchenko–Pastur rule on simulated Wishart data."""
+"""Rank cutoffs (probes.cutoffs) on known spectra, and the Marchenko–Pastur rule on simulated Wishart data."""
 
 from __future__ import annotations
 

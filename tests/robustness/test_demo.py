@@ -1,38 +1,31 @@
-"""The demo: a tiny-config version of the whole pipeline, the pair's cache, the CLI."""
+"""The demo pair (robustness.demo): trained like any model, deterministic from the seed, cached
+(and rebuilt on request), its checkpoints and held-out text; its settings checked."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from robustness import demo
-from robustness.demo import DemoGrid, DemoSettings, demo_pair
-from rsf import demo as demo_cli
-from rsf.demo import run_demo
-from rsf.main import main
+from robustness.corpus import builtin_documents, load_tokenizer, tokenize
+from robustness.demo import DemoSettings, demo_checkpoints, demo_pair, demo_token_windows
 
 TINY = DemoSettings.tiny()
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The tiny demo pair, trained once for the module, in its own cache."""
-    cache = tmp_path_factory.mktemp("demo-cache")
-    return cache, demo_pair(TINY, cache_root=cache, progress=False)
 
 
 def weights(path) -> dict[str, torch.Tensor]:
     return AutoModelForCausalLM.from_pretrained(path).state_dict()
 
 
-def test_the_pair_is_saved_like_any_model_with_checkpoints_and_a_manifest(built):
-    cache, pair = built
+def test_the_pair_is_saved_like_any_model_with_checkpoints_and_a_manifest(tiny_demo):
+    cache, pair = tiny_demo
     assert pair.trained and pair.root == cache / "demo" / TINY.key
     base, aligned = AutoModelForCausalLM.from_pretrained(pair.base), weights(pair.aligned)
     assert base.config.model_type == "llama" and base.config.num_hidden_layers == TINY.n_layers
@@ -59,8 +52,8 @@ def test_the_pair_is_saved_like_any_model_with_checkpoints_and_a_manifest(built)
     assert not [p for p in (cache / "demo").iterdir() if p.name.startswith(".")]  # no leftovers
 
 
-def test_the_pair_is_deterministic_from_the_seed(built, tmp_path):
-    _, first = built
+def test_the_pair_is_deterministic_from_the_seed(tiny_demo, tmp_path):
+    _, first = tiny_demo
     again = demo_pair(TINY, cache_root=tmp_path, progress=False)
     assert again.trained and again.root != first.root
     for role in ("base", "aligned"):
@@ -106,79 +99,6 @@ def test_a_failed_training_leaves_no_pair_behind(tmp_path, monkeypatch):
     assert list((tmp_path / "demo").iterdir()) == []
 
 
-def test_the_whole_pipeline_end_to_end(built, tmp_path, monkeypatch):
-    cache, pair = built
-    reports = []
-    real_report = demo_cli.write_report
-
-    def report(results_path, report_path, *, stats_path):
-        reports.append((results_path, report_path, stats_path))
-        return real_report(results_path, report_path, stats_path=stats_path)
-
-    monkeypatch.setattr(demo_cli, "write_report", report)
-    out = tmp_path / "out"
-    grid = DemoGrid.tiny()
-    outcome = run_demo(out, settings=TINY, grid=grid, cache_root=cache, progress=False)
-    assert not outcome.pair.trained  # the module's pair, from the cache
-    results = xr.open_dataset(outcome.results)
-    assert list(results.construction.values) == list(grid.constructions)
-    assert list(results.normalisation.values) == list(grid.normalisations)
-    assert results.sizes["replicate"] == grid.replicates
-    assert results.attrs["n_tokens"] == grid.tokens
-    assert str(results.base_id.values[0]) == str(pair.base)
-    assert json.loads(results.attrs["demo_manifest"])["key"] == TINY.key
-    assert np.isfinite(results.rsf.sel(construction="act_cov", cutoff="k=2")).all()
-    stats = xr.open_dataset(outcome.stats)
-    assert np.isfinite(stats.asymmetry.sel(construction="act_cov")).all()
-    assert reports == [(out / "results.nc", out / "report.html", out / "stats.nc")]
-    assert outcome.report == out / "report.html" and outcome.report.is_file()
-    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
-    assert f"{per_pair['joint']['n_specifications']} specifications" in outcome.verdict
-    assert "Verdict:" in outcome.verdict and "\n" not in outcome.verdict
-
-
-def test_the_second_run_does_no_forward_pass_and_reproduces_the_results(
-    built, tmp_path, monkeypatch
-):
-    import probes
-
-    cache, _ = built
-    grid = DemoGrid.tiny(constructions=("act_cov", "unembed"), replicates=3)
-    first = run_demo(tmp_path / "a", settings=TINY, grid=grid, cache_root=cache, progress=False)
-    monkeypatch.setattr(probes, "collect_statistics", pytest.fail)
-    second = run_demo(tmp_path / "b", settings=TINY, grid=grid, cache_root=cache, progress=False)
-    a, b = xr.open_dataset(first.results), xr.open_dataset(second.results)
-    np.testing.assert_array_equal(a.rsf.values, b.rsf.values)
-    np.testing.assert_array_equal(a.rsf_boot.values, b.rsf_boot.values)
-
-
-def test_rsf_demo_cli(built, tmp_path, monkeypatch, capsys):
-    cache, pair = built
-    monkeypatch.setattr(demo_cli, "DemoSettings", lambda seed=0: DemoSettings.tiny(seed=seed))
-    monkeypatch.setattr(demo_cli, "DemoGrid", lambda: DemoGrid.tiny(replicates=2))
-    out = tmp_path / "cli-out"
-    assert main(["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
-    printed = capsys.readouterr().out
-    assert f"report: {out / 'report.html'}" in printed
-    assert "Verdict:" in printed
-    assert {p.name for p in out.iterdir()} >= {"results.nc", "stats.nc", "report.html"}
-    stamp = (pair.aligned / "model.safetensors").stat().st_mtime_ns
-    assert main(["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
-    assert (pair.aligned / "model.safetensors").stat().st_mtime_ns == stamp  # reused
-
-
-def test_rsf_demo_errors_are_one_line(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    assert (
-        main(["demo", "--out", str(blocker / "sub"), "--cache-dir", str(tmp_path), "--quiet"]) == 2
-    )
-    error = capsys.readouterr().err
-    assert (
-        error.startswith("rsf: error: cannot create the output folder") and error.count("\n") == 1
-    )
-
-
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="n_heads"):
         DemoSettings.tiny(d_model=30, n_heads=4)
@@ -204,3 +124,22 @@ def _fake(out, marker=0):
     manifest = {"marker": marker}
     (out / "demo.json").write_text(json.dumps(manifest))
     return manifest
+
+
+def test_demo_checkpoints_are_the_align_steps_and_the_held_out_windows_its_documents(
+    tiny_demo, monkeypatch
+):
+    """demo_checkpoints finds the cached pair's alignment steps; demo_token_windows reads the
+    held-out documents with the demo's tokenizer (the commands that use them:
+    cli/test_experiment.py)."""
+    cache, _ = tiny_demo
+    settings = DemoSettings.tiny()
+    monkeypatch.setattr(demo, "demo_pair", functools.partial(demo.demo_pair, settings))
+    found = demo_checkpoints(cache_root=cache, progress=False)
+    assert [Path(p).name for p in found.align] == ["step-00000", "step-00002", "step-00004"]
+    held = demo_token_windows(found, held_out=True, length=16)
+    # The held-out documents are every `held_out_every`-th one, tokenised by the demo's tokenizer.
+    every = settings.held_out_every
+    documents = [d for i, d in enumerate(builtin_documents()) if i % every == every // 2]
+    stream = tokenize(documents, load_tokenizer(found.base))
+    np.testing.assert_array_equal(held.ravel(), stream[: held.size])

@@ -1,4 +1,4 @@
-"""The all-k fraction profile: invariants, a naive reference, and the Haar null."""
+"""The all-k fraction profile (probes.fraction): invariants, a naive reference, and the Haar null."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_gram_spectrum_is_normalised_squared_singular_values():
 
 @pytest.mark.parametrize("pathway", ["read", "write"])
 def test_haar_random_subspaces_have_design_mean_and_variance(pathway):
-    """Monte Carlo over Haar bases against E[F] = k/d and DESIGN's variance formula."""
+    """Monte Carlo over Haar bases against E[F] = k/d and the variance formula of docs/design.md."""
     rng = np.random.default_rng(20260511)
     d, draws = 8, 6000
     shape = (5, d) if pathway == "read" else (d, 5)

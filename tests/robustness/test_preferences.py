@@ -1,4 +1,5 @@
-"""Training code: preference pairs, log-probabilities, the DPO and graded losses, the loops."""
+"""Preference data and losses (robustness.preferences): preference pairs, log-probabilities of
+continuations, the DPO and graded losses, the preference margin."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import VOCAB, char_tokenizer, tiny_config
-from transformers import AutoModelForCausalLM
+from tiny_models import fresh_model, progressions
 
 from robustness.preferences import (
     PreferencePairs,
@@ -18,35 +18,8 @@ from robustness.preferences import (
     preference_margin,
     preference_pairs,
 )
-from robustness.training import align, pretrain
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is as fast, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def fresh_model(seed: int = 0, model_type: str = "llama"):
-    """A tiny model with the library's own initialisation, seeded without touching global state."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
-
-
-def progressions(n: int, seq_len: int, seed: int) -> np.ndarray:
-    """Sequences ``(a + i·b) mod V``: the continuation is a function of the prompt."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, VOCAB, size=(n, 1))
-    b = rng.integers(1, 4, size=(n, 1))
-    return ((a + b * np.arange(seq_len)) % VOCAB).astype(np.int64)
-
-
-def state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().clone() for name, p in model.state_dict().items()}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------- preference pairs
@@ -103,6 +76,11 @@ def test_preference_pairs_errors():
         preference_pairs(ids, prompt_len=2, rng=np.random.default_rng(0), corruption="noise")
     with pytest.raises(ValueError, match="equal to the chosen"):
         preference_pairs(np.zeros((3, 6), dtype=int), prompt_len=2, rng=np.random.default_rng(0))
+
+
+def test_preference_pairs_dataclass_checks_shapes():
+    with pytest.raises(ValueError, match="must both be"):
+        PreferencePairs(np.zeros((2, 3), int), np.zeros((2, 4), int), np.zeros((2, 5), int))
 
 
 # ---------------------------------------------------------------------------- losses
@@ -175,86 +153,3 @@ def test_preference_margin_is_zero_for_identical_models_and_restores_modes():
     assert margin.shape == (7,) and margin.dtype == np.float64
     np.testing.assert_allclose(margin, 0.0, atol=1e-6)
     assert policy.training and not reference.training
-
-
-# ---------------------------------------------------------------------------- loops
-
-
-def test_pretrain_is_deterministic_from_the_seed_and_lowers_the_loss():
-    ids = progressions(64, 16, seed=7)
-    runs = []
-    for seed in (0, 0, 1):
-        history: list = []
-        model = pretrain(fresh_model(5), ids, steps=12, lr=3e-3, batch_size=8, seed=seed,
-                         progress=False, history=history)  # fmt: skip
-        runs.append((state(model), history))
-    (a, history_a), (b, _), (c, _) = runs
-    assert all(torch.equal(a[name], b[name]) for name in a)
-    assert any(not torch.equal(a[name], c[name]) for name in a)  # another seed, another order
-    assert len(history_a) == 12 and history_a[0]["step"] == 1
-    assert np.mean([h["loss"] for h in history_a[-3:]]) < history_a[0]["loss"]
-
-
-def test_pretrain_leaves_the_global_rng_untouched():
-    before = torch.random.get_rng_state()
-    pretrain(
-        fresh_model(5, "gpt2"),
-        progressions(16, 8, seed=0),
-        steps=2,
-        lr=1e-3,
-        batch_size=4,
-        seed=3,
-        progress=False,
-    )  # GPT-2 has dropout
-    assert torch.equal(before, torch.random.get_rng_state())
-
-
-def test_align_raises_the_margin_keeps_the_reference_frozen_and_writes_checkpoints(tmp_path):
-    train_ids, held_ids = progressions(96, 12, seed=8), progressions(48, 12, seed=9)
-    base = pretrain(
-        fresh_model(6), train_ids, steps=60, lr=3e-3, batch_size=16, seed=0, progress=False
-    )
-    reference = fresh_model(6)
-    reference.load_state_dict(base.state_dict())
-    reference.train()
-    frozen = state(reference)
-    rng = np.random.default_rng(0)
-    train_pairs = preference_pairs(train_ids, prompt_len=6, rng=rng)
-    held_pairs = preference_pairs(held_ids, prompt_len=6, rng=rng)
-    before = preference_margin(base, reference, held_pairs, beta=0.1)
-    np.testing.assert_allclose(before, 0.0, atol=1e-5)
-    history: list = []
-    policy = align(base, reference, train_pairs, beta=0.1, steps=60, lr=3e-3, batch_size=16,
-                   seed=0, checkpoint_dir=tmp_path / "align", every=15, tokenizer=char_tokenizer(),
-                   progress=False, history=history)  # fmt: skip
-    assert all(torch.equal(frozen[name], reference.state_dict()[name]) for name in frozen)
-    assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
-    train = preference_margin(policy, reference, train_pairs, beta=0.1)
-    assert train.mean() > 1.0 and (train > 0).all()
-    # The held-out margin was 0 before alignment: the preference generalises.
-    held = preference_margin(policy, reference, held_pairs, beta=0.1)
-    assert held.mean() > 0.2 and (held > 0).mean() > 0.7
-    assert history[-1]["loss"] < math.log(2) < history[0]["loss"] + 1e-3
-    steps = sorted(p.name for p in (tmp_path / "align").iterdir())
-    assert steps == ["step-00000", "step-00015", "step-00030", "step-00045", "step-00060"]
-    last = AutoModelForCausalLM.from_pretrained(tmp_path / "align" / "step-00060")
-    assert all(torch.equal(v, last.state_dict()[k]) for k, v in policy.state_dict().items())
-    assert (tmp_path / "align" / "step-00060" / "tokenizer.json").is_file()
-
-
-def test_align_with_lam_zero_needs_no_reference_and_rejects_a_shared_reference():
-    ids = progressions(16, 8, seed=10)
-    pairs = preference_pairs(ids, prompt_len=3, rng=np.random.default_rng(0))
-    model = fresh_model(7)
-    before = state(model)
-    align(model, None, pairs, lam=0.0, steps=3, lr=1e-3, batch_size=4, seed=0, progress=False)
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with pytest.raises(ValueError, match="separate"):
-        align(model, model, pairs, steps=1, lr=1e-3, batch_size=4, seed=0, progress=False)
-    with pytest.raises(ValueError, match="checkpoint_dir"):
-        align(model, None, pairs, lam=0.0, steps=1, lr=1e-3, batch_size=4, seed=0, every=1)
-
-
-def test_preference_pairs_dataclass_checks_shapes():
-    with pytest.raises(ValueError, match="must both be"):
-        PreferencePairs(np.zeros((2, 3), int), np.zeros((2, 4), int), np.zeros((2, 5), int))

@@ -1,4 +1,4 @@
-"""Every normalisation against its closed form."""
+"""Every normalisation (probes.normalise) against its closed form."""
 
 from __future__ import annotations
 

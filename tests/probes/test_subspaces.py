@@ -1,11 +1,11 @@
-"""Subspace constructions against direct NumPy computations."""
+"""Subspace constructions (probes.subspaces) against direct NumPy computations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_model
+from tiny_models import random_model
 
 import probes
 
@@ -108,7 +108,7 @@ def test_random_frames_are_prefixes_of_the_full_haar_basis():
 
 
 def test_random_subspaces_have_the_haar_mean_and_variance():
-    """F(k) over `random_subspace` draws against E[F] = k/d and DESIGN's variance."""
+    """F(k) over `random_subspace` draws against E[F] = k/d and the variance of docs/design.md."""
     rng = np.random.default_rng(42)
     d, k, draws = 10, 3, 4000
     delta = rng.standard_normal((4, d)) * np.geomspace(1, 0.1, d)

@@ -1,4 +1,4 @@
-"""Per-head granularity, GQA-aware."""
+"""Per-head granularity, GQA-aware (probes.heads)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sweep configuration: TOML in and out, and every name checked before any model loads."""
+"""Sweep configuration (robustness.config): TOML in and out, and every name checked before any model loads."""
 
 from __future__ import annotations
 

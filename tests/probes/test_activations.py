@@ -1,11 +1,11 @@
-"""Streaming statistics against the activations themselves, captured in float64."""
+"""Streaming statistics (probes.activations) against the activations themselves, captured in float64."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import random_model
+from tiny_models import random_model
 
 import probes
 

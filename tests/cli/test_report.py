@@ -1,70 +1,33 @@
-"""`rsf report` end to end: structure, the numbers shown against the datasets, caveats, errors,
-and one load in a real headless browser (Debian's chromium, installed by `make browser`)."""
+"""`rsf report` (rsf/report.py over reports) end to end: structure, the numbers shown against the
+datasets, caveats, the mechanism sections, errors, and one load in a real headless browser
+(Debian's chromium, installed by `make browser`)."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import math
 import os
 import re
 import shutil
-from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
+from report_page import SECTIONS, Page, sha256, shown
+from rsf_commands import run_cli
 
-from robustness.calibration import CalibrationSettings, run_calibration
 from robustness.dataset import open_dataset, write_dataset
 from rsf.main import main
-
-SECTIONS = (
-    "verdict",
-    "specification-curve",
-    "rsf-cutoff",
-    "heatmaps",
-    "null-distributions",
-    "variance",
-    "calibration",
-    "methods",
-    "provenance",
-    "caveats",
-)
-MISSING = "—"
-
 
 # ----------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def datasets(saved_pair, tmp_path_factory):
-    """Two pairs side by side (a trajectory): six untied layers, and three layers with tied embeddings."""
-    root = tmp_path_factory.mktemp("report")
-    first = saved_pair("llama", num_hidden_layers=6)
-    second = saved_pair("llama", seed=5, num_hidden_layers=3, tie_word_embeddings=True)
-    config = root / "sweep.toml"
-    config.write_text(
-        f'[[pair]]\nlabel = "early"\nbase = "{first[0]}"\naligned = "{first[1]}"\n'
-        f'[[pair]]\nlabel = "late"\nbase = "{second[0]}"\naligned = "{second[1]}"\n'
-        "[corpus]\ntokens = 256\nseq_len = 16\n"
-        '[probe]\nconstructions = ["act_cov", "unembed", "random"]\ncutoffs = ["k=8", "var=0.9", "pr"]\n'
-        'normalisations = ["fraction", "log_isotropic", "isotropic"]\n'
-    )
-    results = root / "results.nc"
-    sweep = ["sweep", "--config", str(config), "--bootstrap", "20", "--out", str(results)]
-    assert main([*sweep, "--quiet", "--no-cache"]) == 0
-    stats = root / "stats.nc"
-    assert main(["stats", str(results), "--out", str(stats), "--resamples", "200",
-                 "--permutations", "200", "--quiet"]) == 0  # fmt: skip
-    calibration = root / "calibration.nc"
-    settings = CalibrationSettings(
-        n_null=20, n_power=10, strengths=(0.2,), n_layers=6, layer_replicates=99, n_resamples=99
-    )
-    write_dataset(run_calibration(settings), calibration)
-    return {"results": results, "stats": stats, "calibration": calibration, "root": root}
+def datasets(report_datasets):
+    """The results, stats and calibration datasets (the session's, from conftest.py)."""
+    return report_datasets
 
 
 @pytest.fixture(scope="module")
@@ -73,89 +36,6 @@ def report(datasets):
     args = ["report", str(datasets["results"]), "--stats", str(datasets["stats"])]
     assert main([*args, "--calibration", str(datasets["calibration"]), "--out", str(out)]) == 0
     return out
-
-
-class Page(HTMLParser):
-    """What the tests read from the report: sections, figures, tables, URL-bearing attributes."""
-
-    URL_ATTRS = {"src", "href", "xlink:href", "action", "data", "poster", "srcset", "formaction"}
-
-    def __init__(self, text: str):
-        super().__init__(convert_charrefs=True)
-        self.tags: set[str] = set()
-        self.sections: list[str] = []
-        self.urls: list[tuple[str, str, str]] = []
-        self.figures: list[dict] = []
-        self.tables: dict[str, dict[str, dict[str, tuple[str, str | None]]]] = {}
-        self.caveats: list[str] = []
-        self.meta: list[dict] = []
-        self._table = self._row = self._cell = None
-        self._text: list[str] = []
-        self._caption = False
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.tags.add(tag)
-        for name, value in attrs.items():
-            if name in self.URL_ATTRS:
-                self.urls.append((tag, name, value or ""))
-        if tag == "meta":
-            self.meta.append(attrs)
-        if tag == "section":
-            self.sections.append(attrs.get("id"))
-        if tag == "figure":
-            self.figures.append({"id": attrs.get("id"), "caption": "", "alt": None, "title": False})
-        if tag == "svg" and self.figures:
-            self.figures[-1]["alt"] = attrs.get("aria-label")
-        if tag == "title" and self.figures:
-            self.figures[-1]["title"] = True
-        if tag == "figcaption":
-            self._caption, self._text = True, []
-        if tag == "table":
-            self._table = self.tables.setdefault(attrs.get("id"), {})
-        if tag == "tr" and self._table is not None and "data-row" in attrs:
-            self._row = self._table.setdefault(attrs["data-row"], {})
-        if tag == "td" and self._row is not None:
-            self._cell, self._text = (attrs["data-col"], attrs.get("data-value")), []
-        if tag == "li" and "data-caveat" in attrs:
-            self.caveats.append(attrs["data-caveat"])
-
-    def handle_endtag(self, tag):
-        if tag == "figcaption":
-            self.figures[-1]["caption"] = "".join(self._text).strip()
-            self._caption = False
-        if tag == "td" and self._cell is not None:
-            column, value = self._cell
-            self._row[column] = ("".join(self._text).strip(), value)
-            self._cell = None
-        if tag == "tr":
-            self._row = None
-        if tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._caption or self._cell is not None:
-            self._text.append(data)
-
-
-# The report's documented rounding (reports/formatting.py), written out again here.
-def shown(x, rule: str) -> str:
-    if x is None or not math.isfinite(float(x)):
-        return MISSING
-    x = float(x)
-    if rule == "p":
-        return "< 0.001" if x < 0.001 else f"{x:.3f}"
-    return format(
-        x,
-        {"signed": "+.3f", "effect": "+.2f", "share": ".0%", "rate": ".3f", "agreement": ".2f"}[
-            rule
-        ],
-    )
-
-
-def sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ----------------------------------------------------------------------- structure
@@ -312,14 +192,37 @@ def test_caveats_follow_from_the_data(report):
     assert "Pair(s) late tie the input and output embeddings" in text
 
 
-def test_formatting_rules_known_answers():
-    from reports import formatting as fmt
+# ----------------------------------------------------------------------- mechanism sections
 
-    assert fmt.p_value(0.0004).text == "< 0.001" and fmt.p_value(0.03125).text == "0.031"
-    assert fmt.signed(0.0234567).text == "+0.023" and fmt.signed(-0.1).text == "-0.100"
-    assert fmt.effect(-0.131).text == "-0.13" and fmt.share(0.0727).text == "7%"
-    assert fmt.signed(float("nan")).text == MISSING and fmt.signed(float("nan")).sort_key == ""
-    assert fmt.signed(1 / 3).sort_key == repr(1 / 3)
+
+def test_report_shows_every_mechanism_section(
+    saved_pair, checkpoints, contrastive_run, rank1_run, tmp_path
+):
+    base, aligned = saved_pair("llama")
+    results, gradients = tmp_path / "results.nc", tmp_path / "gradients.nc"
+    run_cli(["sweep", "--base", base, "--aligned", aligned, "--tokens", "256", "--seq-len", "16",
+          "--constructions", "act_cov,unembed", "--cutoffs", "k=4", "--normalisations", "isotropic",
+          "--no-cache", "--quiet", "--out", str(results)])  # fmt: skip
+    run_cli(["gradients", "--model", base, "--tokens", "256", "--seq-len", "16", "--bootstrap", "4",
+          "--quiet", "--out", str(gradients)])  # fmt: skip
+    dirs, ids_path = checkpoints
+    trajectory = tmp_path / "trajectory.nc"
+    run_cli(["experiment", "trajectory", "--checkpoints", ",".join(dirs), "--corpus", ids_path,
+          "--cutoffs", "k=4", "--no-cache", "--quiet", "--out", str(trajectory)])  # fmt: skip
+    extras = [gradients, trajectory, contrastive_run[2], rank1_run[0]]
+    report = tmp_path / "report.html"
+    run_cli(["report", str(results), "--extra", ",".join(map(str, extras)), "--out", str(report)])
+    html = report.read_text()
+    for index, (kind, table) in enumerate(
+        (("gradients", "gradients-table"), ("trajectory", "trajectory-table"),
+         ("contrastive", "contrastive-trends"), ("rank1", "rank1-table"))
+    ):  # fmt: skip
+        assert f'<section id="extra-{index}-{kind}"' in html, kind
+        assert f'id="{table}"' in html, kind
+    # The numbers are the datasets' own, rounded by the report.
+    rank1 = xr.open_dataset(rank1_run[0])
+    value = float(rank1.p_margin.sel(matrix="up", control="all"))
+    assert f'data-value="{value!r}"' in html
 
 
 # ----------------------------------------------------------------------- errors and atomic output
@@ -362,31 +265,6 @@ def test_a_failure_while_rendering_leaves_no_file(datasets, tmp_path, monkeypatc
     assert main(["report", str(datasets["results"]), "--out", str(out)]) == 2
     assert out.read_text() == "the previous report"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]
-
-
-def test_sections_for_other_datasets_plug_in_by_kind(datasets, tmp_path, monkeypatch):
-    import xarray as xr
-    from markupsafe import Markup
-
-    import reports
-    import reports.registry
-
-    monkeypatch.setattr(reports.registry, "REGISTRY", {})
-    toy = tmp_path / "toy.nc"
-    write_dataset(
-        xr.Dataset({"x": ("i", np.arange(3.0))}, attrs={"kind": "toy", "created": "now"}), toy
-    )
-    inputs = reports.load_inputs(datasets["results"], extra_paths=[toy])
-    with pytest.raises(ValueError, match="no report section for datasets of kind 'toy'"):
-        reports.build_report(inputs)
-
-    @reports.register_section("toy", title="Toy section")
-    def toy_section(ctx, source):
-        return Markup(f"<p>sum {float(source.dataset.x.sum()):.1f}</p>")
-
-    page = Page(reports.build_report(inputs))
-    assert page.sections.index("extra-0-toy") == page.sections.index("calibration") + 1
-    assert page.tables["data-files"]["toy"]["sha256"][0] == sha256(toy)
 
 
 # ----------------------------------------------------------------------- a real browser

@@ -1,4 +1,5 @@
-"""`rsf stats` end to end: the statistics dataset contract, the summary, errors."""
+"""`rsf stats` (rsf/stats.py) end to end: the statistics dataset contract, the summary, sequence
+intervals from a bootstrapped sweep, errors."""
 
 from __future__ import annotations
 
@@ -132,3 +133,36 @@ def test_missing_or_foreign_results_file(tmp_path, capsys):
     (tmp_path / "junk.nc").write_text("not netcdf")
     assert main(["stats", str(tmp_path / "junk.nc"), "--out", str(tmp_path / "s.nc")]) == 2
     assert "not a readable netCDF dataset" in capsys.readouterr().err
+
+
+def test_bootstrap_is_reproducible_and_feeds_sequence_intervals(boot_results, tmp_path):
+    ds, args = boot_results
+    again = tmp_path / "again.nc"
+    assert main([*args[:6], str(again), *args[7:]]) == 0
+    assert np.array_equal(ds.rsf_boot.values, open_dataset(again).rsf_boot.values, equal_nan=True)
+    stats_path = tmp_path / "stats.nc"
+    assert (
+        main(
+            [
+                "stats",
+                str(again),
+                "--out",
+                str(stats_path),
+                "--resamples",
+                "200",
+                "--permutations",
+                "200",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    stats = open_dataset(stats_path)
+    cell = stats.sel(construction="act_cov", cutoff="k=4")
+    assert np.isfinite(cell.seq_ci_low).all() and (cell.seq_ci_low <= cell.seq_ci_high).all()
+    assert (cell.seq_ci_high_percentile > cell.seq_ci_low_percentile).all()
+    # The unembedding does not depend on the corpus: its sequence interval is a point.
+    fixed = stats.sel(construction="unembed", cutoff="k=4")
+    np.testing.assert_allclose(fixed.seq_ci_low_percentile, fixed.asymmetry)
+    np.testing.assert_allclose(fixed.seq_ci_high_percentile, fixed.asymmetry)
+    assert stats.attrs["sequence_replicates"] == 30

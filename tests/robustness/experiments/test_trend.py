@@ -1,0 +1,50 @@
+"""The trend test (robustness.experiments.trend): exact enumeration on a constructed monotone case,
+power over blocks, no trend, and its input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from robustness.experiments.trend import trend_test
+
+
+def test_trend_test_exact_on_a_monotone_single_block():
+    lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
+    result = trend_test(lams * 2 + 1, lams, rng=np.random.default_rng(0))
+    assert result.exact
+    assert result.slope == pytest.approx(2.0)
+    # Only the observed order and its reversal reach |slope| = 2: p = 2/5!.
+    assert result.p_value == pytest.approx(2 / 120)
+    assert result.spearman == pytest.approx(1.0)
+
+
+def test_trend_test_detects_a_monotone_trend_over_blocks():
+    rng = np.random.default_rng(1)
+    lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
+    offsets = rng.standard_normal(8) * 5  # blocks differ a lot; the fixed effects absorb it
+    values = -0.5 * lams[:, None] + offsets[None, :] + 0.05 * rng.standard_normal((5, 8))
+    result = trend_test(values, lams, n_resamples=999, rng=np.random.default_rng(2))
+    assert not result.exact
+    assert result.slope == pytest.approx(-0.5, abs=0.05)
+    assert result.p_value == pytest.approx(1 / 1000)
+    assert result.slope_ci_low < -0.5 < result.slope_ci_high
+    assert result.page_p < 0.001
+
+
+def test_trend_test_without_trend_is_not_significant():
+    rng = np.random.default_rng(3)
+    lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
+    values = rng.standard_normal((5, 8))
+    result = trend_test(values, lams, n_resamples=999, rng=np.random.default_rng(4))
+    assert result.p_value > 0.05
+    assert result.slope_ci_low < 0 < result.slope_ci_high
+
+
+def test_trend_test_validates_its_input():
+    with pytest.raises(ValueError, match="3 distinct levels"):
+        trend_test(np.zeros((2, 3)), [0, 1], rng=np.random.default_rng(0))
+    result = trend_test(np.full((3, 2), np.nan), [0, 0.5, 1], rng=np.random.default_rng(0))
+    assert result.n_blocks == 0 and math.isnan(result.p_value)
