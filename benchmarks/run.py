@@ -289,7 +289,8 @@ def _bootstrap_probe(base_dir: str, aligned_dir: str, cache: str, n_tokens: int,
 
 
 def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
-    from robustness.engine import REPLICATE_BLOCK, run_sweep
+    from robustness.engine import run_sweep
+    from robustness.grid import REPLICATE_BLOCK
 
     base_dir, aligned_dir = tmp / "boot-base", tmp / "boot-aligned"
     gpt2_small(base_dir, aligned_dir)
@@ -339,7 +340,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
 
 
 def reduced_basis_error(tmp: Path, n_tokens: int = 16384, replicates: int = 50) -> dict:
-    from robustness.engine import BOOTSTRAP_CHUNKS
+    from robustness.resampling import BOOTSTRAP_CHUNKS
 
     model_dir = tmp / "reduced-basis"
     config = GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=SEQ_LEN, vocab_size=4096)

@@ -60,7 +60,7 @@ PATHWAY = {
     "o": "write",
     "down": "write",
 }
-# Residual-side activation site of each matrix (DESIGN §1).
+# Residual-side activation site of each matrix (docs/design.md §1).
 SITES = ("attn_in", "mlp_in", "resid_post")
 SITE_OF = {
     "q": "attn_in",

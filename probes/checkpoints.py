@@ -99,8 +99,7 @@ class Checkpoint:
         self._pickles: dict[Path, dict] = {}
 
     @cached_property
-    def files(self) -> dict[str, Path]:
-        """``{tensor name: file}`` from the index (sharded) or the single file's own header."""
+    def _layout(self) -> tuple[str, dict[str, Path]]:
         for index, single, kind in (
             (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, "safetensors"),
             (PICKLE_INDEX, PICKLE_SINGLE, "pickle"),
@@ -110,19 +109,24 @@ class Checkpoint:
                     weight_map = json.loads((self.root / index).read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError) as error:
                     raise ValueError(f"{self.root / index} is not a valid index: {error}") from None
-                self.format = kind
-                return {name: self.root / shard for name, shard in weight_map.items()}
+                return kind, {name: self.root / shard for name, shard in weight_map.items()}
             if (self.root / single).is_file():
-                self.format = kind
-                return {name: self.root / single for name in self._names_in(self.root / single)}
+                return kind, {
+                    name: self.root / single for name in self._names_in(self.root / single)
+                }
         raise ValueError(
             f"{self.source} holds no weights (no {SAFETENSORS_SINGLE}, {PICKLE_SINGLE} or their index)"
         )
 
     @property
-    def is_safetensors(self) -> bool:
-        self.files  # noqa: B018  (sets `format`)
-        return self.format == "safetensors"
+    def format(self) -> str:
+        """``"safetensors"`` or ``"pickle"`` (PyTorch's ``pytorch_model.bin``)."""
+        return self._layout[0]
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """``{tensor name: file}`` from the index (sharded) or the single file's own header."""
+        return self._layout[1]
 
     def _names_in(self, path: Path) -> list[str]:
         if path.suffix == ".safetensors":

@@ -1,6 +1,6 @@
 """Rank cutoffs: which k a label such as ``k=8`` or ``var=0.9`` means for one subspace.
 
-Label syntax (a contract, ``DESIGN.md`` §1):
+Label syntax (a contract, ``docs/design.md`` §1):
 
 =============  ===============================================================
 ``k=8``        fixed k

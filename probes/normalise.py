@@ -1,4 +1,4 @@
-"""Normalisations of F(k) (names are a contract, ``DESIGN.md`` §1).
+"""Normalisations of F(k) (names are a contract, ``docs/design.md`` §1).
 
 =================  ==========================================================
 ``fraction``       ``F(k)`` in [0, 1]

@@ -1,6 +1,6 @@
 """Subspace constructions: an ordered orthonormal basis of the residual space.
 
-Names are a contract (``DESIGN.md`` §1):
+Names are a contract (``docs/design.md`` §1):
 
 ======================  =======================================================
 ``act_cov``             eigenvectors of the centred activation covariance on the

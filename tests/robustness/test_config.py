@@ -78,3 +78,23 @@ def test_structural_errors(tmp_path):
     path.write_text("[[pair]\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(path)
+
+
+def test_cutoff_labels_are_made_canonical_once_when_settings_are_read(tmp_path):
+    """`k = 8`, `var=0.90` and `frac=5e-2` are stored as `k=8`, `var=0.9`, `frac=0.05`, in configs and gradients alike."""
+    from robustness.gradients import GradientSettings
+
+    config = SweepConfig(
+        pairs=(PairSpec("p", "a", "b"),), cutoffs=("k = 8", "var=0.90", "frac=5e-2", " pr")
+    )
+    assert config.cutoffs == ("k=8", "var=0.9", "frac=0.05", "pr")
+    assert load_config_from(tmp_path, config.to_toml()).cutoffs == config.cutoffs
+    assert GradientSettings(cutoffs=("k = 8", "frac=5e-2")).cutoffs == ("k=8", "frac=0.05")
+    with pytest.raises(ValueError, match="repeated cutoff"):
+        SweepConfig(pairs=(PairSpec("p", "a", "b"),), cutoffs=("k=8", "k = 8"))
+
+
+def load_config_from(folder, text):
+    path = folder / "round-trip.toml"
+    path.write_text(text)
+    return load_config(path)

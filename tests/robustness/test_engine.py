@@ -13,6 +13,7 @@ import torch
 from rsf_commands import sweep
 from transformers import AutoModelForCausalLM
 
+import probes
 from robustness.config import PairSpec, SweepConfig
 from robustness.corpus import Corpus
 from robustness.engine import run_sweep
@@ -180,3 +181,25 @@ def test_a_replicate_equals_a_sweep_of_its_resampled_corpus(saved_pair):
         # Chunk sums are stored in float32, and eigenvectors amplify that round-off
         # by 1/gap: agreement to 1e-4 (a wrongly weighted replicate is off by ~1e-2).
         np.testing.assert_allclose(rows[b], direct.rsf, rtol=1e-4, atol=1e-5)
+
+
+def test_the_weights_hash_does_not_depend_on_the_dtype_the_models_are_loaded_in(
+    saved_pair, tmp_path
+):
+    """One checkpoint swept at float32 and at bfloat16: the same base and aligned hashes.
+
+    The hash is over the stored tensors (``probes.weights_hash``); hashing the
+    model as loaded would give each dtype its own hash, and the datasets could
+    not be matched.
+    """
+    base, aligned = saved_pair("llama")
+    f32 = sweep(
+        tmp_path, base, aligned, "--constructions", "unembed", "--dtype", "float32", out="a.nc"
+    )
+    bf16 = sweep(
+        tmp_path, base, aligned, "--constructions", "unembed", "--dtype", "bfloat16", out="b.nc"
+    )
+    for name in ("base_hash", "aligned_hash"):
+        assert str(f32[name].values[0]) == str(bf16[name].values[0])
+    assert str(f32.base_hash.values[0]) != str(f32.aligned_hash.values[0])
+    assert str(f32.base_hash.values[0]) == probes.weights_hash(base)
