@@ -11,7 +11,6 @@ import xarray as xr
 from robustness.cache import default_cache_dir
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
 from robustness.corpus import Corpus, evenly_spaced, load_corpus
-from robustness.dataset import write_dataset
 from robustness.demo import demo_checkpoints, demo_token_windows
 from robustness.experiments.contrastive import (
     ContrastiveSettings,
@@ -43,6 +42,7 @@ from .options import (
     split_list,
     sweep_config,
 )
+from .output import publish
 
 __all__ = ["add_parser", "contrastive_lines", "rank1_lines", "trajectory_lines"]
 
@@ -212,11 +212,7 @@ def run_trajectory(args) -> int:
         cache_root=cache_root(args),
         progress=not args.quiet,
     )
-    write_dataset(ds, out)
-    print("\n".join(trajectory_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
+    return publish(ds, out, trajectory_lines(ds), quiet=args.quiet)
 
 
 def _experiment_config(args, pairs, base: SweepConfig | None = None) -> SweepConfig:
@@ -321,11 +317,7 @@ def run_contrastive(args) -> int:
     )
     ds.attrs["base_id"] = base_id
     ds.attrs["training_pairs"] = int(len(train_ids))
-    write_dataset(ds, out)
-    print("\n".join(contrastive_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
+    return publish(ds, out, contrastive_lines(ds), quiet=args.quiet)
 
 
 def contrastive_lines(ds: xr.Dataset) -> list[str]:
@@ -410,11 +402,7 @@ def run_rank1(args) -> int:
         )
         check_vocabulary(corpus, model)
     ds = rank1_dataset(model, corpus, settings, model_id=model_id, progress=not args.quiet)
-    write_dataset(ds, out)
-    print("\n".join(rank1_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
+    return publish(ds, out, rank1_lines(ds), quiet=args.quiet)
 
 
 def rank1_lines(ds: xr.Dataset) -> list[str]:

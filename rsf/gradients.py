@@ -6,13 +6,13 @@ import xarray as xr
 
 import probes
 from robustness.corpus import load_corpus
-from robustness.dataset import write_dataset
 from robustness.demo import demo_checkpoints
 from robustness.files import check_writable
 from robustness.gradients import GradientSettings, gradient_dataset
 from robustness.models import check_vocabulary, load_model, resolve_device
 
 from .options import add_bootstrap, add_corpus, add_run, corpus_spec, parse_numbers, split_list
+from .output import publish
 
 __all__ = ["add_parser", "load_model_corpus", "run", "summary_lines"]
 
@@ -111,11 +111,7 @@ def run(args) -> int:
         reference_id=reference_id or "",
         progress=not args.quiet,
     )
-    write_dataset(ds, out)
-    print("\n".join(summary_lines(ds)))
-    if not args.quiet:
-        print(f"wrote {out}")
-    return 0
+    return publish(ds, out, summary_lines(ds), quiet=args.quiet)
 
 
 def summary_lines(ds: xr.Dataset) -> list[str]:
