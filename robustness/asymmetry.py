@@ -1,35 +1,42 @@
 """The read/write asymmetry and its tests, per specification and across specifications.
 
 For one pair and one specification (construction × cutoff × normalisation)
-let ``s[l, m]`` be the probe, on the log scale for the ratio normalisations
-(``isotropic``, ``base_relative``: ``log2``). The per-layer difference and the
-asymmetry are
+let ``s[l, m]`` be the probe on the statistics' scale (``log2`` for the ratio
+normalisations). The per-layer difference and the asymmetry are
 
-    D_l = mean_{m ∈ read} s[l, m] − mean_{m ∈ write} s[l, m],     A = mean_l D_l.
+    D_l = mean_{m ∈ read} s[l, m] − mean_{m ∈ write} s[l, m],     A = mean_l D_l,
 
-Tests (``docs/design.md`` §2):
+tested against a reference ``A_0``: zero, except for the ``random`` control,
+whose reference is the Haar expectation of ``D_l`` for its deltas
+(:func:`probes.haar_reference`; a Haar-random basis does not give log2 ratios
+of mean zero for low-rank deltas). Tests (``docs/design.md`` §2), each with
+its null hypothesis:
 
-- **cluster bootstrap over layers**: layers are the resampled units; the
-  interval is the studentized (bootstrap-t) one, because with a dozen layers
-  percentile and BCa intervals (``scipy.stats.bootstrap``) under-cover, as
-  ``rsf calibrate`` shows;
-- **sign-flip test over layers**: under "no asymmetry" each ``D_l`` is
-  symmetric about zero; exact over all ``2^L`` sign vectors when
-  ``2^L ≤ 65536``, Monte Carlo otherwise;
-- **within-layer label permutation**: the read/write labels are shuffled among
-  each layer's matrices; exact when the number of labellings is small;
-- **across specifications** (Simonsohn, Simmons & Nelson 2020): the same
-  permutations are applied to every specification, so their dependence is
-  kept; the joint tests are the median effect size, the share of
-  specifications significant in the predicted direction (read > write) and
-  Stouffer's Z; Benjamini–Hochberg (statsmodels) and Westfall–Young min-p
-  adjusted p-values.
+- **the verdict's test** (``p_value``, ``ci_low``/``ci_high``): the EWC t-test
+  of :mod:`robustness.layers`; H0: ``E[D_l] = A_0``, the layers' differences
+  forming a weakly dependent series (autocorrelation negligible beyond about
+  ``L/(2K)`` layers) of roughly normal projections;
+- **sign flips of whole layers** (``p_signflip``): H0: the ``D_l − A_0`` are
+  independent across layers and each symmetric about zero (exchangeable
+  layers); exact over all ``2^L`` sign vectors when ``2^L ≤ 65536``;
+- **within-layer label permutation** (``p_perm``): H0: the read and write
+  matrices of a layer are exchangeable (q, k, o, down interchangeable), a
+  stronger null than "no asymmetry" (q and k share their input site, o and
+  down their output site); reported for what it is, never in the verdict;
+- **across specifications** (Simonsohn, Simmons & Nelson 2020), over the
+  *counted* specifications only (substantive constructions, duplicates on the
+  statistics' scale merged; the controls ``random`` and ``weight_svd`` are
+  shown but not counted): the median effect size, the share significant with
+  read > write (ties broken by Stouffer's Z) and Stouffer's Z, under one set of
+  random rotations of the EWC projections for every specification (the
+  dependence-robust joint analogue of one sign flip for all);
+  Benjamini–Hochberg (statsmodels) and Westfall–Young step-down min-p
+  adjusted p-values under the same rotations.
 
 Monte Carlo p-values count the observed statistic, ``(1 + b)/(1 + B)``; exact
 ones are the share of all arrangements (the observed one among them) at least
-as extreme. scipy does the one-specification sign flip and bootstrap; the
-joint, stratified and step-down pieces are written here because no library
-applies one permutation to many dependent statistics.
+as extreme. The joint, stratified and step-down pieces are written here
+because no library applies one permutation to many dependent statistics.
 """
 
 from __future__ import annotations
@@ -41,6 +48,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from .layers import (
+    RotationNull,
+    effective_layers,
+    hedges_correction,
+    lag1_autocorrelation,
+    layer_test,
+    monte_carlo_p,
+    noncentral_interval,
+    step_down_min_p,
+)
 from .specification import EXACT_LIMIT
 
 __all__ = [
@@ -165,26 +182,31 @@ def label_permutation_null(
 
 @dataclass(frozen=True)
 class SpecTests:
-    """Every per-specification and joint result for one pair (arrays over specifications)."""
+    """Every per-specification and joint result for one pair (arrays over specifications ``J``)."""
 
     asymmetry: np.ndarray
+    reference: np.ndarray
     ci_low: np.ndarray
     ci_high: np.ndarray
-    bca_low: np.ndarray
-    bca_high: np.ndarray
+    p_value: np.ndarray
+    p_greater: np.ndarray
+    p_signflip: np.ndarray
+    p_perm: np.ndarray
+    p_adj: np.ndarray
+    p_wy: np.ndarray
     effect_size: np.ndarray
     effect_ci_low: np.ndarray
     effect_ci_high: np.ndarray
-    p_signflip: np.ndarray
-    p_perm: np.ndarray
-    p_greater: np.ndarray
-    p_adj: np.ndarray
-    p_wy: np.ndarray
+    lag1_autocorrelation: np.ndarray
+    effective_layers: np.ndarray
+    standardised_effect: np.ndarray  # (A − A_0)/ω̂: the effect on the EWC test's own scale
+    counted: np.ndarray
     n_layers: int
+    projections: int
     signflip_exact: bool
     perm_exact: bool
     joint: dict
-    null_draws: np.ndarray  # [draw, J]: sign-flip null of the asymmetry, for the report
+    null_draws: np.ndarray  # [draw, J]: rotation null of the asymmetry, for the report
 
 
 def studentized_interval(
@@ -232,20 +254,32 @@ def _bca_ci(d: np.ndarray, confidence_level: float, replicates: int, rng) -> tup
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _effect_size_ci(dz: float, n: int, confidence_level: float) -> tuple[float, float]:
-    import pingouin
+def effect_size_interval(
+    test, d: np.ndarray, confidence_level: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """d_z's interval from the EWC statistic: the noncentral-t interval for ``√L μ/ω``, on the d_z scale.
 
-    if not np.isfinite(dz):
-        return math.nan, math.nan
-    low, high = pingouin.compute_esci(stat=dz, nx=n, eftype="cohen", paired=True,
-                                      confidence=confidence_level, decimals=15)  # fmt: skip
-    return float(low), float(high)
+    ``t = √L (D̄ − A_0)/ω̂ ~ t_K(λ = √L μ/ω)`` with ``ω`` the long-run sd;
+    inverting it gives an interval for ``μ/ω``, put on the d_z scale
+    (``μ/σ``) by the ratio ``ω̂/σ̂`` of the long-run to the marginal sd. With
+    independent layers ``ω = σ`` and this is the classical interval for d_z
+    with ``K`` degrees of freedom.
+    """
+    n_layers = d.shape[0]
+    sd = d.std(axis=0, ddof=1)
+    low, high = np.full(d.shape[1], np.nan), np.full(d.shape[1], np.nan)
+    for j in range(d.shape[1]):
+        if np.isfinite(test.t[j]) and sd[j] > 0:
+            lam_low, lam_high = noncentral_interval(float(test.t[j]), test.df, confidence_level)
+            scale = test.omega[j] / sd[j] / math.sqrt(n_layers)
+            low[j], high[j] = lam_low * scale, lam_high * scale
+    return low, high
 
 
-def _dz(d: np.ndarray) -> np.ndarray:
-    """Cohen's d_z of the per-layer differences, column-wise (``d [..., L, J]``)."""
+def effect_sizes(d: np.ndarray) -> np.ndarray:
+    """Hedges-corrected d_z of each column of ``d [L, J]``: ``J(L−1) · mean/sd``."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return d.mean(axis=-2) / d.std(axis=-2, ddof=1)
+        return hedges_correction(d.shape[0]) * d.mean(axis=0) / d.std(axis=0, ddof=1)
 
 
 def spec_tests(
@@ -253,70 +287,72 @@ def spec_tests(
     read: list[int],
     write: list[int],
     *,
+    reference=0.0,
+    counted=None,
     confidence_level: float = 0.95,
-    layer_replicates: int = 9999,
     n_resamples: int = 9999,
     alpha: float = 0.05,
     rng: np.random.Generator,
     n_null_draws: int = 1000,
-    with_bca: bool = False,
 ) -> SpecTests:
     """All tests for one pair: ``s [L, M, J]`` on the probe scale, specifications complete.
 
-    Every specification must have finite values at every layer (callers drop
-    incomplete ones first), so one set of permutations serves them all.
+    `reference` is ``A_0`` per specification (scalar, ``[J]`` or per layer
+    ``[L, J]``); `counted` marks the specifications of the joint tests and the
+    adjusted p-values (default all). Every specification must have finite
+    values at every layer (callers drop incomplete ones first), so one set of
+    null draws serves them all.
     """
     from statsmodels.stats.multitest import multipletests
 
-    d = layer_differences(s, read, write)  # [L, J]
-    n_layers, n_specs = d.shape
-    asymmetry = d.mean(axis=0)
-    ci_low, ci_high = studentized_interval(
-        d, confidence_level=confidence_level, replicates=layer_replicates, rng=rng
-    )
-    bca = (
-        [_bca_ci(d[:, j], confidence_level, layer_replicates, rng) for j in range(n_specs)]
-        if with_bca
-        else []
-    )
-    dz = _dz(d)
-    effect_ci = [_effect_size_ci(float(v), n_layers, confidence_level) for v in dz]
+    raw = layer_differences(s, read, write)  # [L, J]
+    n_layers, n_specs = raw.shape
+    reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), raw.shape)
+    d = raw - reference
+    counted = np.ones(n_specs, dtype=bool) if counted is None else np.asarray(counted, dtype=bool)
+    asymmetry = raw.mean(axis=0)
+    offset = reference.mean(axis=0)
+    test = layer_test(d, confidence_level=confidence_level)
+    dz = effect_sizes(d)
+    effect_low, effect_high = effect_size_interval(test, d, confidence_level)
 
     flips = sign_flip_null(d, n_resamples=n_resamples, rng=rng)
     perms = label_permutation_null(s, read, write, n_resamples=n_resamples, rng=rng)
-    p_signflip = flips.p_value(asymmetry)
-    p_greater = flips.p_value(asymmetry, "greater")
+    p_signflip = flips.p_value(d.mean(axis=0))
     p_perm = perms.p_value(asymmetry)
-    p_adj = multipletests(p_signflip, method="fdr_bh")[1]
 
-    # Westfall–Young single-step min-p over the joint sign-flip null.
-    null_p = flips.null_p_values()
-    min_p = null_p.min(axis=1)
-    count = np.sum(min_p[:, None] <= p_signflip[None, :] + 1e-15, axis=0)
-    p_wy = count / flips.n if flips.exact else (1 + count) / (1 + flips.n)
-
-    joint = _joint_tests(d, flips, asymmetry, dz, p_signflip, p_greater, alpha)
-    keep = min(n_null_draws, flips.n)
-    draws = (
-        flips.statistics[np.linspace(0, flips.n - 1, keep).astype(int)]
-        if flips.exact
-        else flips.statistics[:keep]
-    )
+    nan = np.full(n_specs, np.nan)
+    p_adj, p_wy = nan.copy(), nan.copy()
+    rotations = RotationNull.draw(test.df, n_layers, n_resamples=n_resamples, rng=rng)
+    z = test.projections  # [K+1, J]
+    joint: dict = {"n_specifications": int(counted.sum())}
+    if counted.any() and np.isfinite(test.p_value[counted]).all():
+        p_adj[counted] = multipletests(test.p_value[counted], method="fdr_bh")[1]
+        null_two = rotations.p_values(z[:, counted])
+        p_wy[counted] = step_down_min_p(test.p_value[counted], null_two)
+        joint = _joint_tests(d[:, counted], test, counted, dz, rotations, null_two, alpha)
+    keep = min(n_null_draws, rotations.n)
+    draws = rotations.asymmetry(z)[:keep] + offset
     return SpecTests(
         asymmetry=asymmetry,
-        ci_low=ci_low,
-        ci_high=ci_high,
-        bca_low=np.array([b[0] for b in bca]) if with_bca else np.full(n_specs, np.nan),
-        bca_high=np.array([b[1] for b in bca]) if with_bca else np.full(n_specs, np.nan),
-        effect_size=dz,
-        effect_ci_low=np.array([e[0] for e in effect_ci]),
-        effect_ci_high=np.array([e[1] for e in effect_ci]),
+        reference=offset,
+        ci_low=test.ci_low + offset,
+        ci_high=test.ci_high + offset,
+        p_value=test.p_value,
+        p_greater=test.p_greater,
         p_signflip=p_signflip,
         p_perm=p_perm,
-        p_greater=p_greater,
         p_adj=p_adj,
-        p_wy=np.minimum(p_wy, 1.0),
+        p_wy=p_wy,
+        effect_size=dz,
+        effect_ci_low=effect_low,
+        effect_ci_high=effect_high,
+        lag1_autocorrelation=lag1_autocorrelation(d) if n_layers > 1 else nan,
+        effective_layers=effective_layers(d) if n_layers > 1 else nan,
+        standardised_effect=test.estimate / test.omega,
+        counted=counted,
         n_layers=n_layers,
+        projections=test.df,
         signflip_exact=flips.exact,
         perm_exact=perms.exact,
         joint=joint,
@@ -324,38 +360,36 @@ def spec_tests(
     )
 
 
-def _stouffer(p_greater: np.ndarray, floor: float) -> np.ndarray:
-    p = np.clip(p_greater, floor, 1 - floor)
+def _stouffer(p_greater: np.ndarray) -> np.ndarray:
+    # p-values from the t law can underflow to 0 or reach 1: keep Φ⁻¹ finite.
+    p = np.clip(p_greater, 1e-300, 1 - 1e-16)
     return special.ndtri(1 - p).sum(axis=-1) / math.sqrt(p.shape[-1])
 
 
-def _joint_tests(d, flips: JointNull, asymmetry, dz, p_two, p_greater, alpha) -> dict:
-    """Simonsohn et al.'s three joint tests, under the same sign flips for every spec."""
-    n_layers = d.shape[0]
-    floor = 1.0 / (flips.n + 1)
+def _joint_tests(d, test, counted, dz, rotations: RotationNull, null_two, alpha) -> dict:
+    """Simonsohn et al.'s three joint tests over the counted specifications, under one set of rotations.
+
+    Every rotation is treated in turn as the observed data: its specifications'
+    effect sizes, p-values and signs come from the rotated projections
+    (:class:`robustness.layers.RotationNull`).
+    """
+    z = test.projections[:, counted]
+    observed_p = test.p_value[counted]
     observed = {
-        "median_effect": float(np.median(dz)),
-        "share_significant": float(np.mean((asymmetry > 0) & (p_two < alpha))),
-        "stouffer_z": float(_stouffer(p_greater, floor)),
+        "median_effect": float(np.median(dz[counted])),
+        "share_significant": float(np.mean((d.mean(axis=0) > 0) & (observed_p < alpha))),
+        "stouffer_z": float(_stouffer(test.p_greater[counted])),
+    }
+    null_z0 = rotations.z0(z)
+    null = {
+        "median_effect": np.median(rotations.effect_size(z, np.sum(d**2, axis=0)), axis=1),
+        "share_significant": np.mean((null_z0 > 0) & (null_two < alpha), axis=1),
+        "stouffer_z": _stouffer(rotations.p_values(z, "greater")),
     }
     # The share takes few values, so "at least as large" ties often and the test is
-    # conservative (type-I 0.018 at α = 0.05 in calibration). Ties are broken by
-    # Stouffer's Z: the statistic becomes (share, Z) in lexicographic order.
+    # conservative; ties are broken by Stouffer's Z: the statistic is (share, Z)
+    # in lexicographic order.
     tie_break = {"share_significant": "stouffer_z"}
-    # Each arrangement in turn as the "observed" data: its specs' effects and p-values.
-    null_stats = flips.statistics  # [B, J]
-    # d_z under a sign flip: the mean flips, and the sd of the flipped differences is
-    # sqrt((Σ D² − L·mean²)/(L−1)) since Σ (ε D)² = Σ D².
-    sum_sq = np.sum(d**2, axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        null_dz = null_stats / np.sqrt((sum_sq - n_layers * null_stats**2) / (n_layers - 1))
-    null_two = flips.null_p_values("two-sided")
-    null_greater = flips.null_p_values("greater")
-    null = {
-        "median_effect": np.median(null_dz, axis=1),
-        "share_significant": np.mean((null_stats > 0) & (null_two < alpha), axis=1),
-        "stouffer_z": _stouffer(null_greater, floor),
-    }
     out = {}
     for name, value in observed.items():
         if name in tie_break:
@@ -366,8 +400,9 @@ def _joint_tests(d, flips: JointNull, asymmetry, dz, p_two, p_greater, alpha) ->
         else:
             count = int(np.sum(null[name] >= value - 1e-12))
         out[name] = value
-        out[f"p_{name}"] = count / flips.n if flips.exact else (1 + count) / (1 + flips.n)
-    out["n_specifications"] = int(d.shape[1])
-    out["n_null"] = flips.n
-    out["exact"] = flips.exact
+        out[f"p_{name}"] = float(monte_carlo_p(count, rotations.n))
+    out["n_specifications"] = int(counted.sum())
+    out["n_null"] = rotations.n
+    out["exact"] = False
+    out["method"] = "random rotations of the EWC projections, the same for every specification"
     return out

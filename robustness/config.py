@@ -52,6 +52,7 @@ from .specification import (
 __all__ = [
     "DEVICES",
     "DTYPES",
+    "PHASES",
     "CorpusSpec",
     "PairSpec",
     "SweepConfig",
@@ -60,6 +61,7 @@ __all__ = [
     "read_toml",
 ]
 
+PHASES = ("align", "pretrain")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEQ_LEN = 128
 DTYPES = tuple(probes.DTYPES)
@@ -68,9 +70,20 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class PairSpec:
+    """One pair: a delta from `base` to `aligned`; `phase` says which training produced it."""
+
     label: str
     base: str
     aligned: str
+    phase: str = (
+        "align"  # or "pretrain": a pretraining delta (initialisation or early checkpoint → base)
+    )
+
+    def __post_init__(self):
+        if self.phase not in PHASES:
+            raise ValueError(
+                f"pair {self.label!r}: unknown phase {self.phase!r}: valid are {', '.join(PHASES)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -230,8 +243,21 @@ def config_from_document(document: dict, root: Path, *, source: str = "the confi
         missing = {"base", "aligned"} - set(entry)
         if missing:
             raise ValueError(f"[[pair]] number {i + 1} lacks {sorted(missing)}")
+        unknown = set(entry) - {"label", "base", "aligned", "phase"}
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {sorted(unknown)} in [[pair]] number {i + 1}: "
+                "valid are label, base, aligned, phase"
+            )
         label = entry.get("label", f"pair{i}")
-        pairs.append(PairSpec(str(label), local(entry["base"]), local(entry["aligned"])))
+        pairs.append(
+            PairSpec(
+                str(label),
+                local(entry["base"]),
+                local(entry["aligned"]),
+                str(entry.get("phase", "align")),
+            )
+        )
     corpus = _table(document, "corpus", {"paths", "ids", "tokens", "seq_len", "tokenizer"})
     probe = _table(document, "probe", {"constructions", "cutoffs", "normalisations", "matrices"})
     boot = _table(document, "bootstrap", {"replicates", "seed"})

@@ -3,11 +3,12 @@
 Layout (a contract, ``docs/design.md`` §4):
 
 - dims ``pair, layer, matrix, construction, cutoff, normalisation``;
-- coords ``pair`` (labels), ``layer`` (int), ``matrix`` (canonical order, as
+- coords ``pair`` (labels), ``phase(pair)`` (``align`` or ``pretrain``), ``layer`` (int), ``matrix`` (canonical order, as
   present), ``pathway(matrix)``, ``construction``, ``cutoff``, ``normalisation``;
 - ``rsf(pair, layer, matrix, construction, cutoff, normalisation)``,
   ``k(pair, layer, matrix, construction, cutoff)`` (−1 where undefined),
-  ``delta_fro(pair, layer, matrix)``; provenance per pair (``base_id``,
+  ``delta_fro(pair, layer, matrix)``, ``gram_purity(pair, layer, matrix)``
+  (``Σ g²``, for Haar moments without the deltas); provenance per pair (``base_id``,
   ``aligned_id``, ``base_hash``, ``aligned_hash`` and the model's widths);
 - attrs: package versions, creation time, the full config as TOML, seed, corpus
   hash and source, token count and sequence length.
@@ -32,7 +33,7 @@ from .engine import PairResult
 from .files import atomic_output
 from .provenance import provenance_attrs
 
-__all__ = ["PROVENANCE", "build_dataset", "open_dataset", "write_dataset"]
+__all__ = ["PROVENANCE", "build_dataset", "open_dataset", "pair_phases", "write_dataset"]
 
 PROVENANCE = (
     "base_id",
@@ -57,12 +58,14 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
     rsf = np.full((*shape, len(config.normalisations)), np.nan)
     ks = np.full(shape, -1, dtype=np.int64)
     fro = np.full(shape[:3], np.nan)
+    purity = np.full(shape[:3], np.nan)
     for p, result in enumerate(results):
         columns = [matrices.index(m) for m in result.matrices]
         layers = result.rsf.shape[0]
         rsf[p, :layers, columns] = result.rsf.transpose(1, 0, 2, 3, 4)
         ks[p, :layers, columns] = result.k.transpose(1, 0, 2, 3)
         fro[p, :layers, columns] = result.delta_fro.T
+        purity[p, :layers, columns] = result.gram_purity.T
     data_vars = {
         "rsf": (
             ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
@@ -78,6 +81,14 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             ("pair", "layer", "matrix"),
             fro,
             {"long_name": "Frobenius norm of the delta"},
+        ),
+        "gram_purity": (
+            ("pair", "layer", "matrix"),
+            purity,
+            {
+                "long_name": "Σ g_i², g = eig(G)/tr G: the delta's Gram purity (1/d isotropic … 1 rank one), "
+                "for Haar moments without the deltas"
+            },
         ),
     }
     for name in PROVENANCE:
@@ -108,6 +119,11 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
         data_vars,
         coords={
             "pair": ("pair", np.asarray([r.label for r in results], dtype=object)),
+            "phase": (
+                "pair",
+                np.asarray([r.provenance["phase"] for r in results], dtype=object),
+                {"long_name": "training phase that produced the delta: align or pretrain"},
+            ),
             "layer": ("layer", np.arange(n_layers, dtype=np.int64)),
             "matrix": ("matrix", np.asarray(matrices, dtype=object)),
             "pathway": ("matrix", np.asarray([probes.PATHWAY[m] for m in matrices], dtype=object)),
@@ -142,6 +158,13 @@ def write_dataset(dataset: xr.Dataset, path: str | Path) -> Path:
     with atomic_output(path) as temporary:
         dataset.to_netcdf(temporary, engine="netcdf4", format="NETCDF4")
     return path
+
+
+def pair_phases(results: xr.Dataset) -> list[str]:
+    """Each pair's phase: the ``phase`` coordinate, or ``align`` for files written before it existed."""
+    if "phase" in results.coords or "phase" in results:
+        return [str(p) for p in results["phase"].values]
+    return ["align"] * results.sizes["pair"]
 
 
 def open_dataset(path: str | Path) -> xr.Dataset:

@@ -47,6 +47,7 @@ class PairResult:
     rsf: np.ndarray  # [layer, matrix, construction, cutoff, normalisation]
     k: np.ndarray  # [layer, matrix, construction, cutoff]
     delta_fro: np.ndarray  # [layer, matrix]
+    gram_purity: np.ndarray  # [layer, matrix]: Σ g², g = eig(G)/tr G
     provenance: dict
     statistics_passes: int = 0
     notes: list[str] = field(default_factory=list)
@@ -146,6 +147,7 @@ def sweep_pair(
     provenance = {
         "base_id": pair.base,
         "aligned_id": pair.aligned,
+        "phase": pair.phase,
         "base_hash": probes.weights_hash(pair.base),
         "aligned_hash": probes.weights_hash(pair.aligned),
         "model_type": dims.model_type,
@@ -185,6 +187,7 @@ def sweep_pair(
     rsf = np.full((*shape, len(normalisations)), np.nan)
     ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
+    purity = np.full((n_layers, len(matrices)), np.nan)
     resampled = [c for c in constructions if c in ACTIVATION_SOURCE]
     weights_b = _resampling_weights(stats, config, pair.label) if config.replicates else None
     boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
@@ -196,6 +199,7 @@ def sweep_pair(
         prepared = grid.prepare(matrices, layer_deltas, layer_weights)
         grid.fill(layer, prepared, stats, rsf[layer], ks[layer])
         delta_fro[layer] = [np.linalg.norm(delta) for delta in layer_deltas]
+        purity[layer] = [matrix.purity for matrix in prepared]
         if boot is None:
             continue
         # Replicates: the corpus-independent constructions keep their values; the
@@ -208,7 +212,7 @@ def sweep_pair(
         n_boot = config.replicates
         bootstrap = {"replicates": boot[:n_boot], "jackknife": boot[n_boot:], "weights": weights_b}
     return PairResult(
-        pair.label, matrices, rsf, ks, delta_fro, provenance, passes, notes, bootstrap
+        pair.label, matrices, rsf, ks, delta_fro, purity, provenance, passes, notes, bootstrap
     )
 
 

@@ -47,6 +47,7 @@ import xarray as xr
 import probes
 
 from .corpus import Corpus
+from .layers import layer_test
 from .preferences import objective_loss, preference_pairs
 from .provenance import provenance_attrs
 from .resampling import bootstrap_weights, percentile_interval, sequence_chunks
@@ -459,6 +460,28 @@ def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, pro
             contrast,
             {"long_name": f"layer mean of {name}, minus the first objective's (paired)"},
         )
+        # Over layers, dependence-robust (the EWC test of rsf stats): the layers as the units.
+        for target, per_layer in (
+            (f"mean_{name}", values),
+            (f"contrast_{name}", values - values[:1]),
+        ):
+            test = layer_test(
+                np.moveaxis(per_layer, 1, 0).reshape(per_layer.shape[1], -1), confidence_level=level
+            )
+            shape = mean.shape
+            data_vars[f"{target}_layer_ci_low"] = (
+                ("objective", "site", *extra),
+                test.ci_low.reshape(shape),
+            )
+            data_vars[f"{target}_layer_ci_high"] = (
+                ("objective", "site", *extra),
+                test.ci_high.reshape(shape),
+            )
+            if target.startswith("contrast"):
+                data_vars[f"{target}_layer_p"] = (
+                    ("objective", "site", *extra),
+                    test.p_value.reshape(shape),
+                )
         if not boot:
             continue
         replicates = boot[name]  # [B, objective, layer, site, ...]
@@ -486,7 +509,8 @@ def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, pro
     attrs.update({key: value for key, value in provenance.items()})
     attrs.update(
         confidence_level=level,
-        interval="percentile bootstrap over chunks of consecutive sequences (reweighted sums)",
+        interval="percentile bootstrap over chunks of consecutive sequences (reweighted sums): *_ci_*; "
+        "over layers, the EWC t interval (dependence-robust, robustness.layers): *_layer_ci_*",
         bootstrap_replicates=int(settings.replicates),
         prediction_subspace=settings.prediction,
         beta=settings.beta,

@@ -83,7 +83,6 @@ class Grid:
         self.need_w = (
             "weight_svd" in config.constructions or "base_relative" in config.normalisations
         )
-        self.need_purity = "null_z" in config.normalisations
         # Fixed cutoffs are all a basis without a spectrum (random) can define.
         fixed = [
             probes.resolve_cutoff(c, d=d)
@@ -99,9 +98,8 @@ class Grid:
             # Wide matrices (the MLP's 4d side) are cheaper through their d×d Gram.
             wide = (delta.shape[0] if pathway == "read" else delta.shape[1]) > self.d
             gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
-            purity = None
-            if self.need_purity:
-                purity = probes.gram_purity(delta if gram_delta is None else None, gram=gram_delta)
+            # Σ g² (Haar moments, null_z, the random control's reference): one small Gram.
+            purity = probes.gram_purity(delta if gram_delta is None else None, gram=gram_delta)
             gram_w = probes.residual_gram(w_from, pathway=pathway) if self.need_w else None
             prepared.append(_Matrix(name, pathway, delta, w_from, gram_w, gram_delta, purity))
         return prepared

@@ -16,6 +16,7 @@ import numpy as np
 import probes
 
 __all__ = [
+    "CONTROLS",
     "DEFAULT_CONSTRUCTIONS",
     "DEFAULT_CUTOFFS",
     "DEFAULT_NORMALISATIONS",
@@ -38,6 +39,8 @@ DEFAULT_NORMALISATIONS = probes.NORMALISATIONS
 DEFAULT_READ = ("q", "k")
 DEFAULT_WRITE = ("o", "down")
 DEFAULT_PREFERRED = ("act_cov", "k=8", "log_isotropic")
+# Constructions shown but kept out of the joint tests: the Haar null and "does ΔW follow W?".
+CONTROLS = ("random", "weight_svd")
 # Exact enumeration of a permutation or sign-flip null when it has at most this many arrangements.
 EXACT_LIMIT = 65536
 

@@ -1,33 +1,84 @@
 """`rsf stats`: the statistics dataset (``stats.nc``) from a results dataset.
 
 One row per specification (``pair, construction, cutoff, normalisation``):
-``asymmetry``, ``ci_low``/``ci_high`` (cluster bootstrap over layers),
-``p_signflip``, ``p_perm``, ``p_adj`` (Benjamini–Hochberg over the pair's
-specifications), ``p_wy`` (Westfall–Young min-p), ``effect_size`` (Cohen's
-d_z of the per-layer differences) with its interval, and the sign-flip null
-draws for plotting. Per pair: the specification-curve joint tests, the share
-of variation in effect size owed to each analytic choice (type-II ANOVA,
-statsmodels), and how stable the ranking of layers is across specifications
-(Kendall's W and ICC, pingouin). With several pairs, a mixed model
-``s ~ pathway * pair + (1 | layer)`` on the preferred specification.
+
+- ``asymmetry`` ``A``; ``reference`` ``A_0`` (0, or the Haar reference of the
+  ``random`` control); ``p_value``, ``ci_low``/``ci_high``: the test the
+  verdict uses (attr ``p_value_method``: the EWC t-test over layers, which
+  holds under serial dependence, :mod:`robustness.layers`); ``p_greater`` its
+  one-sided version;
+- ``p_signflip`` (exchangeable layers) and ``p_perm`` (exchangeable matrices
+  within a layer), each described by its null hypothesis;
+- ``p_adj`` (Benjamini–Hochberg) and ``p_wy`` (Westfall–Young step-down
+  min-p), over the counted specifications only;
+- ``effect_size``: Hedges-corrected d_z, its interval from the EWC statistic;
+- ``lag1_autocorrelation`` and ``effective_layers`` of ``D_l`` (diagnostics);
+- ``counted``, ``duplicate_of``, ``control(construction)``: which
+  specifications the specification curve counts (:mod:`robustness.curve`);
+- with the sweep's ``--bootstrap``, ``seq_ci_*``: the sequence-bootstrap
+  interval (BCa from 1000 replicates on, percentile below; both are kept).
+
+Per pair (attr ``per_pair``): the specification-curve joint tests, the
+variance decomposition and the ranking stability. Several pairs of one phase:
+the pair model (:mod:`robustness.pairs`, attr ``pair_model``). Every test's
+null hypothesis is written out in the attr ``null_hypotheses``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import stats as scipy_stats
 
+from . import curve
 from .asymmetry import spec_tests
+from .dataset import pair_phases
+from .layers import MIN_LAYERS, projections_for
+from .pairs import pair_model
 from .provenance import provenance_attrs
-from .resampling import bca_interval
-from .specification import DEFAULT_PREFERRED, DEFAULT_READ, DEFAULT_WRITE, SPEC_DIMS, probe_scale
+from .resampling import bca_interval, percentile_interval
+from .specification import (
+    CONTROLS,
+    DEFAULT_PREFERRED,
+    DEFAULT_READ,
+    DEFAULT_WRITE,
+    SPEC_DIMS,
+    probe_scale,
+)
 
-__all__ = ["compute_stats", "results_fingerprint", "verdict"]
+__all__ = [
+    "BCA_MIN_REPLICATES",
+    "NULL_HYPOTHESES",
+    "compute_stats",
+    "expected_shares",
+    "results_fingerprint",
+    "verdict",
+]
+
+# BCa's endpoints need about a thousand replicates (Efron & Tibshirani 1993); below, percentile.
+BCA_MIN_REPLICATES = 1000
+CORPUS_CONSTRUCTIONS = ("act_cov", "act_moment", "act_cov_aligned")
+
+NULL_HYPOTHESES = {
+    "p_value": "E[D_l] = A_0 (the reference: 0, or the random control's Haar reference), with D_l a "
+    "weakly dependent series over layers (autocorrelation negligible beyond about L/(2K) layers, K the "
+    "cosine projections) whose projections are close to normal: the EWC t-test, t_K",
+    "p_signflip": "the D_l − A_0 are independent across layers and each symmetric about 0 (exchangeable "
+    "layers); exact over all 2^L sign vectors when 2^L ≤ 65536",
+    "p_perm": "within each layer the read and write matrices are exchangeable (q, k, o, down "
+    "interchangeable): a stronger null than no asymmetry, since q and k share their input site and o and "
+    "down their output site; not used by the verdict",
+    "joint": "every counted specification has E[D_l] = A_0, under the EWC assumptions: one random rotation "
+    "of the EWC projections for all specifications (their dependence kept), Monte Carlo (1+b)/(1+B)",
+    "p_adj": "Benjamini–Hochberg over the counted specifications' p_value",
+    "p_wy": "Westfall–Young step-down min-p over the counted specifications, under the joint rotations",
+    "pair_model": "overall: the mean over pairs of D_{l,p} is 0; difference: every pair of one phase has "
+    "the same mean D (orthonormal-series F test)",
+}
 
 
 def results_fingerprint(results: xr.Dataset) -> str:
@@ -62,80 +113,6 @@ def _validate_sets(results: xr.Dataset, read, write) -> tuple[list[str], list[st
     return list(read), list(write)
 
 
-def _variance_shares(frame: pd.DataFrame) -> dict[str, float]:
-    """Share of the effect-size sum of squares per analytic choice (type-II ANOVA)."""
-    import statsmodels.formula.api as smf
-    from statsmodels.stats.anova import anova_lm
-
-    factors = [f for f in SPEC_DIMS if frame[f].nunique() > 1]
-    if not factors or len(frame) <= sum(frame[f].nunique() - 1 for f in factors) + 1:
-        return {}
-    model = smf.ols("effect_size ~ " + " + ".join(f"C({f})" for f in factors), data=frame).fit()
-    table = anova_lm(model, typ=2)
-    total = float(table["sum_sq"].sum())
-    shares = {f: float(table.loc[f"C({f})", "sum_sq"]) / total for f in factors}
-    shares["residual"] = float(table.loc["Residual", "sum_sq"]) / total
-    return shares
-
-
-def _ranking_stability(differences: np.ndarray) -> dict[str, float]:
-    """Kendall's W and ICC (agreement, consistency) of per-layer differences across specifications."""
-    import pingouin
-
-    n_layers, n_specs = differences.shape
-    if n_layers < 3 or n_specs < 2:
-        return {}
-    frame = pd.DataFrame({
-        "layer": np.repeat(np.arange(n_layers), n_specs),
-        "spec": np.tile(np.arange(n_specs), n_layers),
-        "d": differences.ravel(),
-    })  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        friedman = pingouin.friedman(data=frame, dv="d", within="layer", subject="spec")
-        icc = pingouin.intraclass_corr(
-            data=frame, targets="layer", raters="spec", ratings="d"
-        ).set_index("Type")
-    return {
-        "kendall_w": float(friedman["W"].iloc[0]),
-        "icc_agreement": float(icc.loc["ICC(A,1)", "ICC"]),  # ICC(2,1): absolute agreement
-        "icc_consistency": float(icc.loc["ICC(C,1)", "ICC"]),  # ICC(3,1): consistency
-    }
-
-
-def _mixed_model(results: xr.Dataset, preferred, read, write) -> dict:
-    """``s ~ pathway * pair + (1 | layer)`` on the preferred specification (statsmodels MixedLM)."""
-    import statsmodels.formula.api as smf
-
-    construction, cutoff, normalisation = preferred
-    cell = results.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
-    rows = []
-    for pair in results.pair.values:
-        values = probe_scale(cell.sel(pair=pair).values, normalisation)
-        for li, layer in enumerate(results.layer.values):
-            for mi, matrix in enumerate(results.matrix.values):
-                if matrix in read or matrix in write:
-                    if np.isfinite(values[li, mi]):
-                        rows.append({"s": values[li, mi], "pair": str(pair), "layer": int(layer),
-                                     "pathway": "read" if matrix in read else "write"})  # fmt: skip
-    frame = pd.DataFrame(rows)
-    if frame.empty or frame["pair"].nunique() < 2:
-        return {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fit = smf.mixedlm(
-            "s ~ C(pathway, Treatment('write')) * pair", frame, groups=frame["layer"]
-        ).fit()
-    table = pd.DataFrame({"coef": fit.params, "p": fit.pvalues}).dropna()
-    return {
-        "formula": "s ~ pathway * pair + (1 | layer)",
-        "specification": list(preferred),
-        "coefficients": {
-            name: {"coef": float(r.coef), "p": float(r.p)} for name, r in table.iterrows()
-        },
-    }
-
-
 def _scaled(block: xr.DataArray, n_layers: int, n_matrices: int) -> np.ndarray:
     """``[..., layer, matrix, spec]``: the probe on the statistics' scale, specs flattened in C order.
 
@@ -150,7 +127,12 @@ def _scaled(block: xr.DataArray, n_layers: int, n_matrices: int) -> np.ndarray:
 
 
 def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence_level) -> dict:
-    """Intervals from the sweep's sequence bootstrap: percentile and BCa, per specification."""
+    """Intervals from the sweep's sequence bootstrap: BCa and percentile, per specification.
+
+    NaN where the construction does not depend on the corpus (its replicates
+    all equal the estimate: no sampling variation to show, not a zero-width
+    interval).
+    """
 
     def asymmetry(variable: str) -> np.ndarray:
         block = results[variable].sel(pair=pair).isel(layer=slice(0, n_layers))
@@ -159,17 +141,32 @@ def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence
         return per_layer.mean(axis=-2)  # [..., spec]
 
     replicates, jackknife, observed = asymmetry("rsf_boot"), asymmetry("rsf_jack"), asymmetry("rsf")
-    low, high = bca_interval(replicates, jackknife, observed, confidence_level)
-    tail = 100 * (1 - confidence_level) / 2
+    bca_low, bca_high = bca_interval(replicates, jackknife, observed, confidence_level)
     valid = np.isfinite(replicates).all(axis=0)
     pct = np.full((2, observed.size), np.nan)
-    pct[:, valid] = np.percentile(replicates[:, valid], [tail, 100 - tail], axis=0)
-    return {
-        "seq_ci_low": low,
-        "seq_ci_high": high,
+    pct[:, valid] = percentile_interval(replicates[:, valid], confidence_level)
+    corpus = np.array([
+        c in CORPUS_CONSTRUCTIONS
+        for c in results.construction.values
+        for _ in results.cutoff.values
+        for _ in results.normalisation.values
+    ])  # fmt: skip
+    out = {
+        "seq_ci_low_bca": bca_low,
+        "seq_ci_high_bca": bca_high,
         "seq_ci_low_percentile": pct[0],
         "seq_ci_high_percentile": pct[1],
     }
+    for values in out.values():
+        values[~corpus] = np.nan
+    use_bca = replicates.shape[0] >= BCA_MIN_REPLICATES
+    out["seq_ci_low"] = out["seq_ci_low_bca" if use_bca else "seq_ci_low_percentile"]
+    out["seq_ci_high"] = out["seq_ci_high_bca" if use_bca else "seq_ci_high_percentile"]
+    return out
+
+
+def _n_layers(results: xr.Dataset, pair) -> int:
+    return int(results.n_layers.sel(pair=pair)) if "n_layers" in results else results.sizes["layer"]
 
 
 def compute_stats(
@@ -178,92 +175,147 @@ def compute_stats(
     read=DEFAULT_READ,
     write=DEFAULT_WRITE,
     confidence_level: float = 0.95,
-    layer_replicates: int = 9999,
     n_resamples: int = 9999,
     alpha: float = 0.05,
     seed: int = 0,
     preferred=DEFAULT_PREFERRED,
     progress: bool = False,
 ) -> xr.Dataset:
-    """The statistics dataset for every pair and specification of `results`."""
+    """The statistics dataset for every pair and specification of `results`.
+
+    `n_resamples` is the number of Monte Carlo null draws (rotations, sign
+    flips and permutations) where exact enumeration is too large.
+    """
     from tqdm.auto import tqdm
 
     if not 0 < confidence_level < 1:
         raise ValueError(f"`confidence_level` must lie in (0, 1), got {confidence_level}")
-    if layer_replicates < 1:
-        raise ValueError(f"`layer_replicates` must be at least 1, got {layer_replicates}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"`alpha` must lie in (0, 1), got {alpha}")
     if n_resamples < 1:
         raise ValueError(f"`n_resamples` must be at least 1, got {n_resamples}")
     read, write = _validate_sets(results, read, write)
     matrices = list(results.matrix.values)
     read_idx, write_idx = [matrices.index(m) for m in read], [matrices.index(m) for m in write]
     shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
-    names = ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm", "p_greater", "p_adj", "p_wy",
-             "effect_size", "effect_ci_low", "effect_ci_high")  # fmt: skip
+    specs = [
+        (str(c), str(k), str(n))
+        for c in results.construction.values
+        for k in results.cutoff.values
+        for n in results.normalisation.values
+    ]
+    names = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_greater", "p_signflip",
+             "p_perm", "p_adj", "p_wy", "effect_size", "effect_ci_low", "effect_ci_high",
+             "lag1_autocorrelation", "effective_layers")  # fmt: skip
     boot = "rsf_boot" in results and "rsf_jack" in results
     if boot:
-        names += ("seq_ci_low", "seq_ci_high", "seq_ci_low_percentile", "seq_ci_high_percentile")
+        names += ("seq_ci_low", "seq_ci_high", "seq_ci_low_bca", "seq_ci_high_bca",
+                  "seq_ci_low_percentile", "seq_ci_high_percentile")  # fmt: skip
     out = {name: np.full(shape, np.nan) for name in names}
+    counted_out = np.zeros(shape, dtype=np.int8)
+    duplicate_out = np.full(shape, "", dtype=object)
     n_draws = 1000
     null = np.full((*shape, n_draws), np.nan)
     per_pair: dict[str, dict] = {}
+    layer_differences: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed)
     for p, pair in enumerate(tqdm(results.pair.values, desc="stats", disable=not progress)):
-        n_layers = (
-            int(results.n_layers.sel(pair=pair))
-            if "n_layers" in results
-            else results.sizes["layer"]
-        )
+        n_layers = _n_layers(results, pair)
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
         s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
+        duplicate_of = curve.duplicates(s, specs)
+        counted = curve.counted_mask(specs, duplicate_of)
+        duplicate_out[p] = np.asarray(duplicate_of, dtype=object).reshape(shape[1:])
         complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
-        info: dict = {"n_layers": n_layers, "incomplete_specifications": int((~complete).sum())}
+        counted_out[p] = (counted & complete).reshape(shape[1:])
+        info: dict = {
+            "n_layers": n_layers,
+            "incomplete_specifications": int((~complete).sum()),
+            "counted_specifications": int((counted & complete).sum()),
+            "projections": projections_for(n_layers),
+        }
+        if n_layers < MIN_LAYERS:
+            info["note"] = (
+                f"{n_layers} layers: the dependence-robust test needs at least {MIN_LAYERS}; "
+                "its p-values are NaN"
+            )
         if complete.sum() == 0 or n_layers < 2:
             per_pair[str(pair)] = info
             continue
-        tests = spec_tests(s[:, :, complete], read_idx, write_idx, confidence_level=confidence_level,
-                           layer_replicates=layer_replicates, n_resamples=n_resamples, alpha=alpha,
-                           rng=rng, n_null_draws=n_draws)  # fmt: skip
+        reference = _references(results, pair, n_layers, specs, read_idx, write_idx)
+        tests = spec_tests(
+            s[:, :, complete], read_idx, write_idx, reference=reference[:, complete],
+            counted=counted[complete], confidence_level=confidence_level, n_resamples=n_resamples,
+            alpha=alpha, rng=rng, n_null_draws=n_draws,
+        )  # fmt: skip
         flat = {name: np.full(complete.size, np.nan) for name in names}
         for name in names:
             if hasattr(tests, name):
                 flat[name][complete] = getattr(tests, name)
         if boot:
-            seq = _sequence_intervals(
+            for name, values in _sequence_intervals(
                 results, pair, n_layers, read_idx, write_idx, confidence_level
-            )
-            for name, values in seq.items():
+            ).items():
                 flat[name] = values
         for name in names:
             out[name][p] = flat[name].reshape(shape[1:])
         draws = np.full((complete.size, n_draws), np.nan)
         draws[complete, : tests.null_draws.shape[0]] = tests.null_draws.T
         null[p] = draws.reshape(*shape[1:], n_draws)
-        specs = list(np.ndindex(*shape[1:]))
-        frame = pd.DataFrame([
-            {"construction": results.construction.values[i], "cutoff": results.cutoff.values[j],
-             "normalisation": results.normalisation.values[k], "effect_size": e}
-            for (i, j, k), e, c in zip(specs, flat["effect_size"], complete, strict=True) if c
-        ])  # fmt: skip
+        use = counted & complete
+        frame = pd.DataFrame(
+            [dict(zip(SPEC_DIMS, spec, strict=True), effect_size=e)
+             for spec, e, u in zip(specs, flat["effect_size"], use, strict=True) if u]
+        )  # fmt: skip
         differences = s[:, read_idx].mean(axis=1) - s[:, write_idx].mean(axis=1)
+        layer_differences[str(pair)] = differences
         info.update({
             "joint": tests.joint,
             "signflip_exact": tests.signflip_exact,
             "perm_exact": tests.perm_exact,
-            "variance_shares": _variance_shares(frame),
-            "ranking_stability": _ranking_stability(differences[:, complete]),
+            "variance_shares": curve.variance_shares(frame) if len(frame) > 1 else {},
+            "ranking_stability": curve.ranking_stability(differences[:, use]),
         })  # fmt: skip
+        standardised = tests.standardised_effect[tests.counted]
+        standardised = standardised[np.isfinite(standardised)]
+        info["expected_share"] = expected_shares(
+            tests.projections,
+            n_layers,
+            alpha,
+            float(np.median(standardised)) if standardised.size else float("nan"),
+        )
         per_pair[str(pair)] = info
     preferred = tuple(preferred)
     if not all(v in results[d].values for v, d in zip(preferred, SPEC_DIMS, strict=True)):
         preferred = tuple(str(results[d].values[0]) for d in SPEC_DIMS)
-    mixed = _mixed_model(results, preferred, read, write) if results.sizes["pair"] > 1 else {}
+    models = _pair_models(results, preferred, specs, layer_differences, confidence_level)
     dims = ("pair", *SPEC_DIMS)
     data_vars = {name: (dims, values) for name, values in out.items()}
+    data_vars["counted"] = (
+        dims,
+        counted_out,
+        {"long_name": "in the joint tests: substantive, not a duplicate"},
+    )
+    data_vars["duplicate_of"] = (
+        dims,
+        duplicate_out,
+        {"long_name": "the specification this one equals on the statistics' scale"},
+    )
     data_vars["null_asymmetry"] = ((*dims, "null_draw"), null)
-    return xr.Dataset(
+    for name, text in NULL_HYPOTHESES.items():
+        if name in data_vars:
+            data_vars[name] = (*data_vars[name][:2], {"null_hypothesis": text})
+    replicates = int(results.sizes.get("replicate", 0))
+    ds = xr.Dataset(
         data_vars,
-        coords={d: results[d].values for d in dims},
+        coords={
+            **{d: results[d].values for d in dims},
+            "phase": ("pair", np.asarray(pair_phases(results), dtype=object)),
+            "control": (
+                "construction",
+                np.asarray([c in CONTROLS for c in results.construction.values], dtype=np.int8),
+            ),
+        },
         attrs={
             **provenance_attrs(
                 "stats",
@@ -274,32 +326,118 @@ def compute_stats(
             "read_set": ",".join(read),
             "write_set": ",".join(write),
             "confidence_level": confidence_level,
-            "ci_method": "cluster bootstrap over layers, studentized (bootstrap-t); chosen over BCa, which under-covers with few layers (rsf calibrate)",
-            "seq_ci_method": "sequence bootstrap from the sweep's rsf_boot (BCa with leave-one-chunk-out acceleration; "
-            "percentile alongside); absent without --bootstrap",
-            "sequence_replicates": int(results.sizes.get("replicate", 0)),
-            "layer_replicates": layer_replicates,
-            "n_resamples": n_resamples,
             "alpha": alpha,
+            "p_value_method": "EWC t-test over layers (equal-weighted cosine long-run variance, K = max(2, floor(L/8)) "
+            "projections, t_K; Lazarus, Lewis, Stock & Watson 2018), chosen by calibration (rsf calibrate)",
+            "ci_method": "EWC t interval over layers, the p_value test's own (mean ± t_K · ω̂/√L)",
+            "effect_size_method": "Hedges-corrected d_z; interval: the noncentral-t interval of the EWC statistic, "
+            "on the d_z scale (ω̂/σ̂)",
+            "seq_ci_method": (
+                f"sequence bootstrap from the sweep's rsf_boot: {'BCa (leave-one-chunk-out acceleration)' if replicates >= BCA_MIN_REPLICATES else 'percentile'} "
+                f"from {replicates} replicates (BCa from {BCA_MIN_REPLICATES} on; both kept as seq_ci_*_bca and "
+                "seq_ci_*_percentile); NaN for constructions that do not depend on the corpus"
+                if boot
+                else "absent: the sweep had no --bootstrap"
+            ),
+            "sequence_replicates": replicates,
+            "n_resamples": n_resamples,
             "scale": "log2 for isotropic and base_relative; as stored otherwise",
-            "p_value_rule": "Monte Carlo (1+b)/(1+B); exact b/B when all arrangements are enumerated",
+            "p_value_rule": "Monte Carlo (1+b)/(1+B); exact b/B when all arrangements are enumerated; "
+            "the EWC p-value is analytic (t_K)",
+            "counted_rule": f"substantive constructions (controls {', '.join(CONTROLS)} shown, not counted), "
+            "one per set of specifications equal on the statistics' scale",
+            "variance_method": "shares of the total sum of squares of effect_size over the counted specifications: "
+            "main effects and two-way interactions, sequential (type I) in the order construction, cutoff, "
+            "normalisation; on a complete grid the order does not matter",
+            "null_hypotheses": json.dumps(NULL_HYPOTHESES),
             "preferred_specification": ",".join(preferred),
             "per_pair": json.dumps(per_pair),
-            "mixed_model": json.dumps(mixed),
+            "pair_model": json.dumps(models),
             "results_config": results.attrs.get("config", ""),
             "results_corpus_hash": results.attrs.get("corpus_hash", ""),
             "results_fingerprint": results_fingerprint(results),
         },
     )
+    return ds
+
+
+def _references(results, pair, n_layers, specs, read_idx, write_idx) -> np.ndarray:
+    """``[L, J]``: each specification's ``A_0`` per layer (the random control's Haar reference)."""
+    if "gram_purity" not in results or not any(c == "random" for c, _, _ in specs):
+        return np.zeros((n_layers, len(specs)))
+    k = results.k.sel(pair=pair).isel(layer=slice(0, n_layers)).values  # [L, M, C, K]
+    k = np.repeat(k[..., None], results.sizes["normalisation"], axis=-1).reshape(
+        n_layers, results.sizes["matrix"], -1
+    )
+    purity = results.gram_purity.sel(pair=pair).isel(layer=slice(0, n_layers)).values
+    d = int(results.d_model.sel(pair=pair)) if "d_model" in results else purity.shape[0]
+    return curve.references(k, purity, specs, read_idx, write_idx, d)
+
+
+def expected_shares(k: int, n_layers: int, alpha: float, standardised: float) -> dict:
+    """The share of counted specifications significant with read > write, against two expectations.
+
+    Under the null each test rejects in the positive direction with
+    probability ``α/2``; if every specification had the median standardised
+    effect ``δ = A/ω`` (the EWC scale), each would with the power
+    ``P(t_K(√L δ) > t_{K, 1−α/2})``. A share near the second says one uniform
+    effect explains it: it is not evidence that the result depends on the choices.
+    """
+    critical = scipy_stats.t.ppf(1 - alpha / 2, k)
+    power = (
+        float(scipy_stats.nct.sf(critical, k, np.sqrt(n_layers) * standardised))
+        if np.isfinite(standardised)
+        else float("nan")
+    )
+    return {
+        "under_null": alpha / 2,
+        "under_median_effect": power,
+        "median_standardised_effect": standardised,
+    }
+
+
+def _pair_models(results, preferred, specs, layer_differences, confidence_level) -> dict:
+    """The pair model per phase with at least two pairs of equal depth (phases never pooled)."""
+    if results.sizes["pair"] < 2:
+        return {}
+    j = specs.index(tuple(preferred))
+    phases = pair_phases(results)
+    out = {"specification": list(preferred)}
+    for phase in sorted(set(phases)):
+        labels = [
+            str(p)
+            for p, ph in zip(results.pair.values, phases, strict=True)
+            if ph == phase and str(p) in layer_differences
+        ]
+        if len(labels) < 2:
+            continue
+        depths = {layer_differences[label].shape[0] for label in labels}
+        if len(depths) != 1:
+            out[phase] = {
+                "pairs": labels,
+                "note": "pairs of different depths cannot be paired by layer",
+            }
+            continue
+        columns = np.stack([layer_differences[label][:, j] for label in labels], axis=1)
+        if not np.isfinite(columns).all():
+            out[phase] = {
+                "pairs": labels,
+                "note": "the preferred specification is undefined for a pair",
+            }
+            continue
+        out[phase] = pair_model(columns, labels, confidence_level=confidence_level)
+    return out
 
 
 def verdict(joint: dict, n_layers: int, alpha: float) -> str:
     """The plain-words verdict on one pair's joint tests (as `rsf stats` prints it)."""
-    if joint["exact"] and 2.0**-n_layers * 2 > alpha:
+    if n_layers < MIN_LAYERS:
         return (
-            f"with {n_layers} layers the sign-flip test cannot reach α = {alpha} (smallest two-sided p is "
-            f"{2 * 2.0**-n_layers:.3g}); the data cannot settle the question"
+            f"with {n_layers} layers the dependence-robust test cannot be computed (it needs {MIN_LAYERS}); "
+            "the data cannot settle the question"
         )
+    if "median_effect" not in joint:
+        return "no counted specification: nothing to test"
     if (
         joint["median_effect"] > 0
         and joint["p_median_effect"] < alpha

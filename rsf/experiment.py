@@ -342,7 +342,7 @@ def contrastive_lines(ds: xr.Dataset) -> list[str]:
             f"δ entropy rank {float(cell.delta_mean_entropy_rank):.2f}{ci}"
         )
     lines.append(
-        "trend against λ (slope per unit λ; within-layer permutation p; Spearman ρ of layer means):"
+        "trend against λ (slope per unit λ with its EWC interval over layers and p; Spearman ρ of layer means):"
     )
     wanted = [
         f"{q}[{spec['cutoff']},{spec['normalisation']}]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import xarray as xr
 
@@ -28,14 +29,10 @@ def add_parser(commands) -> None:
     tests.add_argument(
         "--resamples",
         type=int,
-        default=9999,
-        help="layer-bootstrap replicates of the interval (default 9999)",
+        help="Monte Carlo null draws: rotations, sign flips, permutations (default 9999)",
     )
     tests.add_argument(
-        "--permutations",
-        type=int,
-        default=9999,
-        help="Monte Carlo null draws: sign flips and permutations (default 9999)",
+        "--permutations", type=int, help="the older spelling of --resamples (the same count)"
     )
     tests.add_argument(
         "--alpha", type=float, default=0.05, help="significance level (default 0.05)"
@@ -56,19 +53,24 @@ def run(args) -> int:
     if "rsf" not in results:
         raise ValueError(f"{args.results} is not an rsf results dataset (no `rsf` variable)")
     read, write = pathway_sets(args)
+    if None not in (args.resamples, args.permutations) and args.resamples != args.permutations:
+        raise ValueError("--permutations is the older spelling of --resamples: give one count")
+    n_resamples = args.resamples or args.permutations or 9999
     stats = compute_stats(
         results,
         read=read,
         write=write,
         confidence_level=args.confidence,
-        layer_replicates=args.resamples,
-        n_resamples=args.permutations,
+        n_resamples=n_resamples,
         alpha=args.alpha,
         seed=args.seed,
         preferred=split_list(args.preferred),
         progress=not args.quiet,
     )
     write_dataset(stats, out)
+    for pair, info in json.loads(stats.attrs["per_pair"]).items():
+        if "note" in info:
+            print(f"rsf: pair {pair}: {info['note']}", file=sys.stderr)
     print(summary(stats))
     if not args.quiet:
         print(f"\nwrote {out}")
@@ -81,25 +83,34 @@ def summary(stats: xr.Dataset) -> str:
     per_pair = json.loads(stats.attrs["per_pair"])
     preferred = stats.attrs["preferred_specification"].split(",")
     level = stats.attrs["confidence_level"]
+    alpha = stats.attrs["alpha"]
     lines.append(f"read {{{stats.attrs['read_set']}}} vs write {{{stats.attrs['write_set']}}}; "
-                 f"{int(level * 100)}% intervals; α = {stats.attrs['alpha']}")  # fmt: skip
+                 f"{int(level * 100)}% intervals; α = {alpha}; tests over layers: EWC (dependence-robust)")  # fmt: skip
     for pair in stats.pair.values:
         info = per_pair[str(pair)]
-        lines.append(f"\npair {pair} ({info['n_layers']} layers)")
-        if "joint" not in info:
-            lines.append("  no complete specification: nothing to test")
+        lines.append(
+            f"\npair {pair} ({info['n_layers']} layers, {info.get('projections', '?')} cosine projections)"
+        )
+        if "note" in info:
+            lines.append(f"  note: {info['note']}")
+        if "median_effect" not in info.get("joint", {}):
+            lines.append("  no complete counted specification: nothing to test")
             continue
         joint = info["joint"]
         cell = stats.sel(
             pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
         )
         lines.append(f"  preferred specification {'/'.join(preferred)}: asymmetry {float(cell.asymmetry):+.3f} "
-                     f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}], sign-flip p = {float(cell.p_signflip):.3g}, "
-                     f"permutation p = {float(cell.p_perm):.3g}")  # fmt: skip
-        lines.append(f"  {joint['n_specifications']} specifications: median effect size d_z = {joint['median_effect']:+.2f} "
+                     f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}], p = {float(cell.p_value):.3g} (EWC); "
+                     f"exchangeable-layers sign-flip p = {float(cell.p_signflip):.3g}; "
+                     f"lag-1 autocorrelation {float(cell.lag1_autocorrelation):+.2f}")  # fmt: skip
+        expected = info.get("expected_share", {})
+        lines.append(f"  {joint['n_specifications']} counted specifications: median effect size d_z = {joint['median_effect']:+.2f} "
                      f"(joint p = {joint['p_median_effect']:.3g}); {joint['share_significant']:.0%} significant with "
-                     f"read > write (joint p = {joint['p_share_significant']:.3g}); Stouffer Z = {joint['stouffer_z']:.2f} "
-                     f"(joint p = {joint['p_stouffer_z']:.3g})")  # fmt: skip
+                     f"read > write (joint p = {joint['p_share_significant']:.3g}; expected "
+                     f"{expected.get('under_null', float('nan')):.1%} under the null and "
+                     f"{expected.get('under_median_effect', float('nan')):.0%} if every specification had the median effect); "
+                     f"Stouffer Z = {joint['stouffer_z']:.2f} (joint p = {joint['p_stouffer_z']:.3g})")  # fmt: skip
         shares = info.get("variance_shares", {})
         if shares:
             driver = max((k for k in shares if k != "residual"), key=shares.get, default=None)
@@ -112,5 +123,14 @@ def summary(stats: xr.Dataset) -> str:
             lines.append(
                 f"  layer rankings across specifications: Kendall's W = {stability['kendall_w']:.2f}, ICC(A,1) = {stability['icc_agreement']:.2f}"
             )
-        lines.append("  verdict: " + verdict(joint, info["n_layers"], stats.attrs["alpha"]))
+        lines.append("  verdict: " + verdict(joint, info["n_layers"], alpha))
+    models = json.loads(stats.attrs.get("pair_model", "{}") or "{}")
+    for phase, model in models.items():
+        if phase == "specification" or "overall" not in model:
+            continue
+        overall, difference = model["overall"], model["difference"]
+        lines.append(f"\npairs of phase {phase} ({', '.join(model['pairs'])}): overall asymmetry "
+                     f"{overall['estimate']:+.3f} [{overall['ci_low']:+.3f}, {overall['ci_high']:+.3f}], "
+                     f"p = {overall['p_value']:.3g}; difference between pairs F = {difference['F']:.2f}, "
+                     f"p = {difference['p_value']:.3g}")  # fmt: skip
     return "\n".join(lines)

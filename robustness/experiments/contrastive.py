@@ -27,13 +27,14 @@ from ..corpus import Corpus, load_tokenizer
 from ..dataset import build_dataset
 from ..engine import run_sweep
 from ..gradients import SITE_ORDER, measure_objective, summarise_statistics
+from ..layers import layer_interval
 from ..models import load_model
 from ..preferences import preference_pairs
 from ..provenance import provenance_attrs
 from ..resampling import bootstrap_weights, percentile_interval, sequence_chunks
 from ..specification import DEFAULT_READ, DEFAULT_WRITE
 from ..training import align
-from .summaries import layer_interval, pathway_summary
+from .summaries import pathway_summary
 from .trend import trend_test
 
 __all__ = ["ContrastiveSettings", "contrastive_dataset", "train_variants"]
@@ -185,7 +186,7 @@ def contrastive_dataset(
     sweep = build_dataset(results, config, corpus).rename(pair="lam_label")
     rsf = sweep["rsf"]
     summary = pathway_summary(
-        rsf, read=read, write=write, confidence_level=settings.confidence_level, seed=settings.seed
+        rsf, read=read, write=write, confidence_level=settings.confidence_level
     )
 
     # δ_t of each L_λ on the base, the same pairs and chunks for every λ.
@@ -239,8 +240,9 @@ def contrastive_dataset(
     data_vars["paper_read_rsf"] = headline["read_rsf"].mean("layer")
     data_vars["paper_write_rsf"] = headline["write_rsf"].mean("layer")
     data_vars["paper_asymmetry"] = paper_layer.mean("layer")
-    for ci_name, value in layer_interval(paper_layer, level, settings.seed).items():
-        data_vars[f"paper_asymmetry_{ci_name}"] = value
+    bounds = layer_interval(paper_layer, confidence_level=level)
+    for ci_name in ("ci_low", "ci_high"):
+        data_vars[f"paper_asymmetry_{ci_name}"] = bounds[ci_name]
     cutoffs = [str(c) for c in sweep.cutoff.values]
     normalisations = [str(n) for n in sweep.normalisation.values]
     for quantity, layer_values in (
@@ -267,12 +269,12 @@ def contrastive_dataset(
             low, high = percentile_interval(boot.mean(axis=(2, 3)), level)
             data_vars[f"delta_mean_{measure}_ci_low"] = (("lam_label",), low)
             data_vars[f"delta_mean_{measure}_ci_high"] = (("lam_label",), high)
-        add_trend((f"delta_{measure}", "", ""), per.reshape(len(lams), -1))
+        add_trend((f"delta_{measure}", "", ""), per.mean(axis=2))  # one block per layer
     ratio = (
         np.stack([g["prediction_fraction"][:, write_sites, 0] for g in grad]) * dims.d_model / ks[0]
     )
     data_vars["delta_prediction_ratio"] = (("lam_label", "layer", "write_site"), ratio)
-    add_trend(("delta_prediction_ratio", "", ""), ratio.reshape(len(lams), -1))
+    add_trend(("delta_prediction_ratio", "", ""), ratio.mean(axis=2))
 
     names = [f"{q}" if not c else f"{q}[{c},{n}]" for (q, c, n) in trend_rows]
     for field in (
@@ -280,6 +282,7 @@ def contrastive_dataset(
         "slope_ci_low",
         "slope_ci_high",
         "p_value",
+        "p_permutation",
         "spearman",
         "spearman_p",
         "page_p",
@@ -323,8 +326,9 @@ def contrastive_dataset(
         read_construction=read_construction,
         write_construction=write_construction,
         confidence_level=level,
-        trend_test="fixed-effects slope against λ, levels permuted within blocks (layers); "
-        "Spearman's ρ of layer means; Page's L test",
+        trend_test="fixed-effects slope against λ (the mean of the layers' own slopes); p_value and "
+        "slope interval: EWC t-test over layers (dependence-robust); p_permutation: levels permuted "
+        "within layers (independent layers); Spearman's ρ of layer means; Page's L test",
         gradient_objective="L_λ on the base model, its own DPO reference, pairs from the probe corpus",
         bootstrap_replicates=int(settings.gradient_replicates),
     )

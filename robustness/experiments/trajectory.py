@@ -100,9 +100,7 @@ def trajectory_dataset(
         return xr.concat(rows, dim="reference")
 
     rsf = arrange("rsf")
-    summary = pathway_summary(
-        rsf, read=read, write=write, confidence_level=confidence_level, seed=config.seed
-    )
+    summary = pathway_summary(rsf, read=read, write=write, confidence_level=confidence_level)
     data_vars = {
         "rsf": rsf,
         "k": arrange("k"),
@@ -163,7 +161,7 @@ def trajectory_dataset(
         read_set=",".join(read),
         write_set=",".join(write),
         confidence_level=confidence_level,
-        interval="studentized cluster bootstrap over layers (asymmetry_ci_*); percentile over corpus chunks (*_seq_ci_*)",
+        interval="EWC t interval over layers, dependence-robust (asymmetry_ci_*, robustness.layers); percentile over corpus chunks (*_seq_ci_*)",
         bootstrap_replicates=int(config.replicates),
     )
     ds.attrs = attrs
