@@ -84,7 +84,7 @@ def calibration_tables(calibration) -> list[Table]:
     target = target_band(calibration, "coverage_target")
     coverage = Table(
         "calibration-coverage",
-        "Coverage of the layer-bootstrap intervals with 95% Clopper–Pearson intervals"
+        "Coverage of the intervals over layers with 95% Clopper–Pearson intervals"
         + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
         (
             Column("interval", "interval", numeric=False),

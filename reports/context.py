@@ -1,4 +1,5 @@
-"""What every section needs to know, read once from the datasets: pairs, sets, levels, the preferred specification."""
+"""What every section needs to know, read once from the datasets: pairs, sets, levels, the preferred
+specification, and each specification's place in the specification curve (:func:`spec_roles`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,50 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ReportContext", "build_context"]
+__all__ = ["ROLE_TEXT", "ReportContext", "build_context", "spec_roles"]
+
+# What the report shows for each specification's place in the specification curve.
+ROLE_TEXT = {
+    "counted": "yes",
+    "control": "control, not counted",
+    "undefined": "undefined",
+}
+
+
+def spec_roles(stats: xr.Dataset, pair) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """``{spec: (role, text)}`` for one pair, from ``counted``, ``duplicate_of`` and ``control``.
+
+    Roles, first match wins: ``undefined`` (no asymmetry: a cutoff the construction
+    cannot define; `rsf stats` calls such specifications duplicates of each other,
+    all being NaN, which says nothing), ``duplicate`` (shown as ``= c/k/n``, the
+    specification it equals on the statistics' scale), ``control`` (a control
+    construction: shown, not counted), ``counted`` (in the joint tests), else ``not counted``.
+    """
+    cell = stats.sel(pair=pair)
+    asymmetry = cell.asymmetry.transpose(*SPEC_DIMS).values
+    counted = cell.counted.transpose(*SPEC_DIMS).values
+    duplicate = cell.duplicate_of.transpose(*SPEC_DIMS).values
+    control = (
+        stats.control.values
+        if "control" in stats.coords
+        else np.zeros(stats.sizes["construction"], dtype=int)
+    )
+    out = {}
+    for i, c in enumerate(stats.construction.values):
+        for j, k in enumerate(stats.cutoff.values):
+            for m, n in enumerate(stats.normalisation.values):
+                spec = (str(c), str(k), str(n))
+                if not np.isfinite(asymmetry[i, j, m]):
+                    out[spec] = ("undefined", ROLE_TEXT["undefined"])
+                elif str(duplicate[i, j, m]):
+                    out[spec] = ("duplicate", f"= {duplicate[i, j, m]}")
+                elif int(control[i]):
+                    out[spec] = ("control", ROLE_TEXT["control"])
+                elif int(counted[i, j, m]):
+                    out[spec] = ("counted", ROLE_TEXT["counted"])
+                else:
+                    out[spec] = ("not counted", "no")
+    return out
 
 
 @dataclass(frozen=True)
@@ -32,6 +76,7 @@ class ReportContext:
     alpha: float
     confidence_level: float
     per_pair: dict = field(default_factory=dict)
+    pair_model: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
     @property
@@ -56,15 +101,33 @@ class ReportContext:
             return self.results[name].sel(pair=pair).item()
         return default
 
+    def phase(self, pair: str) -> str:
+        for dataset in (self.stats, self.results):
+            if dataset is not None and "phase" in dataset.coords:
+                return str(dataset.phase.sel(pair=pair).item())
+        return "align"
+
+    def preferred_as(self, pair: str) -> tuple[str, str, str]:
+        """The preferred specification, or the one it duplicates on the statistics' scale."""
+        if self.stats is None:
+            return self.preferred
+        role, text = spec_roles(self.stats, pair)[self.preferred]
+        return tuple(text[2:].split("/")) if role == "duplicate" else self.preferred
+
     def has_spec(self, spec) -> bool:
         return all(v in self.results[d].values for v, d in zip(spec, SPEC_DIMS, strict=True))
 
     def chosen_specs(self) -> list[tuple[str, str, str]]:
-        """The preferred specification, then the two ends of the first pair's specification curve."""
+        """The preferred specification, then the two ends of the first pair's specification curve
+        (its counted specifications)."""
         chosen = [self.preferred] if self.has_spec(self.preferred) else []
         if self.stats is not None:
             effect = self.stats.effect_size.sel(pair=self.pairs[0])
             frame = effect.to_dataframe().reset_index().dropna(subset=["effect_size"])
+            roles = spec_roles(self.stats, self.pairs[0])
+            counted = [roles[tuple(str(r[d]) for d in SPEC_DIMS)][0] == "counted"
+                       for _, r in frame.iterrows()]  # fmt: skip
+            frame = frame[np.asarray(counted, dtype=bool)] if any(counted) else frame
             if len(frame):
                 frame = frame.sort_values("effect_size", kind="stable")
                 for index in (0, len(frame) - 1):
@@ -96,11 +159,12 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         alpha = float(stats.attrs["alpha"])
         level = float(stats.attrs["confidence_level"])
         per_pair = json.loads(stats.attrs.get("per_pair", "{}"))
+        pair_model = json.loads(stats.attrs.get("pair_model", "{}") or "{}")
     else:
         preferred = DEFAULT_PREFERRED
         read = tuple(m for m in DEFAULT_READ if m in matrices)
         write = tuple(m for m in DEFAULT_WRITE if m in matrices)
-        alpha, level, per_pair = 0.05, 0.95, {}
+        alpha, level, per_pair, pair_model = 0.05, 0.95, {}, {}
     context = ReportContext(
         inputs=inputs,
         pairs=tuple(str(p) for p in results.pair.values),
@@ -110,6 +174,7 @@ def build_context(inputs: ReportInputs) -> ReportContext:
         alpha=alpha,
         confidence_level=level,
         per_pair=per_pair,
+        pair_model=pair_model,
         config=tomllib.loads(results.attrs.get("config", "")),
     )
     if not context.has_spec(preferred):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 import xarray as xr
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from robustness.specification import probe_scale
 
+from .context import spec_roles
 from .plotting import (
     GREY,
     MARKERS,
@@ -44,16 +46,29 @@ __all__ = [
 
 
 def _spec_frame(stats: xr.Dataset, pair):
-    variables = ["asymmetry", "effect_size", "effect_ci_low", "effect_ci_high", "p_signflip"]
+    """The pair's specifications on the curve: counted ones and controls, sorted by effect size.
+
+    Duplicates (equal on the statistics' scale to a specification already drawn)
+    and undefined specifications are left out.
+    """
+    variables = ["asymmetry", "effect_size", "effect_ci_low", "effect_ci_high", "p_value"]
     frame = stats[variables].sel(pair=pair).to_dataframe().reset_index()
-    frame = frame[np.isfinite(frame["effect_size"])]
+    roles = spec_roles(stats, pair)
+    frame["role"] = [
+        roles[(r.construction, r.cutoff, r.normalisation)][0] for r in frame.itertuples()
+    ]
+    frame = frame[np.isfinite(frame["effect_size"]) & frame["role"].isin(["counted", "control"])]
     return frame.sort_values("effect_size", kind="stable").reset_index(drop=True)
 
 
 def spec_curve(
     stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha: float
 ) -> SvgFigure | None:
-    """Specifications sorted by effect size with intervals, over an indicator panel of the choices."""
+    """Specifications sorted by effect size with intervals, over an indicator panel of the choices.
+
+    Counted specifications are filled markers; controls (shown, not counted) hollow
+    diamonds; colour says the EWC test's verdict on each.
+    """
     frames = {pair: _spec_frame(stats, pair) for pair in pairs}
     frames = {pair: f for pair, f in frames.items() if len(f)}
     if not frames:
@@ -63,63 +78,78 @@ def spec_curve(
         for dim in ("construction", "cutoff", "normalisation")
     ]
     rows: list[tuple[str, str | None]] = []
-    for dim, values in groups:
+    for dim, values in groups:  # the choices of the specifications drawn (duplicates are not)
+        used = [v for v in values if any((f[dim] == v).any() for f in frames.values())]
         rows.append((dim, None))
-        rows.extend((dim, v) for v in values)
+        rows.extend((dim, v) for v in used)
     cols, nrows = grid_shape(len(frames), 2)
     curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
     fig = figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
     grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
     lows = [f["effect_ci_low"].min() for f in frames.values()]
     highs = [f["effect_ci_high"].max() for f in frames.values()]
-    finite = [v for v in (*lows, *highs) if np.isfinite(v)]
+    values = [f["effect_size"].min() for f in frames.values()] + [
+        f["effect_size"].max() for f in frames.values()
+    ]
+    finite = [v for v in (*lows, *highs, *values) if np.isfinite(v)]
     span = (min(finite), max(finite)) if finite else (-1.0, 1.0)
     pad = 0.05 * (span[1] - span[0] or 1.0)
     categories = [
-        ("read > write, sign-flip p < α", OKABE_ITO["blue"], "o"),
-        ("write > read, sign-flip p < α", OKABE_ITO["vermillion"], "s"),
+        ("read > write, EWC p < α", OKABE_ITO["blue"], "o"),
+        ("write > read, EWC p < α", OKABE_ITO["vermillion"], "s"),
         ("not significant", GREY, "o"),
+        ("no test (too few layers)", OKABE_ITO["black"], "x"),
     ]
     alt_parts = []
+    legend_done: set[str] = set()
+    any_control = False
     for index, (pair, frame) in enumerate(frames.items()):
         r, c = divmod(index, cols)
         top = fig.add_subplot(grid[2 * r, c])
         bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
         x = np.arange(len(frame))
-        significant = frame["p_signflip"] < alpha
-        kinds = [
-            significant & (frame["asymmetry"] > 0),
-            significant & (frame["asymmetry"] < 0),
-            ~significant,
-        ]
+        tested = np.isfinite(frame["p_value"]).to_numpy()
+        significant = (frame["p_value"] < alpha).to_numpy()
+        positive = (frame["asymmetry"] > 0).to_numpy()
+        kinds = [significant & positive, significant & ~positive, tested & ~significant, ~tested]
+        control = (frame["role"] == "control").to_numpy()
         for (label, colour, marker), mask in zip(categories, kinds, strict=True):
-            mask = mask.to_numpy()
-            if not mask.any():
-                continue
-            top.errorbar(
-                x[mask],
-                frame["effect_size"][mask],
-                yerr=[
-                    frame["effect_size"][mask] - frame["effect_ci_low"][mask],
-                    frame["effect_ci_high"][mask] - frame["effect_size"][mask],
-                ],
-                fmt=marker,
-                color=colour,
-                ecolor=colour,
-                elinewidth=0.6,
-                markersize=3 if colour != GREY else 2.2,
-                alpha=0.9,
-                label=label,
-            )
+            for hollow in (False, True):
+                chosen = mask & (control == hollow)
+                if not chosen.any():
+                    continue
+                effect, low, high = (frame[v].to_numpy()[chosen]
+                                     for v in ("effect_size", "effect_ci_low", "effect_ci_high"))  # fmt: skip
+                shown = np.isfinite(low) & np.isfinite(high)
+                if shown.any():
+                    top.vlines(x[chosen][shown], low[shown], high[shown], color=colour,
+                               linewidth=0.6, alpha=0.9)  # fmt: skip
+                top.plot(
+                    x[chosen],
+                    effect,
+                    "D" if hollow else marker,
+                    color=colour,
+                    markerfacecolor="white" if hollow else colour,
+                    markeredgewidth=0.9,
+                    markersize=3.4 if hollow or colour != GREY else 2.6,
+                    linestyle="none",
+                    label=label if not hollow and label not in legend_done else None,
+                )
+                if not hollow:
+                    legend_done.add(label)
+                else:
+                    any_control = True
         top.axhline(0, color="black", linewidth=0.6)
         top.set_ylim(span[0] - pad, span[1] + pad)
         top.set_ylabel("effect size d_z")
-        top.set_title(f"pair {pair}: {len(frame)} specifications")
+        n_counted, n_control = int((~control).sum()), int(control.sum())
+        top.set_title(f"pair {pair}: {n_counted} counted specifications, {n_control} controls")
         top.tick_params(labelbottom=False)
+        target = _curve_preferred(stats, pair, preferred)
         is_preferred = (
-            (frame["construction"] == preferred[0])
-            & (frame["cutoff"] == preferred[1])
-            & (frame["normalisation"] == preferred[2])
+            (frame["construction"] == target[0])
+            & (frame["cutoff"] == target[1])
+            & (frame["normalisation"] == target[2])
         ).to_numpy()
         rank = None
         if is_preferred.any():
@@ -128,8 +158,10 @@ def spec_curve(
                 axis.axvspan(
                     rank - 0.5, rank + 0.5, color=OKABE_ITO["orange"], alpha=0.35, linewidth=0
                 )
+            label = "preferred specification"
             top.plot([rank], [span[1] + pad * 0.4], marker="v", color="black", markersize=6,
-                     linestyle="none", label="preferred specification")  # fmt: skip
+                     linestyle="none", label=label if label not in legend_done else None)  # fmt: skip
+            legend_done.add(label)
         for y, (dim, label) in enumerate(rows):
             if label is None:
                 continue
@@ -153,29 +185,58 @@ def spec_curve(
         bottom.set_xlabel("specifications, sorted by effect size")
         bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
         bottom.tick_params(axis="y", labelsize=7, length=0)
-        if index == 0:
-            top.legend(loc="upper left", fontsize=7)
-        n_read, n_write = int(kinds[0].sum()), int(kinds[1].sum())
-        where = (
-            f"the preferred specification {'/'.join(preferred)} ranks {ordinal(rank + 1)} of {len(frame)}"
-            if rank is not None
-            else "the preferred specification is not among them"
-        )
+        n_read = int((kinds[0] & ~control).sum())
+        n_write = int((kinds[1] & ~control).sum())
+        if rank is None:
+            where = "the preferred specification is not among them"
+        else:
+            same = (
+                ""
+                if target == tuple(preferred)
+                else f" (drawn as {'/'.join(target)}, which it equals)"
+            )
+            where = f"the preferred specification {'/'.join(preferred)}{same} ranks {ordinal(rank + 1)} of {len(frame)}"
+        untested = " no test: too few layers;" if not tested.any() else ""
         alt_parts.append(
-            f"Pair {pair}: {len(frame)} specifications with effect sizes from "
-            f"{frame['effect_size'].min():+.2f} to {frame['effect_size'].max():+.2f}; {n_read} significant "
-            f"with read > write, {n_write} with write > read; {where}."
+            f"Pair {pair}: {n_counted} counted specifications and {n_control} controls with effect "
+            f"sizes from {frame['effect_size'].min():+.2f} to {frame['effect_size'].max():+.2f};{untested} "
+            f"{n_read} counted significant with read > write, {n_write} with write > read; {where}."
         )
+    handles, labels = _legend_handles(fig)
+    if any_control:
+        handles.append(Line2D([], [], marker="D", color=GREY, markerfacecolor="white",
+                              linestyle="none", markersize=3.4))  # fmt: skip
+        labels.append("control, not counted (hollow; coloured as above)")
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
     alt = "Specification curve. " + " ".join(alt_parts)
     caption = (
-        "Specification curve (Simonsohn, Simmons & Nelson 2020). Top: every specification's effect "
-        "size (Cohen's d_z of the per-layer read − write differences) with its interval, sorted; "
-        "blue circles are significant with read > write, vermillion squares with write > read "
-        f"(two-sided sign-flip p < {alpha:g}), grey dots are not significant. Bottom: the analytic "
-        "choices of each specification (one tick per choice used). The shaded column and the "
-        "triangle mark the paper's preferred specification."
+        "Specification curve (Simonsohn, Simmons & Nelson 2020). Top: every counted specification's "
+        "effect size (Hedges-corrected d_z of the per-layer read − write differences against the "
+        "reference) with its interval from the EWC statistic, sorted; blue circles are significant "
+        "with read > write, vermillion squares with write > read (two-sided EWC p < "
+        f"{alpha:g}), grey dots are not significant. Hollow diamonds are the controls (random, "
+        "weight_svd): shown, not counted in the joint tests. Duplicates (equal on the statistics' "
+        "scale to a specification drawn) are left out. Bottom: the analytic choices of each "
+        "specification (one tick per choice used). The shaded column and the triangle mark the "
+        "paper's preferred specification."
     )
     return finish(fig, "fig-spec-curve", alt, caption)
+
+
+def _curve_preferred(stats: xr.Dataset, pair, preferred) -> tuple[str, str, str]:
+    """Where the curve draws the preferred specification: itself, or the one it duplicates."""
+    role, text = spec_roles(stats, pair).get(tuple(preferred), ("", ""))
+    return tuple(text[2:].split("/")) if role == "duplicate" else tuple(preferred)
+
+
+def _legend_handles(fig):
+    handles, labels = [], []
+    for axis in fig.axes:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels
 
 
 # ----------------------------------------------------------------------- rsf against the cutoff
@@ -371,7 +432,7 @@ def layer_heatmaps(
 def null_distributions(
     stats: xr.Dataset, pairs, specs: list[tuple[str, str, str]]
 ) -> SvgFigure | None:
-    """Sign-flip null draws of the asymmetry with the observed statistic."""
+    """Draws of the asymmetry under the rotation null of the EWC test, with the observed statistic."""
     if "null_asymmetry" not in stats or not specs:
         return None
     cols = len(pairs)
@@ -384,74 +445,72 @@ def null_distributions(
             cell = stats.sel(pair=pair, construction=spec[0], cutoff=spec[1], normalisation=spec[2])
             draws = cell.null_asymmetry.values
             draws = draws[np.isfinite(draws)]
-            observed, p = float(cell.asymmetry), float(cell.p_signflip)
+            observed, p = float(cell.asymmetry), float(cell.p_value)
+            reference = float(cell.reference) if "reference" in cell else 0.0
             title = f"{'/'.join(spec)} · pair {pair}"
             if not draws.size or not np.isfinite(observed):
-                axis.set_title(title + "\n(not defined)", fontsize=7.5)
+                why = "not defined" if not np.isfinite(observed) else "no test: too few layers"
+                axis.set_title(f"{title}\n({why})", fontsize=7.5)
                 axis.set_axis_off()
                 continue
             axis.hist(draws, bins=min(40, max(5, np.unique(draws).size)), color=GREY, alpha=0.8)
+            axis.axvline(reference, color="black", linewidth=0.8, linestyle=":")
             axis.axvline(observed, color=OKABE_ITO["blue"], linewidth=2)
-            axis.set_title(
-                f"{title}\nobserved {observed:+.3f}, sign-flip p = {p:.3g}", fontsize=7.5
-            )
-            axis.set_xlabel("asymmetry under the null")
+            axis.set_title(f"{title}\nobserved {observed:+.3f}, EWC p = {p:.3g}", fontsize=7.5)
+            axis.set_xlabel("asymmetry under the rotation null")
             axis.set_yticks([])
             axis.xaxis.set_major_locator(MaxNLocator(5))
             alt_parts.append(
-                f"{'/'.join(spec)}, pair {pair}: {draws.size} null draws from {draws.min():+.3f} to "
-                f"{draws.max():+.3f}, observed {observed:+.3f}, p {p:.3g}"
+                f"{'/'.join(spec)}, pair {pair}: {draws.size} rotation-null draws from "
+                f"{draws.min():+.3f} to {draws.max():+.3f} about the reference {reference:+.3f}, "
+                f"observed {observed:+.3f}, EWC p {p:.3g}"
             )
     caption = (
-        "Null distributions of the asymmetry from sign flips of whole layers' read − write "
-        "differences (all arrangements when exact, else a sample), as histograms; the blue line "
-        "is the observed asymmetry and the title gives its two-sided p-value."
+        "Null distributions of the asymmetry under the rotation null of the EWC test: random "
+        "rotations of the layers' cosine projections, the same for every specification (a sample "
+        "of them), as histograms about the reference A₀ (dotted); the blue line is the observed "
+        "asymmetry and the title gives the EWC test's two-sided p-value."
     )
     return finish(
-        fig, "fig-nulls", "Permutation null distributions. " + "; ".join(alt_parts) + ".", caption
+        fig, "fig-nulls", "Rotation null distributions. " + "; ".join(alt_parts) + ".", caption
     )
 
 
 # ----------------------------------------------------------------------- variance decomposition
 
 
-def variance_shares(shares: dict[str, dict[str, float]]) -> SvgFigure | None:
-    """Grouped bars: the share of variation in effect size owed to each analytic choice, per pair."""
+def variance_shares(shares: dict[str, dict[str, float]], terms: list[str]) -> SvgFigure | None:
+    """Grouped bars: each analytic choice's (and pair of choices') share of the total sum of squares of effect size, per pair."""
     shares = {pair: s for pair, s in shares.items() if s}
-    if not shares:
+    if not shares or not terms:
         return None
-    factors = [
-        f
-        for f in ("construction", "cutoff", "normalisation", "residual")
-        if any(f in s for s in shares.values())
-    ]
     pairs = list(shares)
-    fig = figure(6.0, 0.35 * len(factors) * max(1, len(pairs)) ** 0.5 + 1.3)
+    fig = figure(6.0, 0.3 * len(terms) * max(1, len(pairs)) ** 0.5 + 1.3)
     axis = fig.subplots()
     height = 0.8 / len(pairs)
     for i, pair in enumerate(pairs):
-        y = np.arange(len(factors)) + (i - (len(pairs) - 1) / 2) * height
-        values = [100 * shares[pair].get(f, np.nan) for f in factors]
+        y = np.arange(len(terms)) + (i - (len(pairs) - 1) / 2) * height
+        values = [100 * shares[pair].get(t, np.nan) for t in terms]
         axis.barh(y, values, height=height * 0.95, color=SERIES[i % len(SERIES)],
                   hatch=["", "//", "..", "xx"][i // len(SERIES) % 4], label=f"pair {pair}")  # fmt: skip
-    axis.set_yticks(range(len(factors)), factors)
+    axis.set_yticks(range(len(terms)), [t.replace("×", " × ") for t in terms])
     axis.invert_yaxis()
-    axis.set_xlabel("% of the sum of squares of effect size (type-II ANOVA)")
+    axis.set_xlabel("% of the total sum of squares of effect size")
     if len(pairs) > 1:
         axis.legend(loc="lower right")
     parts = []
     for pair in pairs:
         driver = max(
-            (f for f in shares[pair] if f != "residual"), key=shares[pair].get, default=None
+            (t for t in shares[pair] if t != "residual"), key=shares[pair].get, default=None
         )
         if driver:
             parts.append(
                 f"pair {pair}: {driver} moves the result most ({shares[pair][driver]:.0%})"
             )
     caption = (
-        "Which analytic choice moves the result: the share of the variation in effect size across "
-        "specifications attributed to each choice by a type-II ANOVA; the residual is what the "
-        "choices' main effects do not explain (their interactions and the pair itself)."
+        "Which analytic choice moves the result: each choice's and each pair of choices' share of "
+        "the total sum of squares of effect size across the counted specifications; the residual is "
+        "the rest (the three-way interaction)."
     )
     return finish(fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption)
 

@@ -5,12 +5,17 @@ reader (and the golden test) knows how each kind of value is rounded:
 
 | kind | rule | example |
 |---|---|---|
-| asymmetry, interval bounds, probe values | 3 decimals, signed | ``+0.023`` |
+| asymmetry, reference, interval bounds, probe values | 3 decimals, signed | ``+0.023`` |
 | effect size d_z, Stouffer's Z | 2 decimals, signed | ``-0.13`` |
 | p-value | 3 decimals; below 0.001 as ``< 0.001`` | ``0.031`` |
 | share (of specifications, of variance) | whole percent | ``7%`` |
+| expected share (under the null, under the median effect) | percent, 1 decimal | ``2.5%`` |
 | rate (type-I error, power, coverage) | 3 decimals | ``0.055`` |
 | agreement (Kendall's W, ICC) | 2 decimals | ``0.11`` |
+| lag-1 autocorrelation | 2 decimals, signed | ``+0.59`` |
+| effective number of layers | 1 decimal | ``1.5`` |
+| test statistic (F) | 2 decimals | ``0.25`` |
+| count | whole number | ``12`` |
 
 A missing value (NaN, or a statistic that was not computed) shows as an em
 dash. Each cell keeps the unrounded value for sorting.
@@ -25,12 +30,16 @@ __all__ = [
     "MISSING",
     "Cell",
     "agreement",
+    "autocorrelation",
     "effect",
+    "expected_share",
     "integer",
+    "layers",
     "p_value",
     "rate",
     "share",
     "signed",
+    "statistic",
     "text",
     "value",
 ]
@@ -79,7 +88,7 @@ def value(x) -> Cell:
 
 
 def effect(x) -> Cell:
-    """Cohen's d_z and Stouffer's Z: ``-0.13``."""
+    """The effect size d_z (Hedges-corrected) and Stouffer's Z: ``-0.13``."""
     return _cell(x, "+.2f")
 
 
@@ -96,6 +105,11 @@ def share(x) -> Cell:
     return _cell(x, ".0%")
 
 
+def expected_share(x) -> Cell:
+    """A share expected under a model (under the null, under the median effect): ``2.5%``."""
+    return _cell(x, ".1%")
+
+
 def rate(x) -> Cell:
     """Type-I error, power, coverage: ``0.055``."""
     return _cell(x, ".3f")
@@ -103,6 +117,21 @@ def rate(x) -> Cell:
 
 def agreement(x) -> Cell:
     """Kendall's W, ICC: ``0.11``."""
+    return _cell(x, ".2f")
+
+
+def autocorrelation(x) -> Cell:
+    """The lag-1 autocorrelation of the per-layer differences: ``+0.59``."""
+    return _cell(x, "+.2f")
+
+
+def layers(x) -> Cell:
+    """An effective number of layers: ``1.5``."""
+    return _cell(x, ".1f")
+
+
+def statistic(x) -> Cell:
+    """A test statistic (the pair model's F): ``0.25``."""
     return _cell(x, ".2f")
 
 

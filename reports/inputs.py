@@ -126,6 +126,19 @@ def _check_stats_match(results: Source, stats: Source) -> None:
             )
 
 
+# What `rsf stats` has written since the EWC test became the verdict's test.
+STATS_CONTRACT = ("p_value", "reference", "counted", "duplicate_of", "lag1_autocorrelation")
+
+
+def _check_stats_contract(results: Source, stats: Source) -> None:
+    missing = [name for name in STATS_CONTRACT if name not in stats.dataset]
+    if missing:
+        raise ValueError(
+            f"{stats.path} was written by an older rsf stats (it has no {', '.join(missing)}): "
+            f"re-run `rsf stats {results.path}`"
+        )
+
+
 def load_inputs(
     results_path, *, stats_path=None, calibration_path=None, extra_paths=()
 ) -> ReportInputs:
@@ -134,6 +147,7 @@ def load_inputs(
     stats = load_source(stats_path, "stats") if stats_path is not None else None
     if stats is not None:
         _check_stats_match(results, stats)
+        _check_stats_contract(results, stats)
     calibration = (
         load_source(calibration_path, "calibration") if calibration_path is not None else None
     )

@@ -179,7 +179,7 @@ def trajectory_section(ctx, source) -> Markup:
         "fig-trajectory-checkpoints",
         alt,
         f"{'/'.join(spec.values())}: layer means of the read set ({ds.attrs.get('read_set')}) and write set "
-        f"({ds.attrs.get('write_set')}) and their difference with {_level(ds)}% layer-bootstrap intervals, "
+        f"({ds.attrs.get('write_set')}) and their difference with {_level(ds)}% EWC intervals over layers (dependence-robust), "
         f"from {ds.attrs.get('start_label')}.",
     )
     seq = "asymmetry_seq_ci_low" in ds
@@ -255,7 +255,7 @@ def contrastive_section(ctx, source) -> Markup:
     )
     chart = finish(fig, "fig-contrastive", alt,
                      f"Left: read RSF, write RSF and their difference per variant ({spec['cutoff']}, {spec['normalisation']}), "
-                     f"with {_level(ds)}% layer-bootstrap intervals. Right: the effective rank of L_λ's gradients δ_t on "
+                     f"with {_level(ds)}% EWC intervals over layers (dependence-robust). Right: the effective rank of L_λ's gradients δ_t on "
                      "the base at the write sites, with bootstrap intervals.")  # fmt: skip
     wanted = [
         f"{q}[{spec['cutoff']},{spec['normalisation']}]"
@@ -270,18 +270,21 @@ def contrastive_section(ctx, source) -> Markup:
         rows.append(Row(name, {
             "quantity": fmt.text(name), "slope": fmt.signed(row.trend_slope), "low": fmt.signed(row.trend_slope_ci_low),
             "high": fmt.signed(row.trend_slope_ci_high), "p": fmt.p_value(row.trend_p_value),
+            "p_perm": fmt.p_value(row.trend_p_permutation) if "trend_p_permutation" in ds else fmt.text(""),
             "rho": fmt.effect(row.trend_spearman), "page": fmt.p_value(row.trend_page_p),
         }))  # fmt: skip
     trends = Table(
         "contrastive-trends",
-        "Trend against λ: fixed-effects slope per unit λ with a block bootstrap interval, within-layer "
-        "permutation p, Spearman's ρ of the layer means and Page's L test",
+        "Trend against λ: fixed-effects slope per unit λ (the mean of the layers' own slopes) with its "
+        "EWC interval and p over layers (dependence-robust), the within-layer permutation p (assumes "
+        "independent layers), Spearman's ρ of the layer means and Page's L test",
         (
             Column("quantity", "quantity", numeric=False),
             Column("slope", "slope"),
             Column("low", "CI low"),
             Column("high", "CI high"),
-            Column("p", "p perm."),
+            Column("p", "p (EWC)"),
+            Column("p_perm", "p perm."),
             Column("rho", "Spearman ρ"),
             Column("page", "p Page"),
         ),  # fmt: skip

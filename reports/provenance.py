@@ -29,6 +29,45 @@ def _report_versions() -> dict[str, str]:
     return found
 
 
+# How the methods section names each test whose null `rsf stats` writes out (attr null_hypotheses).
+TEST_NAMES = {
+    "p_value": "p (EWC t-test over layers): the verdict's test",
+    "p_signflip": "sign-flip p: exchangeable layers",
+    "p_perm": "label-permutation p: within-layer exchangeability",
+    "joint": "joint tests across specifications",
+    "p_adj": "p BH",
+    "p_wy": "p WY",
+    "pair_model": "pair model",
+}
+
+
+def stats_methods(stats) -> dict | None:
+    """What the methods section says about the statistics, from the dataset's own attributes."""
+    if stats is None:
+        return None
+    attrs = stats.attrs
+    nulls = json.loads(attrs.get("null_hypotheses", "{}") or "{}")
+    return {
+        "attrs": attrs,
+        "level": int(round(float(attrs["confidence_level"]) * 100)),
+        "methods": [
+            (label, attrs[key])
+            for key, label in (
+                ("p_value_method", "The verdict's test"),
+                ("ci_method", "Interval over layers"),
+                ("effect_size_method", "Effect size"),
+                ("seq_ci_method", "Sequence interval"),
+                ("counted_rule", "Counted specifications"),
+                ("variance_method", "Variance decomposition"),
+                ("p_value_rule", "Monte Carlo and exact p-values"),
+                ("scale", "Scale"),
+            )
+            if attrs.get(key)
+        ],
+        "nulls": [(TEST_NAMES.get(key, key), text) for key, text in nulls.items()],
+    }
+
+
 def methods_section(ctx: ReportContext) -> Section:
     attrs = ctx.results.attrs
     probe = ctx.config.get("probe", {})
@@ -42,7 +81,7 @@ def methods_section(ctx: ReportContext) -> Section:
         attrs=attrs,
         listed=listed,
         probe=probe,
-        stats_attrs=ctx.stats.attrs if ctx.stats is not None else None,
+        stats=stats_methods(ctx.stats),
         calibration_settings=json.loads(ctx.calibration.attrs.get("settings", "{}"))
         if ctx.calibration is not None
         else None,

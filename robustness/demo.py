@@ -32,7 +32,7 @@ import numpy as np
 
 from .cache import default_cache_dir
 from .config import CorpusSpec, PairSpec, SweepConfig
-from .corpus import builtin_documents, load_tokenizer, tokenize
+from .corpus import Corpus, builtin_documents, evenly_spaced, load_tokenizer, tokenize
 from .demo_training import build_tokenizer, single_threaded, split_documents, train_pair
 from .files import atomic_output
 
@@ -45,6 +45,7 @@ __all__ = [
     "demo_checkpoints",
     "demo_is_cached",
     "demo_pair",
+    "demo_probe_corpus",
     "demo_sweep_config",
     "demo_token_windows",
     "single_threaded",
@@ -144,10 +145,9 @@ class DemoGrid:
     )
     cutoffs: tuple[str, ...] = ("k=4", "k=8", "k=16", "var=0.9", "pr")
     normalisations: tuple[str, ...] = ("isotropic", "log_isotropic", "null_z")
-    tokens: int = 65536
+    tokens: int | None = None  # None: every held-out token (the pair never trained on them)
     seq_len: int = 128
     replicates: int = 100
-    layer_replicates: int = 9999
     n_resamples: int = 9999
     seed: int = 0
 
@@ -158,7 +158,6 @@ class DemoGrid:
             tokens=2048,
             seq_len=32,
             replicates=5,
-            layer_replicates=199,
             n_resamples=199,
         )
         values.update(changes)
@@ -288,26 +287,38 @@ def demo_checkpoints(*, cache_root=None, progress: bool = True) -> DemoCheckpoin
     )
 
 
-def demo_token_windows(demo: DemoCheckpoints, *, held_out: bool, length: int) -> np.ndarray:
+def demo_token_windows(demo, *, held_out: bool, length: int) -> np.ndarray:
     """The demo corpus' training (or held-out) documents, tokenised, cut into windows of `length`.
 
     The same documents and tokenizer the demo trained on: every ``held_out_every``-th
-    document is held out of both training phases.
+    document is held out of both training phases. `demo` is a :class:`DemoPair`
+    or :class:`DemoCheckpoints` (its ``base`` and ``manifest``).
     """
     every = int(demo.manifest["settings"]["held_out_every"])
     train, held = split_documents(builtin_documents(), every)
-    stream = tokenize(held if held_out else train, load_tokenizer(demo.base))
+    stream = tokenize(held if held_out else train, load_tokenizer(str(demo.base)))
     n = len(stream) // length
     if n < 2:
         raise ValueError(f"the demo's {'held-out' if held_out else 'training'} text is too short")
     return stream[: n * length].reshape(n, length)
 
 
+def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:
+    """The demo's probe corpus: its held-out documents, never seen in training, in windows of ``seq_len``.
+
+    All of them by default (about 10K tokens), or ``grid.tokens`` of them, evenly spread.
+    """
+    windows = demo_token_windows(pair, held_out=True, length=grid.seq_len)
+    if grid.tokens is not None:
+        windows = windows[evenly_spaced(len(windows), max(2, grid.tokens // grid.seq_len))]
+    return Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
+
+
 def demo_sweep_config(pair: DemoPair, grid: DemoGrid) -> SweepConfig:
-    """The sweep ``rsf demo`` runs on its pair: the grid's choices, the built-in corpus, CPU."""
+    """The sweep ``rsf demo`` runs on its pair (with :func:`demo_probe_corpus`): the grid's choices, CPU."""
     return SweepConfig(
         pairs=(PairSpec("demo", str(pair.base), str(pair.aligned)),),
-        corpus=CorpusSpec(tokens=grid.tokens, seq_len=grid.seq_len),
+        corpus=CorpusSpec(seq_len=grid.seq_len),
         constructions=grid.constructions,
         cutoffs=grid.cutoffs,
         normalisations=grid.normalisations,

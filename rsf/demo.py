@@ -16,7 +16,6 @@ from pathlib import Path
 
 from reports import write_report
 from robustness.cache import default_cache_dir
-from robustness.corpus import load_corpus
 from robustness.dataset import build_dataset, write_dataset
 from robustness.demo import (
     DemoGrid,
@@ -24,6 +23,7 @@ from robustness.demo import (
     DemoSettings,
     demo_is_cached,
     demo_pair,
+    demo_probe_corpus,
     demo_sweep_config,
     single_threaded,
 )
@@ -136,7 +136,7 @@ def run_demo(
     _stage(f"demo pair: {pair.root}", quiet)
 
     config = demo_sweep_config(pair, grid)
-    corpus = load_corpus(config.corpus, tokenizer_source=str(pair.base))
+    corpus = demo_probe_corpus(pair, grid)
     mark = time.perf_counter()
     with single_threaded():  # small matrices: a second thread only adds waiting on a busy machine
         results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
@@ -155,7 +155,6 @@ def run_demo(
     mark = time.perf_counter()
     stats = compute_stats(
         dataset,
-        layer_replicates=grid.layer_replicates,
         n_resamples=grid.n_resamples,
         seed=grid.seed,
         progress=progress,

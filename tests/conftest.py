@@ -122,22 +122,24 @@ def tiny_demo(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def report_datasets(saved_pair, tmp_path_factory):
-    """Two pairs side by side (a trajectory): six untied layers, and three layers with tied
-    embeddings; swept with a sequence bootstrap, tested (`rsf stats`) and a small calibration.
+    """Three pairs through the real pipeline (`rsf sweep` with a sequence bootstrap, `rsf stats`):
+    two alignment pairs of six layers side by side (a trajectory, so `rsf stats` fits the pair
+    model; the second ties its embeddings), and a three-layer pretraining pair, too few layers
+    for the dependence-robust test.
 
-    ``{"results", "stats", "calibration", "root"}`` → paths.
+    ``{"results", "stats", "root"}`` → paths; the calibration is :func:`report_calibration`.
     """
-    from robustness.calibration import CalibrationSettings, run_calibration
-    from robustness.dataset import write_dataset
     from rsf.main import main
 
     root = tmp_path_factory.mktemp("report")
     first = saved_pair("llama", num_hidden_layers=6)
-    second = saved_pair("llama", seed=5, num_hidden_layers=3, tie_word_embeddings=True)
+    second = saved_pair("llama", seed=5, num_hidden_layers=6, tie_word_embeddings=True)
+    third = saved_pair("llama", seed=7, num_hidden_layers=3)
     config = root / "sweep.toml"
     config.write_text(
         f'[[pair]]\nlabel = "early"\nbase = "{first[0]}"\naligned = "{first[1]}"\n'
         f'[[pair]]\nlabel = "late"\nbase = "{second[0]}"\naligned = "{second[1]}"\n'
+        f'[[pair]]\nlabel = "short"\nphase = "pretrain"\nbase = "{third[0]}"\naligned = "{third[1]}"\n'
         "[corpus]\ntokens = 256\nseq_len = 16\n"
         '[probe]\nconstructions = ["act_cov", "unembed", "random"]\ncutoffs = ["k=8", "var=0.9", "pr"]\n'
         'normalisations = ["fraction", "log_isotropic", "isotropic"]\n'
@@ -146,11 +148,22 @@ def report_datasets(saved_pair, tmp_path_factory):
     sweep = ["sweep", "--config", str(config), "--bootstrap", "20", "--out", str(results)]
     assert main([*sweep, "--quiet", "--no-cache"]) == 0
     stats = root / "stats.nc"
-    assert main(["stats", str(results), "--out", str(stats), "--resamples", "200",
-                 "--permutations", "200", "--quiet"]) == 0  # fmt: skip
-    calibration = root / "calibration.nc"
-    settings = CalibrationSettings(
-        n_null=20, n_power=10, strengths=(0.2,), n_layers=6, layer_replicates=99, n_resamples=99
-    )
+    assert main(["stats", str(results), "--out", str(stats), "--resamples", "200", "--quiet"]) == 0
+    return {"results": results, "stats": stats, "root": root}
+
+
+@pytest.fixture(scope="session")
+def report_calibration(tmp_path_factory):
+    """A small calibration study (`rsf calibrate`'s library call) for the report's calibration section."""
+    import dataclasses
+
+    from robustness.calibration import CalibrationSettings, run_calibration
+    from robustness.dataset import write_dataset
+
+    wanted = dict(n_null=20, n_power=10, strengths=(0.2,), n_layers=6, layer_replicates=99,
+                  n_resamples=99)  # fmt: skip
+    known = {f.name for f in dataclasses.fields(CalibrationSettings)}
+    settings = CalibrationSettings(**{k: v for k, v in wanted.items() if k in known})
+    calibration = tmp_path_factory.mktemp("calibration") / "calibration.nc"
     write_dataset(run_calibration(settings), calibration)
-    return {"results": results, "stats": stats, "calibration": calibration, "root": root}
+    return calibration

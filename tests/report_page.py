@@ -37,9 +37,13 @@ class Page(HTMLParser):
         self.urls: list[tuple[str, str, str]] = []
         self.figures: list[dict] = []
         self.tables: dict[str, dict[str, dict[str, tuple[str, str | None]]]] = {}
+        self.row_classes: dict[str, dict[str, set[str]]] = {}  # table id → row key → its classes
+        self.section_text: dict[str, str] = {}  # section id → its text (figures' SVG left out)
         self.caveats: list[str] = []
         self.meta: list[dict] = []
         self._table = self._row = self._cell = None
+        self._section: str | None = None
+        self._in_svg = 0
         self._text: list[str] = []
         self._caption = False
         self.feed(text)
@@ -54,6 +58,10 @@ class Page(HTMLParser):
             self.meta.append(attrs)
         if tag == "section":
             self.sections.append(attrs.get("id"))
+            self._section = attrs.get("id")
+            self.section_text[self._section] = ""
+        if tag == "svg":
+            self._in_svg += 1
         if tag == "figure":
             self.figures.append({"id": attrs.get("id"), "caption": "", "alt": None, "title": False})
         if tag == "svg" and self.figures:
@@ -64,14 +72,21 @@ class Page(HTMLParser):
             self._caption, self._text = True, []
         if tag == "table":
             self._table = self.tables.setdefault(attrs.get("id"), {})
+            self._table_id = attrs.get("id")
         if tag == "tr" and self._table is not None and "data-row" in attrs:
             self._row = self._table.setdefault(attrs["data-row"], {})
+            classes = set((attrs.get("class") or "").split())
+            self.row_classes.setdefault(self._table_id, {})[attrs["data-row"]] = classes
         if tag == "td" and self._row is not None:
             self._cell, self._text = (attrs["data-col"], attrs.get("data-value")), []
         if tag == "li" and "data-caveat" in attrs:
             self.caveats.append(attrs["data-caveat"])
 
     def handle_endtag(self, tag):
+        if tag == "svg":
+            self._in_svg -= 1
+        if tag == "section":
+            self._section = None
         if tag == "figcaption":
             self.figures[-1]["caption"] = "".join(self._text).strip()
             self._caption = False
@@ -85,6 +100,8 @@ class Page(HTMLParser):
             self._table = None
 
     def handle_data(self, data):
+        if self._section is not None and not self._in_svg:
+            self.section_text[self._section] += data
         if self._caption or self._cell is not None:
             self._text.append(data)
 
@@ -96,12 +113,10 @@ def shown(x, rule: str) -> str:
     x = float(x)
     if rule == "p":
         return "< 0.001" if x < 0.001 else f"{x:.3f}"
-    return format(
-        x,
-        {"signed": "+.3f", "effect": "+.2f", "share": ".0%", "rate": ".3f", "agreement": ".2f"}[
-            rule
-        ],
-    )
+    rules = {"signed": "+.3f", "effect": "+.2f", "share": ".0%", "expected_share": ".1%",
+             "rate": ".3f", "agreement": ".2f", "autocorrelation": "+.2f", "layers": ".1f",
+             "statistic": ".2f", "integer": "d"}  # fmt: skip
+    return format(int(x) if rule == "integer" else x, rules[rule])
 
 
 def sha256(path: Path) -> str:

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-from report_page import SECTIONS, Page, sha256, shown
+from report_page import MISSING, SECTIONS, Page, sha256, shown
 from rsf_commands import run_cli
 
 from robustness.dataset import open_dataset, write_dataset
@@ -26,24 +26,49 @@ from rsf.main import main
 
 @pytest.fixture(scope="module")
 def datasets(report_datasets):
-    """The results, stats and calibration datasets (the session's, from conftest.py)."""
+    """The results and stats datasets (the session's, from conftest.py)."""
     return report_datasets
 
 
 @pytest.fixture(scope="module")
 def report(datasets):
+    """The report of the results and statistics (no calibration: its own test adds one)."""
     out = datasets["root"] / "report.html"
     args = ["report", str(datasets["results"]), "--stats", str(datasets["stats"])]
-    assert main([*args, "--calibration", str(datasets["calibration"]), "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def page(report):
+    return Page(report.read_text(encoding="utf-8"))
+
+
+# The report's place for each specification in the curve (reports.context.spec_roles), written out
+# again from the dataset's `counted`, `duplicate_of` and `control`.
+def role_text(stats, pair, c, k, n) -> str:
+    cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
+    if not math.isfinite(float(cell.asymmetry)):
+        return "undefined"  # every undefined specification "duplicates" the first: NaN == NaN
+    if str(cell.duplicate_of.item()):
+        return f"= {cell.duplicate_of.item()}"
+    if int(stats.control.sel(construction=c)):
+        return "control, not counted"
+    return "yes" if int(cell.counted) else "no"
+
+
+def specs(stats):
+    for c in stats.construction.values:
+        for k in stats.cutoff.values:
+            for n in stats.normalisation.values:
+                yield str(c), str(k), str(n)
 
 
 # ----------------------------------------------------------------------- structure
 
 
-def test_every_section_figure_and_input_is_in_one_self_contained_file(report, datasets):
+def test_every_section_figure_and_input_is_in_one_self_contained_file(report, page, datasets):
     text = report.read_text(encoding="utf-8")
-    page = Page(text)
     assert page.sections == list(SECTIONS)
     # Nothing is fetched: every link is an in-page anchor, no element loads anything, CSS imports nothing.
     assert [u for u in page.urls if not u[2].startswith("#")] == []
@@ -63,14 +88,15 @@ def test_every_section_figure_and_input_is_in_one_self_contained_file(report, da
     csp = [m["content"] for m in page.meta if m.get("http-equiv") == "Content-Security-Policy"]
     assert csp and csp[0].startswith("default-src 'none'")
     # Figures: SVG inline, each with alt text, a <title> and a caption.
-    assert len(page.figures) >= 7
+    ids = {f["id"] for f in page.figures}
+    assert {"fig-spec-curve", "fig-rsf-cutoff", "fig-heatmaps", "fig-nulls", "fig-variance"} <= ids
+    assert "fig-trajectory" in ids  # several pairs: side by side
     for figure in page.figures:
         assert figure["alt"] and len(figure["alt"]) > 40, figure["id"]
         assert figure["title"] and len(figure["caption"]) > 40, figure["id"]
-    assert "fig-trajectory" in {f["id"] for f in page.figures}  # two pairs: side by side
     # It names its data files with their hashes.
     files = page.tables["data-files"]
-    for kind in ("results", "stats", "calibration"):
+    for kind in ("results", "stats"):
         assert files[kind]["file"][0] == datasets[kind].name
         assert files[kind]["sha256"][0] == sha256(datasets[kind])
 
@@ -91,77 +117,247 @@ def test_no_statistics_leaves_every_section_in_place_and_says_what_to_run(datase
 # ----------------------------------------------------------------------- golden: numbers shown = datasets
 
 
-def test_numbers_shown_match_the_datasets(report, datasets):
-    page = Page(report.read_text(encoding="utf-8"))
-    stats = open_dataset(datasets["stats"])
-    results = open_dataset(datasets["results"])
-    calibration = open_dataset(datasets["calibration"])
+# Every number column of the specification table and the rounding rule it documents.
+SPEC_RULES = {"asymmetry": "signed", "reference": "signed", "ci_low": "signed", "ci_high": "signed",
+              "seq_ci_low": "signed", "seq_ci_high": "signed", "effect_size": "effect",
+              "effect_ci_low": "effect", "effect_ci_high": "effect", "p_value": "p",
+              "p_signflip": "p", "p_perm": "p", "p_adj": "p", "p_wy": "p",
+              "lag1_autocorrelation": "autocorrelation", "effective_layers": "layers"}  # fmt: skip
 
+
+def test_the_specification_table_shows_every_value_of_the_statistics(page, datasets):
+    stats = open_dataset(datasets["stats"])
     table = page.tables["spec-table"]
     assert len(table) == np.prod(
         [stats.sizes[d] for d in ("pair", "construction", "cutoff", "normalisation")]
     )
-    rules = {"asymmetry": "signed", "ci_low": "signed", "ci_high": "signed", "seq_ci_low": "signed",
-             "seq_ci_high": "signed", "effect_size": "effect", "p_signflip": "p", "p_perm": "p",
-             "p_adj": "p", "p_wy": "p"}  # fmt: skip
-    checked = 0
+    checked, roles = 0, {}
     for pair in stats.pair.values:
-        for c in stats.construction.values:
-            for k in stats.cutoff.values:
-                for n in stats.normalisation.values:
-                    row = table[f"{pair}|{c}|{k}|{n}"]
-                    cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
-                    for name, rule in rules.items():
-                        value = float(cell[name])
-                        text, full = row[name]
-                        assert text == shown(value, rule), (pair, c, k, n, name)
-                        # The unrounded value travels with the cell, exactly.
-                        assert (full == "") if not math.isfinite(value) else float(full) == value
-                        checked += math.isfinite(value)
-    assert checked > 100
+        for c, k, n in specs(stats):
+            key = f"{pair}|{c}|{k}|{n}"
+            row = table[key]
+            cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
+            for name, rule in SPEC_RULES.items():
+                value = float(cell[name])
+                text, full = row[name]
+                assert text == shown(value, rule), (key, name)
+                # The unrounded value travels with the cell, exactly.
+                assert (full == "") if not math.isfinite(value) else float(full) == value
+                checked += math.isfinite(value)
+            role = role_text(stats, pair, c, k, n)
+            assert row["counted"][0] == role, key
+            assert (role == "yes") == bool(int(cell.counted)), (
+                key
+            )  # counted means in the joint tests
+            roles[role.split(" ")[0]] = roles.get(role.split(" ")[0], 0) + 1
+            classes = page.row_classes["spec-table"][key]
+            assert ("control" in classes) == (role == "control, not counted"), key
+            assert ("duplicate" in classes) == role.startswith("="), key
+    assert checked > 500
+    assert {"yes", "control,", "=", "undefined"} <= set(roles)  # every kind of row is exercised
+    # BH and WY are over the counted specifications only.
+    counted = stats.counted.values.astype(bool)
+    assert (
+        np.isnan(stats.p_adj.values[~counted]).all() and np.isnan(stats.p_wy.values[~counted]).all()
+    )
     preferred = stats.attrs["preferred_specification"].split(",")
     assert table[f"early|{'|'.join(preferred)}"]["preferred"][0] == "★"
+    columns = {
+        "p_value",
+        "p_signflip",
+        "p_perm",
+        "p_adj",
+        "p_wy",
+        "reference",
+        "lag1_autocorrelation",
+        "counted",
+    }
+    assert columns <= set(table[f"early|{'|'.join(preferred)}"])
 
-    verdict = page.tables["verdict-table"]
+
+def test_the_verdict_shows_the_ewc_test_the_joint_tests_and_the_pair_model(page, report, datasets):
+    stats = open_dataset(datasets["stats"])
     per_pair = json.loads(stats.attrs["per_pair"])
-    for pair in ("early", "late"):
-        column = f"pair:{pair}"
+    preferred = stats.attrs["preferred_specification"].split(",")
+    verdict = page.tables["verdict-table"]
+    assert "p_perm" not in verdict  # within-layer exchangeability: only in the full table
+    per_spec = {"asymmetry": "signed", "reference": "signed", "ci_low": "signed", "ci_high": "signed",
+                "seq_ci_low": "signed", "seq_ci_high": "signed", "p_value": "p", "p_signflip": "p",
+                "effect_size": "effect", "lag1_autocorrelation": "autocorrelation",
+                "effective_layers": "layers"}  # fmt: skip
+    joint_rules = {"median_effect": "effect", "p_median_effect": "p", "share_significant": "share",
+                   "p_share_significant": "p", "stouffer_z": "effect", "p_stouffer_z": "p",
+                   "n_specifications": "integer", "n_null": "integer"}  # fmt: skip
+    for pair in stats.pair.values:
+        column, info = f"pair:{pair}", per_pair[pair]
         cell = stats.sel(
             pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
         )
-        for name in ("asymmetry", "ci_low", "ci_high", "seq_ci_low", "seq_ci_high"):
-            assert verdict[name][column][0] == shown(float(cell[name]), "signed")
-        for name in ("p_signflip", "p_perm"):
-            assert verdict[name][column][0] == shown(float(cell[name]), "p")
-        same_scale = stats.asymmetry.sel(pair=pair, normalisation=preferred[2]).values
-        assert verdict["median_asymmetry"][column][0] == shown(np.nanmedian(same_scale), "signed")
-        joint = per_pair[pair]["joint"]
-        assert verdict["median_effect"][column][0] == shown(joint["median_effect"], "effect")
-        assert verdict["share_significant"][column][0] == shown(joint["share_significant"], "share")
-        assert verdict["stouffer_z"][column][0] == shown(joint["stouffer_z"], "effect")
-        for name in ("p_median_effect", "p_share_significant", "p_stouffer_z"):
-            assert verdict[name][column][0] == shown(joint[name], "p")
-        assert verdict["n_specifications"][column][0] == str(joint["n_specifications"])
-        shares = per_pair[pair]["variance_shares"]
-        row = page.tables["variance-table"][pair]
-        for factor, value in shares.items():
-            assert row[factor][0] == shown(value, "share")
-        for key, value in per_pair[pair].get("ranking_stability", {}).items():
-            assert row[key][0] == shown(value, "agreement")
-        models = page.tables["models"][pair]
-        for name in ("base_hash", "aligned_hash", "base_id", "aligned_id"):
-            assert models[name][0] == str(results[name].sel(pair=pair).item())
-    # The sentence in the verdict box uses the same rounding as the table.
+        for name, rule in per_spec.items():
+            assert verdict[name][column][0] == shown(float(cell[name]), rule), (pair, name)
+        counted = [
+            float(stats.asymmetry.sel(pair=pair, construction=c, cutoff=k, normalisation=n))
+            for c, k, n in specs(stats)
+            if n == preferred[2] and role_text(stats, pair, c, k, n) == "yes"
+        ]
+        assert verdict["median_asymmetry"][column][0] == shown(np.median(counted), "signed")
+        joint = info.get("joint", {})
+        for name, rule in joint_rules.items():
+            assert verdict[name][column][0] == shown(joint.get(name), rule), (pair, name)
+        for name in ("under_null", "under_median_effect"):
+            expected = info["expected_share"][name]
+            assert verdict[name][column][0] == shown(expected, "expected_share"), (pair, name)
+        assert verdict["n_layers"][column][0] == str(info["n_layers"])
+        assert verdict["projections"][column][0] == str(info["projections"])
+    # "short" has three layers: no EWC test, no joint tests; the verdict says so.
+    assert verdict["p_value"]["pair:short"][0] == MISSING
+    assert verdict["median_effect"]["pair:short"][0] == MISSING
+    assert per_pair["early"]["joint"]["median_effect"] == pytest.approx(
+        np.median(
+            stats.effect_size.sel(pair="early").values[stats.counted.sel(pair="early").values == 1]
+        )
+    )
+    # The sentences in the verdict box use the same rounding as the table.
+    text = page.section_text["verdict"]
     early = stats.sel(
         pair="early", construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
     )
-    text = report.read_text(encoding="utf-8")
-    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average" in text
-    p_flip = shown(float(early.p_signflip), "p")
-    relation = p_flip if p_flip.startswith("<") else f"= {p_flip}"
-    assert f"sign-flip p {relation}, label-permutation p " in text
-    assert "p = <" not in text  # "p < 0.001", never "p = < 0.001"
 
+    def relation(value):
+        p = shown(value, "p")
+        return p if p.startswith("<") else f"= {p}"
+
+    assert f"is A = {shown(float(early.asymmetry), 'signed')} on average over layers" in text
+    assert (
+        f"95% EWC interval over layers, dependence-robust: {shown(float(early.ci_low), 'signed')} to "
+        f"{shown(float(early.ci_high), 'signed')}; p {relation(float(early.p_value))})" in text
+    )
+    assert f"assumes exchangeable layers, gives p {relation(float(early.p_signflip))}" in text
+    joint = per_pair["early"]["joint"]
+    assert (
+        f"{shown(joint['share_significant'], 'share')} are significant with read > write (joint p "
+        f"{relation(joint['p_share_significant'])}), against "
+        f"{shown(per_pair['early']['expected_share']['under_null'], 'expected_share')} expected under the null"
+    ) in text
+    assert f"Over the {joint['n_specifications']} counted specifications" in text
+    assert "with 3 layers the dependence-robust test cannot be computed" in text.lower()
+    assert "label-permutation" not in text and "p = <" not in text
+    # The pair model: one table per phase with at least two pairs (align: early, late).
+    model = json.loads(stats.attrs["pair_model"])
+    assert set(model) == {"specification", "align"}
+    table = page.tables["pair-model-align"]
+    fitted = model["align"]
+    for key, values in [("overall", fitted["overall"]),
+                        *((f"pair:{p}", v) for p, v in fitted["per_pair"].items())]:  # fmt: skip
+        for name in ("estimate", "ci_low", "ci_high"):
+            assert table[key][name][0] == shown(values[name], "signed"), (key, name)
+        assert table[key]["p_value"][0] == shown(values["p_value"], "p")
+    difference = fitted["difference"]
+    assert table["difference"]["F"][0] == shown(difference["F"], "statistic")
+    assert table["difference"]["p_value"][0] == shown(difference["p_value"], "p")
+    assert table["difference"]["df"][0] == ", ".join(map(str, difference["df"]))
+    assert table["overall"]["null"][0] == fitted["overall"]["null"]
+    assert "mixed-model" not in page.tables
+
+
+def test_the_evidence_sections_show_the_new_nulls_and_variance_shares(page, datasets):
+    stats = open_dataset(datasets["stats"])
+    per_pair = json.loads(stats.attrs["per_pair"])
+    for pair in stats.pair.values:
+        shares = per_pair[pair]["variance_shares"]
+        row = page.tables["variance-table"][pair]
+        assert any("×" in term for term in shares)  # two-way interactions
+        assert sum(shares.values()) == pytest.approx(1.0)  # shares of the total sum of squares
+        for term, value in shares.items():
+            assert row[term][0] == shown(value, "share"), (pair, term)
+        for key, value in per_pair[pair].get("ranking_stability", {}).items():
+            assert row[key][0] == shown(value, "agreement")
+    assert stats.attrs["variance_method"] in page.section_text["variance"]
+    nulls = page.section_text["null-distributions"]
+    assert "rotation null of the EWC test" in nulls
+    # The curve draws the counted specifications and the controls, not duplicates.
+    curve = next(f for f in page.figures if f["id"] == "fig-spec-curve")
+    for pair in stats.pair.values:
+        roles = [role_text(stats, pair, *spec) for spec in specs(stats)]
+        n_counted, n_controls = roles.count("yes"), roles.count("control, not counted")
+        assert (
+            f"Pair {pair}: {n_counted} counted specifications and {n_controls} controls"
+            in curve["alt"]
+        )
+    assert "hollow" in curve["caption"].lower()
+
+
+def test_the_methods_write_out_every_null_hypothesis_and_method(page, datasets):
+    stats = open_dataset(datasets["stats"])
+    methods = page.section_text["methods"]
+    nulls = json.loads(stats.attrs["null_hypotheses"])
+    assert {"p_value", "p_signflip", "p_perm", "joint", "p_adj", "p_wy"} <= set(nulls)
+    for name, text in nulls.items():
+        assert text in methods, name
+        if name in stats:  # the variable's own attribute says the same
+            assert stats[name].attrs["null_hypothesis"] == text
+    for attr in (
+        "p_value_method",
+        "ci_method",
+        "seq_ci_method",
+        "counted_rule",
+        "effect_size_method",
+    ):
+        assert stats.attrs[attr] in methods, attr
+    assert f"{stats.attrs['n_resamples']} Monte Carlo null draws" in methods
+    # Provenance: the models compared.
+    results = open_dataset(datasets["results"])
+    for pair in results.pair.values:
+        models = page.tables["models"][pair]
+        for name in ("base_hash", "aligned_hash", "base_id", "aligned_id"):
+            assert models[name][0] == str(results[name].sel(pair=pair).item())
+
+
+def test_caveats_follow_from_the_data(page, datasets):
+    stats = open_dataset(datasets["stats"])
+    found = set(page.caveats)
+    preferred = dict(zip(("construction", "cutoff", "normalisation"),
+                         stats.attrs["preferred_specification"].split(","), strict=True))  # fmt: skip
+    # "late" ties its embeddings; "short" has 3 layers (the EWC test needs 4); 20 sequence
+    # replicates are too few for BCa; 200 Monte Carlo draws are fewer than 999.
+    assert {
+        "tied-embeddings",
+        "few-layers-short",
+        "sequence-replicates",
+        "monte-carlo-resamples",
+        "no-calibration",
+    } <= found
+    assert not {"few-layers-early", "few-layers-late"} & found  # 6 layers each
+    assert not {"no-stats", "no-sequence-bootstrap", "layer-resamples", "bca-replicates"} & found
+    # Strong lag-1 autocorrelation of the preferred specification (> 0.5): from the data.
+    r1 = stats.lag1_autocorrelation.sel(**preferred)
+    strong = {f"autocorrelation-{p}" for p in stats.pair.values if float(r1.sel(pair=p)) > 0.5}
+    assert strong == {c for c in found if c.startswith("autocorrelation-")}
+    assert "autocorrelation-late" in strong  # +0.59 for these models
+    # The random control against its Haar reference: a caveat exactly when one of its own
+    # specifications (not a duplicate) has EWC p < α.
+    alpha = float(stats.attrs["alpha"])
+    departs = any(
+        float(stats.p_value.sel(pair=p, construction="random", cutoff=k, normalisation=n)) < alpha
+        for p in stats.pair.values
+        for c, k, n in specs(stats)
+        if c == "random" and role_text(stats, p, c, k, n) == "control, not counted"
+    )
+    assert ("null-control" in found) == departs
+    text = page.section_text["caveats"]
+    assert "Pair(s) late tie the input and output embeddings" in text
+    assert "Pair short has 3 layers, too few for the dependence-robust EWC test" in text
+
+
+def test_the_calibration_section_shows_the_study(datasets, report_calibration, tmp_path):
+    out = tmp_path / "report.html"
+    args = ["report", str(datasets["results"]), "--stats", str(datasets["stats"])]
+    assert main([*args, "--calibration", str(report_calibration), "--out", str(out)]) == 0
+    page = Page(out.read_text(encoding="utf-8"))
+    calibration = open_dataset(report_calibration)
+    files = page.tables["data-files"]
+    assert files["calibration"]["sha256"][0] == sha256(report_calibration)
+    assert "fig-calibration" in {f["id"] for f in page.figures}
     type1 = page.tables["calibration-type1"]
     for test in calibration.test.values:
         for name in ("type1_error", "type1_ci_low", "type1_ci_high"):
@@ -173,23 +369,8 @@ def test_numbers_shown_match_the_datasets(report, datasets):
         for scenario in calibration.scenario.values:
             value = float(calibration.coverage.sel(interval=interval, scenario=scenario))
             assert coverage[f"{interval}|{scenario}"]["coverage"][0] == shown(value, "rate")
-
-
-def test_caveats_follow_from_the_data(report):
-    page = Page(report.read_text(encoding="utf-8"))
     found = set(page.caveats)
-    # "late" ties its embeddings and has 3 layers (smallest sign-flip p 2/8 > α); 20 replicates are too few for BCa.
-    assert {
-        "tied-embeddings",
-        "few-layers-late",
-        "bca-replicates",
-        "layer-resamples",
-        "calibration-shape",
-    } <= found
-    assert "few-layers-early" not in found  # 6 layers: 2/64 < 0.05
-    assert not {"no-stats", "no-calibration", "no-sequence-bootstrap"} & found
-    text = report.read_text(encoding="utf-8")
-    assert "Pair(s) late tie the input and output embeddings" in text
+    assert "calibration-shape" in found and "no-calibration" not in found
 
 
 # ----------------------------------------------------------------------- mechanism sections
@@ -233,12 +414,17 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(datasets, tmp_path, ca
     results, stats = str(datasets["results"]), str(datasets["stats"])
     subset = tmp_path / "subset.nc"
     write_dataset(open_dataset(datasets["results"]).isel(pair=[0]), subset)
+    labelled = tmp_path / "labelled.nc"  # recognised by its kind alone
+    write_dataset(xr.Dataset({"x": ("i", np.arange(2.0))}, attrs={"kind": "calibration"}), labelled)
+    older = tmp_path / "older.nc"  # a stats file from before the EWC test
+    write_dataset(open_dataset(datasets["stats"]).drop_vars(["p_value", "reference"]), older)
     cases = [
         (["report", str(tmp_path / "absent.nc")], "dataset not found"),
         (["report", stats], "is a statistics dataset (from rsf stats), not a results dataset"),
+        (["report", results, "--stats", str(labelled)], "pass it with --calibration"),
         (
-            ["report", results, "--stats", str(datasets["calibration"])],
-            "pass it with --calibration",
+            ["report", results, "--stats", str(tmp_path / "older.nc")],
+            "was written by an older rsf stats (it has no p_value, reference): re-run `rsf stats",
         ),
         (["report", str(subset), "--stats", stats], "was made from a different results file"),
         (["report", results, "--calibration", results], "not a calibration dataset"),
@@ -249,7 +435,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(datasets, tmp_path, ca
         assert err.startswith("rsf: error: ") and message in err and err.count("\n") == 1, err
     assert main(["report", results, "--out", str(tmp_path / "no" / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == [subset]
+    assert sorted(tmp_path.iterdir()) == sorted([subset, labelled, older])
 
 
 def test_a_failure_while_rendering_leaves_no_file(datasets, tmp_path, monkeypatch):
@@ -291,7 +477,7 @@ def _browser():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def test_a_headless_browser_loads_it_offline_without_errors(report):
+def test_a_headless_browser_loads_it_offline_without_errors(report, page):
     from PIL import Image
     from selenium.webdriver.common.by import By
 
@@ -317,7 +503,7 @@ def test_a_headless_browser_loads_it_offline_without_errors(report):
         widths = driver.execute_script(
             "return Array.from(document.querySelectorAll('figure svg')).map(s => s.getBoundingClientRect().width)"
         )
-        assert len(widths) >= 7 and min(widths) > 150
+        assert len(widths) == len(page.figures) >= 6 and min(widths) > 150
         image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L")
         pixels = np.asarray(image, dtype=float)
         assert pixels.std() > 20 and (pixels < 200).mean() > 0.02  # not blank
