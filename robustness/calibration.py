@@ -89,7 +89,7 @@ def scenarios(n_layers: int = 12) -> list[Scenario]:
         Scenario("null", "isotropic deltas, independent layers", n_layers),
         Scenario("correlated ρ≈0.5", "layers' draws an AR(1) chain (ρ_draws 0.88): D_l lag-1 ≈ 0.5", n_layers, rho=0.88),
         Scenario("correlated ρ≈0.8", "layers' draws an AR(1) chain (ρ_draws 0.97): D_l lag-1 ≈ 0.8", n_layers, rho=0.97),
-        Scenario("shared components", "q and k share half their delta, o and down half of theirs", n_layers, shared=0.5),
+        Scenario("shared components", "q and k share 80% of their delta (a common one), o and down likewise: within-layer correlation ≈ 0.67", n_layers, shared=0.8),
         Scenario("skewed", "read plant of exponential strength per layer, write plant constant: D_l right-skewed", n_layers,
                  read_strength=0.15, write_site_strength=0.15, skew=True, truth_zero=False),
         Scenario("both concentrated", "read and write deltas planted alike along their own sites' activations", n_layers,

@@ -16,8 +16,9 @@ A :class:`Scenario` sets what departs from the isotropic null:
 - ``rho``: every layer's random draws (spike directions, activation samples,
   delta factors) follow an AR(1) chain across layers, so neighbouring layers'
   probe values and their differences ``D_l`` are correlated;
-- ``shared``: q and k deltas share a component (their input site), o and down
-  share another (their output site): matrices of a layer are not exchangeable;
+- ``shared``: q and k deltas share a component (a common delta of weight
+  ``shared``: their input site), o and down another (their output site): the
+  matrices of a layer are not exchangeable;
 - ``read_strength`` / ``write_strength``: read deltas planted along the read
   site's activation spikes, write deltas along the prediction subspace;
 - ``write_site_strength``: write deltas planted along their own site's
@@ -141,15 +142,10 @@ def _site(chain: _Chain, key, d: int, n_tokens: int) -> dict:
     }
 
 
-def _delta(chain: _Chain, key, common, d: int, plant, pathway: str, shared: float) -> np.ndarray:
-    """``Σ_t x_t y_tᵀ`` (2d terms) with the residual-side factor from ``N(0, plant)`` (isotropic if None).
-
-    `common` is the pathway's shared residual factor of this layer (weight `shared`).
-    """
+def _delta(chain: _Chain, key, d: int, plant, pathway: str) -> np.ndarray:
+    """``Σ_t x_t y_tᵀ`` (2d terms) with the residual-side factor from ``N(0, plant)`` (isotropic if None)."""
     n_terms = 2 * d
     residual = chain.draw((key, "residual"), (n_terms, d))
-    if shared:
-        residual = math.sqrt(1 - shared) * residual + math.sqrt(shared) * common
     if plant is not None:
         residual = residual @ np.linalg.cholesky(plant).T
     other = chain.draw((key, "other"), (n_terms, d))
@@ -189,17 +185,19 @@ def simulate(
         elif scenario.write_site_strength:
             plants["write"] = np.eye(d) + scenario.write_site_strength * sites["write"]["spike"]
         for p in range(scenario.n_pairs):
-            # One shared residual factor per pathway and layer: q and k (o and down) both carry it.
+            # One shared delta per pathway and layer: q and k (o and down) both carry it.
             common = {
-                side: chain.draw((p, side, "shared"), (2 * d, d)) if scenario.shared else None
+                side: _delta(chain, (p, side, "shared"), d, plants[side], side)
                 for side in ("read", "write")
+                if scenario.shared
             }
             for mi, matrix in enumerate(MATRICES):
                 pathway = probes.PATHWAY[matrix]
                 side = "read" if pathway == "read" else "write"
-                delta = _delta(
-                    chain, (p, matrix), common[side], d, plants[side], pathway, scenario.shared
-                )
+                delta = _delta(chain, (p, matrix), d, plants[side], pathway)
+                if scenario.shared:
+                    w = scenario.shared
+                    delta = math.sqrt(1 - w) * delta + math.sqrt(w) * common[side]
                 purity[p, layer, mi] = probes.gram_purity(delta)
                 bases = _bases(rng, constructions, sites[side], unembed, pathway, d)
                 _fill(s[p, layer, mi], ks[p, layer, mi], delta, bases, specs, cutoffs, pathway, d,

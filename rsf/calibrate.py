@@ -39,31 +39,60 @@ def run(args) -> int:
         settings = dataclasses.replace(settings, n_null=args.sims)
     calibration = run_calibration(settings, progress=not args.quiet)
     write_dataset(calibration, out)
-    alpha = calibration.attrs["alpha"]
-    print(f"type-I error at α = {alpha} ({settings.n_null} null pairs, 95% Clopper-Pearson):")
-    for test in calibration.test.values:
-        row = calibration.sel(test=test)
-        print(
-            f"  {test:15s} {float(row.type1_error):.3f} [{float(row.type1_ci_low):.3f}, {float(row.type1_ci_high):.3f}]"
-        )
-    for plant in calibration.plant.values:
-        print(f"rejection rate against the {plant} plant's strength β:")
-        for test in calibration.test.values:
-            rates = calibration.power.sel(test=test, plant=plant).values
-            values = "  ".join(
-                f"β={b:g}: {r:.2f}" for b, r in zip(calibration.strength.values, rates, strict=True)
-            )
-            print(f"  {test:15s} {values}")
-    print("coverage of the 95% layer-bootstrap intervals (bootstrap-t is what rsf stats reports):")
-    for method in calibration.interval.values:
-        for scenario in calibration.scenario.values:
-            row = calibration.sel(scenario=scenario, interval=method)
-            low, high = float(row.coverage_ci_low), float(row.coverage_ci_high)
-            print(
-                f"  {method:12s} {scenario:22s} {float(row.coverage):.3f} [{low:.3f}, {high:.3f}]"
-            )
+    print("\n".join(summary_lines(calibration, settings)))
     misses = json.loads(calibration.attrs["misses"])
     print("misses against the targets: " + ("; ".join(misses) if misses else "none"))
     if not args.quiet:
         print(f"wrote {out}")
     return 0
+
+
+def summary_lines(calibration, settings) -> list[str]:
+    """Type-I error per scenario (with whether the test's assumptions hold), power, coverage."""
+    alpha = calibration.attrs["alpha"]
+    lines = [f"type-I error at α = {alpha} ({settings.n_null} studies per scenario, 95% Clopper-Pearson; "
+             "* = the test's assumptions do not hold there):"]  # fmt: skip
+    scenarios = [str(s) for s in calibration.scenario.values]
+    lines.append("  " + f"{'test':17s}" + "".join(f"{s[:14]:>16s}" for s in scenarios))
+    for test in calibration.test.values:
+        cells = []
+        for scenario in scenarios:
+            cell = calibration.sel(test=test, scenario=scenario)
+            value = float(cell.type1_error)
+            mark = "" if int(cell.assumptions_hold) else "*"
+            cells.append(f"{value:.3f}{mark}" if value == value else "—")
+        lines.append("  " + f"{str(test):17s}" + "".join(f"{c:>16s}" for c in cells))
+    for plant in calibration.plant.values:
+        lines.append(f"rejection rate against the {plant} plant's strength β:")
+        for test in calibration.test.values:
+            rates = calibration.power.sel(test=test, plant=plant).values
+            if not (rates == rates).any():
+                continue
+            values = "  ".join(
+                f"β={b:g}: {r:.2f}" for b, r in zip(calibration.strength.values, rates, strict=True)
+            )
+            lines.append(f"  {str(test):17s} {values}")
+    lines.append("coverage of the 95% intervals over layers (ewc is what rsf stats reports):")
+    for method in calibration.interval.values:
+        for scenario in calibration.coverage_scenario.values:
+            row = calibration.sel(coverage_scenario=scenario, interval=method)
+            low, high = float(row.coverage_ci_low), float(row.coverage_ci_high)
+            mark = "" if int(row.coverage_assumptions_hold) else " *"
+            lines.append(
+                f"  {str(method):12s} {str(scenario):22s} {float(row.coverage):.3f} [{low:.3f}, {high:.3f}]{mark}"
+            )
+    lines.append(
+        "sequence bootstrap coverage (BCa / percentile), by chunk effect, replicates and cutoff:"
+    )
+    for effect in calibration.chunk_effect.values:
+        for count in calibration.seq_replicates.values:
+            cells = []
+            for cutoff in calibration.seq_cutoff.values:
+                bca, pct = (
+                    float(calibration.seq_coverage.sel(seq_method=m, chunk_effect=effect,
+                                                       seq_replicates=count, seq_cutoff=cutoff))
+                    for m in ("BCa", "percentile")
+                )  # fmt: skip
+                cells.append(f"{cutoff}: {bca:.2f}/{pct:.2f}")
+            lines.append(f"  η={effect:g}, {int(count)} replicates: " + "  ".join(cells))
+    return lines
