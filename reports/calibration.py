@@ -29,31 +29,67 @@ def target_band(calibration, name: str) -> tuple[float, float] | None:
     return (float(values[0]), float(values[1])) if len(values) == 2 else None
 
 
+def _other_dim(variable, known: str) -> str | None:
+    """The dimension of `variable` besides `known` (the scenario a rate was measured in), if any."""
+    others = [d for d in variable.dims if d != known]
+    return others[0] if others else None
+
+
+def _holds(calibration, name: str, selection: dict):
+    if name not in calibration:
+        return None
+    return fmt.text("yes" if int(calibration[name].sel(selection)) else "no")
+
+
 def calibration_tables(calibration) -> list[Table]:
     target = target_band(calibration, "type1_target")
+    scenario = _other_dim(calibration.type1_error, "test")
+    keys = [(t, sc) for t in calibration.test.values
+            for sc in (calibration[scenario].values if scenario else [None])]  # fmt: skip
+
+    def where(t, sc, dim):
+        return {"test": t} | ({dim: sc} if sc is not None else {})
+
+    type1_columns = [Column("test", "test", numeric=False)]
+    if scenario:
+        type1_columns.append(Column("scenario", "scenario", numeric=False))
+    type1_columns += [Column("type1_error", "type-I error"), Column("type1_ci_low", "CI low"),
+                      Column("type1_ci_high", "CI high")]  # fmt: skip
+    if "assumptions_hold" in calibration:
+        type1_columns.append(Column("assumptions_hold", "assumptions hold", numeric=False))
     type1 = Table(
         "calibration-type1",
-        "Type-I error under the isotropic null with 95% Clopper–Pearson intervals"
-        + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
-        (
-            Column("test", "test", numeric=False),
-            Column("type1_error", "type-I error"),
-            Column("type1_ci_low", "CI low"),
-            Column("type1_ci_high", "CI high"),
-        ),  # fmt: skip
+        "Type-I error under each null scenario with 95% Clopper–Pearson intervals"
+        + (
+            f" (target {target[0]:g}–{target[1]:g} where the test's assumptions hold)"
+            if target
+            else ""
+        ),
+        tuple(type1_columns),
         tuple(
             Row(
-                str(t),
+                f"{t}|{sc}" if sc is not None else str(t),
                 {
                     "test": fmt.text(t),
+                    **({"scenario": fmt.text(sc)} if sc is not None else {}),
                     **{
-                        v: fmt.rate(calibration[v].sel(test=t))
+                        v: fmt.rate(calibration[v].sel(where(t, sc, scenario)))
                         for v in ("type1_error", "type1_ci_low", "type1_ci_high")
                     },
+                    **(
+                        {
+                            "assumptions_hold": _holds(
+                                calibration, "assumptions_hold", where(t, sc, scenario)
+                            )
+                        }
+                        if "assumptions_hold" in calibration
+                        else {}
+                    ),
                 },
-            )
-            for t in calibration.test.values
+            )  # fmt: skip
+            for t, sc in keys
         ),
+        scroll=scenario is not None,
     )
     power_columns = [Column("test", "test", numeric=False)]
     for plant in calibration.plant.values:
@@ -82,17 +118,18 @@ def calibration_tables(calibration) -> list[Table]:
         ),
     )
     target = target_band(calibration, "coverage_target")
+    where_dim = _other_dim(calibration.coverage, "interval")
+    coverage_columns = [Column("interval", "interval", numeric=False),
+                        Column("scenario", "scenario", numeric=False),
+                        Column("coverage", "coverage"), Column("coverage_ci_low", "CI low"),
+                        Column("coverage_ci_high", "CI high")]  # fmt: skip
+    if "coverage_assumptions_hold" in calibration:
+        coverage_columns.append(Column("assumptions_hold", "assumptions hold", numeric=False))
     coverage = Table(
         "calibration-coverage",
         "Coverage of the intervals over layers with 95% Clopper–Pearson intervals"
         + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
-        (
-            Column("interval", "interval", numeric=False),
-            Column("scenario", "scenario", numeric=False),
-            Column("coverage", "coverage"),
-            Column("coverage_ci_low", "CI low"),
-            Column("coverage_ci_high", "CI high"),
-        ),  # fmt: skip
+        tuple(coverage_columns),
         tuple(
             Row(
                 f"{i}|{s}",
@@ -100,16 +137,47 @@ def calibration_tables(calibration) -> list[Table]:
                     "interval": fmt.text(i),
                     "scenario": fmt.text(s),
                     **{
-                        v: fmt.rate(calibration[v].sel(interval=i, scenario=s))
+                        v: fmt.rate(calibration[v].sel({"interval": i, where_dim: s}))
                         for v in ("coverage", "coverage_ci_low", "coverage_ci_high")
                     },
+                    **(
+                        {
+                            "assumptions_hold": _holds(
+                                calibration,
+                                "coverage_assumptions_hold",
+                                {"interval": i, where_dim: s},
+                            )
+                        }
+                        if "coverage_assumptions_hold" in calibration
+                        else {}
+                    ),
                 },
             )  # fmt: skip
             for i in calibration.interval.values
-            for s in calibration.scenario.values
+            for s in calibration[where_dim].values
         ),
+        scroll=True,
     )
-    return [type1, power, coverage]
+    tables = [type1, power, coverage]
+    if "seq_coverage" in calibration:
+        dims = list(calibration.seq_coverage.dims)
+        frame = calibration[["seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high"]]
+        frame = frame.to_dataframe().reset_index()
+        tables.append(Table(
+            "calibration-sequence",
+            "Coverage of the sequence-bootstrap intervals with 95% Clopper–Pearson intervals",
+            (*(Column(d, d.removeprefix("seq_").replace("_", " "), numeric=False) for d in dims),
+             Column("seq_coverage", "coverage"), Column("seq_coverage_ci_low", "CI low"),
+             Column("seq_coverage_ci_high", "CI high")),
+            tuple(
+                Row("|".join(str(r[d]) for d in dims), {
+                    **{d: fmt.text(f"{r[d]:g}" if isinstance(r[d], float) else r[d]) for d in dims},
+                    **{v: fmt.rate(r[v]) for v in ("seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high")},
+                })
+                for _, r in frame.iterrows()
+            ),
+        ))  # fmt: skip
+    return tables
 
 
 def calibration_section(ctx: ReportContext) -> Section:
@@ -127,6 +195,7 @@ def calibration_section(ctx: ReportContext) -> Section:
         settings=settings,
         attrs=calibration.attrs,
         misses=json.loads(calibration.attrs.get("misses", "[]") or "[]"),
+        assumptions=json.loads(calibration.attrs.get("assumption_rules", "{}") or "{}"),
         figure=calibration_errors(calibration, target_band(calibration, "type1_target")),
         tables=calibration_tables(calibration),
     )
@@ -134,10 +203,16 @@ def calibration_section(ctx: ReportContext) -> Section:
 
 
 def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | None) -> SvgFigure:
-    """Type-I error of every test with its binomial interval, against the target band and α."""
+    """Type-I error of every test with its binomial interval, against the target band and α.
+
+    With several null scenarios, the first (the isotropic null) is drawn; the table has them all.
+    """
     tests = [str(t) for t in calibration.test.values]
-    error = calibration.type1_error.values
-    low, high = calibration.type1_ci_low.values, calibration.type1_ci_high.values
+    scenario = _other_dim(calibration.type1_error, "test")
+    first = {scenario: calibration[scenario].values[0]} if scenario else {}
+    error = calibration.type1_error.sel(first).values
+    low = calibration.type1_ci_low.sel(first).values
+    high = calibration.type1_ci_high.sel(first).values
     alpha = float(calibration.attrs.get("alpha", 0.05))
     fig = figure(6.0, 0.3 * len(tests) + 1.2)
     axis = fig.subplots()
@@ -152,15 +227,16 @@ def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | No
             label="target band",
         )
     axis.axvline(alpha, color="black", linewidth=0.7, linestyle=":", label=f"α = {alpha:g}")
-    axis.errorbar(
-        error, y, xerr=[error - low, high - error], fmt="o", color=OKABE_ITO["blue"], capsize=3
-    )
+    shown = np.isfinite(error)
+    axis.errorbar(error[shown], y[shown], xerr=[(error - low)[shown], (high - error)[shown]],
+                  fmt="o", color=OKABE_ITO["blue"], capsize=3)  # fmt: skip
     axis.set_yticks(y, tests)
     axis.invert_yaxis()
-    axis.set_xlabel("type-I error under the isotropic null")
+    where = f" ({first[scenario]} scenario)" if scenario else ""
+    axis.set_xlabel(f"type-I error under the isotropic null{where}")
     axis.legend(loc="lower right")
     alt = (
-        "Type-I error by test: "
+        f"Type-I error by test{where}: "
         + "; ".join(
             f"{t} {e:.3f} [{lo:.3f}, {hi:.3f}]"
             for t, e, lo, hi in zip(tests, error, low, high, strict=True)
@@ -169,6 +245,12 @@ def calibration_errors(calibration: xr.Dataset, target: tuple[float, float] | No
     )
     caption = (
         "Calibration: the rate at which each test rejects simulated pairs with no planted "
-        "asymmetry, with 95% Clopper–Pearson intervals; a calibrated test sits in the target band around α."
+        f"asymmetry{where}, with 95% Clopper–Pearson intervals; a calibrated test sits in the target "
+        "band around α."
+        + (
+            " The table gives every null scenario and whether each test's assumptions hold in it."
+            if scenario
+            else ""
+        )
     )
     return finish(fig, "fig-calibration", alt, caption)

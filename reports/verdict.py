@@ -37,6 +37,7 @@ def verdict_table(ctx: ReportContext) -> Table:
     stats = ctx.stats
     c, k, n = ctx.preferred
     level = int(round(ctx.confidence_level * 100))
+    scale = ctx.preferred_as(ctx.pairs[0])[2]
     rows: list[tuple[str, str, Callable]] = [
         (
             "asymmetry",
@@ -63,7 +64,7 @@ def verdict_table(ctx: ReportContext) -> Table:
         ("effect_size", "… effect size d_z (Hedges-corrected)", fmt.effect),
         ("lag1_autocorrelation", "… lag-1 autocorrelation of D_l (diagnostic)", fmt.autocorrelation),
         ("effective_layers", "… effective layers, L(1 − r₁)/(1 + r₁) (diagnostic)", fmt.layers),
-        ("median_asymmetry", f"median A over the counted {n} specifications", fmt.signed),
+        ("median_asymmetry", f"median A over the counted {scale} specifications", fmt.signed),
         ("quartile_low", "… lower quartile of those specifications", fmt.signed),
         ("quartile_high", "… upper quartile of those specifications", fmt.signed),
         ("n_specifications", "counted specifications (in the joint tests)", fmt.integer),
@@ -88,9 +89,10 @@ def verdict_table(ctx: ReportContext) -> Table:
         if "seq_ci_low" in stats:
             row.update(seq_ci_low=float(cell.seq_ci_low), seq_ci_high=float(cell.seq_ci_high))
         roles = spec_roles(stats, pair)
+        scale = ctx.preferred_as(pair)[2]  # the preferred's normalisation, or the one it equals
         same_scale = np.array([
             float(stats.asymmetry.sel(pair=pair, construction=s[0], cutoff=s[1], normalisation=s[2]))
-            for s, (role, _) in roles.items() if role == "counted" and s[2] == n
+            for s, (role, _) in roles.items() if role == "counted" and s[2] == scale
         ])  # fmt: skip
         if same_scale.size:
             row["median_asymmetry"] = float(np.median(same_scale))

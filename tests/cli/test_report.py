@@ -195,10 +195,14 @@ def test_the_verdict_shows_the_ewc_test_the_joint_tests_and_the_pair_model(page,
         )
         for name, rule in per_spec.items():
             assert verdict[name][column][0] == shown(float(cell[name]), rule), (pair, name)
+        # The median over the counted specifications on the preferred one's scale (its
+        # normalisation, or that of the specification it duplicates).
+        duplicate = str(cell.duplicate_of.item())
+        scale = duplicate.split("/")[2] if duplicate else preferred[2]
         counted = [
             float(stats.asymmetry.sel(pair=pair, construction=c, cutoff=k, normalisation=n))
             for c, k, n in specs(stats)
-            if n == preferred[2] and role_text(stats, pair, c, k, n) == "yes"
+            if n == scale and role_text(stats, pair, c, k, n) == "yes"
         ]
         assert verdict["median_asymmetry"][column][0] == shown(np.median(counted), "signed")
         joint = info.get("joint", {})
@@ -358,17 +362,29 @@ def test_the_calibration_section_shows_the_study(datasets, report_calibration, t
     files = page.tables["data-files"]
     assert files["calibration"]["sha256"][0] == sha256(report_calibration)
     assert "fig-calibration" in {f["id"] for f in page.figures}
-    type1 = page.tables["calibration-type1"]
+    # Every rate shown, row by row: per test and null scenario, per interval and scenario.
+    type1, scenario = page.tables["calibration-type1"], "scenario"
+    assert calibration.type1_error.dims == ("test", scenario)
     for test in calibration.test.values:
-        for name in ("type1_error", "type1_ci_low", "type1_ci_high"):
-            assert type1[str(test)][name][0] == shown(
-                float(calibration[name].sel(test=test)), "rate"
-            )
+        for where in calibration[scenario].values:
+            row = type1[f"{test}|{where}"]
+            for name in ("type1_error", "type1_ci_low", "type1_ci_high"):
+                value = float(calibration[name].sel(test=test, scenario=where))
+                assert row[name][0] == shown(value, "rate"), (test, where, name)
+            holds = int(calibration.assumptions_hold.sel(test=test, scenario=where))
+            assert row["assumptions_hold"][0] == ("yes" if holds else "no")
     coverage = page.tables["calibration-coverage"]
+    where_dim = next(d for d in calibration.coverage.dims if d != "interval")
     for interval in calibration.interval.values:
-        for scenario in calibration.scenario.values:
-            value = float(calibration.coverage.sel(interval=interval, scenario=scenario))
-            assert coverage[f"{interval}|{scenario}"]["coverage"][0] == shown(value, "rate")
+        for where in calibration[where_dim].values:
+            value = float(calibration.coverage.sel({"interval": interval, where_dim: where}))
+            assert coverage[f"{interval}|{where}"]["coverage"][0] == shown(value, "rate")
+    power = page.tables["calibration-power"]
+    for test in calibration.test.values:
+        for plant in calibration.plant.values:
+            for strength in calibration.strength.values:
+                value = float(calibration.power.sel(test=test, plant=plant, strength=strength))
+                assert power[str(test)][f"{plant}:{strength:g}"][0] == shown(value, "rate")
     found = set(page.caveats)
     assert "calibration-shape" in found and "no-calibration" not in found
 
