@@ -94,7 +94,7 @@ class DemoSettings:
         values = dict(
             vocab_size=300,
             d_model=32,
-            n_layers=3,
+            n_layers=4,
             n_heads=2,
             intermediate_size=64,
             seq_len=32,

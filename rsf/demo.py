@@ -190,21 +190,28 @@ def verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
         f"{held['aligned']['prefers_chosen']:.0%} of the time (base: {held['base']['prefers_chosen']:.0%}), "
         f"with a mean DPO margin of {held['aligned']['dpo_margin_mean']:+.2f}."
     ]
-    if "joint" in per_pair:
-        joint = per_pair["joint"]
+    joint = per_pair.get("joint", {})
+    if "median_effect" in joint:
         cell = stats.sel(
             pair="demo",
             construction=preferred[0],
             cutoff=preferred[1],
             normalisation=preferred[2],
         )
+        expected = per_pair.get("expected_share", {})
         parts.append(
-            f"For the paper's specification ({'/'.join(preferred)}) the read − write asymmetry is "
-            f"{float(cell.asymmetry):+.3f} [{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] "
-            f"(sign-flip p = {float(cell.p_signflip):.3g}); across {joint['n_specifications']} "
+            f"Measured on the held-out documents, for the paper's specification ({'/'.join(preferred)}) "
+            f"the read − write asymmetry is {float(cell.asymmetry):+.3f} "
+            f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] (p = {float(cell.p_value):.3g}, "
+            f"the EWC test over {per_pair['n_layers']} layers with {per_pair['projections']} cosine "
+            f"projections, which holds when neighbouring layers are correlated; lag-1 autocorrelation "
+            f"{float(cell.lag1_autocorrelation):+.2f}); across {joint['n_specifications']} counted "
             f"specifications the median effect size is d_z = {joint['median_effect']:+.2f} "
             f"(joint p = {joint['p_median_effect']:.3g}) and {joint['share_significant']:.0%} are "
-            f"significant with read > write (joint p = {joint['p_share_significant']:.3g})."
+            f"significant with read > write (joint p = {joint['p_share_significant']:.3g}), against "
+            f"{expected.get('under_null', float('nan')):.1%} expected under the null and "
+            f"{expected.get('under_median_effect', float('nan')):.0%} if every specification had the "
+            f"median effect."
         )
     verdicts = [
         line.split("verdict:", 1)[1].strip() for line in summary.splitlines() if "verdict:" in line

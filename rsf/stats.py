@@ -94,7 +94,7 @@ def summary(stats: xr.Dataset) -> str:
         if "note" in info:
             lines.append(f"  note: {info['note']}")
         if "median_effect" not in info.get("joint", {}):
-            lines.append("  no complete counted specification: nothing to test")
+            lines.append("  verdict: " + verdict(info.get("joint", {}), info["n_layers"], alpha))
             continue
         joint = info["joint"]
         cell = stats.sel(

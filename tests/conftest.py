@@ -92,9 +92,10 @@ def checkpoints(tmp_path_factory):
     """Three saved llama checkpoints of one run (each a small step from the last), and token ids.
 
     ``(dirs, ids_path)``: for robustness.experiments.trajectory and `rsf experiment trajectory`.
+    Four layers, so the interval over layers (it needs at least four) is defined.
     """
     root = tmp_path_factory.mktemp("trajectory")
-    model = random_model("llama", seed=5)
+    model = random_model("llama", seed=5, num_hidden_layers=4)
     dirs = []
     for step in range(3):
         path = root / f"step-{step:05d}"

@@ -46,8 +46,11 @@ def boot_results(saved_pair, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def contrastive_run(saved_pair, tmp_path_factory):
-    """`rsf experiment contrastive` at λ = 0, 0.5, 1: (base, root, out, stdout)."""
-    base, _ = saved_pair("llama")
+    """`rsf experiment contrastive` at λ = 0, 0.5, 1: (base, root, out, stdout).
+
+    Four layers: the trend's test over layers needs at least four.
+    """
+    base, _ = saved_pair("llama", num_hidden_layers=4)
     root = tmp_path_factory.mktemp("contrastive")
     out = root / "contrastive.nc"
     with single_torch_thread():

@@ -44,8 +44,12 @@ def test_the_whole_pipeline_end_to_end(tiny_demo, tmp_path, monkeypatch):
     assert reports == [(out / "results.nc", out / "report.html", out / "stats.nc")]
     assert outcome.report == out / "report.html" and outcome.report.is_file()
     per_pair = json.loads(stats.attrs["per_pair"])["demo"]
-    assert f"{per_pair['joint']['n_specifications']} specifications" in outcome.verdict
+    assert f"{per_pair['joint']['n_specifications']} counted specifications" in outcome.verdict
+    assert "held-out documents" in outcome.verdict and "EWC test" in outcome.verdict
+    assert "expected under the null" in outcome.verdict
     assert "Verdict:" in outcome.verdict and "\n" not in outcome.verdict
+    # Measured on the held-out documents only (never seen in training).
+    assert results.attrs["corpus_source"] == "demo:held-out documents"
 
 
 def test_the_second_run_does_no_forward_pass_and_reproduces_the_results(

@@ -11,7 +11,22 @@ import pytest
 from robustness.dataset import open_dataset
 from rsf.main import main
 
-CONTRACT = ("asymmetry", "ci_low", "ci_high", "p_signflip", "p_perm", "p_adj", "effect_size")
+CONTRACT = (
+    "asymmetry",
+    "reference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_signflip",
+    "p_perm",
+    "p_adj",
+    "p_wy",
+    "effect_size",
+    "lag1_autocorrelation",
+    "effective_layers",
+    "counted",
+    "duplicate_of",
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +84,35 @@ def test_stats_writes_the_contract_and_a_verdict(results, tmp_path, capsys):
     defined = stats.asymmetry.sel(construction="act_cov")
     assert np.isfinite(defined).all()
     assert (stats.ci_low <= stats.asymmetry).sel(construction="act_cov").all()
-    mixed = json.loads(stats.attrs["mixed_model"])
-    assert mixed["formula"] == "s ~ pathway * pair + (1 | layer)" and mixed["coefficients"]
+    assert stats.attrs["p_value_method"].startswith("EWC t-test over layers")
+    nulls = json.loads(stats.attrs["null_hypotheses"])
+    assert {"p_value", "p_signflip", "p_perm", "joint", "p_wy"} <= set(nulls)
+    assert "exchangeable" in stats.p_signflip.attrs["null_hypothesis"]
+    # Both pairs are alignment pairs of the same depth: the pair model tests them together.
+    model = json.loads(stats.attrs["pair_model"])["align"]
+    assert model["pairs"] == ["a", "b"] and model["projections"] == 2
+    assert 0 <= model["overall"]["p_value"] <= 1 and model["difference"]["df"] == [1, 2]
+    # Controls shown but not counted; isotropic is log_isotropic on the log2 scale: one counted.
+    assert not stats.counted.sel(construction="random").any()
+    iso = stats.sel(construction="act_cov", cutoff="k=8")
+    assert (
+        str(iso.duplicate_of.sel(pair="a", normalisation="isotropic").values)
+        == "act_cov/k=8/log_isotropic"
+    )
+    assert int(iso.counted.sel(pair="a", normalisation="log_isotropic")) == 1
+    assert int(iso.counted.sel(pair="a", normalisation="isotropic")) == 0
+    assert np.isnan(stats.p_adj.sel(construction="random")).all()
+    # The random control is tested against its Haar reference, not 0.
+    ref = stats.reference.sel(construction="random", cutoff="k=8", normalisation="log_isotropic")
+    assert np.isfinite(ref).all() and (ref != 0).all()
+    assert (stats.reference.sel(construction="act_cov") == 0).all()
     # Same seed, same numbers.
     again = tmp_path / "again.nc"
     assert main([*args[:3], str(again), *args[4:]]) == 0
     other = open_dataset(again)
     for name in CONTRACT:
-        assert np.array_equal(stats[name].values, other[name].values, equal_nan=True)
+        equal_nan = stats[name].dtype.kind == "f"
+        assert np.array_equal(stats[name].values, other[name].values, equal_nan=equal_nan), name
 
 
 def test_asymmetry_is_the_mean_layer_difference(results, tmp_path):
@@ -161,8 +197,42 @@ def test_bootstrap_is_reproducible_and_feeds_sequence_intervals(boot_results, tm
     cell = stats.sel(construction="act_cov", cutoff="k=4")
     assert np.isfinite(cell.seq_ci_low).all() and (cell.seq_ci_low <= cell.seq_ci_high).all()
     assert (cell.seq_ci_high_percentile > cell.seq_ci_low_percentile).all()
-    # The unembedding does not depend on the corpus: its sequence interval is a point.
+    # The unembedding does not depend on the corpus: no sampling variation, NaN, not a point.
     fixed = stats.sel(construction="unembed", cutoff="k=4")
-    np.testing.assert_allclose(fixed.seq_ci_low_percentile, fixed.asymmetry)
-    np.testing.assert_allclose(fixed.seq_ci_high_percentile, fixed.asymmetry)
+    assert np.isnan(fixed.seq_ci_low).all() and np.isnan(fixed.seq_ci_high_bca).all()
     assert stats.attrs["sequence_replicates"] == 30
+    # Fewer than 1000 replicates: the reported interval is the percentile one, and says so.
+    np.testing.assert_array_equal(cell.seq_ci_low.values, cell.seq_ci_low_percentile.values)
+    assert stats.attrs["seq_ci_method"].startswith(
+        "sequence bootstrap from the sweep's rsf_boot: percentile"
+    )
+
+
+def test_too_few_layers_give_nan_p_values_a_note_and_one_line(saved_pair, tmp_path, capsys):
+    """Two layers: the EWC test needs four; NaN p-values, a note in the dataset, one stderr line."""
+    base, aligned = saved_pair("llama")
+    results = tmp_path / "results.nc"
+    assert main(["sweep", "--base", base, "--aligned", aligned, "--out", str(results), "--tokens", "256",
+                 "--seq-len", "16", "--constructions", "act_cov", "--quiet", "--no-cache"]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "stats.nc"
+    assert main(["stats", str(results), "--out", str(out), "--resamples", "99", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "needs at least 4" in captured.err
+    stats = open_dataset(out)
+    assert np.isnan(stats.p_value).all() and np.isfinite(stats.asymmetry).any()
+    assert (
+        "needs at least 4" in json.loads(stats.attrs["per_pair"])[str(stats.pair.values[0])]["note"]
+    )
+    assert "cannot be computed" in captured.out
+
+
+def test_the_older_permutations_flag_is_the_same_count(results, tmp_path, capsys):
+    args = ["stats", str(results), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a.nc"), "--permutations", "99"]) == 0
+    assert open_dataset(tmp_path / "a.nc").attrs["n_resamples"] == 99
+    assert (
+        main([*args, "--out", str(tmp_path / "b.nc"), "--permutations", "99", "--resamples", "98"])
+        == 2
+    )
+    assert "older spelling of --resamples" in capsys.readouterr().err

@@ -64,32 +64,27 @@ def test_monte_carlo_sign_flip_agrees_with_exact_and_counts_the_observed():
     assert np.all(p_mc >= 1 / 20001)  # (1 + b)/(1 + B) is never zero
 
 
-def test_bca_comparison_interval_is_scipys_on_the_layer_differences():
+def test_the_verdicts_test_is_the_ewc_test_of_the_layer_differences():
+    """spec_tests' p_value, interval and d_z are robustness.layers' EWC test of D_l − A_0."""
+    from robustness.layers import hedges_correction, layer_test
+
     rng = np.random.default_rng(2)
     s = planted(rng, n_layers=12, shift=0.5)
+    reference = np.array([0.0, 0.1, -0.2])
     out = spec_tests(
-        s,
-        READ,
-        WRITE,
-        layer_replicates=4000,
-        n_resamples=500,
-        rng=np.random.default_rng(9),
-        with_bca=True,
+        s, READ, WRITE, reference=reference, n_resamples=500, rng=np.random.default_rng(9)
     )
     d = layer_differences(s, READ, WRITE)
-    ref = stats.bootstrap(
-        (d[:, 0],),
-        np.mean,
-        n_resamples=4000,
-        method="BCa",
-        rng=np.random.default_rng(9),
-        vectorized=True,
-    )
-    # Same data, same method; the resampling streams differ, so agree to Monte Carlo error.
-    assert out.bca_low[0] == pytest.approx(ref.confidence_interval.low, abs=0.05)
-    assert out.bca_high[0] == pytest.approx(ref.confidence_interval.high, abs=0.05)
+    test = layer_test(d - reference)
+    np.testing.assert_allclose(out.p_value, test.p_value)
+    np.testing.assert_allclose(out.ci_low, test.ci_low + reference)
+    np.testing.assert_allclose(out.ci_high, test.ci_high + reference)
     np.testing.assert_allclose(out.asymmetry, d.mean(axis=0))
-    np.testing.assert_allclose(out.effect_size, d.mean(axis=0) / d.std(axis=0, ddof=1))
+    np.testing.assert_allclose(out.reference, reference)
+    centred = d - reference
+    np.testing.assert_allclose(
+        out.effect_size, hedges_correction(12) * centred.mean(axis=0) / centred.std(axis=0, ddof=1)
+    )
 
 
 def test_studentized_interval_equals_a_plain_loop():
@@ -133,7 +128,6 @@ def test_label_permutation_exact_enumeration_matches_brute_force():
     null = label_permutation_null(s, READ, WRITE, n_resamples=100, rng=rng)
     assert null.exact and null.n == 6**3
     # Brute force: every way to choose which two of four matrices are "read", per layer.
-    import itertools
 
     combos = list(itertools.combinations(range(4), 2))
     values = []
@@ -150,25 +144,25 @@ def test_label_permutation_exact_enumeration_matches_brute_force():
 
 def test_every_statistic_is_reproducible_from_its_seed():
     s = planted(np.random.default_rng(4), n_layers=20, shift=0.2)
-    a = spec_tests(
-        s, READ, WRITE, layer_replicates=300, n_resamples=300, rng=np.random.default_rng(5)
-    )
-    b = spec_tests(
-        s, READ, WRITE, layer_replicates=300, n_resamples=300, rng=np.random.default_rng(5)
-    )
-    for name in ("ci_low", "ci_high", "p_signflip", "p_perm", "p_wy", "null_draws"):
+    a = spec_tests(s, READ, WRITE, n_resamples=300, rng=np.random.default_rng(5))
+    b = spec_tests(s, READ, WRITE, n_resamples=300, rng=np.random.default_rng(5))
+    for name in ("ci_low", "ci_high", "p_value", "p_signflip", "p_perm", "p_wy", "null_draws"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
     assert a.joint == b.joint
 
 
 def test_adjusted_p_values_are_ordered_sensibly():
     s = planted(np.random.default_rng(6), n_layers=10, n_specs=6, shift=0.3)
-    out = spec_tests(
-        s, READ, WRITE, layer_replicates=200, n_resamples=2000, rng=np.random.default_rng(7)
-    )
-    assert np.all(out.p_adj >= out.p_signflip - 1e-12)
-    assert np.all(out.p_wy >= out.p_signflip - 1e-12)
+    out = spec_tests(s, READ, WRITE, n_resamples=2000, rng=np.random.default_rng(7))
+    assert np.all(out.p_adj >= out.p_value - 1e-12)
+    # Westfall–Young estimates each hypothesis' own null probability by Monte Carlo: at least
+    # p_value up to that error (B = 2000 draws).
+    error = 4 * np.sqrt(out.p_value * (1 - out.p_value) / 2000)
+    assert np.all(out.p_wy >= out.p_value - error - 1e-12)
     assert np.all((0 < out.p_wy) & (out.p_wy <= 1))
+    # Step-down is monotone in the observed order.
+    order = np.argsort(out.p_value)
+    assert np.all(np.diff(out.p_wy[order]) >= -1e-15)
 
 
 @pytest.mark.slow
@@ -191,11 +185,11 @@ def test_null_p_values_are_uniform():
 
 # ---------------------------------------------------------------------------- brute-force references
 #
-# Written from the definitions with plain loops over every sign vector, sharing no code with
-# robustness.asymmetry: the layer differences, the enumerated null, the per-arrangement p-values
-# and the statistics are all recomputed here.
-
-TIE = 1e-9  # "at least as extreme": the data are continuous, so only ε and −ε tie in |A|
+# Written from the definitions with plain loops, sharing no code with robustness.asymmetry or
+# robustness.layers: the layer differences, the cosine projections, the rotated series, the
+# t-tests and the statistics are all recomputed here. Only the random rotations are drawn
+# the same way (the same generator, seed and order), so that the Monte Carlo counts can be
+# compared exactly.
 
 
 def correlated(seed, n_layers, n_specs, shift, common=0.7):
@@ -210,148 +204,175 @@ def correlated(seed, n_layers, n_specs, shift, common=0.7):
 def brute_differences(s):
     """``D[l][j]``: mean of the two read matrices minus mean of the two write matrices."""
     n_layers, _, n_specs = s.shape
-    return [
+    return np.array([
         [(s[l, 0, j] + s[l, 1, j]) / 2 - (s[l, 2, j] + s[l, 3, j]) / 2 for j in range(n_specs)]
         for l in range(n_layers)
-    ]
+    ])  # fmt: skip
 
 
-def brute_asymmetry(signs, d, j):
-    """``A_j(ε) = mean_l ε_l D_lj``."""
-    return sum(e * row[j] for e, row in zip(signs, d, strict=True)) / len(d)
+def brute_basis(n_layers, k):
+    """The constant and k cosines, orthonormal rows, from their definition."""
+    rows = [[1 / math.sqrt(n_layers)] * n_layers]
+    for j in range(1, k + 1):
+        rows.append(
+            [
+                math.sqrt(2 / n_layers) * math.cos(math.pi * j * (l + 0.5) / n_layers)
+                for l in range(n_layers)
+            ]
+        )
+    return np.array(rows)
 
 
-def brute_p_values(d, all_signs):
-    """For differences ``d``: per specification, its two-sided and one-sided (greater) p-values
-    within the enumerated null ``{A_j(η d) : η}``."""
-    n_specs = len(d[0])
-    two, greater = [], []
-    for j in range(n_specs):
-        observed = brute_asymmetry([1.0] * len(d), d, j)
-        null = [brute_asymmetry(eta, d, j) for eta in all_signs]
-        two.append(sum(abs(a) >= abs(observed) - TIE for a in null) / len(null))
-        greater.append(sum(a >= observed - TIE for a in null) / len(null))
-    return two, greater
+def brute_ewc(series, k):
+    """(t, two-sided p, one-sided p) of the EWC test of one series, from the definition."""
+    basis = brute_basis(len(series), k)
+    z = [sum(b * x for b, x in zip(row, series, strict=True)) for row in basis]
+    omega = math.sqrt(sum(v * v for v in z[1:]) / k)
+    t = z[0] / omega
+    return t, 2 * stats.t.sf(abs(t), k), stats.t.sf(t, k)
 
 
-def test_westfall_young_equals_a_brute_force_single_step_min_p():
-    """Westfall–Young adjusted p-values (``p_wy``) against a brute-force single-step min-p.
+def rotation_first_rows(seed, k, n):
+    """The rotations' first rows as spec_tests draws them: after the sign flips and permutations."""
+    return np.random.default_rng(seed)
 
-    Null hypothesis, for every specification at once: no read/write asymmetry, i.e. each
-    layer's vector of differences (D_l1, …, D_lJ) is symmetric about zero, so under the null
-    all 2^L sign vectors ε (whole layers flipped, the same ε for every specification, which
-    keeps the specifications' dependence) are equally likely. Assumptions: L = 5 layers, so
-    all 32 vectors are enumerated (exact: p = count / 32, the observed arrangement among
-    them); continuous data, so only ε and −ε give the same |A| (checked below).
 
-    Reference, single-step min-p (what spec_tests does today; a step-down version will
-    replace it, and this reference with it): for every ε, p_j(ε) is the two-sided p-value of
-    A_j(ε) = mean_l ε_l D_lj within column j of the enumerated null, m(ε) = min_j p_j(ε), and
-    p_wy_j = #{ε : m(ε) ≤ p_j} / 32, with p_j the observed two-sided sign-flip p.
+def test_westfall_young_step_down_equals_a_plain_loop():
+    """``step_down_min_p`` against Westfall & Young's (1993) algorithm 2.8 written with loops.
+
+    Null hypothesis, for every hypothesis at once: the null draws' p-values (rows) have the
+    law of the observed ones (columns dependent, the same draws for all). Reference: order the
+    hypotheses by observed p; for each draw walk from the largest observed p down, keeping the
+    running minimum of the draw's p-values over the hypotheses not yet passed; count the draws
+    whose running minimum at hypothesis j is at most p_(j); p̃_(j) = (1 + count)/(1 + B), made
+    monotone by a running maximum in the observed order.
     """
-    n_layers, n_specs = 5, 3
-    s = correlated(1, n_layers, n_specs, shift=0.6)
-    out = spec_tests(
-        s, READ, WRITE, layer_replicates=100, n_resamples=10, rng=np.random.default_rng(0)
-    )
-    assert out.signflip_exact
-    d = brute_differences(s)
-    all_signs = list(itertools.product((1.0, -1.0), repeat=n_layers))
-    assert len(all_signs) == 32
-    # Continuous data: distinct |A| values in a column are far apart (ε and −ε aside).
-    for j in range(n_specs):
-        values = sorted({round(abs(brute_asymmetry(e, d, j)), 12) for e in all_signs})
-        assert len(values) == 16 and min(np.diff(values)) > 1e-6
-    observed_p, _ = brute_p_values(d, all_signs)
-    min_p = []
-    for eps in all_signs:
-        flipped = [[e * x for x in row] for e, row in zip(eps, d, strict=True)]
-        two, _ = brute_p_values(flipped, all_signs)
-        min_p.append(min(two))
-    reference = [sum(m <= p + 1e-12 for m in min_p) / 32 for p in observed_p]
-    np.testing.assert_allclose(out.p_signflip, observed_p, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(out.p_wy, reference, rtol=0, atol=1e-12)
-    # Not a trivial case: the adjustment moves every p-value, and not all to 1.
-    assert np.all(out.p_wy > out.p_signflip) and np.all(out.p_wy < 1)
+    from robustness.layers import step_down_min_p
+
+    rng = np.random.default_rng(11)
+    for n_hyp, n_draws in ((1, 50), (4, 200), (7, 999)):
+        cov = 0.6 + 0.4 * np.eye(n_hyp)
+        null = (
+            stats.norm.sf(np.abs(rng.multivariate_normal(np.zeros(n_hyp), cov, size=n_draws))) * 2
+        )
+        observed = stats.norm.sf(np.abs(rng.standard_normal(n_hyp) + 1.5)) * 2
+        order = sorted(range(n_hyp), key=lambda j: observed[j])
+        counts = [0] * n_hyp
+        for row in null:
+            running = math.inf
+            for position in reversed(range(n_hyp)):
+                running = min(running, row[order[position]])
+                if running <= observed[order[position]]:
+                    counts[position] += 1
+        adjusted, best = [0.0] * n_hyp, 0.0
+        for position, j in enumerate(order):
+            best = max(best, (1 + counts[position]) / (1 + n_draws))
+            adjusted[j] = min(best, 1.0)
+        np.testing.assert_allclose(step_down_min_p(observed, null), adjusted, rtol=0, atol=1e-15)
+        single = [(1 + sum(min(row) <= p for row in null)) / (1 + n_draws) for p in observed]
+        assert np.all(step_down_min_p(observed, null) <= np.array(single) + 1e-15)
 
 
 @pytest.mark.parametrize(
     ("seed", "n_layers", "n_specs", "shift", "alpha"),
-    [(0, 5, 3, 0.5, 0.05), (1, 5, 3, 0.6, 0.2), (2, 6, 4, 0.5, 0.1), (3, 7, 5, 0.4, 0.05)],
+    [(0, 8, 3, 0.5, 0.05), (1, 12, 3, 0.6, 0.2), (2, 16, 4, 0.5, 0.1), (3, 24, 5, 0.4, 0.05)],
 )
-def test_joint_tests_equal_a_brute_force_over_every_sign_vector(
+def test_joint_tests_and_westfall_young_equal_a_brute_force_over_the_rotations(
     seed, n_layers, n_specs, shift, alpha
 ):
-    """The joint tests (``spec_tests(...).joint``) against a brute force over every sign vector.
+    """The joint tests and ``p_wy`` against a brute force over full rotated series.
 
-    Null hypothesis: no read/write asymmetry in any specification; each layer's vector of
-    differences (D_l1, …, D_lJ) is symmetric about zero, so all 2^L sign vectors ε, the same
-    for every specification, are equally likely. Assumptions: L ≤ 7, so spec_tests enumerates
-    every vector (exact: p = count / 2^L, the observed arrangement among them); L ≥ 2 so
-    that d_z is defined; continuous data, so that only ε and −ε tie in |A|.
+    Null hypothesis: no read/write asymmetry in any specification, under the EWC test's
+    assumptions: the (K+1) × J projections of the layer differences on the constant and K
+    cosines have i.i.d. N(0, Σ) rows, so their law is invariant under any rotation O of
+    the rows, the same O for every specification (which keeps their dependence). Monte
+    Carlo over B random rotations, p = (1 + count)/(1 + B).
 
-    For every ε the flipped differences ε_l D_lj are taken as if observed, and from scratch:
-    A_j = mean over layers; Cohen's d_z = A_j / sd_j (ddof 1); the two-sided and one-sided
-    (greater) p-values of A_j among all η applied to the flipped differences; then
-
-    - median effect: the median over specifications of d_z;
-    - share significant: the share of specifications with A_j > 0 (read > write) and
-      two-sided p_j < alpha; as it ties often, ties are broken by Stouffer's Z, so the
-      statistic is (share, Z) in lexicographic order;
-    - Stouffer's Z: Σ_j Φ⁻¹(1 − p⁺_j) / √J with p⁺_j the one-sided p clipped to
-      [1/(2^L + 1), 1 − 1/(2^L + 1)].
-
-    Each p-value is the share of the 2^L arrangements whose statistic is at least the
-    observed one (ε = all ones).
+    For every draw the rotated series D* = Φᵀ O Φ D + (I − ΦᵀΦ) D (Φ the orthonormal
+    projections, O a full orthogonal matrix whose first row is the drawn unit vector) is
+    built explicitly and taken as if observed: from scratch, its mean, Hedges' d_z, the
+    EWC t-test's two-sided and one-sided p-values; then the median d_z, the share with
+    A > 0 and p < α (ties broken by Stouffer's Z), Stouffer's Z of the one-sided p-values,
+    and each hypothesis' step-down running minimum. The code's shortcut (everything follows
+    from the first row) must give the same numbers.
     """
     s = correlated(seed, n_layers, n_specs, shift)
+    n_resamples = 199
     out = spec_tests(
-        s,
-        READ,
-        WRITE,
-        layer_replicates=100,
-        n_resamples=10,
-        alpha=alpha,
-        rng=np.random.default_rng(0),
+        s, READ, WRITE, n_resamples=n_resamples, alpha=alpha, rng=np.random.default_rng(0)
     )
     d = brute_differences(s)
-    all_signs = list(itertools.product((1.0, -1.0), repeat=n_layers))
-    n = len(all_signs)
-    floor = 1 / (n + 1)
+    k = max(2, n_layers // 8)
+    # Replay the generator: sign flips and label permutations draw first, then the rotations.
+    rng = np.random.default_rng(0)
+    if 2**n_layers > 65536:
+        rng.choice(np.array([1.0, -1.0]), size=(n_resamples, n_layers))
+    if 6**n_layers > 65536:
+        rng.integers(0, 6, size=(n_resamples, n_layers))
+    u = rng.standard_normal((n_resamples, k + 1))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    phi = brute_basis(n_layers, k)
+    residual = d - phi.T @ (phi @ d)
+    hedges = math.exp(
+        math.lgamma((n_layers - 1) / 2) - math.lgamma((n_layers - 2) / 2)
+    ) / math.sqrt((n_layers - 1) / 2)
     phi_inverse = statistics.NormalDist().inv_cdf
 
-    def joint_statistics(eps):
-        flipped = [[e * x for x in row] for e, row in zip(eps, d, strict=True)]
-        effects = []
+    def statistics_of(series):
+        means, effects, two, greater = [], [], [], []
         for j in range(n_specs):
-            column = [row[j] for row in flipped]
-            mean = sum(column) / n_layers
+            column = series[:, j]
+            mean = column.sum() / n_layers
             sd = math.sqrt(sum((x - mean) ** 2 for x in column) / (n_layers - 1))
-            effects.append((mean, mean / sd))
-        two, greater = brute_p_values(flipped, all_signs)
-        median = statistics.median(dz for _, dz in effects)
-        share = sum(a > 0 and p < alpha for (a, _), p in zip(effects, two, strict=True)) / n_specs
-        z = sum(phi_inverse(1 - min(max(p, floor), 1 - floor)) for p in greater)
-        return median, share, z / math.sqrt(n_specs)
-
-    observed = joint_statistics((1.0,) * n_layers)
-    null = [joint_statistics(eps) for eps in all_signs]
-    p_median = sum(m >= observed[0] - TIE for m, _, _ in null) / n
-    p_share = (
-        sum(
-            share > observed[1] + TIE
-            or (abs(share - observed[1]) <= TIE and z >= observed[2] - TIE)
-            for _, share, z in null
+            _, p_two, p_greater = brute_ewc(column, k)
+            means.append(mean), effects.append(hedges * mean / sd)
+            two.append(p_two), greater.append(p_greater)
+        share = sum(m > 0 and p < alpha for m, p in zip(means, two, strict=True)) / n_specs
+        z = sum(phi_inverse(1 - min(max(p, 1e-300), 1 - 1e-16)) for p in greater) / math.sqrt(
+            n_specs
         )
-        / n
-    )
-    p_stouffer = sum(z >= observed[2] - TIE for _, _, z in null) / n
+        return statistics.median(effects), share, z, two
 
+    observed = statistics_of(d)
+    null = []
+    for row in u:
+        # A full orthogonal matrix with first row `row` (Householder reflection of e_1).
+        e1 = np.zeros(k + 1)
+        e1[0] = 1.0
+        v = e1 - row
+        householder = (
+            np.eye(k + 1)
+            if np.linalg.norm(v) < 1e-15
+            else np.eye(k + 1) - 2 * np.outer(v, v) / (v @ v)
+        )
+        rotated = phi.T @ (householder @ (phi @ d)) + residual
+        null.append(statistics_of(rotated))
+    tie = 1e-9
+    p_median = (1 + sum(m >= observed[0] - tie for m, _, _, _ in null)) / (1 + n_resamples)
+    p_share = (1 + sum(
+        sh > observed[1] + tie or (abs(sh - observed[1]) <= tie and z >= observed[2] - tie)
+        for _, sh, z, _ in null
+    )) / (1 + n_resamples)  # fmt: skip
+    p_stouffer = (1 + sum(z >= observed[2] - tie for _, _, z, _ in null)) / (1 + n_resamples)
     joint = out.joint
-    assert joint["exact"] and joint["n_null"] == n and joint["n_specifications"] == n_specs
-    assert joint["median_effect"] == pytest.approx(observed[0], rel=1e-12)
+    assert joint["n_null"] == n_resamples and joint["n_specifications"] == n_specs
+    assert joint["median_effect"] == pytest.approx(observed[0], rel=1e-9)
     assert joint["share_significant"] == pytest.approx(observed[1], abs=1e-15)
-    assert joint["stouffer_z"] == pytest.approx(observed[2], rel=1e-12)
+    assert joint["stouffer_z"] == pytest.approx(observed[2], rel=1e-9)
     assert joint["p_median_effect"] == pytest.approx(p_median, abs=1e-15)
     assert joint["p_share_significant"] == pytest.approx(p_share, abs=1e-15)
     assert joint["p_stouffer_z"] == pytest.approx(p_stouffer, abs=1e-15)
+    np.testing.assert_allclose(out.p_value, observed[3], rtol=1e-9)
+    # Westfall–Young step-down over the same rotations, with loops.
+    order = sorted(range(n_specs), key=lambda j: observed[3][j])
+    counts = [0] * n_specs
+    for _, _, _, two in null:
+        running = math.inf
+        for position in reversed(range(n_specs)):
+            running = min(running, two[order[position]])
+            counts[position] += running <= observed[3][order[position]] * (1 + 1e-12)
+    expected, best = [0.0] * n_specs, 0.0
+    for position, j in enumerate(order):
+        best = max(best, (1 + counts[position]) / (1 + n_resamples))
+        expected[j] = min(best, 1.0)
+    np.testing.assert_allclose(out.p_wy, expected, rtol=0, atol=1e-12)

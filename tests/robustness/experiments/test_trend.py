@@ -1,5 +1,5 @@
-"""The trend test (robustness.experiments.trend): exact enumeration on a constructed monotone case,
-power over blocks, no trend, and its input checks."""
+"""The trend test (robustness.experiments.trend): the within-layer permutation test's exact
+enumeration on a constructed case, the EWC slope test over layers, no trend, and its input checks."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ def test_trend_test_exact_on_a_monotone_single_block():
     assert result.exact
     assert result.slope == pytest.approx(2.0)
     # Only the observed order and its reversal reach |slope| = 2: p = 2/5!.
-    assert result.p_value == pytest.approx(2 / 120)
+    assert result.p_permutation == pytest.approx(2 / 120)
     assert result.spearman == pytest.approx(1.0)
+    # One block is too few layers for the EWC test over layers.
+    assert math.isnan(result.p_value)
 
 
 def test_trend_test_detects_a_monotone_trend_over_blocks():
@@ -29,9 +31,25 @@ def test_trend_test_detects_a_monotone_trend_over_blocks():
     result = trend_test(values, lams, n_resamples=999, rng=np.random.default_rng(2))
     assert not result.exact
     assert result.slope == pytest.approx(-0.5, abs=0.05)
-    assert result.p_value == pytest.approx(1 / 1000)
+    assert result.p_permutation == pytest.approx(1 / 1000)
     assert result.slope_ci_low < -0.5 < result.slope_ci_high
+    assert result.p_value < 0.001
     assert result.page_p < 0.001
+
+
+def test_the_slope_test_is_the_ewc_test_of_the_layers_own_slopes():
+    """H0: the mean over layers of each layer's least-squares slope is 0 (layers in order)."""
+    from robustness.layers import layer_test
+
+    rng = np.random.default_rng(7)
+    lams = np.array([0, 0.25, 0.5, 0.75, 1.0])
+    values = 0.2 * lams[:, None] + rng.standard_normal((5, 12))
+    result = trend_test(values, lams, rng=np.random.default_rng(0))
+    own = [np.polyfit(lams, values[:, b], 1)[0] for b in range(12)]
+    assert result.slope == pytest.approx(np.mean(own))
+    test = layer_test(np.array(own))
+    assert result.p_value == pytest.approx(float(test.p_value[0]))
+    assert result.slope_ci_low == pytest.approx(float(test.ci_low[0]))
 
 
 def test_trend_test_without_trend_is_not_significant():
