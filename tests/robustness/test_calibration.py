@@ -77,4 +77,4 @@ def test_every_scenario_names_a_known_grid_and_the_tests_are_listed_once():
     for scenario in scenarios():
         assert CALIBRATED in scenario.specs
     with pytest.raises(KeyError):
-        Scenario("x", "", grid="unknown").specs
+        _ = Scenario("x", "", grid="unknown").specs

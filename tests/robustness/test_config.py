@@ -98,3 +98,20 @@ def load_config_from(folder, text):
     path = folder / "round-trip.toml"
     path.write_text(text)
     return load_config(path)
+
+
+def test_a_pair_may_say_its_phase(tmp_path):
+    """`[[pair]] phase = "pretrain"` is read and written back; an unknown phase is a one-line error."""
+    path = tmp_path / "phases.toml"
+    path.write_text(
+        '[[pair]]\nlabel = "a"\nbase = "x"\naligned = "y"\n'
+        '[[pair]]\nlabel = "p"\nbase = "init"\naligned = "x"\nphase = "pretrain"\n'
+    )
+    config = load_config(path)
+    assert [pair.phase for pair in config.pairs] == ["align", "pretrain"]
+    assert load_config_from(tmp_path, config.to_toml()).pairs == config.pairs
+    with pytest.raises(ValueError, match="unknown phase 'sft'"):
+        PairSpec("q", "a", "b", phase="sft")
+    path.write_text('[[pair]]\nbase = "x"\naligned = "y"\nstage = "sft"\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stage'\] in \[\[pair\]\]"):
+        load_config(path)
