@@ -6,7 +6,8 @@
   follows W), counted once. Two specifications are **duplicates** when their
   probe values are equal on the statistics' scale at every layer and matrix
   (``isotropic`` and ``log_isotropic`` are the same specification once the
-  ratio is taken in log2); the first in the dataset's order is kept.
+  ratio is taken in log2); the preferred specification is kept, else the
+  ``log_isotropic`` one, else the first in the dataset's order.
 - **References**: the value of ``D_l`` under each specification's own null.
   Zero for a real basis (no difference between the pathways); for ``random``
   the Haar expectation of each matrix's probe from its Gram purity
@@ -32,25 +33,42 @@ from .specification import CONTROLS, SPEC_DIMS
 __all__ = ["duplicates", "ranking_stability", "references", "variance_shares"]
 
 
-def duplicates(s: np.ndarray, specs: list[tuple[str, str, str]]) -> list[str]:
-    """For each specification, the ``c/k/n`` label of the earlier one it duplicates, or ``""``.
+def duplicates(
+    s: np.ndarray, specs: list[tuple[str, str, str]], preferred: tuple | None = None
+) -> list[str]:
+    """For each specification, the ``c/k/n`` label of the one it duplicates and that is kept, or ``""``.
 
-    ``s [L, M, J]`` is one pair's probe on the statistics' scale; NaNs are
-    equal to NaNs. Only specifications of the same construction and cutoff are
-    compared (different bases or ranks cannot be the same question).
+    ``s [L, M, J]`` is one pair's probe on the statistics' scale. Only
+    specifications of the same construction and cutoff are compared (different
+    bases or ranks cannot be the same question), and only defined ones (a
+    specification NaN everywhere is undefined, not a duplicate). Of a set of
+    equal specifications the one kept is the `preferred` one if it is among
+    them, else a ``log_isotropic`` one (the scale the statistics use), else
+    the first in the dataset's order.
     """
+
+    def rank(j):
+        spec = specs[j]
+        return (spec != tuple(preferred or ()), spec[2] != "log_isotropic", j)
+
     out = [""] * len(specs)
-    for j, (construction, cutoff, _) in enumerate(specs):
-        for i in range(j):
-            if out[i] or specs[i][:2] != (construction, cutoff):
+    kept: list[int] = []
+    for j in sorted(range(len(specs)), key=rank):
+        a = s[..., j]
+        if np.isnan(a).all():
+            continue
+        for i in kept:
+            if specs[i][:2] != specs[j][:2]:
                 continue
-            a, b = s[..., i], s[..., j]
+            b = s[..., i]
             same = np.array_equal(np.isnan(a), np.isnan(b)) and np.allclose(
                 a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-12, atol=1e-12
             )
             if same:
                 out[j] = "/".join(specs[i])
                 break
+        else:
+            kept.append(j)
     return out
 
 

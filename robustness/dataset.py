@@ -46,6 +46,7 @@ PROVENANCE = (
     "n_heads",
     "n_kv_heads",
     "tied_embeddings",
+    "construction_side",
 )
 
 

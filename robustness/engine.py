@@ -31,7 +31,7 @@ from probes.cutoffs import UNDEFINED
 from .cache import StatisticsCache
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
-from .grid import ACTIVATION_SOURCE, Grid, as_numpy, fill_replicates
+from .grid import ACTIVATION_SOURCE, TRAINED_SIDE_SOURCE, Grid, as_numpy, fill_replicates
 from .models import load_model, resolve_device
 from .resampling import bootstrap_chunk_size, bootstrap_weights, jackknife_weights
 
@@ -161,7 +161,10 @@ def sweep_pair(
     # Statistics: one pass per model whose activations some construction reads.
     sites = sorted({probes.SITE_OF[m] for m in matrices})
     stats, passes = {}, 0
-    for role in sorted({ACTIVATION_SOURCE[c] for c in constructions if c in ACTIVATION_SOURCE}):
+    # A pretraining pair's base is an initialisation: its constructions come from the trained side.
+    sources = TRAINED_SIDE_SOURCE if pair.phase == "pretrain" else ACTIVATION_SOURCE
+    provenance["construction_side"] = "aligned" if pair.phase == "pretrain" else "base"
+    for role in sorted({sources[c] for c in constructions if c in sources}):
         stats[role], ran = _statistics(
             models[role],
             provenance[f"{role}_hash"],
@@ -174,21 +177,26 @@ def sweep_pair(
             f"{pair.label}/{role}",
         )
         passes += ran
-    del aligned, models
 
     pair_bases = {}
     if any(c.startswith("unembed") for c in constructions):
-        pair_bases = probes.prediction_subspaces(base)
-        if "unembed_folded" in constructions and probes.final_norm_gain(base) is None:
+        side = models[provenance["construction_side"]]
+        pair_bases = probes.prediction_subspaces(side)
+        if "unembed_folded" in constructions and probes.final_norm_gain(side) is None:
             notes.append("the final norm has no gain: unembed_folded equals unembed")
+    if pair.phase == "pretrain":
+        notes.append(
+            "a pretraining pair: activation and unembedding constructions from the trained side"
+        )
+    del aligned, models
 
-    grid = Grid(config, d, pair.label, pair_bases)
+    grid = Grid(config, d, pair.label, pair_bases, sources)
     shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
     ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
     purity = np.full((n_layers, len(matrices)), np.nan)
-    resampled = [c for c in constructions if c in ACTIVATION_SOURCE]
+    resampled = [c for c in constructions if c in sources]
     weights_b = _resampling_weights(stats, config, pair.label) if config.replicates else None
     boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
     for layer in tqdm(

@@ -28,6 +28,7 @@ from .config import SweepConfig
 
 __all__ = [
     "ACTIVATION_SOURCE",
+    "TRAINED_SIDE_SOURCE",
     "REPLICATE_BLOCK",
     "Grid",
     "as_numpy",
@@ -36,8 +37,10 @@ __all__ = [
 ]
 
 REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together
-# Which model's activations each activation construction reads.
+# Which model's activations each activation construction reads. A pretraining pair (its base
+# an initialisation with no structure) takes its constructions from the trained side.
 ACTIVATION_SOURCE = {"act_cov": "base", "act_moment": "base", "act_cov_aligned": "aligned"}
+TRAINED_SIDE_SOURCE = {"act_cov": "aligned", "act_moment": "aligned", "act_cov_aligned": "aligned"}
 
 
 def as_numpy(tensor) -> np.ndarray:
@@ -78,8 +81,13 @@ class _Matrix:
 class Grid:
     """The per-layer work of one pair: bases, then profiles, then every cutoff and normalisation."""
 
-    def __init__(self, config: SweepConfig, d: int, label: str, pair_bases: dict):
+    def __init__(
+        self, config: SweepConfig, d: int, label: str, pair_bases: dict, sources=ACTIVATION_SOURCE
+    ):
         self.config, self.d, self.label, self.pair_bases = config, d, label, pair_bases
+        self.sources = (
+            sources  # construction → the role ("base", "aligned") whose statistics it reads
+        )
         self.need_w = (
             "weight_svd" in config.constructions or "base_relative" in config.normalisations
         )
@@ -110,8 +118,8 @@ class Grid:
         for matrix in prepared:
             site = probes.SITE_OF[matrix.name]
             for construction in constructions:
-                if construction in ACTIVATION_SOURCE and (site, construction) not in tasks:
-                    site_stats = stats[ACTIVATION_SOURCE[construction]].sites[(layer, site)]
+                if construction in self.sources and (site, construction) not in tasks:
+                    site_stats = stats[self.sources[construction]].sites[(layer, site)]
                     tasks[(site, construction)] = partial(
                         site_stats.subspace,
                         centred=construction != "act_moment",
@@ -124,7 +132,7 @@ class Grid:
         return tasks
 
     def _subspace(self, bases, layer, matrix: str, construction: str):
-        if construction in ACTIVATION_SOURCE:
+        if construction in self.sources:
             return bases[(probes.SITE_OF[matrix], construction)]
         if construction in self.pair_bases:
             return self.pair_bases[construction]

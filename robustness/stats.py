@@ -223,7 +223,7 @@ def compute_stats(
         n_layers = _n_layers(results, pair)
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
         s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
-        duplicate_of = curve.duplicates(s, specs)
+        duplicate_of = curve.duplicates(s, specs, tuple(preferred))
         counted = curve.counted_mask(specs, duplicate_of)
         duplicate_out[p] = np.asarray(duplicate_of, dtype=object).reshape(shape[1:])
         complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
@@ -301,7 +301,14 @@ def compute_stats(
         duplicate_out,
         {"long_name": "the specification this one equals on the statistics' scale"},
     )
-    data_vars["null_asymmetry"] = ((*dims, "null_draw"), null)
+    data_vars["null_asymmetry"] = (
+        (*dims, "null_draw"),
+        null,
+        {
+            "null_hypothesis": NULL_HYPOTHESES["p_value"]
+            + ": draws of the rotation null about A_0 (NaN beyond n_resamples)"
+        },
+    )
     for name, text in NULL_HYPOTHESES.items():
         if name in data_vars:
             data_vars[name] = (*data_vars[name][:2], {"null_hypothesis": text})

@@ -61,8 +61,19 @@ def test_duplicates_and_counted_specifications():
     s[..., 1] = s[..., 0]  # log2 of the isotropic ratio is log_isotropic itself
     s[..., 2] = s[..., 0]  # equal values at another cutoff: another question, not a duplicate
     dup = curve.duplicates(s, specs)
-    assert dup == ["", "act_cov/k=4/isotropic", "", "", ""]
-    np.testing.assert_array_equal(curve.counted_mask(specs, dup), [True, False, True, False, False])
+    # log_isotropic (the statistics' scale) is the one kept.
+    assert dup == ["act_cov/k=4/log_isotropic", "", "", "", ""]
+    np.testing.assert_array_equal(curve.counted_mask(specs, dup), [False, True, True, False, False])
+    # The preferred specification is kept whatever its name.
+    assert curve.duplicates(s, specs, ("act_cov", "k=4", "isotropic"))[:2] == [
+        "",
+        "act_cov/k=4/isotropic",
+    ]
+    # Undefined specifications (NaN everywhere) are not duplicates of each other.
+    s[..., 3] = np.nan
+    s[..., 4] = np.nan
+    specs[4] = ("random", "k=4", "fraction")
+    assert curve.duplicates(s, specs)[3:] == ["", ""]
 
 
 def test_references_are_the_haar_difference_for_random_only():
