@@ -15,11 +15,11 @@ import warnings
 
 from robustness import __version__
 
-from . import calibrate, demo, experiment, gradients, inspect, report, stats, sweep
+from . import calibrate, claims, demo, experiment, gradients, inspect, report, stats, sweep
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (sweep, stats, calibrate, report, inspect, gradients, experiment, demo)
+COMMANDS = (sweep, stats, claims, calibrate, report, inspect, gradients, experiment, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

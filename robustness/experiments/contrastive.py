@@ -218,7 +218,12 @@ def contrastive_dataset(
         )
     write_sites = [SITE_ORDER.index("o_out"), SITE_ORDER.index("down_out")]
     level = settings.confidence_level
-    data_vars = {"rsf": rsf, "k": sweep["k"], "delta_fro": sweep["delta_fro"]}
+    data_vars = {
+        "rsf": rsf,
+        "k": sweep["k"],
+        "delta_fro": sweep["delta_fro"],
+        "gram_purity": sweep["gram_purity"],  # for levels against the Haar reference (rsf claims)
+    }
     rng = np.random.default_rng(settings.seed)
     trend_rows = {}
 
@@ -319,6 +324,7 @@ def contrastive_dataset(
     )
     attrs.update(
         base_id=base_id,
+        d_model=int(dims.d_model),
         base_hash=str(sweep["base_hash"].values[0]),
         config=config.to_toml(),
         read_set=",".join(read),

@@ -1,0 +1,214 @@
+"""``claims.nc``: every claim of the paper evaluated on one results dataset and its extras.
+
+:func:`paper_claims` checks its inputs (a ``stats.nc`` must come from these
+results, by fingerprint; each extra dataset from these models, by weights
+hash), evaluates the claims of :mod:`robustness.claims` (from the results)
+and :mod:`robustness.claims_mechanism` (from the extras), and writes one row
+per (pair, claim): ``verdict``, ``estimate``, ``ci_low``, ``ci_high``,
+``p_value``, ``reference``, ``robust_share``, ``n_specifications``,
+``p_joint``, ``method`` and ``reason``. A claim whose input is missing is
+``not_tested``, with the reason and the command that would test it. Claims
+from the extras attach to the alignment pairs whose models they measured.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from . import claims_mechanism as mechanism
+from .claims import CLAIM_IDS, CLAIMS, Outcome, _agnostic_claim, level_claims
+from .dataset import pair_phases
+from .provenance import provenance_attrs
+from .stats import results_fingerprint
+
+__all__ = ["EXTRA_KINDS", "paper_claims"]
+
+EXTRA_KINDS = ("gradients", "trajectory", "contrastive", "rank1")
+COMMANDS = {
+    "gradient_anisotropy": "rsf gradients --model {base} --out gradients.nc",
+    "trajectory_consistent": "rsf experiment trajectory --checkpoints {base},…,{aligned} --out trajectory.nc",
+    "graded_control": "rsf experiment contrastive --base {base} --out contrastive.nc",
+    "rank1_causal": "rsf experiment rank1 --model {base} --out rank1.nc",
+}
+NEEDS = {
+    "gradient_anisotropy": "gradients",
+    "trajectory_consistent": "trajectory",
+    "graded_control": "contrastive",
+    "rank1_causal": "rank1",
+}
+VARIABLES = ("estimate", "ci_low", "ci_high", "p_value", "reference", "robust_share", "p_joint")
+
+
+def _extra_hashes(ds: xr.Dataset) -> set[str]:
+    """The weights hashes of the models an extra dataset measured."""
+    found = set()
+    for name in ("model_hash", "base_hash", "reference_hash"):
+        value = ds.attrs.get(name)
+        if value:
+            found.add(str(value))
+    for name in ("model_hash", "base_hash", "aligned_hash", "checkpoint_hash"):
+        if name in ds:
+            found.update(str(v) for v in np.asarray(ds[name].values).ravel() if str(v))
+    inputs = ds.attrs.get("inputs")
+    if inputs:
+        found.update(str(v) for v in json.loads(inputs).values() if str(v).startswith("sha256:"))
+    return found
+
+
+def _check_inputs(results: xr.Dataset, stats, extras) -> dict:
+    fingerprint = results_fingerprint(results)
+    if stats is not None:
+        recorded = stats.attrs.get("results_fingerprint", "")
+        if recorded != fingerprint:
+            raise ValueError(
+                f"the statistics were made from other results (stats {recorded or 'without a fingerprint'} "
+                f"vs results {fingerprint}): re-run rsf stats on these results"
+            )
+    by_kind = {}
+    model_hashes = {str(h) for name in ("base_hash", "aligned_hash") for h in results[name].values}
+    for ds in extras:
+        kind = str(ds.attrs.get("kind", ""))
+        if kind not in EXTRA_KINDS:
+            raise ValueError(
+                f"an extra dataset of kind {kind!r}: rsf claims reads {', '.join(EXTRA_KINDS)}"
+            )
+        if kind in by_kind:
+            raise ValueError(f"two {kind} datasets given: pass one of each kind")
+        hashes = _extra_hashes(ds)
+        if not hashes & model_hashes:
+            shown = ", ".join(sorted(hashes)) or "none recorded"
+            raise ValueError(
+                f"the {kind} dataset measured other models ({shown}) than the results' "
+                f"({', '.join(sorted(model_hashes))})"
+            )
+        by_kind[kind] = (ds, hashes)
+    return by_kind
+
+
+def paper_claims(
+    results: xr.Dataset,
+    *,
+    stats: xr.Dataset | None = None,
+    extras=(),
+    isotropy_margin: float = 0.5,
+    graded_margin: float = 0.25,
+    alpha: float = 0.05,
+    confidence_level: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> xr.Dataset:
+    """The claims dataset (see the module docstring); every input problem is a one-line ``ValueError``."""
+    for name, value in (("isotropy_margin", isotropy_margin), ("graded_margin", graded_margin)):
+        if not value > 0:
+            raise ValueError(f"`{name}` must be positive, got {value}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"`alpha` must lie in (0, 0.5), got {alpha}")
+    by_kind = _check_inputs(results, stats, extras)
+    outcomes = level_claims(
+        results, isotropy_margin=isotropy_margin, alpha=alpha, confidence_level=confidence_level,
+        n_resamples=n_resamples, seed=seed,
+    )  # fmt: skip
+    pairs = [str(p) for p in results.pair.values]
+    phases = dict(zip(pairs, pair_phases(results), strict=True))
+    for pair in pairs:
+        hashes = {
+            str(results[name].sel(pair=pair).values) for name in ("base_hash", "aligned_hash")
+        }
+        ids = {
+            role: str(results[f"{role}_id"].sel(pair=pair).values) for role in ("base", "aligned")
+        }
+        mine = {kind: ds for kind, (ds, h) in by_kind.items() if h & hashes}
+        for claim, kind in NEEDS.items():
+            if phases[pair] != "align":
+                outcomes[pair][claim] = Outcome(
+                    "not_tested", reason="a claim about the alignment pairs"
+                )
+            elif kind not in mine:
+                command = COMMANDS[claim].format(**ids)
+                outcomes[pair][claim] = Outcome(
+                    "not_tested",
+                    reason=f"needs {kind}.nc of this pair's models: {command}, then --extra",
+                )
+        if phases[pair] != "align":
+            continue
+        if "gradients" in mine:
+            outcomes[pair]["gradient_anisotropy"] = mechanism.gradient_claim(
+                mine["gradients"], alpha=alpha, confidence_level=confidence_level
+            )
+        if "trajectory" in mine:
+            outcomes[pair]["trajectory_consistent"] = mechanism.trajectory_claim(mine["trajectory"])
+        if "contrastive" in mine:
+            outcomes[pair]["graded_control"] = mechanism.graded_claim(
+                mine["contrastive"], margin=graded_margin, alpha=alpha
+            )
+            variants = mechanism.variant_read_levels(
+                mine["contrastive"], alpha=alpha, confidence_level=confidence_level
+            )
+            seen = {"align": outcomes[pair]["read_concentration"]}
+            partner = [p for p in pairs if phases[p] == "pretrain"]
+            if partner:
+                seen["pretrain"] = outcomes[partner[0]]["read_concentration"]
+            outcomes[pair]["read_objective_agnostic"] = _agnostic_claim(seen, variants)
+        if "rank1" in mine:
+            outcomes[pair]["rank1_causal"] = mechanism.rank1_claim(mine["rank1"], alpha=alpha)
+    return _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, graded_margin,
+                    alpha, confidence_level, seed)  # fmt: skip
+
+
+def _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, graded_margin, alpha,
+             confidence_level, seed) -> xr.Dataset:  # fmt: skip
+    shape = (len(pairs), len(CLAIM_IDS))
+    numbers = {name: np.full(shape, np.nan) for name in VARIABLES}
+    strings = {name: np.full(shape, "", dtype=object) for name in ("verdict", "method", "reason")}
+    counts = np.zeros(shape, dtype=np.int64)
+    for p, pair in enumerate(pairs):
+        for c, claim in enumerate(CLAIM_IDS):
+            outcome = outcomes[pair].get(claim, Outcome("not_tested", reason="not evaluated"))
+            for name in VARIABLES:
+                numbers[name][p, c] = getattr(outcome, name)
+            for name in strings:
+                strings[name][p, c] = getattr(outcome, name)
+            counts[p, c] = outcome.n_specifications
+    dims = ("pair", "claim")
+    data = {name: (dims, values) for name, values in {**numbers, **strings}.items()}
+    data["n_specifications"] = (dims, counts)
+    inputs = {"results": results_fingerprint(results)}
+    if stats is not None:
+        inputs["stats"] = stats.attrs.get("results_fingerprint", "")
+    for kind, (_, hashes) in by_kind.items():
+        inputs[kind] = ",".join(sorted(hashes))
+    rules = {claim.id: claim.test for claim in CLAIMS}
+    side = {pair: str(results.construction_side.sel(pair=pair).values) if "construction_side" in results
+            else "base" for pair in pairs}  # fmt: skip
+    attrs = provenance_attrs(
+        "claims", title="the paper's claims, tested one by one", seed=seed, inputs=inputs
+    )
+    attrs.update(
+        rules=json.dumps(rules),
+        isotropy_margin=isotropy_margin,
+        graded_margin=graded_margin,
+        alpha=alpha,
+        confidence_level=confidence_level,
+        construction_side=json.dumps(side),
+        reference="levels against each delta's Haar reference (probes.haar_reference), EWC tests over layers",
+        results_fingerprint=results_fingerprint(results),
+    )
+    if stats is not None:
+        attrs["stats_joint"] = json.dumps({
+            pair: info.get("joint", {}) for pair, info in json.loads(stats.attrs["per_pair"]).items()
+        })  # fmt: skip
+    return xr.Dataset(
+        data,
+        coords={
+            "pair": ("pair", np.asarray(pairs, dtype=object)),
+            "phase": ("pair", np.asarray([phases[p] for p in pairs], dtype=object)),
+            "claim": ("claim", np.asarray(CLAIM_IDS, dtype=object)),
+            "says": ("claim", np.asarray([c.says for c in CLAIMS], dtype=object)),
+            "test": ("claim", np.asarray([c.test for c in CLAIMS], dtype=object)),
+            "preferred": ("claim", np.asarray([c.preferred for c in CLAIMS], dtype=object)),
+        },
+        attrs=attrs,
+    )
