@@ -91,6 +91,10 @@ class ReportContext:
     def calibration(self) -> xr.Dataset | None:
         return self.inputs.calibration.dataset if self.inputs.calibration else None
 
+    @property
+    def claims(self) -> xr.Dataset | None:
+        return self.inputs.claims.dataset if self.inputs.claims else None
+
     def n_layers(self, pair: str) -> int:
         if "n_layers" in self.results:
             return int(self.results.n_layers.sel(pair=pair))

@@ -20,13 +20,19 @@ from robustness.stats import results_fingerprint
 __all__ = ["ReportInputs", "Source", "dataset_kind", "load_inputs", "load_source"]
 
 _RECOGNISED = (("rsf", "results"), ("asymmetry", "stats"), ("type1_error", "calibration"))
-_WRITTEN_BY = {"results": "rsf sweep", "stats": "rsf stats", "calibration": "rsf calibrate"}
+_WRITTEN_BY = {
+    "results": "rsf sweep",
+    "stats": "rsf stats",
+    "calibration": "rsf calibrate",
+    "claims": "rsf claims",
+}
 _DESCRIBED = {
     "results": "a results dataset",
     "stats": "a statistics dataset",
     "calibration": "a calibration dataset",
+    "claims": "a claims dataset",
 }
-_FLAG = {"stats": "--stats", "calibration": "--calibration"}
+_FLAG = {"stats": "--stats", "calibration": "--calibration", "claims": "--claims"}
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,11 @@ class ReportInputs:
     stats: Source | None = None
     calibration: Source | None = None
     extra: tuple[Source, ...] = ()
+    claims: Source | None = None
 
     @property
     def sources(self) -> tuple[Source, ...]:
-        found = (self.results, self.stats, self.calibration, *self.extra)
+        found = (self.results, self.stats, self.claims, self.calibration, *self.extra)
         return tuple(s for s in found if s is not None)
 
 
@@ -139,8 +146,18 @@ def _check_stats_contract(results: Source, stats: Source) -> None:
         )
 
 
+def _check_claims_match(results: Source, claims: Source) -> None:
+    recorded = claims.dataset.attrs.get("results_fingerprint", "")
+    own = results_fingerprint(results.dataset)
+    if recorded != own:
+        raise ValueError(
+            f"{claims.path} was made from other results than {results.path} (claims {recorded or 'unknown'} "
+            f"vs results {own}): re-run `rsf claims {results.path}`"
+        )
+
+
 def load_inputs(
-    results_path, *, stats_path=None, calibration_path=None, extra_paths=()
+    results_path, *, stats_path=None, calibration_path=None, extra_paths=(), claims_path=None
 ) -> ReportInputs:
     """Open and cross-check every input; every problem is a one-line ``ValueError``."""
     results = load_source(results_path, "results")
@@ -152,4 +169,7 @@ def load_inputs(
         load_source(calibration_path, "calibration") if calibration_path is not None else None
     )
     extra = tuple(load_source(path) for path in extra_paths)
-    return ReportInputs(results, stats, calibration, extra)
+    claims = load_source(claims_path, "claims") if claims_path is not None else None
+    if claims is not None:
+        _check_claims_match(results, claims)
+    return ReportInputs(results, stats, calibration, extra, claims)

@@ -38,7 +38,7 @@ REGISTRY: dict[str, tuple[str, Builder]] = {}
 
 def register_section(kind: str, *, title: str) -> Callable[[Builder], Builder]:
     """Register a builder for datasets whose ``kind`` attribute is `kind`."""
-    if kind in ("results", "stats", "calibration"):
+    if kind in ("results", "stats", "calibration", "claims"):
         raise ValueError(f"`kind` {kind!r} is a core input; register another kind")
 
     def decorate(builder: Builder) -> Builder:

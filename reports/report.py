@@ -38,9 +38,15 @@ def build_report(inputs: ReportInputs) -> str:
 
 
 def write_report(
-    results_path, out_path, *, stats_path=None, calibration_path=None, extra_paths=()
+    results_path,
+    out_path,
+    *,
+    stats_path=None,
+    calibration_path=None,
+    extra_paths=(),
+    claims_path=None,
 ) -> Path:
-    """Write the HTML report for `results_path` (and the optional statistics and calibration datasets).
+    """Write the HTML report for `results_path` (and the optional statistics, claims and calibration datasets).
 
     `extra_paths` are datasets of other kinds (``gradients``, ``trajectory``,
     ``contrastive``, ``rank1``, …), each shown by the section registered for its kind.
@@ -55,6 +61,7 @@ def write_report(
         stats_path=stats_path,
         calibration_path=calibration_path,
         extra_paths=tuple(extra_paths),
+        claims_path=claims_path,
     )
     document = build_report(inputs)
     with atomic_output(out) as temporary:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import registry
 from .calibration import calibration_section
+from .claims import claims_section
 from .context import ReportContext
 from .evidence import (
     heatmap_section,
@@ -30,6 +31,7 @@ __all__ = ["Section", "build_sections", "register_section", "registered_kinds"]
 # ----------------------------------------------------------------------- assembly
 
 CORE_BEFORE = (
+    claims_section,
     verdict_section,
     spec_curve_section,
     rsf_cutoff_section,

@@ -18,6 +18,7 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("results", help="results.nc written by rsf sweep")
     parser.add_argument("--stats", help="stats.nc written by rsf stats from the same results")
+    parser.add_argument("--claims", help="claims.nc written by rsf claims from the same results")
     parser.add_argument("--calibration", help="calibration.nc written by rsf calibrate")
     parser.add_argument(
         "--extra",
@@ -33,6 +34,7 @@ def run(args) -> int:
         args.out,
         stats_path=args.stats,
         calibration_path=args.calibration,
+        claims_path=args.claims,
         extra_paths=split_list(args.extra) or (),
     )
     print(f"wrote {out}")
