@@ -13,14 +13,20 @@ import numpy as np
 
 from robustness.layers import MIN_LAYERS
 from robustness.specification import DEFAULT_PREFERRED
-from robustness.stats import BCA_MIN_REPLICATES
+from robustness.stats import SEQUENCE_REPLICATES_ADVISED
 
 from .context import ReportContext, spec_roles
 
-__all__ = ["AUTOCORRELATION_STRONG", "BCA_MIN_REPLICATES", "MONTE_CARLO_MIN", "Caveat", "caveats"]
+__all__ = [
+    "AUTOCORRELATION_STRONG",
+    "SEQUENCE_REPLICATES_ADVISED",
+    "MONTE_CARLO_MIN",
+    "Caveat",
+    "caveats",
+]
 
-# BCA_MIN_REPLICATES (robustness.stats): `rsf stats` reports BCa sequence intervals from
-# that many replicates on (Efron & Tibshirani 1993, §14.3; 19.3), percentile ones below.
+# SEQUENCE_REPLICATES_ADVISED (robustness.stats): below that many replicates the percentile
+# sequence intervals carry visible Monte Carlo error.
 # Below this many Monte Carlo resamples the smallest possible p-value, 1/(1+B),
 # and the Monte Carlo error of p near α are too coarse to report a test.
 MONTE_CARLO_MIN = 999
@@ -112,15 +118,14 @@ def _resamples(ctx: ReportContext) -> list[Caveat]:
             "no-sequence-bootstrap",
             "The sweep was run without a sequence bootstrap: no interval includes the uncertainty "
             "of estimating the activation subspaces from a finite corpus, and figure (c) has no "
-            f"bands. Run `rsf sweep --bootstrap {BCA_MIN_REPLICATES}`.",
+            f"bands. Run `rsf sweep --bootstrap {SEQUENCE_REPLICATES_ADVISED}`.",
         ))  # fmt: skip
-    elif replicates < BCA_MIN_REPLICATES:
+    elif replicates < SEQUENCE_REPLICATES_ADVISED:
         out.append(Caveat(
             "sequence-replicates",
-            f"The sequence bootstrap has {replicates} replicates: `rsf stats` reports percentile "
-            f"sequence intervals below {BCA_MIN_REPLICATES} (BCa needs about that many, Efron & "
-            "Tibshirani 1993), and with so few replicates their endpoints (seq_ci_*) and the bands "
-            f"in (c) are rough. Run `rsf sweep --bootstrap {BCA_MIN_REPLICATES}`.",
+            f"The sequence bootstrap has {replicates} replicates: the endpoints of its percentile "
+            f"intervals (seq_ci_*) and the bands in (c) carry visible Monte Carlo error below about "
+            f"{SEQUENCE_REPLICATES_ADVISED}. Run `rsf sweep --bootstrap {SEQUENCE_REPLICATES_ADVISED}`.",
         ))  # fmt: skip
     if ctx.stats is not None:
         n_resamples = int(ctx.stats.attrs.get("n_resamples", MONTE_CARLO_MIN))

@@ -149,10 +149,12 @@ def claims_section(ctx: ReportContext) -> Section:
             "ratios against each delta's Haar reference; tests over layers are the dependence-robust EWC "
             "tests; a non-significant difference never counts as support."
         )
+        # The report's first screen answers the question: the claims' verdicts.
+        parts.append(Markup('<div class="answer"><p>{}</p></div>').format(intro))
         parts.append(
             fragment(
                 "sections/figure_and_table.html.j2",
-                intro=intro,
+                intro="",
                 figure=claims_figure(claims, pair),
                 table=claims_table(claims, pair),
             )

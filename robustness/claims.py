@@ -69,6 +69,7 @@ __all__ = [
     "Claim",
     "Outcome",
     "level_claims",
+    "pretrain_partner",
 ]
 
 VERDICTS = ("supported", "contradicted", "inconclusive", "not_tested")
@@ -217,6 +218,20 @@ def _merged(specs, values) -> tuple[list, np.ndarray]:
     return keep, (np.stack(columns, axis=1) if columns else np.zeros((values.shape[0], 0)))
 
 
+def _preferred_index(specs, preferred) -> int:
+    """The preferred specification's column; its ``isotropic`` twin (the same log2 ratio on the
+    statistics' scale) when the sweep has no ``log_isotropic``; else the first."""
+    for candidate in (tuple(preferred), (*preferred[:2], "isotropic")):
+        if candidate in specs:
+            return specs.index(candidate)
+    return 0
+
+
+def _undefined(what: str) -> Outcome:
+    return Outcome("not_tested", reason=f"{what} is undefined at some layer in every specification (an "
+                   "all-zero delta has no direction)")  # fmt: skip
+
+
 def _one_sided(test, j, alpha) -> str:
     if test.p_greater[j] < alpha:
         return "supported"
@@ -287,14 +302,21 @@ def level_claims(
     aligns = [p for p, ph in phases.items() if ph == "align"]
     pretrains = [p for p, ph in phases.items() if ph == "pretrain"]
     for pair in aligns:
-        partner = next((q for q in pretrains if levels[q].n_layers == levels[pair].n_layers), None)
-        out[pair]["pretraining_writes_prediction"] = _pretraining_claim(
-            levels[pair], levels[partner] if partner else None, partner, write, alpha=alpha,
-            confidence_level=confidence_level,
-        )  # fmt: skip
+        partner = pretrain_partner(results, pair, paired=True)
+        if partner is None and pretrains:
+            shown = ", ".join(f"{q} ({levels[q].n_layers})" for q in pretrains)
+            out[pair]["pretraining_writes_prediction"] = Outcome("not_tested", reason=(
+                f"no pretrain pair with this pair's {levels[pair].n_layers} layers (pretrain: {shown}): the "
+                "comparison is paired over layers"))  # fmt: skip
+        else:
+            out[pair]["pretraining_writes_prediction"] = _pretraining_claim(
+                levels[pair], levels[partner] if partner else None, partner, write, alpha=alpha,
+                confidence_level=confidence_level,
+            )  # fmt: skip
         phases_seen = {"align": out[pair]["read_concentration"]}
-        if partner:
-            phases_seen["pretrain"] = out[partner]["read_concentration"]
+        seen = pretrain_partner(results, pair, paired=False)
+        if seen:
+            phases_seen["pretrain"] = out[seen]["read_concentration"]
         out[pair]["read_objective_agnostic"] = _agnostic_claim(phases_seen)
     for pair in pretrains:
         out[pair]["pretraining_writes_prediction"] = Outcome(
@@ -304,6 +326,28 @@ def level_claims(
             "not_tested", reason="stored on the alignment pair it compares"
         )
     return out
+
+
+def pretrain_partner(results: xr.Dataset, pair, *, paired: bool) -> str | None:
+    """The pretrain pair an alignment pair is compared with: the first with as many layers
+    (``pretraining_writes_prediction`` is paired over layers); with ``paired=False``
+    (``read_objective_agnostic``, which compares verdicts only) that one, else the first pretrain pair."""
+    labels = [str(p) for p in results.pair.values]
+    pretrains = [
+        p for p, phase in zip(labels, pair_phases(results), strict=True) if phase == "pretrain"
+    ]
+
+    def layers(label):
+        return (
+            int(results.n_layers.sel(pair=label))
+            if "n_layers" in results
+            else results.sizes["layer"]
+        )
+
+    same = next((q for q in pretrains if layers(q) == layers(pair)), None)
+    if same is not None or paired:
+        return same
+    return pretrains[0] if pretrains else None
 
 
 def _level_claim(
@@ -324,13 +368,15 @@ def _level_claim(
         if specs
         else np.zeros((lv.n_layers, 0))
     )
-    specs, values = _merged(specs, values)
     if not specs:
         return Outcome(
             "not_tested", reason=f"no {', '.join(constructions)} specification in the results"
         )
+    specs, values = _merged(specs, values)
+    if not specs:
+        return _undefined(f"the level of {','.join(matrices)}")
     test = layer_test(values, confidence_level=confidence_level)
-    j = specs.index(preferred) if preferred in specs else 0
+    j = _preferred_index(specs, preferred)
     verdicts = [_one_sided(test, i, alpha) for i in range(len(specs))]
     if not np.isfinite(test.p_value[j]):
         return Outcome(
@@ -355,14 +401,15 @@ def _isotropy_claim(lv, matrices, margin, *, alpha, n_resamples, rng):
         if specs
         else np.zeros((lv.n_layers, 0))
     )
-    specs, values = _merged(specs, values)
     if not specs:
         return Outcome(
             "not_tested", reason=f"no unembedding specification with k ≤ d/8 = {lv.d / 8:g}"
         )
+    specs, values = _merged(specs, values)
+    if not specs:
+        return _undefined(f"the level of {','.join(matrices)}")
     test = layer_test(values, confidence_level=1 - 2 * alpha)
-    preferred = ("unembed", "k=8", "log_isotropic")
-    j = specs.index(preferred) if preferred in specs else 0
+    j = _preferred_index(specs, ("unembed", "k=8", "log_isotropic"))
     verdicts = [_equivalence(test, i, alpha, margin, 1 - 2 * alpha) for i in range(len(specs))]
     if not np.isfinite(test.ci_low[j]):
         return Outcome(
@@ -398,9 +445,10 @@ def _asymmetry_claim(lv, read, write, *, alpha, confidence_level, n_resamples, r
     labels = [(a[0] + "|" + p[0], a[1], a[2]) for a, p in pairs_of_specs]
     values = np.stack(columns, axis=1)
     labels, values = _merged(labels, values)
+    if not labels:
+        return _undefined(f"the read ({','.join(read)}) − write ({','.join(write)}) level")
     test = layer_test(values, confidence_level=confidence_level)
-    preferred = ("act_cov|unembed", "k=8", "log_isotropic")
-    j = labels.index(preferred) if preferred in labels else 0
+    j = _preferred_index(labels, ("act_cov|unembed", "k=8", "log_isotropic"))
     if not np.isfinite(test.p_value[j]):
         return Outcome(
             "inconclusive",
@@ -421,9 +469,13 @@ def _pretraining_claim(align, pretrain, partner, write, *, alpha, confidence_lev
     if pretrain is None:
         return Outcome("not_tested", reason="needs a pair with phase = pretrain (an initialisation or early "
                        "checkpoint → base, [[pair]] phase = \"pretrain\"; rsf demo adds one)")  # fmt: skip
-    spec = ("unembed", "k=8", "log_isotropic")
-    if spec not in pretrain.specs(PREDICTION):
-        return Outcome("not_tested", reason="needs unembed, k=8 and log_isotropic in the sweep")
+    specs = pretrain.specs(PREDICTION)
+    spec = next((s for s in (("unembed", "k=8", "log_isotropic"), ("unembed", "k=8", "isotropic")) if s in specs),
+                None)  # fmt: skip
+    if spec is None:
+        return Outcome(
+            "not_tested", reason="needs unembed, k=8 and log_isotropic (or isotropic) in the sweep"
+        )
     own = pretrain.level(spec, write)
     difference = own - align.level(spec, write)
     level = layer_test(own, confidence_level=confidence_level)

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 
 from . import claims_mechanism as mechanism
-from .claims import CLAIM_IDS, CLAIMS, Outcome, _agnostic_claim, level_claims
+from .claims import CLAIM_IDS, CLAIMS, Outcome, _agnostic_claim, level_claims, pretrain_partner
 from .dataset import pair_phases
 from .provenance import provenance_attrs
 from .stats import results_fingerprint
@@ -148,9 +148,9 @@ def paper_claims(
                 mine["contrastive"], alpha=alpha, confidence_level=confidence_level
             )
             seen = {"align": outcomes[pair]["read_concentration"]}
-            partner = [p for p in pairs if phases[p] == "pretrain"]
+            partner = pretrain_partner(results, pair, paired=False)  # as level_claims chose it
             if partner:
-                seen["pretrain"] = outcomes[partner[0]]["read_concentration"]
+                seen["pretrain"] = outcomes[partner]["read_concentration"]
             outcomes[pair]["read_objective_agnostic"] = _agnostic_claim(seen, variants)
         if "rank1" in mine:
             outcomes[pair]["rank1_causal"] = mechanism.rank1_claim(mine["rank1"], alpha=alpha)

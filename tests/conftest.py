@@ -128,7 +128,7 @@ def report_datasets(saved_pair, tmp_path_factory):
     model; the second ties its embeddings), and a three-layer pretraining pair, too few layers
     for the dependence-robust test.
 
-    ``{"results", "stats", "root"}`` → paths; the calibration is :func:`report_calibration`.
+    ``{"results", "stats", "claims", "root"}`` → paths; the calibration is :func:`report_calibration`.
     """
     from rsf.main import main
 
@@ -150,7 +150,10 @@ def report_datasets(saved_pair, tmp_path_factory):
     assert main([*sweep, "--quiet", "--no-cache"]) == 0
     stats = root / "stats.nc"
     assert main(["stats", str(results), "--out", str(stats), "--resamples", "200", "--quiet"]) == 0
-    return {"results": results, "stats": stats, "root": root}
+    claims = root / "claims.nc"
+    assert main(["claims", str(results), "--stats", str(stats), "--resamples", "99", "--out", str(claims),
+                 "--quiet"]) == 0  # fmt: skip
+    return {"results": results, "stats": stats, "claims": claims, "root": root}
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 SECTIONS = (
+    "claims",
     "verdict",
     "specification-curve",
     "rsf-cutoff",

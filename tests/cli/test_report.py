@@ -32,9 +32,10 @@ def datasets(report_datasets):
 
 @pytest.fixture(scope="module")
 def report(datasets):
-    """The report of the results and statistics (no calibration: its own test adds one)."""
+    """The report of the results, statistics and claims (no calibration: its own test adds one)."""
     out = datasets["root"] / "report.html"
-    args = ["report", str(datasets["results"]), "--stats", str(datasets["stats"])]
+    args = ["report", str(datasets["results"]), "--stats", str(datasets["stats"]),
+            "--claims", str(datasets["claims"])]  # fmt: skip
     assert main([*args, "--out", str(out)]) == 0
     return out
 
@@ -90,13 +91,14 @@ def test_every_section_figure_and_input_is_in_one_self_contained_file(report, pa
     # Figures: SVG inline, each with alt text, a <title> and a caption.
     ids = {f["id"] for f in page.figures}
     assert {"fig-spec-curve", "fig-rsf-cutoff", "fig-heatmaps", "fig-nulls", "fig-variance"} <= ids
+    assert {"fig-claims-early", "fig-claims-late"} <= ids
     assert "fig-trajectory" in ids  # several pairs: side by side
     for figure in page.figures:
         assert figure["alt"] and len(figure["alt"]) > 40, figure["id"]
         assert figure["title"] and len(figure["caption"]) > 40, figure["id"]
     # It names its data files with their hashes.
     files = page.tables["data-files"]
-    for kind in ("results", "stats"):
+    for kind in ("results", "stats", "claims"):
         assert files[kind]["file"][0] == datasets[kind].name
         assert files[kind]["sha256"][0] == sha256(datasets[kind])
 
@@ -107,14 +109,43 @@ def test_no_statistics_leaves_every_section_in_place_and_says_what_to_run(datase
     text = out.read_text(encoding="utf-8")
     page = Page(text)
     assert page.sections == list(SECTIONS)
-    assert text.count("This section needs <code>stats.nc</code>") == 4  # a, b, e, f
+    assert text.count("This section needs <code>stats.nc</code>") == 4  # b, c, f, g
     assert "This section needs <code>calibration.nc</code>" in text
+    assert "This section needs <code>claims.nc</code>" in text
     assert {"no-stats", "no-calibration"} <= set(page.caveats)
     # What needs only the results is still drawn.
     assert {"fig-rsf-cutoff", "fig-heatmaps"} <= {f["id"] for f in page.figures}
 
 
 # ----------------------------------------------------------------------- golden: numbers shown = datasets
+
+
+CLAIM_RULES = {"estimate": "signed", "ci_low": "signed", "ci_high": "signed", "reference": "signed",
+               "p_value": "p", "robust_share": "share"}  # fmt: skip
+
+
+def test_the_claims_table_shows_every_value_of_the_claims_dataset(page, datasets):
+    """The first section: one table per pair, every number as claims.nc has it, rounded by the rules."""
+    claims = open_dataset(datasets["claims"])
+    for pair in claims.pair.values:
+        table = page.tables[f"claims-{pair}"]
+        for claim in claims.claim.values:
+            cell = claims.sel(pair=pair, claim=claim)
+            row = table[str(claim)]
+            for name, rule in CLAIM_RULES.items():
+                assert row[name][0] == shown(float(cell[name]), rule), (pair, claim, name)
+            assert row["verdict"][0] == str(cell.verdict.values).replace("_", " ")
+            assert row["n_specifications"][0] == str(int(cell.n_specifications))
+            expected = (
+                cell.reason.values
+                if str(cell.verdict.values) == "not_tested"
+                else cell.method.values
+            )
+            assert row["reason"][0] == str(expected)
+            assert row["says"][0] == str(cell.says.values)
+    # The three-layer pretraining pair: its level claims cannot be tested over layers.
+    assert page.tables["claims-short"]["read_concentration"]["verdict"][0] == "inconclusive"
+    assert "claims" in page.section_text and "Haar reference" in page.section_text["claims"]
 
 
 # Every number column of the specification table and the rounding rule it documents.
