@@ -244,7 +244,7 @@ def _equivalence(test, j, alpha, margin, confidence) -> str:
     low, high = test.ci_low[j], test.ci_high[j]
     if not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive"
-    if -margin < low and high < margin:
+    if -margin < test.estimate[j] < margin:
         return "supported"
     if low > margin or high < -margin:
         return "contradicted"
