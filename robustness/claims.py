@@ -244,7 +244,7 @@ def _equivalence(test, j, alpha, margin, confidence) -> str:
     low, high = test.ci_low[j], test.ci_high[j]
     if not (np.isfinite(low) and np.isfinite(high)):
         return "inconclusive"
-    if -margin < test.estimate[j] < margin:
+    if -margin < low and high < margin:
         return "supported"
     if low > margin or high < -margin:
         return "contradicted"
@@ -376,7 +376,7 @@ def _level_claim(
     if not specs:
         return _undefined(f"the level of {','.join(matrices)}")
     test = layer_test(values, confidence_level=confidence_level)
-    j = _preferred_index(specs, preferred)
+    j = 0
     verdicts = [_one_sided(test, i, alpha) for i in range(len(specs))]
     if not np.isfinite(test.p_value[j]):
         return Outcome(
