@@ -376,7 +376,7 @@ def _level_claim(
     if not specs:
         return _undefined(f"the level of {','.join(matrices)}")
     test = layer_test(values, confidence_level=confidence_level)
-    j = 0
+    j = _preferred_index(specs, preferred)
     verdicts = [_one_sided(test, i, alpha) for i in range(len(specs))]
     if not np.isfinite(test.p_value[j]):
         return Outcome(
