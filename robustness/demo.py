@@ -43,6 +43,7 @@ __all__ = [
     "DemoSettings",
     "build_tokenizer",
     "demo_checkpoints",
+    "demo_initialisation",
     "demo_is_cached",
     "demo_pair",
     "demo_probe_corpus",
@@ -314,10 +315,28 @@ def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:
     return Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
 
 
+def demo_initialisation(pair: DemoPair) -> Path:
+    """The pretraining run's first checkpoint: the initialisation the base was trained from."""
+    path = pair.root / "checkpoints" / "pretrain" / "step-00000"
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"the demo pair at {pair.root} has no initial checkpoint: rebuild it with --retrain"
+        )
+    return path
+
+
 def demo_sweep_config(pair: DemoPair, grid: DemoGrid) -> SweepConfig:
-    """The sweep ``rsf demo`` runs on its pair (with :func:`demo_probe_corpus`): the grid's choices, CPU."""
+    """The sweep ``rsf demo`` runs (with :func:`demo_probe_corpus`): the grid's choices, CPU.
+
+    Two pairs: ``demo`` (base → aligned, the alignment delta) and ``pretrain``
+    (the initialisation → base, a pretraining delta, ``phase = "pretrain"``:
+    its constructions come from the trained side, the base).
+    """
     return SweepConfig(
-        pairs=(PairSpec("demo", str(pair.base), str(pair.aligned)),),
+        pairs=(
+            PairSpec("demo", str(pair.base), str(pair.aligned)),
+            PairSpec("pretrain", str(demo_initialisation(pair)), str(pair.base), phase="pretrain"),
+        ),
         corpus=CorpusSpec(seq_len=grid.seq_len),
         constructions=grid.constructions,
         cutoffs=grid.cutoffs,

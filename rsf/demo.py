@@ -29,8 +29,10 @@ from robustness.demo import (
 )
 from robustness.engine import run_sweep
 from robustness.files import check_writable
+from robustness.paper import paper_claims
 from robustness.stats import compute_stats
 
+from .claims import claim_lines
 from .stats import summary as stats_summary
 
 __all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
@@ -71,7 +73,12 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     print(f"report: {outcome.report}")
-    print(f"results: {outcome.results}  stats: {outcome.stats}  pair: {outcome.pair.root}")
+    print(
+        f"results: {outcome.results}  stats: {outcome.stats}  claims: {outcome.claims}  "
+        f"pair: {outcome.pair.root}"
+    )
+    print()
+    print("\n".join(outcome.claims_table))
     print()
     print(outcome.verdict)
     return 0
@@ -88,6 +95,8 @@ class DemoOutcome:
     verdict: str
     seconds: float
     timings: dict = field(default_factory=dict)
+    claims: Path | None = None
+    claims_table: list[str] = field(default_factory=list)
 
 
 def _stage(message: str, quiet: bool) -> None:
@@ -104,11 +113,12 @@ def run_demo(
     retrain: bool = False,
     progress: bool = True,
 ) -> DemoOutcome:
-    """Demo pair (trained or cached) → sweep with bootstrap → stats → report, in folder `out`.
+    """Demo pair (trained or cached) → sweep with bootstrap → stats → claims → report, in folder `out`.
 
-    Writes ``results.nc``, ``stats.nc`` and ``report.html`` in `out` (created
-    when missing). The sweep's activation statistics are cached like any
-    sweep's, so a second run does no forward pass.
+    Writes ``results.nc``, ``stats.nc``, ``claims.nc`` and ``report.html`` in
+    `out` (created when missing). The sweep covers the alignment pair and a
+    pretraining pair (the initialisation → base). The sweep's activation
+    statistics are cached like any sweep's, so a second run does no forward pass.
     """
     settings = settings or DemoSettings()
     grid = grid or DemoGrid()
@@ -121,8 +131,9 @@ def run_demo(
         raise ValueError(
             f"cannot create the output folder {out}: {error.strerror or error}"
         ) from None
-    results_path, stats_path, report_path = (
-        check_writable(out / name) for name in ("results.nc", "stats.nc", "report.html")
+    results_path, stats_path, claims_path, report_path = (
+        check_writable(out / name)
+        for name in ("results.nc", "stats.nc", "claims.nc", "report.html")
     )
     quiet = not progress
     timings = {}
@@ -164,17 +175,26 @@ def run_demo(
     timings["stats"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    _stage("claims: testing the paper's claims", quiet)
+    claims = paper_claims(dataset, stats=stats, n_resamples=grid.n_resamples, seed=grid.seed)
+    write_dataset(claims, claims_path)
+    timings["claims"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     _stage("report: writing", quiet)
-    report = Path(write_report(results_path, report_path, stats_path=stats_path))
+    report = Path(
+        write_report(results_path, report_path, stats_path=stats_path, claims_path=claims_path)
+    )
     timings["report"] = time.perf_counter() - mark
 
-    verdict = verdict_paragraph(pair, stats, summary)
+    verdict = verdict_paragraph(pair, stats, summary, claims)
     return DemoOutcome(
-        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings
-    )
+        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings,
+        claims_path, claim_lines(claims),
+    )  # fmt: skip
 
 
-def verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
+def verdict_paragraph(pair: DemoPair, stats, summary: str, claims=None) -> str:
     """One paragraph: what the pair is, what training did, what the statistics say."""
     m = pair.manifest
     s = m["settings"]
@@ -218,6 +238,13 @@ def verdict_paragraph(pair: DemoPair, stats, summary: str) -> str:
     ]
     if verdicts:
         parts.append(f"Verdict: {verdicts[0]}.")
+    if claims is not None:
+        cell = claims.sel(pair="demo")
+        named = "; ".join(
+            f"{claim}: {str(cell.verdict.sel(claim=claim).values).replace('_', ' ')}"
+            for claim in claims.claim.values
+        )
+        parts.append(f"The paper's claims on this pair: {named}.")
     parts.append(
         "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
     )
