@@ -36,9 +36,32 @@ def inputs(saved_pair, contrastive_run, checkpoints, tmp_path_factory):
     paths = {"root": root, "contrastive": contrastive_run[2]}
     small = ["--tokens", "256", "--seq-len", "16", "--quiet"]
     paths["gradients"] = root / "gradients.nc"
-    run_cli(["gradients", "--model", base, "--objective", "ce,dpo", *small, "--out", str(paths["gradients"])])
+    run_cli(
+        [
+            "gradients",
+            "--model",
+            base,
+            "--objective",
+            "ce,dpo",
+            *small,
+            "--out",
+            str(paths["gradients"]),
+        ]
+    )
     paths["rank1"] = root / "rank1.nc"
-    run_cli(["experiment", "rank1", "--model", base, "--controls", "2", *small, "--out", str(paths["rank1"])])
+    run_cli(
+        [
+            "experiment",
+            "rank1",
+            "--model",
+            base,
+            "--controls",
+            "2",
+            *small,
+            "--out",
+            str(paths["rank1"]),
+        ]
+    )
     paths["trajectory"] = root / "trajectory.nc"
     run_cli(["experiment", "trajectory", "--checkpoints", ",".join(dirs), "--corpus", ids, "--cutoffs", "k=4",
              "--cache-dir", str(root / "cache"), "--quiet", "--out", str(paths["trajectory"])])  # fmt: skip
@@ -54,7 +77,17 @@ def inputs(saved_pair, contrastive_run, checkpoints, tmp_path_factory):
     run_cli(["sweep", "--config", str(config), "--out", str(paths["results"]), "--cache-dir", str(root / "cache"),
              "--quiet"])  # fmt: skip
     paths["stats"] = root / "stats.nc"
-    run_cli(["stats", str(paths["results"]), "--out", str(paths["stats"]), "--resamples", "99", "--quiet"])
+    run_cli(
+        [
+            "stats",
+            str(paths["results"]),
+            "--out",
+            str(paths["stats"]),
+            "--resamples",
+            "99",
+            "--quiet",
+        ]
+    )
     return paths
 
 
@@ -73,10 +106,14 @@ def test_claims_end_to_end_with_every_extra(inputs, tmp_path):
                        "--resamples", "99", "--isotropy-margin", "0.4", "--out", str(out)])  # fmt: skip
     ds = open_dataset(out)
     assert ds.attrs["kind"] == "claims" and dict(ds.sizes) == {"pair": 3, "claim": len(CLAIM_IDS)}
-    assert list(ds.claim.values) == list(CLAIM_IDS) and set(ds.verdict.values.ravel()) <= set(VERDICTS)
+    assert list(ds.claim.values) == list(CLAIM_IDS) and set(ds.verdict.values.ravel()) <= set(
+        VERDICTS
+    )
     assert ds.attrs["isotropy_margin"] == 0.4
     hashes = json.loads(ds.attrs["inputs"])
-    assert hashes["results"] == hashes["stats"] == results_fingerprint(open_dataset(inputs["results"]))
+    assert (
+        hashes["results"] == hashes["stats"] == results_fingerprint(open_dataset(inputs["results"]))
+    )
     assert set(hashes) == {"results", "stats", *KINDS}
     library = paper_claims(
         open_dataset(inputs["results"]), stats=open_dataset(inputs["stats"]),
@@ -88,12 +125,19 @@ def test_claims_end_to_end_with_every_extra(inputs, tmp_path):
     def verdict(pair, claim):
         return str(ds.verdict.sel(pair=pair, claim=claim).values)
 
-    for claim in ("gradient_anisotropy", "graded_control", "rank1_causal", "pretraining_writes_prediction"):
+    for claim in (
+        "gradient_anisotropy",
+        "graded_control",
+        "rank1_causal",
+        "pretraining_writes_prediction",
+    ):
         assert verdict("dpo", claim) != "not_tested", claim
     assert verdict("run", "trajectory_consistent") != "not_tested"
     assert verdict("run", "pretraining_writes_prediction") != "not_tested"
     assert verdict("dpo", "trajectory_consistent") == "not_tested"
-    assert "rsf experiment trajectory --checkpoints" in str(ds.reason.sel(pair="dpo", claim="trajectory_consistent").values)
+    assert "rsf experiment trajectory --checkpoints" in str(
+        ds.reason.sel(pair="dpo", claim="trajectory_consistent").values
+    )
     assert str(ds.reason.sel(pair="pre", claim="pretraining_writes_prediction").values) == (
         "stored on the alignment pair it compares"
     )
@@ -118,13 +162,17 @@ def test_claims_without_inputs_say_what_to_run(inputs, tmp_path):
     results = open_dataset(inputs["results"]).sel(pair=["dpo", "run"])
     path = tmp_path / "results.nc"
     write_dataset(results, path)
-    printed = run_cli(["claims", str(path), "--resamples", "99", "--quiet", "--out", str(tmp_path / "c.nc")])
+    printed = run_cli(
+        ["claims", str(path), "--resamples", "99", "--quiet", "--out", str(tmp_path / "c.nc")]
+    )
     assert "wrote" not in printed
     assert "needs a pair with phase = pretrain" in printed
     for kind in KINDS:
         assert f"needs {kind}.nc of this pair's models" in printed
     ds = open_dataset(tmp_path / "c.nc")
-    assert (ds.verdict.sel(claim=["gradient_anisotropy", "rank1_causal"]).values == "not_tested").all()
+    assert (
+        ds.verdict.sel(claim=["gradient_anisotropy", "rank1_causal"]).values == "not_tested"
+    ).all()
 
 
 def one_line_error(argv, capsys) -> str:
@@ -139,7 +187,17 @@ def test_stats_of_other_results_refused_naming_both_fingerprints(inputs, tmp_pat
     naming both fingerprints; nothing written."""
     other = tmp_path / "other.nc"
     write_dataset(open_dataset(inputs["results"]).sel(pair=["dpo", "run"]), other)
-    run_cli(["stats", str(other), "--out", str(tmp_path / "other-stats.nc"), "--resamples", "49", "--quiet"])
+    run_cli(
+        [
+            "stats",
+            str(other),
+            "--out",
+            str(tmp_path / "other-stats.nc"),
+            "--resamples",
+            "49",
+            "--quiet",
+        ]
+    )
     out = tmp_path / "claims.nc"
     err = one_line_error(["claims", str(inputs["results"]), "--stats", str(tmp_path / "other-stats.nc"),
                           "--out", str(out)], capsys)  # fmt: skip
@@ -185,7 +243,9 @@ def test_wrong_files_are_one_line_errors(inputs, tmp_path, capsys):
     old = tmp_path / "old.nc"
     write_dataset(open_dataset(inputs["results"]).drop_vars("gram_purity"), old)
     assert "re-run rsf sweep" in one_line_error(["claims", str(old), "--out", out], capsys)
-    err = one_line_error(["claims", str(inputs["results"]), "--extra", str(inputs["results"]), "--out", out], capsys)
+    err = one_line_error(
+        ["claims", str(inputs["results"]), "--extra", str(inputs["results"]), "--out", out], capsys
+    )
     assert "an extra dataset of kind 'results'" in err
     err = one_line_error(["claims", str(tmp_path / "absent.nc"), "--out", out], capsys)
     assert "dataset not found" in err

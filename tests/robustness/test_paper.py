@@ -91,7 +91,9 @@ def contrastive(base_hash, read=0.6):
     shape = (3, L, len(MATRICES), 2, 1, 1)
     level = np.zeros(shape) + PATTERN[None, :, None, None, None, None]
     level[:, :, :2] += read
-    level[:, :, 2:] += lams[:, None, None, None, None, None] * (PATTERN - 0.2)[None, :, None, None, None, None]
+    level[:, :, 2:] += (
+        lams[:, None, None, None, None, None] * (PATTERN - 0.2)[None, :, None, None, None, None]
+    )
     return xr.Dataset(
         {"rsf": (("lam_label", "layer", "matrix", "construction", "cutoff", "normalisation"), level),
          "k": (("lam_label", "layer", "matrix", "construction", "cutoff"), np.full(shape[:5], 8))},
@@ -156,7 +158,9 @@ def test_an_extra_dataset_of_other_models_is_refused_naming_both_hashes(kind):
 def test_extras_of_unknown_kind_twice_the_same_kind_or_without_hashes_are_refused():
     """rsf claims reads gradients, trajectory, contrastive, rank1, one of each; an extra without any
     recorded hash cannot be matched and says so."""
-    with pytest.raises(ValueError, match="an extra dataset of kind 'results': rsf claims reads gradients"):
+    with pytest.raises(
+        ValueError, match="an extra dataset of kind 'results': rsf claims reads gradients"
+    ):
         claims(extras=[xr.Dataset(attrs={"kind": "results"})])
     with pytest.raises(ValueError, match="two gradients datasets given"):
         claims(extras=[gradients("sha256:base-dpo"), gradients("sha256:base-dpo")])
@@ -195,22 +199,31 @@ def test_extras_attach_to_the_alignment_pairs_whose_models_they_measured():
     assert str(sft.reason.sel(claim="gradient_anisotropy").values) == (
         "needs gradients.nc of this pair's models: rsf gradients --model base-sft --out gradients.nc, then --extra"
     )
-    assert "--checkpoints base-sft,…,aligned-sft" in str(sft.reason.sel(claim="trajectory_consistent").values)
+    assert "--checkpoints base-sft,…,aligned-sft" in str(
+        sft.reason.sel(claim="trajectory_consistent").values
+    )
     # The contrastive variants join read_objective_agnostic: align, the pretrain pair and λ = 0, 0.5, 1.
     agnostic = dpo.sel(claim="read_objective_agnostic")
     assert int(agnostic.n_specifications) == 5
-    assert str(agnostic.reason.values).startswith("align: supported; pretrain: supported; variant lam=0: supported")
+    assert str(agnostic.reason.values).startswith(
+        "align: supported; pretrain: supported; variant lam=0: supported"
+    )
     assert str(agnostic.verdict.values) == "supported"
     assert float(dpo.estimate.sel(claim="graded_control")) == pytest.approx(-0.2)
     inputs = json.loads(out.attrs["inputs"])
-    assert inputs["gradients"] == "sha256:base-dpo" and inputs["contrastive"] == "sha256:base-dpo,sha256:variant-0"
+    assert (
+        inputs["gradients"] == "sha256:base-dpo"
+        and inputs["contrastive"] == "sha256:base-dpo,sha256:variant-0"
+    )
 
 
 def test_a_contradicting_contrastive_variant_contradicts_read_objective_agnostic():
     """read_concentration contradicted in one variant (read level −0.6 in every λ) contradicts the claim
     on the pair the contrastive dataset measured, and only there."""
     out = claims(extras=[contrastive("sha256:base-dpo", read=-0.6)])
-    assert str(out.verdict.sel(pair="dpo", claim="read_objective_agnostic").values) == "contradicted"
+    assert (
+        str(out.verdict.sel(pair="dpo", claim="read_objective_agnostic").values) == "contradicted"
+    )
     assert str(out.verdict.sel(pair="sft", claim="read_objective_agnostic").values) == "supported"
 
 
@@ -245,9 +258,16 @@ def test_claims_dataset_contract_round_trips_through_netcdf(tmp_path):
     assert set(json.loads(attrs["rules"])) == set(CLAIM_IDS)
     assert (attrs["isotropy_margin"], attrs["graded_margin"], attrs["alpha"]) == (0.4, 0.3, 0.1)
     assert attrs["confidence_level"] == 0.95
-    assert json.loads(attrs["inputs"]) == {"results": results_fingerprint(res), "stats": results_fingerprint(res)}
+    assert json.loads(attrs["inputs"]) == {
+        "results": results_fingerprint(res),
+        "stats": results_fingerprint(res),
+    }
     assert attrs["results_fingerprint"] == results_fingerprint(res)
-    assert json.loads(attrs["construction_side"]) == {"dpo": "base", "sft": "base", "pre": "aligned"}
+    assert json.loads(attrs["construction_side"]) == {
+        "dpo": "base",
+        "sft": "base",
+        "pre": "aligned",
+    }
     np.testing.assert_array_equal(back.verdict.values, out.verdict.values)
     np.testing.assert_allclose(back.estimate.values, out.estimate.values, equal_nan=True)
 
@@ -276,4 +296,7 @@ def test_missing_inputs_are_not_tested_with_the_reason():
     align_only = claims(results().sel(pair=["dpo", "sft"]))
     reason = str(align_only.reason.sel(pair="dpo", claim="pretraining_writes_prediction").values)
     assert "needs a pair with phase = pretrain" in reason
-    assert str(out.verdict.sel(pair="dpo", claim="pretraining_writes_prediction").values) != "not_tested"
+    assert (
+        str(out.verdict.sel(pair="dpo", claim="pretraining_writes_prediction").values)
+        != "not_tested"
+    )
