@@ -7,7 +7,7 @@ only, never models; it is the one place numbers are rounded
 (:mod:`reports.formatting`).
 """
 
-from . import mechanism  # noqa: F401  (registers the mechanism datasets' sections)
+from . import gradients, mechanism  # noqa: F401  (register the mechanism datasets' sections)
 from .inputs import ReportInputs, load_inputs
 from .report import build_report, write_report
 from .sections import Section, register_section

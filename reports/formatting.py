@@ -35,10 +35,14 @@ __all__ = [
     "expected_share",
     "integer",
     "layers",
+    "level_percent",
     "p_value",
+    "per_step",
+    "rank",
     "rate",
     "share",
     "signed",
+    "small",
     "statistic",
     "text",
     "value",
@@ -133,6 +137,27 @@ def layers(x) -> Cell:
 def statistic(x) -> Cell:
     """A test statistic (the pair model's F): ``0.25``."""
     return _cell(x, ".2f")
+
+
+def rank(x) -> Cell:
+    """Effective ranks and ratios to isotropy: ``12.38``."""
+    return _cell(x, ".2f")
+
+
+def small(x) -> Cell:
+    """KL divergences and margin changes near zero: 4 significant digits."""
+    return _cell(x, ".4g")
+
+
+def per_step(x) -> Cell:
+    """A slope per 100 training steps: ``-17.6``."""
+    x = _finite(x)
+    return Cell(MISSING if x is None else format(100 * x, "+.3g"), x)
+
+
+def level_percent(ds) -> int:
+    """A dataset's confidence level (attr ``confidence_level``, default 0.95) in whole percent."""
+    return int(round(100 * float(ds.attrs.get("confidence_level", 0.95))))
 
 
 def integer(x) -> Cell:

@@ -1,4 +1,6 @@
-"""Report sections for the mechanism datasets: gradients, trajectory, contrastive, rank1.
+"""Report sections for the mechanism experiments' datasets: trajectory, contrastive, rank1.
+
+The gradients dataset has its own module, :mod:`reports.gradients`.
 
 Each is registered with :func:`reports.sections.register_section` under the
 dataset's ``kind`` attribute, and appears when its file is given to
@@ -13,121 +15,12 @@ import xarray as xr
 from markupsafe import Markup
 
 from . import formatting as fmt
-from .plotting import MARKERS, OKABE_ITO, SERIES, errorbar, figure, finish, scale_label
+from .plotting import MARKERS, OKABE_ITO, errorbar, figure, finish, scale_label
 from .registry import register_section
-from .render import fragment
+from .render import figure_and_table
 from .tables import Column, Row, Table
 
-__all__ = ["contrastive_section", "gradients_section", "rank1_section", "trajectory_section"]
-
-
-def _two(x) -> fmt.Cell:
-    """Effective ranks and ratios: 2 decimals, unsigned."""
-    return fmt._cell(x, ".2f")
-
-
-def _small(x) -> fmt.Cell:
-    """KL divergences and margin changes near zero: 4 significant digits."""
-    return fmt._cell(x, ".4g")
-
-
-def _level(ds: xr.Dataset) -> int:
-    return int(round(100 * float(ds.attrs.get("confidence_level", 0.95))))
-
-
-def _section(intro: str, figure, table: Table | None, extra: Table | None = None) -> Markup:
-    body = fragment("sections/figure_and_table.html.j2", intro=intro, figure=figure, table=table)
-    if extra is not None:
-        body += fragment("sections/figure_and_table.html.j2", intro="", figure=None, table=extra)
-    return Markup(body)
-
-
-@register_section("gradients", title="Gradient anisotropy: δ_t at the write sites")
-def gradients_section(ctx, source) -> Markup:
-    ds = source.dataset
-    has_ci = "mean_entropy_rank_ci_low" in ds
-    cutoff = str(ds.cutoff.values[0])
-    objectives = [str(o) for o in ds.objective.values]
-    sites = [str(s) for s in ds.site.values]
-    fig = figure(7.2, 2.8)
-    axes = fig.subplots(1, 2, sharex=True)
-    for axis, measure, label in (
-        (axes[0], "entropy_rank", "entropy effective rank"),
-        (axes[1], "prediction_ratio", f"prediction-subspace ratio ({cutoff})"),
-    ):
-        for i, objective in enumerate(objectives):
-            for j, site in enumerate(("o_out", "down_out")):
-                cell = ds.sel(objective=objective, site=site)
-                if measure == "prediction_ratio":
-                    cell = cell.sel(cutoff=cutoff)
-                value = cell[measure].values
-                low = cell[f"{measure}_ci_low"].values if has_ci else value
-                high = cell[f"{measure}_ci_high"].values if has_ci else value
-                errorbar(
-                    axis, ds.layer.values + 0.1 * i, value, low, high,
-                    color=SERIES[i % len(SERIES)], marker=MARKERS[j], linestyle="-" if j == 0 else ":",
-                    label=f"{objective}, {site}",
-                )  # fmt: skip
-        axis.set_xlabel("layer")
-        axis.set_ylabel(label)
-    axes[1].axhline(1.0, color="black", linewidth=0.6)
-    axes[0].legend(fontsize=7)
-    alt = "Gradient effective rank and prediction-subspace ratio by layer: " + "; ".join(
-        f"{o} {s} mean entropy rank {float(ds.mean_entropy_rank.sel(objective=o, site=s)):.2f}"
-        for o in objectives
-        for s in ("o_out", "down_out")
-    )
-    chart = finish(
-        fig,
-        "fig-gradients",
-        alt,
-        f"Per layer, the entropy effective rank of δ_t at the outputs of o (solid) and down (dotted), and "
-        f"the share of δ_t's energy in the top-{int(ds.k.sel(cutoff=cutoff))} prediction directions over "
-        f"k/d (1 = isotropic), with {_level(ds)}% bootstrap intervals over sequence chunks.",
-    )
-    columns = [Column("objective", "objective", numeric=False), Column("site", "site", numeric=False),
-               Column("vector", "vector", numeric=False)]  # fmt: skip
-    numbers = [
-        ("participation_ratio", "PR"),
-        ("entropy_rank", "entropy rank"),
-        ("prediction_ratio", f"pred. ratio {cutoff}"),
-    ]
-    for name, label in numbers:
-        columns.append(Column(name, label))
-        if has_ci:
-            columns += [Column(f"{name}_low", "low"), Column(f"{name}_high", "high")]
-        columns.append(Column(f"{name}_contrast", f"Δ vs {objectives[0]}"))
-    rows = []
-    for objective in objectives:
-        for site in sites:
-            cells = {"objective": fmt.text(objective), "site": fmt.text(site),
-                     "vector": fmt.text(str(ds.vector.sel(site=site).values))}  # fmt: skip
-            for name, _ in numbers:
-                sel = dict(objective=objective, site=site)
-                if name == "prediction_ratio":
-                    sel["cutoff"] = cutoff
-                cells[name] = _two(ds[f"mean_{name}"].sel(**sel))
-                if has_ci:
-                    cells[f"{name}_low"] = _two(ds[f"mean_{name}_ci_low"].sel(**sel))
-                    cells[f"{name}_high"] = _two(ds[f"mean_{name}_ci_high"].sel(**sel))
-                cells[f"{name}_contrast"] = fmt.signed(ds[f"contrast_{name}"].sel(**sel))
-            rows.append(Row(f"{objective}|{site}", cells))
-    table = Table(
-        "gradients-table",
-        f"Layer means (d = {ds.attrs.get('d_model')}) per objective and site, with {_level(ds)}% percentile "
-        f"intervals, and the paired difference from {objectives[0]}",
-        tuple(columns),
-        tuple(rows),
-        scroll=True,
-    )
-    intro = (
-        "An update is a sum of outer products δ_t a_tᵀ. Read matrices take their residual-side "
-        "structure from the inputs a_t (attn_in, mlp_in), write matrices from the gradients δ_t "
-        "flowing into the residual stream (o_out, down_out). Lower effective rank means more "
-        "anisotropic; a prediction ratio above 1 means δ_t leans into the unembedding's top "
-        f"directions. Model {ds.attrs.get('model_id', '')}, objectives {', '.join(objectives)}."
-    )
-    return _section(intro, chart, table)
+__all__ = ["contrastive_section", "rank1_section", "trajectory_section"]
 
 
 # ----------------------------------------------------------------------- trajectory
@@ -179,7 +72,7 @@ def trajectory_section(ctx, source) -> Markup:
         "fig-trajectory-checkpoints",
         alt,
         f"{'/'.join(spec.values())}: layer means of the read set ({ds.attrs.get('read_set')}) and write set "
-        f"({ds.attrs.get('write_set')}) and their difference with {_level(ds)}% EWC intervals over layers (dependence-robust), "
+        f"({ds.attrs.get('write_set')}) and their difference with {fmt.level_percent(ds)}% EWC intervals over layers (dependence-robust), "
         f"from {ds.attrs.get('start_label')}.",
     )
     seq = "asymmetry_seq_ci_low" in ds
@@ -210,7 +103,7 @@ def trajectory_section(ctx, source) -> Markup:
         "to the start); the step-to-step deltas (relative to the previous checkpoint) show whether "
         "each stretch of training has the same shape."
     )
-    return _section(intro, chart, table)
+    return figure_and_table(intro, chart, table)
 
 
 # ----------------------------------------------------------------------- contrastive
@@ -255,7 +148,7 @@ def contrastive_section(ctx, source) -> Markup:
     )
     chart = finish(fig, "fig-contrastive", alt,
                      f"Left: read RSF, write RSF and their difference per variant ({spec['cutoff']}, {spec['normalisation']}), "
-                     f"with {_level(ds)}% EWC intervals over layers (dependence-robust). Right: the effective rank of L_λ's gradients δ_t on "
+                     f"with {fmt.level_percent(ds)}% EWC intervals over layers (dependence-robust). Right: the effective rank of L_λ's gradients δ_t on "
                      "the base at the write sites, with bootstrap intervals.")  # fmt: skip
     wanted = [
         f"{q}[{spec['cutoff']},{spec['normalisation']}]"
@@ -306,13 +199,13 @@ def contrastive_section(ctx, source) -> Markup:
             Row(
                 str(label),
                 {
-                    "lam": _two(ds.lam.sel(lam_label=label)),
+                    "lam": fmt.rank(ds.lam.sel(lam_label=label)),
                     "read": fmt.signed(ds.paper_read_rsf.sel(lam_label=label, **spec)),
                     "write": fmt.signed(ds.paper_write_rsf.sel(lam_label=label, **spec)),
                     "asymmetry": fmt.signed(ds.paper_asymmetry.sel(lam_label=label, **spec)),
                     "low": fmt.signed(ds.paper_asymmetry_ci_low.sel(lam_label=label, **spec)),
                     "high": fmt.signed(ds.paper_asymmetry_ci_high.sel(lam_label=label, **spec)),
-                    "rank": _two(ds.delta_mean_entropy_rank.sel(lam_label=label)),
+                    "rank": fmt.rank(ds.delta_mean_entropy_rank.sel(lam_label=label)),
                 },
             )  # fmt: skip
             for label in ds.lam_label.values
@@ -324,7 +217,7 @@ def contrastive_section(ctx, source) -> Markup:
         "asymmetry comes from the contrastive objective's gradients, it and the gradients' anisotropy "
         "should move together with λ."
     )
-    return _section(intro, chart, trends, per_lam)
+    return figure_and_table(intro, chart, trends, per_lam)
 
 
 # ----------------------------------------------------------------------- rank1
@@ -377,16 +270,16 @@ def rank1_section(ctx, source) -> Markup:
         controls = cell.where(cell.family != "principal", drop=True)
         rows.append(Row(matrix, {
             "matrix": fmt.text(f"{matrix} ({cell.role.values})"),
-            "margin": _small(principal.margin_change), "low": _small(principal.margin_change_ci_low),
-            "high": _small(principal.margin_change_ci_high), "kl": _small(principal.kl),
-            "control_margin": _small(np.median(controls.abs_margin_change)), "control_kl": _small(np.median(controls.kl)),
+            "margin": fmt.small(principal.margin_change), "low": fmt.small(principal.margin_change_ci_low),
+            "high": fmt.small(principal.margin_change_ci_high), "kl": fmt.small(principal.kl),
+            "control_margin": fmt.small(np.median(controls.abs_margin_change)), "control_kl": fmt.small(np.median(controls.kl)),
             **{f"p_margin_{c}": fmt.p_value(cell.p_margin.sel(control=c)) for c in cell.control.values},
             **{f"p_kl_{c}": fmt.p_value(cell.p_kl.sel(control=c)) for c in cell.control.values},
         }))  # fmt: skip
     controls_kinds = [str(c) for c in ds.control.values]
     table = Table(
         "rank1-table",
-        f"Principal direction against its controls: Δ margin with {_level(ds)}% interval over held-out pairs, KL, "
+        f"Principal direction against its controls: Δ margin with {fmt.level_percent(ds)}% interval over held-out pairs, KL, "
         "the controls' medians, and p = (1 + b)/(1 + B) with b controls at least as large",
         (
             Column("matrix", "matrix", numeric=False),
@@ -408,4 +301,4 @@ def rank1_section(ctx, source) -> Markup:
         "next principal (or prediction) directions. If behaviour is most sensitive along the principal "
         "directions, the star sits above its controls."
     )
-    return _section(intro, chart, table)
+    return figure_and_table(intro, chart, table)

@@ -35,6 +35,7 @@ __all__ = [
     "PATHWAY_COLOURS",
     "SERIES",
     "SvgFigure",
+    "band",
     "errorbar",
     "figure",
     "finish",
@@ -174,3 +175,15 @@ def errorbar(axis, x, value, low, high, **style):
 
 
 # ----------------------------------------------------------------------- gradients
+
+
+def band(axis, x, value, low, high, **style):
+    """The values joined by a line over a shaded interval (drawn where both bounds are finite)."""
+    value, low, high = (np.asarray(a, dtype=np.float64) for a in (value, low, high))
+    (line,) = axis.plot(x, value, linewidth=1, **style)
+    shown = np.isfinite(low) & np.isfinite(high)
+    if shown.any():
+        axis.fill_between(
+            np.asarray(x, dtype=np.float64), low, high, where=shown, color=line.get_color(),
+            alpha=0.15, linewidth=0,
+        )  # fmt: skip

@@ -7,7 +7,7 @@ from importlib.resources import files
 import jinja2
 from markupsafe import Markup
 
-__all__ = ["asset", "fragment", "render"]
+__all__ = ["asset", "figure_and_table", "fragment", "render"]
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("reports", "templates"),
@@ -31,3 +31,12 @@ def render(name: str, **context) -> str:
 def fragment(name: str, **context) -> Markup:
     """A rendered (already escaped) piece of HTML to place inside another template."""
     return Markup(render(name, **context))
+
+
+def figure_and_table(intro: str, figure, table, *extra) -> Markup:
+    """A section body: an introduction, a figure and a table, then any further tables."""
+    body = fragment("sections/figure_and_table.html.j2", intro=intro, figure=figure, table=table)
+    for more in extra:
+        if more is not None:
+            body += fragment("sections/figure_and_table.html.j2", intro="", figure=None, table=more)
+    return Markup(body)

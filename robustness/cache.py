@@ -1,6 +1,7 @@
 """On-disk cache of activation statistics.
 
-A statistics pass is the only expensive step of a sweep, so its result is kept,
+A statistics pass is the only expensive step of a sweep (and of ``rsf
+gradients``: :class:`probes.GradientStatistics` are kept alike), so its result is kept,
 keyed by the model's weight hash, the corpus hash and every setting that can
 change the numbers. Re-running a sweep with other constructions, cutoffs or
 normalisations then does no forward pass, and an interrupted sweep resumes
@@ -28,7 +29,7 @@ from .files import atomic_output
 
 __all__ = ["StatisticsCache", "default_cache_dir"]
 
-FORMAT = 1  # bump when the stored layout or the statistics' definition changes
+FORMAT = 2  # bump when the stored layout or the statistics' definition changes
 
 
 def default_cache_dir() -> Path:
@@ -48,21 +49,26 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _to_arrays(stats: probes.ActivationStatistics) -> dict[str, np.ndarray]:
-    keys = sorted(stats.sites)
-    arrays: dict[str, np.ndarray] = {
-        "meta": np.asarray(
-            json.dumps(
-                {
-                    "keys": [list(key) for key in keys],
-                    "chunked": [key in stats.chunks for key in keys],
-                    "n_tokens": stats.n_tokens,
-                    "n_sequences": stats.n_sequences,
-                    "chunk_sequences": [list(b) for b in stats.chunk_sequences],
-                }
-            )
-        ),
+def _totals(stats) -> dict:
+    """The scalar fields of a statistics pass, by its kind."""
+    if isinstance(stats, probes.GradientStatistics):
+        return {"kind": "gradients", "n_batches": stats.n_batches, "loss": stats.loss}
+    return {
+        "kind": "activations",
+        "n_tokens": stats.n_tokens,
+        "n_sequences": stats.n_sequences,
+        "chunk_sequences": [list(b) for b in stats.chunk_sequences],
     }
+
+
+def _to_arrays(stats) -> dict[str, np.ndarray]:
+    keys = sorted(stats.sites)
+    meta = {
+        "keys": [list(key) for key in keys],
+        "chunked": [key in stats.chunks for key in keys],
+        **_totals(stats),
+    }
+    arrays: dict[str, np.ndarray] = {"meta": np.asarray(json.dumps(meta))}
     for i, key in enumerate(keys):
         site = stats.sites[key]
         arrays[f"n_{i}"] = np.asarray(site.n, dtype=np.int64)
@@ -78,7 +84,7 @@ def _to_arrays(stats: probes.ActivationStatistics) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _from_arrays(arrays) -> probes.ActivationStatistics:
+def _from_arrays(arrays):
     meta = json.loads(str(arrays["meta"]))
     sites, chunks = {}, {}
     for i, (key, chunked) in enumerate(zip(meta["keys"], meta["chunked"], strict=True)):
@@ -90,6 +96,10 @@ def _from_arrays(arrays) -> probes.ActivationStatistics:
             chunks[key] = probes.ChunkStatistics(
                 arrays[f"cn_{i}"], arrays[f"cx_{i}"], arrays[f"cxx_{i}"]
             )
+    if meta["kind"] == "gradients":
+        return probes.GradientStatistics(
+            sites=sites, chunks=chunks, n_batches=meta["n_batches"], loss=meta["loss"]
+        )
     return probes.ActivationStatistics(
         sites=sites,
         chunks=chunks,
@@ -121,7 +131,8 @@ class StatisticsCache:
     def _path(self, key: str) -> Path:
         return self.root / "statistics" / f"{key}.npz"
 
-    def load(self, key: str) -> probes.ActivationStatistics | None:
+    def load(self, key: str):
+        """The stored statistics (activations or gradients) of `key`, or ``None``."""
         if self.root is None:
             return None
         path = self._path(key)
@@ -150,7 +161,7 @@ class StatisticsCache:
             path.unlink(missing_ok=True)
             return None
 
-    def store(self, key: str, stats: probes.ActivationStatistics) -> None:
+    def store(self, key: str, stats) -> None:
         if self.root is None:
             return
         path = self._path(key)

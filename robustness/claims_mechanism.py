@@ -30,7 +30,7 @@ import xarray as xr
 import probes
 
 from .claims import Outcome
-from .layers import layer_test
+from .layers import MIN_LAYERS, layer_test
 from .specification import DEFAULT_PREFERRED, probe_scale
 
 __all__ = [
@@ -59,6 +59,12 @@ def gradient_claim(ds: xr.Dataset, *, alpha: float, confidence_level: float) -> 
         return Outcome("not_tested", reason="gradients.nc needs the objectives ce and dpo "
                        "(rsf gradients --objective ce,dpo)")  # fmt: skip
     rank = ds.entropy_rank
+    if ds.sizes["layer"] < MIN_LAYERS:
+        return Outcome(
+            "inconclusive",
+            reason=f"the EWC interval over layers needs at least {MIN_LAYERS} layers; "
+            f"gradients.nc has {ds.sizes['layer']}",
+        )
     checkpoints = [str(c) for c in ds.checkpoint.values] if "checkpoint" in rank.dims else [""]
     rows, verdicts = [], {}
     for checkpoint in checkpoints:
@@ -240,11 +246,18 @@ def rank1_claim(ds: xr.Dataset, *, alpha: float) -> Outcome:
     else:
         verdict = "inconclusive"
     principal = read.sel(intervention="principal")
+    n_controls = int((read.intervention != "principal").sum())
+    floor = ""
+    if 1 / (1 + n_controls) >= alpha:  # (1 + b)/(1 + B) ≥ 1/(1 + B): never below α
+        floor = (
+            f"; with {n_controls} controls p cannot fall below {1 / (1 + n_controls):.3g} ≥ α = {alpha:g}, "
+            f"so the claim cannot be supported: raise --controls"
+        )
     return Outcome(
         verdict, estimate=float(principal.margin_change.values[0]),
         ci_low=float(principal.margin_change_ci_low.values[0]), ci_high=float(principal.margin_change_ci_high.values[0]),
         p_value=max(p_margin, p_kl), n_specifications=1,
         method=f"read matrix {str(read.matrix.values[0])!r} at layer {ds.attrs['layer']}: principal direction "
         "against the pooled random and matched controls, (1+b)/(1+B); estimate: its Δmargin",
-        reason=f"p(|Δmargin|) = {p_margin:.3g}, p(KL) = {p_kl:.3g}",
+        reason=f"p(|Δmargin|) = {p_margin:.3g}, p(KL) = {p_kl:.3g}" + floor,
     )  # fmt: skip

@@ -35,6 +35,7 @@ from .config import CorpusSpec, PairSpec, SweepConfig
 from .corpus import Corpus, builtin_documents, evenly_spaced, load_tokenizer, tokenize
 from .demo_training import build_tokenizer, single_threaded, split_documents, train_pair
 from .files import atomic_output
+from .gradient_dataset import phase_checkpoints
 
 __all__ = [
     "DemoCheckpoints",
@@ -54,7 +55,7 @@ __all__ = [
     "train_demo_pair",
 ]
 
-FORMAT = 1  # bump when the training recipe changes: cached pairs are then rebuilt
+FORMAT = 2  # bump when the training recipe changes: cached pairs are then rebuilt
 MANIFEST = "demo.json"
 
 
@@ -275,6 +276,35 @@ class DemoCheckpoints:
             raise ValueError(f"unknown phase {name!r}: valid are align, pretrain, both")
         return phases[name]
 
+    def gradient_checkpoints(self, name: str, *, per_phase: int | None = None) -> list:
+        """:class:`robustness.gradient_dataset.GradientCheckpoint` s of phase ``align``, ``pretrain`` or ``both``.
+
+        Each phase's reference rule (:func:`robustness.gradient_dataset.phase_checkpoints`):
+        alignment checkpoints against the base, pretraining ones against themselves.
+        `per_phase` keeps that many of each phase, evenly spaced, first and last
+        included. With ``both``, the base appears once, as pretraining's last.
+        """
+        if name not in ("align", "pretrain", "both"):
+            raise ValueError(f"unknown phase {name!r}: valid are align, pretrain, both")
+        out = []
+        for phase in ("pretrain", "align"):
+            if name not in (phase, "both"):
+                continue
+            paths = list(getattr(self, phase))
+            if not paths:
+                raise ValueError(
+                    f"the demo saved no {phase} checkpoints: rebuild it with --retrain"
+                )
+            if per_phase is not None:
+                paths = [paths[i] for i in evenly_spaced(len(paths), per_phase)]
+            chosen = phase_checkpoints(
+                paths, phase=phase, reference=self.base if phase == "align" else None
+            )
+            if name == "both" and phase == "align":
+                chosen = [c for c in chosen if c.path != self.align[0]]
+            out.extend(chosen)
+        return out
+
 
 def demo_checkpoints(*, cache_root=None, progress: bool = True) -> DemoCheckpoints:
     """The demo pair's directories (trained and cached on first use by :func:`demo_pair`)."""
@@ -304,15 +334,21 @@ def demo_token_windows(demo, *, held_out: bool, length: int) -> np.ndarray:
     return stream[: n * length].reshape(n, length)
 
 
-def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:
-    """The demo's probe corpus: its held-out documents, never seen in training, in windows of ``seq_len``.
+def demo_held_out_corpus(demo, *, length: int, tokens: int | None = None) -> Corpus:
+    """The demo's held-out documents (never seen in training) in windows of `length`.
 
-    All of them by default (about 10K tokens), or ``grid.tokens`` of them, evenly spread.
+    All of them (about 10K tokens), or `tokens` of them in windows evenly
+    spread over the documents. `demo` as for :func:`demo_token_windows`.
     """
-    windows = demo_token_windows(pair, held_out=True, length=grid.seq_len)
-    if grid.tokens is not None:
-        windows = windows[evenly_spaced(len(windows), max(2, grid.tokens // grid.seq_len))]
+    windows = demo_token_windows(demo, held_out=True, length=length)
+    if tokens is not None:
+        windows = windows[evenly_spaced(len(windows), max(2, tokens // length))]
     return Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
+
+
+def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:
+    """The demo's probe corpus: :func:`demo_held_out_corpus` in windows of ``grid.seq_len``."""
+    return demo_held_out_corpus(pair, length=grid.seq_len, tokens=grid.tokens)
 
 
 def demo_initialisation(pair: DemoPair) -> Path:

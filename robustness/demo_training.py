@@ -91,7 +91,10 @@ def _model_config(settings, vocab_size: int, eos_id: int):
         tie_word_embeddings=False,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
-        pad_token_id=eos_id,
+        # No pad id: every window is full. A pad id would make the separator's embedding a
+        # frozen zero (nn.Embedding's padding_idx); a sequence starting with it would then
+        # carry a zero residual, whose RMSNorm gradient (1/√eps) swamps every δ_t statistic.
+        pad_token_id=None,
     )
 
 

@@ -33,30 +33,29 @@ Objectives (``--objective``):
 Losses are scaled to a sum over sequences (or pairs), so every batch's
 ``δ_t`` is on the same scale. The DPO reference defaults to the model itself
 (the gradient at the start of alignment, where the margin is zero).
+:mod:`robustness.gradient_dataset` runs this at every checkpoint of a
+trajectory and assembles ``gradients.nc``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import xarray as xr
 
 import probes
 
-from .corpus import Corpus
-from .layers import layer_test
-from .preferences import objective_loss, preference_pairs
-from .provenance import provenance_attrs
-from .resampling import bootstrap_weights, percentile_interval, sequence_chunks
+from .preferences import objective_loss
+from .resampling import sequence_chunks
 from .specification import canonical_cutoffs
 
 __all__ = [
+    "SITE_KIND",
     "SITE_ORDER",
     "GradientSettings",
-    "gradient_dataset",
     "measure_objective",
     "parse_objectives",
     "summarise_statistics",
@@ -240,30 +239,38 @@ def _ranks(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(total > 0, pr, np.nan), er
 
 
+@functools.lru_cache(maxsize=8)
+def _unpacking(d: int) -> np.ndarray:
+    """Indices that take a row-major upper triangle (``np.triu_indices`` order) to the full ``d × d``."""
+    rows, cols = np.triu_indices(d)
+    full = np.empty((d, d), dtype=np.intp)
+    full[rows, cols] = np.arange(len(rows))
+    full[cols, rows] = np.arange(len(rows))
+    return full.ravel()
+
+
 def _replicate_summaries(chunks: probes.ChunkStatistics, weights, basis, ks):
     """Effective ranks and prediction fractions for every bootstrap replicate at once.
 
     Replicate ``b`` counts chunk ``c`` ``weights[b, c]`` times; the reweighted
-    sums, covariances and eigenvalues are formed for all replicates together.
+    sums, covariances and eigenvalues are formed for all replicates together,
+    in place, so the batched eigendecomposition is nearly all the cost.
     """
     d = chunks.d
     w = np.asarray(weights, dtype=np.float64)
     packed = w @ chunks.sum_xx_packed.astype(np.float64)  # [B, d(d+1)/2]
-    rows, cols = np.triu_indices(d)
-    sum_xx = np.empty((len(w), d * d))
-    sum_xx[:, rows * d + cols] = packed  # flat positions: one contiguous scatter per triangle
-    sum_xx[:, cols * d + rows] = packed
-    sum_xx = sum_xx.reshape(len(w), d, d)
     n = w @ chunks.n.astype(np.float64)
     mean = (w @ chunks.sum_x) / n[:, None]
-    second = sum_xx / n[:, None, None]
-    covariance = second - mean[:, :, None] * mean[:, None, :]
-    spectra = np.clip(np.linalg.eigvalsh(covariance)[:, ::-1], 0.0, None)
-    pr, er = _ranks(spectra)
+    second = np.take(packed, _unpacking(d), axis=1).reshape(len(w), d, d)
+    second /= n[:, None, None]
     width = int(ks.max())
     top = basis[:, :width]
     energy = np.einsum("dj,bdj->bj", top, second @ top)
     trace = np.trace(second, axis1=1, axis2=2)
+    covariance = second  # the second moments are not needed again: centre in place
+    covariance -= mean[:, :, None] * mean[:, None, :]
+    spectra = np.clip(np.linalg.eigvalsh(covariance)[:, ::-1], 0.0, None)
+    pr, er = _ranks(spectra)
     with np.errstate(divide="ignore", invalid="ignore"):
         fraction = np.cumsum(energy, axis=1)[:, ks - 1] / trace[:, None]
     return pr, er, np.clip(fraction, 0.0, 1.0)
@@ -306,228 +313,3 @@ def summarise_statistics(
             out["entropy_rank_boot"][:, layer, s] = er
             out["prediction_fraction_boot"][:, layer, s] = fraction
     return out
-
-
-def gradient_dataset(
-    model,
-    corpus: Corpus,
-    settings: GradientSettings = GradientSettings(),
-    *,
-    reference=None,
-    model_id: str = "",
-    reference_id: str = "",
-    progress: bool = True,
-) -> xr.Dataset:
-    """Measure every objective of `settings` on `model` and `corpus`; the ``gradients`` dataset.
-
-    Layout: dims ``objective, layer, site, component, cutoff`` (and
-    ``replicate`` with a bootstrap); per (objective, layer, site) the
-    covariance ``spectrum``, ``participation_ratio`` and ``entropy_rank``, per
-    cutoff ``prediction_fraction`` and ``prediction_ratio`` (fraction over
-    ``k/d``), each with ``*_ci_low``/``*_ci_high``; layer means per
-    (objective, site) as ``mean_*`` with intervals, and ``contrast_*`` =
-    objective − the first objective, with paired intervals.
-    """
-    objectives = settings.labelled_objectives()
-    ids = corpus.ids
-    seq_len = ids.shape[1]
-    prompt_len = settings.prompt_len or seq_len // 2
-    if not 1 <= prompt_len < seq_len:
-        raise ValueError(f"`prompt_len` must lie in [1, {seq_len - 1}], got {prompt_len}")
-    needs_pairs = any(lam is not None for _, lam in objectives)
-    if needs_pairs and len(ids) < 2:
-        raise ValueError("preference pairs need at least 2 sequences: raise --tokens")
-    pairs = None
-    if needs_pairs:
-        pairs = preference_pairs(
-            ids,
-            prompt_len=prompt_len,
-            rng=probes.construction_rng(settings.seed, "gradients", "pairs"),
-        )
-    dims = probes.model_dims(model)
-    d, n_layers = dims.d_model, dims.n_layers
-    ks = np.array([probes.resolve_cutoff(c, d=d) for c in settings.cutoffs], dtype=np.int64)
-    basis = probes.prediction_subspaces(model)[settings.prediction].basis
-    chunks = sequence_chunks(len(ids))
-    weights = (
-        bootstrap_weights(len(chunks), settings.replicates, settings.seed, "gradients")
-        if settings.replicates
-        else None
-    )
-    per_objective, losses = [], []
-    for label, lam in objectives:
-        stats = measure_objective(
-            model,
-            ids,
-            lam=lam,
-            pairs=pairs,
-            reference=reference,
-            beta=settings.beta,
-            batch_size=settings.batch_size,
-            chunks=chunks,
-            progress=progress,
-            description=f"gradients ({label})",
-        )
-        n_examples = len(ids) if lam is None else len(pairs)
-        losses.append(stats.loss / n_examples)
-        per_objective.append(
-            summarise_statistics(stats, n_layers=n_layers, basis=basis, ks=ks, weights=weights)
-        )
-    return _assemble(
-        per_objective,
-        objectives,
-        losses,
-        ks=ks,
-        d=d,
-        settings=settings,
-        corpus=corpus,
-        provenance={
-            "model_id": model_id,
-            "model_hash": probes.weights_hash(model_id) if model_id else "",
-            "reference_id": reference_id or model_id,
-            "reference_hash": probes.weights_hash(reference_id) if reference_id else "",
-            "model_type": dims.model_type,
-            "d_model": d,
-            "n_layers": n_layers,
-            "prompt_len": prompt_len,
-        },
-    )
-
-
-def _assemble(per_objective, objectives, losses, *, ks, d, settings, corpus, provenance):
-    stack = {name: np.stack([o[name] for o in per_objective]) for name in per_objective[0]}
-    ratio_scale = d / ks.astype(np.float64)
-    level = settings.confidence_level
-    base_dims = ("objective", "layer", "site")
-    data_vars = {
-        "spectrum": (
-            (*base_dims, "component"),
-            stack["spectrum"],
-            {
-                "long_name": "covariance eigenvalues, descending (a_t at read sites, δ_t at write sites)"
-            },
-        ),
-        "participation_ratio": (
-            base_dims,
-            stack["participation_ratio"],
-            {"long_name": "(Σλ)²/Σλ²"},
-        ),
-        "entropy_rank": (
-            base_dims,
-            stack["entropy_rank"],
-            {"long_name": "entropy effective rank exp H(λ/Σλ) (Roy & Vetterli 2007)"},
-        ),
-        "prediction_fraction": (
-            (*base_dims, "cutoff"),
-            stack["prediction_fraction"],
-            {"long_name": "share of energy (uncentred) in the top-k prediction subspace"},
-        ),
-        "prediction_ratio": (
-            (*base_dims, "cutoff"),
-            stack["prediction_fraction"] * ratio_scale,
-            {"long_name": "prediction_fraction / (k/d): 1 = isotropic"},
-        ),
-        "n_vectors": (base_dims, stack["n"], {"long_name": "vectors accumulated"}),
-        "loss": (
-            ("objective",),
-            np.asarray(losses),
-            {"long_name": "mean loss per sequence or pair"},
-        ),
-    }
-    boot = {}
-    if settings.replicates:
-        boot = {
-            "participation_ratio": stack["participation_ratio_boot"].swapaxes(0, 1),
-            "entropy_rank": stack["entropy_rank_boot"].swapaxes(0, 1),
-            "prediction_ratio": stack["prediction_fraction_boot"].swapaxes(0, 1) * ratio_scale,
-        }
-    observed = {
-        "participation_ratio": stack["participation_ratio"],
-        "entropy_rank": stack["entropy_rank"],
-        "prediction_ratio": stack["prediction_fraction"] * ratio_scale,
-    }
-    for name, values in observed.items():
-        extra = ("cutoff",) if name == "prediction_ratio" else ()
-        mean = values.mean(axis=1)  # over layers: [objective, site, ...]
-        contrast = mean - mean[:1]
-        data_vars[f"mean_{name}"] = (
-            ("objective", "site", *extra),
-            mean,
-            {"long_name": f"layer mean of {name}"},
-        )
-        data_vars[f"contrast_{name}"] = (
-            ("objective", "site", *extra),
-            contrast,
-            {"long_name": f"layer mean of {name}, minus the first objective's (paired)"},
-        )
-        # Over layers, dependence-robust (the EWC test of rsf stats): the layers as the units.
-        for target, per_layer in (
-            (f"mean_{name}", values),
-            (f"contrast_{name}", values - values[:1]),
-        ):
-            test = layer_test(
-                np.moveaxis(per_layer, 1, 0).reshape(per_layer.shape[1], -1), confidence_level=level
-            )
-            shape = mean.shape
-            data_vars[f"{target}_layer_ci_low"] = (
-                ("objective", "site", *extra),
-                test.ci_low.reshape(shape),
-            )
-            data_vars[f"{target}_layer_ci_high"] = (
-                ("objective", "site", *extra),
-                test.ci_high.reshape(shape),
-            )
-            if target.startswith("contrast"):
-                data_vars[f"{target}_layer_p"] = (
-                    ("objective", "site", *extra),
-                    test.p_value.reshape(shape),
-                )
-        if not boot:
-            continue
-        replicates = boot[name]  # [B, objective, layer, site, ...]
-        data_vars[f"{name}_boot"] = (("replicate", *base_dims, *extra), replicates)
-        for target, draws, dims in (
-            (name, replicates, (*base_dims, *extra)),
-            (f"mean_{name}", replicates.mean(axis=2), ("objective", "site", *extra)),
-            (
-                f"contrast_{name}",
-                replicates.mean(axis=2) - replicates.mean(axis=2)[:, :1],
-                ("objective", "site", *extra),
-            ),
-        ):
-            low, high = percentile_interval(draws, level)
-            data_vars[f"{target}_ci_low"] = (dims, low)
-            data_vars[f"{target}_ci_high"] = (dims, high)
-    attrs = provenance_attrs(
-        "gradients",
-        title="gradient anisotropy: δ_t at write sites, a_t at read sites",
-        corpus=corpus,
-        seed=settings.seed,
-        settings=settings.to_json(),
-        inputs={"model": provenance["model_hash"], "reference": provenance["reference_hash"]},
-    )
-    attrs.update({key: value for key, value in provenance.items()})
-    attrs.update(
-        confidence_level=level,
-        interval="percentile bootstrap over chunks of consecutive sequences (reweighted sums): *_ci_*; "
-        "over layers, the EWC t interval (dependence-robust, robustness.layers): *_layer_ci_*",
-        bootstrap_replicates=int(settings.replicates),
-        prediction_subspace=settings.prediction,
-        beta=settings.beta,
-    )
-    labels = [label for label, _ in objectives]
-    lams = [np.nan if lam is None else lam for _, lam in objectives]
-    return xr.Dataset(
-        data_vars,
-        coords={
-            "objective": ("objective", np.asarray(labels, dtype=object)),
-            "lam": ("objective", np.asarray(lams, dtype=np.float64)),
-            "layer": ("layer", np.arange(stack["spectrum"].shape[1], dtype=np.int64)),
-            "site": ("site", np.asarray(SITE_ORDER, dtype=object)),
-            "vector": ("site", np.asarray([SITE_KIND[s] for s in SITE_ORDER], dtype=object)),
-            "component": ("component", np.arange(d, dtype=np.int64)),
-            "cutoff": ("cutoff", np.asarray(list(settings.cutoffs), dtype=object)),
-            "k": ("cutoff", ks),
-        },
-        attrs=attrs,
-    )

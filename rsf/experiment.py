@@ -10,8 +10,8 @@ import xarray as xr
 
 from robustness.cache import default_cache_dir
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
-from robustness.corpus import Corpus, evenly_spaced, load_corpus
-from robustness.demo import demo_checkpoints, demo_token_windows
+from robustness.corpus import evenly_spaced, load_corpus
+from robustness.demo import demo_checkpoints, demo_held_out_corpus, demo_token_windows
 from robustness.experiments.contrastive import (
     ContrastiveSettings,
     contrastive_dataset,
@@ -28,7 +28,6 @@ from robustness.files import check_writable
 from robustness.models import check_vocabulary, load_model, prepare_corpus, resolve_device
 from robustness.specification import RATIO_NORMALISATIONS
 
-from .gradients import load_model_corpus
 from .options import (
     add_bootstrap,
     add_cache,
@@ -37,6 +36,7 @@ from .options import (
     add_probe_grid,
     add_run,
     cache_root,
+    command_corpus,
     parse_numbers,
     pathway_sets,
     split_list,
@@ -380,7 +380,7 @@ def run_rank1(args) -> int:
     )
     if args.model:
         model_id = args.model
-        model, corpus = load_model_corpus(args, model_id, default_tokens=8192)
+        corpus = command_corpus(args, model_id, default_tokens=8192)
     else:
         if args.corpus:
             raise ValueError("--corpus needs --model; the demo uses its own held-out documents")
@@ -388,19 +388,17 @@ def run_rank1(args) -> int:
         model_id = demo.base
         recipe = demo.manifest["settings"]
         length = args.seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        windows = demo_token_windows(demo, held_out=True, length=length)
         tokens = args.tokens if args.tokens is not None else 8192
-        windows = windows[evenly_spaced(len(windows), max(2, tokens // length))]
-        corpus = Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
+        corpus = demo_held_out_corpus(demo, length=length, tokens=tokens)
         if args.prompt_len is None:
             settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
-        model = load_model(
-            model_id,
-            device=resolve_device(args.device),
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-        )
-        check_vocabulary(corpus, model)
+    model = load_model(
+        model_id,
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+    )
+    check_vocabulary(corpus, model)
     ds = rank1_dataset(model, corpus, settings, model_id=model_id, progress=not args.quiet)
     return publish(ds, out, rank1_lines(ds), quiet=args.quiet)
 

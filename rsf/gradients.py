@@ -1,35 +1,75 @@
-"""``rsf gradients``: anisotropy of the gradients δ_t at the write sites, into ``gradients.nc``."""
+"""``rsf gradients``: anisotropy of the gradients δ_t at the write sites, into ``gradients.nc``.
+
+One model (``--model``) or the checkpoints of a training run (``--checkpoints``,
+``--config`` with ``[trajectory]``, ``--demo --phase align|pretrain|both``),
+each with the DPO reference its phase implies
+(:func:`robustness.gradient_dataset.phase_checkpoints`).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import xarray as xr
 
-import probes
-from robustness.corpus import load_corpus
-from robustness.demo import demo_checkpoints
+from robustness.demo import demo_checkpoints, demo_held_out_corpus
+from robustness.experiments.trajectory import checkpoint_label, trajectory_from_toml
 from robustness.files import check_writable
-from robustness.gradients import GradientSettings, gradient_dataset
-from robustness.models import check_vocabulary, load_model, resolve_device
+from robustness.gradient_dataset import (
+    GradientCheckpoint,
+    check_checkpoints,
+    gradient_dataset,
+    phase_checkpoints,
+)
+from robustness.gradients import GradientSettings
+from robustness.models import resolve_device
 
-from .options import add_bootstrap, add_corpus, add_run, corpus_spec, parse_numbers, split_list
+from .options import (
+    add_bootstrap,
+    add_cache,
+    add_corpus,
+    add_run,
+    cache_root,
+    command_corpus,
+    parse_numbers,
+    split_list,
+)
 from .output import publish
 
-__all__ = ["add_parser", "load_model_corpus", "run", "summary_lines"]
+__all__ = ["add_parser", "run", "summary_lines"]
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "gradients",
-        help="anisotropy of the gradients δ_t at the write sites, beside the read-site inputs",
-        description="Covariance spectra, effective ranks and prediction-subspace energy of the "
-        "residual-stream gradients δ_t at the outputs of o and down, and of the inputs a_t "
-        "at the read sites, for each objective, with bootstrap intervals.",
+        help="anisotropy of the gradients δ_t at the write sites, beside the read-site inputs, "
+        "at one model or along checkpoints",
+        description="Covariance spectra, leading eigenvalues, effective ranks and "
+        "prediction-subspace energy of the residual-stream gradients δ_t at the outputs of o "
+        "and down, and of the inputs a_t at the read sites, for each objective, at one model "
+        "or at every checkpoint of a training run, with intervals and trends.",
     )
-    models = parser.add_argument_group("models")
+    models = parser.add_argument_group("models (one of)")
+    models.add_argument("--model", help="one model: a save_pretrained directory or a hub id")
     models.add_argument(
-        "--model", help="a save_pretrained directory or a hub id (default: the demo's base)"
+        "--checkpoints", help="ordered comma list of checkpoints (directories or hub ids)"
     )
-    models.add_argument("--reference", help="DPO reference model (default: the model itself)")
+    models.add_argument("--config", help="TOML with [trajectory] checkpoints = [...] (and labels)")
+    models.add_argument("--demo", action="store_true", help="the demo's saved checkpoints")
+    models.add_argument(
+        "--phase",
+        choices=("align", "pretrain", "both"),
+        default="align",
+        help="which training the checkpoints come from, so which DPO reference each gets "
+        "(default align; both: the demo's pretraining then alignment)",
+    )
+    models.add_argument("--labels", help="comma list of checkpoint labels (default: folder names)")
+    models.add_argument(
+        "--reference",
+        help="DPO reference: for alignment checkpoints the model alignment started from "
+        "(default the first checkpoint; with --model, the model itself)",
+    )
     objective = parser.add_argument_group("objectives")
     objective.add_argument(
         "--objective",
@@ -50,30 +90,54 @@ def add_parser(commands) -> None:
         default="unembed",
         help="prediction subspace: unembed (default), unembed_centered or unembed_folded",
     )
-    add_corpus(parser, tokenizer_default="the model's", tokens_default=16384)
+    add_corpus(
+        parser,
+        tokenizer_default="the first checkpoint's",
+        tokens_default=16384,
+        title="corpus (--demo: the demo's held-out documents)",
+    )
     add_bootstrap(parser, default=200, seed_default=0)
     add_run(parser, device_default="auto", dtype_default="float32", batch_default=8)
-    parser.add_argument("--cache-dir", help="where the demo pair is cached (without --model)")
+    add_cache(parser)
     parser.add_argument(
         "--out", default="gradients.nc", help="output dataset (default gradients.nc)"
     )
     parser.set_defaults(run=run)
 
 
-def load_model_corpus(args, model_id: str, *, default_tokens: int):
-    """The model of `model_id` and the corpus of the command's corpus options, checked against each other."""
-    spec = corpus_spec(args, default_tokens=default_tokens)
-    if spec.seq_len < 2:
-        raise ValueError(f"--seq-len must be at least 2, got {spec.seq_len}")
-    if spec.tokens is not None and spec.tokens < spec.seq_len:
-        raise ValueError(f"--tokens ({spec.tokens}) must be at least one sequence ({spec.seq_len})")
-    device = resolve_device(args.device)
-    model = load_model(
-        model_id, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code
-    )
-    corpus = load_corpus(spec, tokenizer_source=model_id, trust_remote_code=args.trust_remote_code)
-    check_vocabulary(corpus, model)
-    return model, corpus
+def gradient_checkpoints(args) -> tuple[list[GradientCheckpoint], object]:
+    """The checkpoints to measure, from one of the model options, and the demo when it is the source."""
+    sources = [bool(args.model), bool(args.checkpoints), bool(args.config), bool(args.demo)]
+    if sum(sources) != 1:
+        raise ValueError("rsf gradients needs one of --model, --checkpoints, --config or --demo")
+    if args.phase == "both" and not args.demo:
+        raise ValueError("--phase both needs --demo (which knows where its pretraining ends)")
+    labels = split_list(args.labels)
+    if args.model:
+        if labels and len(labels) != 1:
+            raise ValueError(f"{len(labels)} labels for one model")
+        label = labels[0] if labels else checkpoint_label(args.model)
+        return [GradientCheckpoint(label, args.model, reference=args.reference)], None
+    if args.demo:
+        if args.labels or args.reference:
+            raise ValueError(
+                "--demo names its own checkpoints and references: drop --labels/--reference"
+            )
+        demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
+        return demo.gradient_checkpoints(args.phase), demo
+    if args.checkpoints:
+        paths = list(split_list(args.checkpoints))
+        if len(paths) < 2:
+            raise ValueError(
+                "--checkpoints takes two or more checkpoints: for one model use --model"
+            )
+    else:
+        paths, config_labels, _ = trajectory_from_toml(args.config)
+        labels = labels or config_labels
+    reference = args.reference if args.phase == "align" else None
+    if args.reference and args.phase == "pretrain":
+        raise ValueError("pretraining checkpoints are their own DPO reference: drop --reference")
+    return phase_checkpoints(paths, phase=args.phase, labels=labels, reference=reference), None
 
 
 def run(args) -> int:
@@ -89,58 +153,79 @@ def run(args) -> int:
         cutoffs=split_list(args.cutoffs),
         prediction=args.prediction,
     )
-    model_id, reference_id = args.model, args.reference
-    if model_id is None:
-        model_id = demo_checkpoints(cache_root=args.cache_dir, progress=not args.quiet).base
-    model, corpus = load_model_corpus(args, model_id, default_tokens=16384)
-    reference = None
-    if reference_id is not None:
-        reference = load_model(
-            reference_id,
-            device=resolve_device(args.device),
-            dtype=args.dtype,
-            trust_remote_code=args.trust_remote_code,
-        )
-        probes.check_pair(model, reference)
+    checkpoints, demo = gradient_checkpoints(args)
+    check_checkpoints(checkpoints, trust_remote_code=args.trust_remote_code)
+    if demo is not None and not args.corpus:
+        recipe = demo.manifest["settings"]
+        length = args.seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
+        corpus = demo_held_out_corpus(demo, length=length, tokens=args.tokens)
+        if args.prompt_len is None:
+            settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
+    else:
+        corpus = command_corpus(args, checkpoints[0].path, default_tokens=16384)
     ds = gradient_dataset(
-        model,
+        checkpoints,
         corpus,
         settings,
-        reference=reference,
-        model_id=model_id,
-        reference_id=reference_id or "",
+        cache_root=cache_root(args),
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
         progress=not args.quiet,
     )
     return publish(ds, out, summary_lines(ds), quiet=args.quiet)
 
 
 def summary_lines(ds: xr.Dataset) -> list[str]:
-    """Layer-mean effective ranks and prediction ratios per objective and site."""
+    """Per checkpoint: the layer-mean entropy rank per objective and site, the write sites' contrast, the trends."""
     d = int(ds.attrs["d_model"])
+    level = 100 * float(ds.attrs["confidence_level"])
+    sites = [str(s) for s in ds.site.values]
     lines = [
-        f"layer means (d = {d}; {int(ds.attrs['bootstrap_replicates'])} bootstrap replicates, "
-        f"{100 * float(ds.attrs['confidence_level']):g}% percentile intervals)"
+        f"entropy effective rank, layer means (d = {d}; a_t at {', '.join(sites[:2])}, "
+        f"δ_t at {', '.join(sites[2:])}):",
+        f"  {'checkpoint':24s} {'step':>6s} {'objective':10s} "
+        + " ".join(f"{s:>9s}" for s in sites),
     ]
-    has_ci = "mean_participation_ratio_ci_low" in ds
-    cutoff = str(ds.cutoff.values[0])
-
-    def cell(name, objective, site, **extra):
-        value = float(ds[f"mean_{name}"].sel(objective=objective, site=site, **extra))
-        if not has_ci:
-            return f"{value:8.2f}"
-        low = float(ds[f"mean_{name}_ci_low"].sel(objective=objective, site=site, **extra))
-        high = float(ds[f"mean_{name}_ci_high"].sel(objective=objective, site=site, **extra))
-        return f"{value:8.2f} [{low:.2f}, {high:.2f}]"
-
-    lines.append(
-        f"  {'objective':10s} {'site':9s} {'participation ratio':>28s} {'entropy rank':>28s} "
-        f"{'prediction ratio ' + cutoff:>28s}"
-    )
-    for objective in ds.objective.values:
-        for site in ds.site.values:
+    for checkpoint in ds.checkpoint.values:
+        cell = ds.sel(checkpoint=checkpoint)
+        step = float(cell.step)
+        shown = "" if np.isnan(step) else f"{step:.0f}"
+        for objective in ds.objective.values:
+            ranks = cell.mean_entropy_rank.sel(objective=objective)
             lines.append(
-                f"  {objective:10s} {site:9s} {cell('participation_ratio', objective, site):>28s} "
-                f"{cell('entropy_rank', objective, site):>28s} "
-                f"{cell('prediction_ratio', objective, site, cutoff=cutoff):>28s}"
+                f"  {str(checkpoint):24s} {shown:>6s} {str(objective):10s} "
+                + " ".join(f"{float(ranks.sel(site=s)):9.2f}" for s in sites)
             )
+    objectives = [str(o) for o in ds.objective.values]
+    if len(objectives) > 1:
+        first = objectives[0]
+        lines.append(
+            f"{objectives[1]} − {first} at the write sites (paired; {level:g}% EWC interval over layers):"
+        )
+        for checkpoint in ds.checkpoint.values:
+            cells = []
+            for site in sites[2:]:
+                cell = ds.sel(checkpoint=checkpoint, objective=objectives[1], site=site)
+                cells.append(
+                    f"{site} {float(cell.contrast_entropy_rank):+.2f} "
+                    f"[{float(cell.contrast_entropy_rank_layer_ci_low):+.2f}, "
+                    f"{float(cell.contrast_entropy_rank_layer_ci_high):+.2f}]"
+                )
+            lines.append(f"  {str(checkpoint):24s} " + "   ".join(cells))
+    slopes = ds.trend_slope.sel(measure="entropy_rank")
+    if np.isfinite(slopes.values).any():
+        lines.append(
+            "trend of the entropy rank along each phase (per 100 steps; EWC p over layers' slopes):"
+        )
+        for segment in ds.segment.values:
+            for objective in objectives:
+                cells = []
+                for site in sites:
+                    cell = ds.sel(
+                        segment=segment, objective=objective, site=site, measure="entropy_rank"
+                    )
+                    slope, p = float(cell.trend_slope), float(cell.trend_p_value)
+                    cells.append(f"{site} {100 * slope:+.2f} (p {p:.2g})")
+                lines.append(f"  {str(segment):9s} {objective:8s} " + "  ".join(cells))
     return lines

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from robustness.cache import default_cache_dir
 from robustness.config import CorpusSpec, SweepConfig
+from robustness.corpus import Corpus, load_corpus
 from robustness.specification import DEFAULT_READ, DEFAULT_WRITE
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "add_probe_grid",
     "add_run",
     "cache_root",
+    "command_corpus",
     "corpus_spec",
     "parse_numbers",
     "pathway_sets",
@@ -201,6 +203,18 @@ def corpus_spec(
     if default_tokens is not None and spec.ids is None and spec.tokens is None:
         spec = replace(spec, tokens=default_tokens)
     return spec
+
+
+def command_corpus(args, tokenizer_source: str, *, default_tokens: int) -> Corpus:
+    """The corpus of the command's corpus options, text tokenised by `tokenizer_source`'s tokenizer."""
+    spec = corpus_spec(args, default_tokens=default_tokens)
+    if spec.seq_len < 2:
+        raise ValueError(f"--seq-len must be at least 2, got {spec.seq_len}")
+    if spec.tokens is not None and spec.tokens < spec.seq_len:
+        raise ValueError(f"--tokens ({spec.tokens}) must be at least one sequence ({spec.seq_len})")
+    return load_corpus(
+        spec, tokenizer_source=tokenizer_source, trust_remote_code=args.trust_remote_code
+    )
 
 
 def sweep_config(config: SweepConfig, args, **changes) -> SweepConfig:

@@ -8,6 +8,7 @@ summaries and their intervals.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +24,13 @@ from ..resampling import percentile_interval
 from ..specification import DEFAULT_READ, DEFAULT_WRITE
 from .summaries import pathway_summary
 
-__all__ = ["trajectory_dataset", "trajectory_from_toml", "trajectory_pairs"]
+__all__ = [
+    "checkpoint_label",
+    "checkpoint_step",
+    "trajectory_dataset",
+    "trajectory_from_toml",
+    "trajectory_pairs",
+]
 
 
 def trajectory_pairs(checkpoints, labels=None) -> tuple[list[PairSpec], dict]:
@@ -35,7 +42,7 @@ def trajectory_pairs(checkpoints, labels=None) -> tuple[list[PairSpec], dict]:
     checkpoints = list(checkpoints)
     if len(checkpoints) < 2:
         raise ValueError(f"a trajectory needs at least 2 checkpoints, got {len(checkpoints)}")
-    labels = list(labels) if labels is not None else [_checkpoint_label(c) for c in checkpoints]
+    labels = list(labels) if labels is not None else [checkpoint_label(c) for c in checkpoints]
     if len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
     if len(set(labels)) != len(labels):
@@ -51,9 +58,16 @@ def trajectory_pairs(checkpoints, labels=None) -> tuple[list[PairSpec], dict]:
     return list(pairs.values()), {"labels": labels, "where": where}
 
 
-def _checkpoint_label(spec: str) -> str:
+def checkpoint_label(spec: str) -> str:
+    """A checkpoint's default label: its folder and the folder above (``align/step-00040``)."""
     path = Path(spec.rstrip("/"))
     return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def checkpoint_step(spec: str) -> int | None:
+    """The training step in a checkpoint's folder name (``step-00040``, ``checkpoint-40``), else ``None``."""
+    match = re.search(r"(?:step|checkpoint)[-_]?(\d+)$", Path(spec.rstrip("/")).name)
+    return int(match.group(1)) if match else None
 
 
 def trajectory_dataset(

@@ -1,7 +1,8 @@
 """A test for a monotone trend across ordered levels, with blocks (layers) as replicates.
 
-Used by the graded-objective experiment (:mod:`.contrastive`): the values of
-one quantity at each level λ, one block per layer, blocks in layer order.
+Used by the graded-objective experiment (:mod:`.contrastive`: one quantity
+at each level λ) and by ``gradients.nc`` (each measure at each checkpoint's
+step), one block per layer, blocks in layer order.
 The fixed-effects slope is the mean over layers of each layer's own
 least-squares slope, so its test and interval are those of a layer mean:
 the dependence-robust EWC test of :mod:`robustness.layers` (neighbouring
@@ -22,6 +23,8 @@ from ..layers import layer_test
 from ..specification import EXACT_LIMIT
 
 __all__ = ["TrendTest", "trend_test"]
+
+ENUMERATED_LEVELS = 7  # up to 7! = 5040 orderings are listed; beyond, each draw permutes directly
 
 
 @dataclass(frozen=True)
@@ -100,19 +103,26 @@ def trend_test(
         return nan
     slope = float(_slopes(values, x))
     # Within-block permutations; the statistic is linear, so each block contributes separately.
-    perms = np.array(list(itertools.permutations(range(n_levels))))
     xc = x - x.mean()
     centred = values - values.mean(axis=0)
-    per_block = np.einsum("pi,ib->pb", xc[perms], centred) / (n_blocks * np.sum(xc**2))  # [P, B]
-    exact = len(perms) ** n_blocks <= EXACT_LIMIT
+    scale = n_blocks * np.sum(xc**2)
     tolerance = 1e-12 * max(1.0, abs(slope))
+    exact = n_levels <= ENUMERATED_LEVELS and math.factorial(n_levels) ** n_blocks <= EXACT_LIMIT
+    if n_levels <= ENUMERATED_LEVELS:
+        perms = np.array(list(itertools.permutations(range(n_levels))))
+        per_block = np.einsum("pi,ib->pb", xc[perms], centred) / scale  # [P, B]
+        if exact:
+            grid = np.array(list(itertools.product(range(len(perms)), repeat=n_blocks)))
+            null = per_block[grid, np.arange(n_blocks)].sum(axis=1)
+        else:
+            choice = rng.integers(0, len(perms), size=(n_resamples, n_blocks))
+            null = per_block[choice, np.arange(n_blocks)].sum(axis=1)
+    else:  # too many orderings to list: draw each block's permutation directly
+        order = rng.permuted(np.tile(np.arange(n_levels), (n_resamples, n_blocks, 1)), axis=-1)
+        null = np.einsum("rbi,ib->r", xc[order], centred) / scale
     if exact:
-        grid = np.array(list(itertools.product(range(len(perms)), repeat=n_blocks)))
-        null = per_block[grid, np.arange(n_blocks)].sum(axis=1)
         p_permutation = float(np.mean(np.abs(null) >= abs(slope) - tolerance))
     else:
-        choice = rng.integers(0, len(perms), size=(n_resamples, n_blocks))
-        null = per_block[choice, np.arange(n_blocks)].sum(axis=1)
         p_permutation = float(
             (1 + np.sum(np.abs(null) >= abs(slope) - tolerance)) / (1 + n_resamples)
         )

@@ -453,6 +453,33 @@ def test_report_shows_every_mechanism_section(
     assert f'data-value="{value!r}"' in html
 
 
+def test_report_plots_gradients_along_checkpoints(checkpoints, tmp_path):
+    """Several checkpoints: the figure against the step, the per-checkpoint contrast and the trends;
+    one checkpoint (the test above) keeps the per-layer table."""
+    dirs, ids_path = checkpoints
+    results, gradients = tmp_path / "results.nc", tmp_path / "gradients.nc"
+    run_cli(["sweep", "--base", dirs[0], "--aligned", dirs[2], "--corpus", ids_path,
+          "--constructions", "act_cov,unembed", "--cutoffs", "k=4", "--normalisations", "isotropic",
+          "--no-cache", "--quiet", "--out", str(results)])  # fmt: skip
+    run_cli(["gradients", "--checkpoints", ",".join(dirs), "--corpus", ids_path, "--bootstrap", "0",
+          "--quiet", "--out", str(gradients)])  # fmt: skip
+    report = tmp_path / "report.html"
+    run_cli(["report", str(results), "--extra", str(gradients), "--out", str(report)])
+    html = report.read_text()
+    section = html[html.index('<section id="extra-0-gradients"') :]
+    section = section[: section.index("</section>")]
+    for ident in ('id="fig-gradients"', 'id="gradients-table"', 'id="gradients-trends"'):
+        assert ident in section, ident
+    assert "training step" in section and "EWC bands over layers" in section
+    ds = xr.open_dataset(gradients)
+    value = float(ds.contrast_entropy_rank.sel(objective="dpo", site="o_out").isel(checkpoint=2))
+    assert f'data-value="{value!r}"' in section
+    slope = float(
+        ds.trend_slope.sel(segment="align", objective="ce", site="o_out", measure="entropy_rank")
+    )
+    assert f'data-value="{slope!r}"' in section
+
+
 # ----------------------------------------------------------------------- errors and atomic output
 
 

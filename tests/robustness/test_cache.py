@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from rsf_commands import sweep
+from tiny_models import VOCAB
 from transformers import PreTrainedModel
 
 from robustness.dataset import open_dataset
@@ -98,3 +99,26 @@ def test_corrupt_cache_entry_is_detected_and_recomputed(saved_pair, tmp_path):
     entry.write_bytes(bytes(raw))
     with pytest.warns(RuntimeWarning, match="corrupt statistics cache"):
         assert main(args) == 0
+
+
+def test_gradient_statistics_round_trip_through_the_cache(saved_models, tmp_path):
+    """`rsf gradients` keeps its statistics in the same cache: every sum, chunk sum, the loss and
+    the batch count come back exactly, as GradientStatistics."""
+    import probes
+    from robustness.cache import StatisticsCache
+    from robustness.gradients import measure_objective
+    from robustness.models import load_model
+
+    model = load_model(saved_models("llama"))
+    ids = np.random.default_rng(0).integers(0, VOCAB, (6, 8))
+    stats = measure_objective(model, ids, lam=None, chunks=[(0, 3), (3, 6)], batch_size=2)
+    cache = StatisticsCache(tmp_path)
+    key = StatisticsCache.key(weights_hash="w", corpus_hash="c", settings={"kind": "gradients"})
+    cache.store(key, stats)
+    back = cache.load(key)
+    assert isinstance(back, probes.GradientStatistics)
+    assert (back.loss, back.n_batches) == (stats.loss, stats.n_batches)
+    assert back.sites.keys() == stats.sites.keys() and back.chunks.keys() == stats.chunks.keys()
+    for site in stats.sites:
+        np.testing.assert_array_equal(back.sites[site].sum_xx, stats.sites[site].sum_xx)
+        np.testing.assert_array_equal(back.chunks[site].sum_x, stats.chunks[site].sum_x)

@@ -1,4 +1,6 @@
-"""Gradients under each objective (robustness.gradients): measure_objective, the dataset, replicates.
+"""Gradients under each objective (robustness.gradients): measure_objective, the replicates.
+
+The dataset along checkpoints is tested in test_gradient_dataset.py.
 
 References: the activation spectra under cross-entropy against a plain
 statistics pass; the vectorised bootstrap replicates against one replicate at
@@ -9,14 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import xarray as xr
 from tiny_models import VOCAB, random_model
 
 import probes
-from robustness.corpus import Corpus
 from robustness.gradients import (
-    GradientSettings,
-    gradient_dataset,
     measure_objective,
     parse_objectives,
 )
@@ -59,34 +57,6 @@ def test_parse_objectives():
         parse_objectives(["sft"])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         parse_objectives(["lam=1.5"])
-
-
-def test_gradient_dataset_is_deterministic_and_paired():
-    model = random_model("gpt2")
-    ids = np.random.default_rng(4).integers(0, VOCAB, (8, 12))
-    settings = GradientSettings(objectives=("ce", "dpo"), replicates=12, batch_size=4)
-    first = gradient_dataset(model, Corpus(ids, "test"), settings, progress=False)
-    second = gradient_dataset(model, Corpus(ids, "test"), settings, progress=False)
-    xr.testing.assert_identical(first.drop_attrs(), second.drop_attrs())
-    assert first.attrs["kind"] == "gradients"
-    # The first objective's contrast with itself is zero in every replicate.
-    assert np.all(first.contrast_entropy_rank.sel(objective="ce").values == 0)
-    # Activation statistics do not depend on the loss: CE reads exactly the sequences,
-    # so its read-site spectra equal a plain statistics pass.
-    plain = probes.collect_statistics(model, ids, sites=["attn_in"])
-    expected = np.linalg.eigvalsh(plain.sites[(1, "attn_in")].covariance())[::-1]
-    np.testing.assert_allclose(
-        first.spectrum.sel(objective="ce", layer=1, site="attn_in").values,
-        np.clip(expected, 0, None),
-        rtol=1e-5,
-        atol=1e-6 * expected[0],
-    )
-    low, high = first.mean_entropy_rank_ci_low.values, first.mean_entropy_rank_ci_high.values
-    assert np.all(low <= high)
-    # Effective ranks lie in [1, d].
-    assert np.all(
-        (first.participation_ratio >= 1 - 1e-9) & (first.participation_ratio <= 32 + 1e-9)
-    )
 
 
 def test_vectorised_replicates_equal_one_at_a_time():
