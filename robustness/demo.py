@@ -29,13 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 from .cache import default_cache_dir
 from .config import CorpusSpec, PairSpec, SweepConfig
 from .corpus import Corpus, builtin_documents, evenly_spaced, load_tokenizer, tokenize
 from .demo_training import build_tokenizer, single_threaded, split_documents, train_pair
 from .files import atomic_output
-from .gradient_dataset import phase_checkpoints
+from .gradient_dataset import gradient_dataset, phase_checkpoints
+from .gradients import GradientSettings
 
 __all__ = [
     "DemoCheckpoints",
@@ -43,7 +45,10 @@ __all__ = [
     "DemoPair",
     "DemoSettings",
     "build_tokenizer",
+    "checkpoints_of",
     "demo_checkpoints",
+    "demo_gradients",
+    "demo_held_out_corpus",
     "demo_initialisation",
     "demo_is_cached",
     "demo_pair",
@@ -152,6 +157,10 @@ class DemoGrid:
     replicates: int = 100
     n_resamples: int = 9999
     seed: int = 0
+    # rsf gradients on the checkpoints: this many per phase, evenly spaced (None: every one),
+    # with this many chunk-bootstrap replicates (0: the layer means' EWC intervals only)
+    gradient_checkpoints: int | None = 3
+    gradient_replicates: int = 0
 
     @classmethod
     def tiny(cls, **changes) -> DemoGrid:
@@ -161,6 +170,7 @@ class DemoGrid:
             seq_len=32,
             replicates=5,
             n_resamples=199,
+            gradient_checkpoints=2,
         )
         values.update(changes)
         return cls(**values)
@@ -308,7 +318,11 @@ class DemoCheckpoints:
 
 def demo_checkpoints(*, cache_root=None, progress: bool = True) -> DemoCheckpoints:
     """The demo pair's directories (trained and cached on first use by :func:`demo_pair`)."""
-    pair = demo_pair(cache_root=cache_root, progress=progress)
+    return checkpoints_of(demo_pair(cache_root=cache_root, progress=progress))
+
+
+def checkpoints_of(pair: DemoPair) -> DemoCheckpoints:
+    """The directories of a built demo pair and of its saved checkpoints."""
     phases = {
         phase: tuple(str(p) for p in sorted((pair.root / "checkpoints" / phase).glob("step-*")))
         for phase in ("pretrain", "align")
@@ -349,6 +363,32 @@ def demo_held_out_corpus(demo, *, length: int, tokens: int | None = None) -> Cor
 def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:
     """The demo's probe corpus: :func:`demo_held_out_corpus` in windows of ``grid.seq_len``."""
     return demo_held_out_corpus(pair, length=grid.seq_len, tokens=grid.tokens)
+
+
+def demo_gradients(
+    pair: DemoPair, grid: DemoGrid, *, cache_root=None, progress: bool = True
+) -> xr.Dataset:
+    """``gradients.nc`` of the demo: CE and DPO at ``grid.gradient_checkpoints`` checkpoints per phase.
+
+    Both phases (pretraining checkpoints each their own DPO reference,
+    alignment ones against the base), on the held-out documents in windows of
+    one preference pair (prompt + continuation, the alignment recipe's), with
+    the recipe's β and prompt length.
+    """
+    recipe = pair.manifest["settings"]
+    length = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
+    settings = GradientSettings(
+        objectives=("ce", "dpo"),
+        beta=float(recipe["beta"]),
+        prompt_len=int(recipe["prompt_len"]),
+        replicates=grid.gradient_replicates,
+        seed=grid.seed,
+    )
+    checkpoints = checkpoints_of(pair).gradient_checkpoints(
+        "both", per_phase=grid.gradient_checkpoints
+    )
+    corpus = demo_held_out_corpus(pair, length=length, tokens=grid.tokens)
+    return gradient_dataset(checkpoints, corpus, settings, cache_root=cache_root, progress=progress)
 
 
 def demo_initialisation(pair: DemoPair) -> Path:

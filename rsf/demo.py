@@ -11,16 +11,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reports import write_report
 from robustness.cache import default_cache_dir
-from robustness.dataset import build_dataset, write_dataset
+from robustness.dataset import build_dataset, open_dataset, write_dataset
 from robustness.demo import (
     DemoGrid,
     DemoPair,
     DemoSettings,
+    demo_gradients,
     demo_is_cached,
     demo_pair,
     demo_probe_corpus,
@@ -36,6 +37,16 @@ from .claims import claim_lines
 from .stats import summary as stats_summary
 
 __all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
+
+# The experiments' datasets the demo writes (gradients always, by robustness.demo.demo_gradients;
+# the others with --full), and the command that makes each one on the demo pair.
+EXPERIMENTS = {
+    "gradients": ("gradients", "--demo", "--phase", "both"),
+    "trajectory": ("experiment", "trajectory", "--demo", "--phase", "align"),
+    "contrastive": ("experiment", "contrastive", "--demo"),
+    "rank1": ("experiment", "rank1"),  # the demo's base unless --model
+}
+FULL_GRADIENT_REPLICATES = 200
 
 
 def add_parser(commands) -> None:
@@ -59,17 +70,30 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--cache-dir", help="cache for the pair and statistics (default ~/.cache/rsf-robustness)"
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="also run every experiment on the demo (gradients at every checkpoint with a "
+        "bootstrap, the alignment trajectory, the graded contrastive variants, the rank-1 "
+        "interventions) and test every claim; tens of minutes",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
     settings = DemoSettings() if args.seed is None else DemoSettings(seed=args.seed)
+    if args.full and settings != DemoSettings():
+        raise ValueError(
+            "--full runs the experiments on the default demo pair: drop --seed (or run the "
+            "experiments one by one)"
+        )
     outcome = run_demo(
         args.out,
         settings=settings,
         cache_root=args.cache_dir,
         retrain=args.retrain,
+        full=args.full,
         progress=not args.quiet,
     )
     print(f"report: {outcome.report}")
@@ -77,6 +101,7 @@ def run(args) -> int:
         f"results: {outcome.results}  stats: {outcome.stats}  claims: {outcome.claims}  "
         f"pair: {outcome.pair.root}"
     )
+    print("experiments: " + "  ".join(f"{kind}: {path}" for kind, path in outcome.extras.items()))
     print()
     print("\n".join(outcome.claims_table))
     print()
@@ -97,6 +122,7 @@ class DemoOutcome:
     timings: dict = field(default_factory=dict)
     claims: Path | None = None
     claims_table: list[str] = field(default_factory=list)
+    extras: dict = field(default_factory=dict)  # kind → path of each experiment's dataset
 
 
 def _stage(message: str, quiet: bool) -> None:
@@ -111,14 +137,19 @@ def run_demo(
     grid: DemoGrid | None = None,
     cache_root: str | Path | None = None,
     retrain: bool = False,
+    full: bool = False,
     progress: bool = True,
 ) -> DemoOutcome:
-    """Demo pair (trained or cached) → sweep with bootstrap → stats → claims → report, in folder `out`.
+    """Demo pair (trained or cached) → sweep with bootstrap → stats → gradients → claims → report, in `out`.
 
-    Writes ``results.nc``, ``stats.nc``, ``claims.nc`` and ``report.html`` in
-    `out` (created when missing). The sweep covers the alignment pair and a
-    pretraining pair (the initialisation → base). The sweep's activation
-    statistics are cached like any sweep's, so a second run does no forward pass.
+    Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` and
+    ``report.html`` in `out` (created when missing). The sweep covers the
+    alignment pair and a pretraining pair (the initialisation → base); the
+    gradients a few checkpoints of both phases (:func:`robustness.demo.demo_gradients`).
+    Statistics are cached like any sweep's, so a second run does no forward
+    pass. With `full`, every checkpoint's gradients with a bootstrap, and the
+    trajectory, contrastive and rank-1 experiments, each through its own
+    command, so every claim is tested.
     """
     settings = settings or DemoSettings()
     grid = grid or DemoGrid()
@@ -135,6 +166,11 @@ def run_demo(
         check_writable(out / name)
         for name in ("results.nc", "stats.nc", "claims.nc", "report.html")
     )
+    extras = {
+        kind: check_writable(out / f"{kind}.nc")
+        for kind in EXPERIMENTS
+        if full or kind == "gradients"
+    }
     quiet = not progress
     timings = {}
 
@@ -175,23 +211,70 @@ def run_demo(
     timings["stats"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    if full:
+        grid = replace(
+            grid, gradient_checkpoints=None, gradient_replicates=FULL_GRADIENT_REPLICATES
+        )
+    _stage(
+        "gradients: δ_t under CE and DPO at "
+        + (
+            "every checkpoint"
+            if grid.gradient_checkpoints is None
+            else f"{grid.gradient_checkpoints} checkpoints"
+        )
+        + " of each phase",
+        quiet,
+    )
+    with single_threaded():
+        gradients = demo_gradients(pair, grid, cache_root=cache_root, progress=progress)
+    write_dataset(gradients, extras["gradients"])
+    timings["gradients"] = time.perf_counter() - mark
+    if full:
+        for kind, command in EXPERIMENTS.items():
+            if kind == "gradients":
+                continue
+            mark = time.perf_counter()
+            _stage(f"{kind}: rsf {' '.join(command)}", quiet)
+            _run_command([*command, "--cache-dir", str(cache_root),
+                          "--out", str(extras[kind]), *([] if progress else ["--quiet"])])  # fmt: skip
+            timings[kind] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     _stage("claims: testing the paper's claims", quiet)
-    claims = paper_claims(dataset, stats=stats, n_resamples=grid.n_resamples, seed=grid.seed)
+    claims = paper_claims(
+        dataset, stats=stats, extras=[open_dataset(path) for path in extras.values()],
+        n_resamples=grid.n_resamples, seed=grid.seed,
+    )  # fmt: skip
     write_dataset(claims, claims_path)
     timings["claims"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     _stage("report: writing", quiet)
     report = Path(
-        write_report(results_path, report_path, stats_path=stats_path, claims_path=claims_path)
+        write_report(
+            results_path,
+            report_path,
+            stats_path=stats_path,
+            claims_path=claims_path,
+            extra_paths=tuple(extras.values()),
+        )  # fmt: skip
     )
     timings["report"] = time.perf_counter() - mark
 
     verdict = verdict_paragraph(pair, stats, summary, claims)
     return DemoOutcome(
         pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings,
-        claims_path, claim_lines(claims),
+        claims_path, claim_lines(claims), extras,
     )  # fmt: skip
+
+
+def _run_command(argv: list[str]) -> None:
+    """One ``rsf`` command, exactly as from the shell (its errors propagate to the caller)."""
+    from .main import build_parser  # the parser holds this module: import it when used
+
+    args = build_parser().parse_args(argv)
+    if args.run(args) != 0:
+        raise ValueError(f"rsf {' '.join(argv)} failed")
 
 
 def verdict_paragraph(pair: DemoPair, stats, summary: str, claims=None) -> str:

@@ -22,9 +22,9 @@ def test_the_whole_pipeline_end_to_end(tiny_demo, tmp_path, monkeypatch):
     reports = []
     real_report = demo_cli.write_report
 
-    def report(results_path, report_path, *, stats_path):
-        reports.append((results_path, report_path, stats_path))
-        return real_report(results_path, report_path, stats_path=stats_path)
+    def report(results_path, report_path, **inputs):
+        reports.append((results_path, report_path, inputs))
+        return real_report(results_path, report_path, **inputs)
 
     monkeypatch.setattr(demo_cli, "write_report", report)
     out = tmp_path / "out"
@@ -41,7 +41,9 @@ def test_the_whole_pipeline_end_to_end(tiny_demo, tmp_path, monkeypatch):
     assert np.isfinite(results.rsf.sel(construction="act_cov", cutoff="k=2")).all()
     stats = xr.open_dataset(outcome.stats)
     assert np.isfinite(stats.asymmetry.sel(construction="act_cov")).all()
-    assert reports == [(out / "results.nc", out / "report.html", out / "stats.nc")]
+    inputs = {"stats_path": out / "stats.nc", "claims_path": out / "claims.nc",
+              "extra_paths": (out / "gradients.nc",)}  # fmt: skip
+    assert reports == [(out / "results.nc", out / "report.html", inputs)]
     assert outcome.report == out / "report.html" and outcome.report.is_file()
     per_pair = json.loads(stats.attrs["per_pair"])["demo"]
     assert f"{per_pair['joint']['n_specifications']} counted specifications" in outcome.verdict
@@ -50,6 +52,19 @@ def test_the_whole_pipeline_end_to_end(tiny_demo, tmp_path, monkeypatch):
     assert "Verdict:" in outcome.verdict and "\n" not in outcome.verdict
     # Measured on the held-out documents only (never seen in training).
     assert results.attrs["corpus_source"] == "demo:held-out documents"
+    # δ_t at a few checkpoints of both phases: the first and last of pretraining, then alignment's
+    # last (its first is the base, already there as pretraining's last).
+    gradients = xr.open_dataset(outcome.extras["gradients"])
+    assert gradients.attrs["corpus_source"] == "demo:held-out documents"
+    assert list(gradients.phase.values) == ["pretrain", "pretrain", "align"]
+    assert [str(c).split("/")[0] for c in gradients.checkpoint.values] == list(
+        gradients.phase.values
+    )
+    assert gradients.attrs["prompt_len"] == TINY.prompt_len
+    claims = xr.open_dataset(outcome.claims)
+    tested = claims.verdict.sel(pair="demo", claim="gradient_anisotropy").item()
+    assert tested != "not_tested"
+    assert f"gradient_anisotropy: {tested.replace('_', ' ')}" in outcome.verdict
 
 
 def test_the_second_run_does_no_forward_pass_and_reproduces_the_results(
@@ -61,10 +76,13 @@ def test_the_second_run_does_no_forward_pass_and_reproduces_the_results(
     grid = DemoGrid.tiny(constructions=("act_cov", "unembed"), replicates=3)
     first = run_demo(tmp_path / "a", settings=TINY, grid=grid, cache_root=cache, progress=False)
     monkeypatch.setattr(probes, "collect_statistics", pytest.fail)
+    monkeypatch.setattr(probes, "collect_gradient_statistics", pytest.fail)
     second = run_demo(tmp_path / "b", settings=TINY, grid=grid, cache_root=cache, progress=False)
     a, b = xr.open_dataset(first.results), xr.open_dataset(second.results)
     np.testing.assert_array_equal(a.rsf.values, b.rsf.values)
     np.testing.assert_array_equal(a.rsf_boot.values, b.rsf_boot.values)
+    g, h = (xr.open_dataset(o.extras["gradients"]) for o in (first, second))
+    xr.testing.assert_identical(g.drop_attrs(), h.drop_attrs())
 
 
 def test_rsf_demo_cli(tiny_demo, tmp_path, monkeypatch, capsys):
@@ -76,7 +94,9 @@ def test_rsf_demo_cli(tiny_demo, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in printed
     assert "Verdict:" in printed
-    assert {p.name for p in out.iterdir()} >= {"results.nc", "stats.nc", "report.html"}
+    assert {p.name for p in out.iterdir()} >= {
+        "results.nc", "stats.nc", "gradients.nc", "claims.nc", "report.html",
+    }  # fmt: skip
     stamp = (pair.aligned / "model.safetensors").stat().st_mtime_ns
     assert main(["demo", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
     assert (pair.aligned / "model.safetensors").stat().st_mtime_ns == stamp  # reused
@@ -91,4 +111,43 @@ def test_rsf_demo_errors_are_one_line(tmp_path, capsys):
     error = capsys.readouterr().err
     assert (
         error.startswith("rsf: error: cannot create the output folder") and error.count("\n") == 1
+    )
+
+
+def test_rsf_demo_full_runs_every_experiment_and_tests_every_claim(
+    tiny_demo, tmp_path, monkeypatch
+):
+    """--full: gradients at every checkpoint with a bootstrap, then the trajectory, contrastive and
+    rank-1 experiments through their own commands; every claim on an experiment is tested."""
+    import functools
+
+    from robustness import demo
+
+    cache, pair = tiny_demo
+    monkeypatch.setattr(demo, "demo_pair", functools.partial(demo.demo_pair, TINY))
+    monkeypatch.setattr(demo_cli, "DemoSettings", lambda seed=0: DemoSettings.tiny(seed=seed))
+    monkeypatch.setattr(demo_cli, "DemoGrid", lambda: DemoGrid.tiny(replicates=2))
+    monkeypatch.setattr(demo_cli, "FULL_GRADIENT_REPLICATES", 3)
+    out = tmp_path / "full"
+    assert main(["demo", "--full", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
+    for kind in ("gradients", "trajectory", "contrastive", "rank1"):
+        assert xr.open_dataset(out / f"{kind}.nc").attrs["kind"] == kind
+    gradients = xr.open_dataset(out / "gradients.nc")
+    pretrain = len(list((pair.root / "checkpoints" / "pretrain").glob("step-*")))
+    align = len(list((pair.root / "checkpoints" / "align").glob("step-*")))
+    assert gradients.sizes["checkpoint"] == pretrain + align - 1
+    assert gradients.sizes["replicate"] == 3
+    claims = xr.open_dataset(out / "claims.nc").sel(pair="demo")
+    experiments = ("gradient_anisotropy", "trajectory_consistent", "graded_control", "rank1_causal")
+    assert all(claims.verdict.sel(claim=c).item() != "not_tested" for c in experiments)
+    html = (out / "report.html").read_text()
+    for kind in ("gradients", "trajectory", "contrastive", "rank1"):
+        assert f'-{kind}"' in html, kind
+
+
+def test_rsf_demo_full_takes_the_default_pair_only(tmp_path, capsys):
+    assert main(["demo", "--full", "--seed", "3", "--out", str(tmp_path), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        "--full runs the experiments on the default demo pair" in error and error.count("\n") == 1
     )
