@@ -30,7 +30,7 @@ README, never tuned to a dataset's outcome:
   present (and for every contrastive variant given); contradicted where it is
   contradicted in any; needs a ``pretrain`` pair or a contrastive dataset;
 - the claims on the mechanism read the extra datasets
-  (:mod:`robustness.claims_extra`).
+  (:mod:`robustness.claims_mechanism`).
 
 For ``phase = "pretrain"`` pairs the sweep takes the activation and
 unembedding constructions from the trained (``aligned``) side, since the
