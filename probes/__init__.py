@@ -54,6 +54,14 @@ from .gradients import (
 )
 from .heads import head_blocks, head_fraction_profiles
 from .interventions import rank1_hook, rank1_update
+from .layerwise import (
+    HIDDEN_IN_MEMORY,
+    LayerwiseModel,
+    NotStreamable,
+    layer_deltas,
+    layerwise_statistics,
+)
+from .lora import LoraAdapter, is_adapter
 from .models import DTYPES, check_pair, extract_deltas, load_model, prediction_subspaces
 from .normalise import NORMALISATIONS, RATIO_NORMALISATIONS, normalise
 from .subspaces import (
@@ -62,6 +70,7 @@ from .subspaces import (
     Subspace,
     construction_rng,
     covariance_subspace,
+    covariance_subspaces,
     gram_subspace,
     random_subspace,
     unembedding_subspace,
@@ -75,6 +84,13 @@ __all__ = [
     "CUTOFF_RULES",
     "FAMILIES",
     "GRADIENT_SITES",
+    "HIDDEN_IN_MEMORY",
+    "LayerwiseModel",
+    "LoraAdapter",
+    "is_adapter",
+    "NotStreamable",
+    "layer_deltas",
+    "layerwise_statistics",
     "GRADIENT_SITE_OF",
     "MATRICES",
     "NORMALISATIONS",
@@ -99,6 +115,7 @@ __all__ = [
     "collect_statistics",
     "construction_rng",
     "covariance_subspace",
+    "covariance_subspaces",
     "gram_subspace",
     "effective_ranks",
     "energy_profile",

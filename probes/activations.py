@@ -35,9 +35,11 @@ __all__ = [
     "SiteStatistics",
     "collect_statistics",
     "site_hooks",
+    "statistics_batches",
 ]
 
 SiteKey = tuple[int, str]
+PACKED_BLOCK = 1 << 20  # packed-triangle columns upcast to float64 at a time
 
 
 @dataclass
@@ -89,7 +91,13 @@ class ChunkStatistics:
         what makes a block of bootstrap replicates cheaper than the rows one by one.
         """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        packed = w @ self.sum_xx_packed.astype(np.float64)
+        # Column blocks: a float64 copy of every chunk's triangle at once would be
+        # C · d(d+1)/2 · 8 bytes (537 MB at d = 4096 with 8 chunks); the sums are the same.
+        width = self.sum_xx_packed.shape[1]
+        packed = np.empty((len(w), width))
+        for lo in range(0, width, PACKED_BLOCK):
+            hi = min(lo + PACKED_BLOCK, width)
+            packed[:, lo:hi] = w @ self.sum_xx_packed[:, lo:hi].astype(np.float64)
         upper, lower = _triangle_positions(self.d)
         full = np.empty((len(w), self.d * self.d))
         full[:, upper] = packed
@@ -222,6 +230,21 @@ class Accumulator:
         return site, chunks
 
 
+def statistics_batches(
+    n_sequences: int, batch_size: int, chunk_size: int | None
+) -> list[list[tuple[int, int]]]:
+    """The batches of a statistics pass, ``[(lo, hi), …]`` per chunk of ``chunk_size`` sequences.
+
+    Batches never straddle a chunk, so each chunk's sums are exact; without
+    chunks the whole corpus is one. Every pass (hooked or layer by layer) uses these.
+    """
+    span = chunk_size or n_sequences
+    return [
+        [(lo, min(lo + batch_size, stop)) for lo in range(start, stop, batch_size)]
+        for start, stop in ((s, min(s + span, n_sequences)) for s in range(0, n_sequences, span))
+    ]
+
+
 def collect_statistics(
     model,
     input_ids,
@@ -274,8 +297,8 @@ def collect_statistics(
         accumulators[key].add(tensor)
 
     n_seq = ids.shape[0]
-    span = chunk_size or n_seq
-    chunk_bounds = [(start, min(start + span, n_seq)) for start in range(0, n_seq, span)]
+    chunks = statistics_batches(n_seq, batch_size, chunk_size)
+    chunk_bounds = [(chunk[0][0], chunk[-1][1]) for chunk in chunks]
     body = getattr(model, model.base_model_prefix)
     was_training = model.training
     model.eval()
@@ -289,10 +312,9 @@ def collect_statistics(
     )
     try:
         with torch.inference_mode(), site_hooks(model, keys, accumulate):
-            for start, stop in chunk_bounds:
-                # Batches never straddle a chunk, so each chunk's sums are exact.
-                for lo in range(start, stop, batch_size):
-                    batch = ids[lo : min(lo + batch_size, stop)].to(device)
+            for chunk in chunks:
+                for lo, hi in chunk:
+                    batch = ids[lo:hi].to(device)
                     body(input_ids=batch, use_cache=False)
                     bar.update(batch.numel())
                 for accumulator in accumulators.values():

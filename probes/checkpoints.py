@@ -34,6 +34,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a PEFT adapter's tensors (probes.lora)
 
 
 def looks_like_path(spec: str) -> bool:
@@ -74,7 +75,7 @@ def tensor_digest(name: str, tensor: torch.Tensor) -> str:
     """``sha256(name | dtype | shape | bytes)`` of one tensor as stored (row-major, little-endian)."""
     digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    digest.update(flat.view(torch.uint8).numpy().tobytes())
+    digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy of a 1 GB embedding
     return digest.hexdigest()
 
 
@@ -103,8 +104,9 @@ class Checkpoint:
         for index, single, kind in (
             (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, "safetensors"),
             (PICKLE_INDEX, PICKLE_SINGLE, "pickle"),
+            (None, ADAPTER_WEIGHTS, "safetensors"),
         ):
-            if (self.root / index).is_file():
+            if index is not None and (self.root / index).is_file():
                 try:
                     weight_map = json.loads((self.root / index).read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError) as error:
@@ -160,15 +162,34 @@ class Checkpoint:
                 return handle.get_tensor(name)
         return self._pickle(path)[name]
 
-    def weights_hash(self) -> str:
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's stored shape, read from the file's header (no data for safetensors)."""
+        path = self.files[name]
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                return tuple(handle.get_slice(name).get_shape())
+        return tuple(self._pickle(path)[name].shape)
+
+    def weights_hash(self, *, progress: bool = False) -> str:
         """The checkpoint's weights hash (see the module docstring), one tensor in memory at a time."""
-        return combine_digests({name: tensor_digest(name, self.get(name)) for name in self.names()})
+        from tqdm.auto import tqdm
+
+        names = tqdm(
+            self.names(),
+            desc=f"hashing {self.source}",
+            unit="tensor",
+            disable=not progress,
+            leave=False,
+        )
+        return combine_digests({name: tensor_digest(name, self.get(name)) for name in names})
 
 
 _HASHES: dict[tuple, str] = {}
 
 
-def weights_hash(source: str | os.PathLike) -> str:
+def weights_hash(source: str | os.PathLike, *, progress: bool = False) -> str:
     """The weights hash of a checkpoint (a ``save_pretrained`` directory or a hub id).
 
     Defined over the stored tensors (name, stored dtype, shape, bytes as
@@ -180,5 +201,5 @@ def weights_hash(source: str | os.PathLike) -> str:
     files = sorted(set(checkpoint.files.values()))
     key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     if key not in _HASHES:
-        _HASHES[key] = checkpoint.weights_hash()
+        _HASHES[key] = checkpoint.weights_hash(progress=progress)
     return _HASHES[key]

@@ -45,7 +45,7 @@ def load_model(
     The model is put in eval mode and its adapter is checked at once, so an
     unsupported architecture fails before anything else happens.
     """
-    if isinstance(dtype, str):
+    if isinstance(dtype, str) and dtype != "auto":  # auto: the checkpoint's stored dtype
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]

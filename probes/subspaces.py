@@ -24,8 +24,11 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .fraction import PATHWAYS, as_float64
+
+UNEMBEDDING_BLOCK = 8192  # rows of W_U upcast to float64 at a time
 
 __all__ = [
     "ACTIVATION_CONSTRUCTIONS",
@@ -33,6 +36,7 @@ __all__ = [
     "Subspace",
     "construction_rng",
     "covariance_subspace",
+    "covariance_subspaces",
     "gram_subspace",
     "random_subspace",
     "unembedding_subspace",
@@ -101,6 +105,40 @@ def covariance_subspace(
     return Subspace(name, vectors, values, int(n))
 
 
+def covariance_subspaces(statistics, *, device="cpu") -> list[Subspace]:
+    """:func:`covariance_subspace` of many ``(Σx, Σxxᵀ, n, centred, construction)`` at once.
+
+    One batched ``torch.linalg.eigh`` in float64 on `device` (a GPU when the
+    statistics live there): the bootstrap's eigendecompositions of a block of
+    replicates and sites in one call. The moments are formed exactly as
+    :func:`covariance_subspace` forms them.
+    """
+    if not statistics:
+        return []
+    moments, names, counts = [], [], []
+    for sum_x, sum_xx, n, centred, construction in statistics:
+        if n < 1:
+            raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
+        moment = as_float64(sum_xx) / n
+        if centred:
+            mean = as_float64(sum_x) / n
+            moment = moment - np.outer(mean, mean)
+        moments.append(moment)
+        names.append(construction or ("act_cov" if centred else "act_moment"))
+        counts.append(int(n))
+    batch = torch.from_numpy(np.stack(moments)).to(device)
+    del moments
+    batch = 0.5 * (batch + batch.mT)  # symmetrise float64 accumulation round-off
+    values, vectors = torch.linalg.eigh(batch)
+    del batch
+    values = values.flip(-1).clamp(min=0.0).cpu().numpy()
+    vectors = vectors.flip(-1).cpu().numpy()
+    return [
+        Subspace(name, np.ascontiguousarray(vectors[i]), values[i].copy(), counts[i])
+        for i, name in enumerate(names)
+    ]
+
+
 def gram_subspace(gram, construction: str, *, n_samples: int | None = None) -> Subspace:
     """Descending eigenbasis of a symmetric positive semi-definite ``[d, d]`` matrix.
 
@@ -119,16 +157,20 @@ def unembedding_subspaces(unembedding, *, gain=None) -> dict[str, Subspace]:
     ``M − V μμᵀ`` and folding the final norm's gain γ gives ``diag(γ) M diag(γ)``,
     so one ``V × d`` pass serves all three.
     """
-    w = as_float64(unembedding)
-    if w.ndim != 2:
-        raise ValueError(f"`unembedding` must be [V, d], got shape {w.shape}")
-    gram = w.T @ w
-    mean = w.mean(axis=0)
+    if unembedding.ndim != 2:
+        raise ValueError(f"`unembedding` must be [V, d], got shape {tuple(unembedding.shape)}")
+    # In blocks of rows: a float64 copy of a 128K-token vocabulary would be 4 GB at d = 4096.
+    n_rows, d = unembedding.shape
+    gram, total = np.zeros((d, d)), np.zeros(d)
+    for start in range(0, n_rows, UNEMBEDDING_BLOCK):
+        block = as_float64(unembedding[start : start + UNEMBEDDING_BLOCK])
+        gram += block.T @ block
+        total += block.sum(axis=0)
+        del block
+    mean = total / n_rows
     out = {
         "unembed": gram_subspace(gram, "unembed"),
-        "unembed_centered": gram_subspace(
-            gram - w.shape[0] * np.outer(mean, mean), "unembed_centered"
-        ),
+        "unembed_centered": gram_subspace(gram - n_rows * np.outer(mean, mean), "unembed_centered"),
     }
     if gain is not None:
         gamma = as_float64(gain)

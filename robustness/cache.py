@@ -131,6 +131,10 @@ class StatisticsCache:
     def _path(self, key: str) -> Path:
         return self.root / "statistics" / f"{key}.npz"
 
+    def contains(self, key: str) -> bool:
+        """Whether an entry for `key` exists (not whether it verifies: :meth:`load` checks that)."""
+        return self.root is not None and self._path(key).exists()
+
     def load(self, key: str):
         """The stored statistics (activations or gradients) of `key`, or ``None``."""
         if self.root is None:

@@ -18,6 +18,7 @@ The TOML layout is a contract (``docs/design.md`` §4)::
     [bootstrap]
     replicates = 200
     seed = 0
+    bca = false              # true: jackknife rows for BCa intervals
 
 A ``[run]`` table (device, dtype, batch_size, trust_remote_code) is optional.
 Every name is checked here, before any model is loaded; an unknown one is an
@@ -64,7 +65,7 @@ __all__ = [
 PHASES = ("align", "pretrain")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEQ_LEN = 128
-DTYPES = tuple(probes.DTYPES)
+DTYPES = ("auto", *probes.DTYPES)  # auto: each checkpoint's own stored dtype
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -107,8 +108,9 @@ class SweepConfig:
     matrices: tuple[str, ...] = probes.MATRICES
     replicates: int = 0
     seed: int = 0
+    bca: bool = False  # leave-one-chunk-out rows for BCa's acceleration (C extra replicates)
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "auto"
     batch_size: int = 8
     trust_remote_code: bool = False
 
@@ -136,7 +138,7 @@ class SweepConfig:
                 "normalisations": list(self.normalisations),
                 "matrices": list(self.matrices),
             },
-            "bootstrap": {"replicates": self.replicates, "seed": self.seed},
+            "bootstrap": {"replicates": self.replicates, "seed": self.seed, "bca": self.bca},
             "run": {
                 "device": self.device,
                 "dtype": self.dtype,
@@ -260,7 +262,7 @@ def config_from_document(document: dict, root: Path, *, source: str = "the confi
         )
     corpus = _table(document, "corpus", {"paths", "ids", "tokens", "seq_len", "tokenizer"})
     probe = _table(document, "probe", {"constructions", "cutoffs", "normalisations", "matrices"})
-    boot = _table(document, "bootstrap", {"replicates", "seed"})
+    boot = _table(document, "bootstrap", {"replicates", "seed", "bca"})
     run = _table(document, "run", {"device", "dtype", "batch_size", "trust_remote_code"})
     corpus_spec = CorpusSpec(
         paths=tuple(
@@ -284,5 +286,6 @@ def config_from_document(document: dict, root: Path, *, source: str = "the confi
         matrices=tuple(probe.get("matrices", probes.MATRICES)),
         replicates=int(boot.get("replicates", 0)),
         seed=int(boot.get("seed", 0)),
+        bca=bool(boot.get("bca", False)),
         **run,
     )

@@ -47,6 +47,8 @@ PROVENANCE = (
     "n_kv_heads",
     "tied_embeddings",
     "construction_side",
+    "dtype",
+    "targeted_matrices",
 )
 
 
@@ -102,6 +104,8 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
     if config.replicates:
         for name, dim in (("replicates", "replicate"), ("jackknife", "jackknife")):
             count = max(result.bootstrap[name].shape[0] for result in results)
+            if name == "jackknife" and count == 0:
+                continue  # swept without --bca: no leave-one-chunk-out rows
             values = np.full((count, *rsf.shape), np.nan)
             for p, result in enumerate(results):
                 columns = [matrices.index(m) for m in result.matrices]

@@ -2,9 +2,12 @@
 
 For one pair the work is ordered so that nothing expensive happens twice:
 
-1. each model is loaded once; deltas and base weights are read from them;
-2. one statistics pass per (model, corpus, settings), cached on disk;
-3. one basis per (layer, site, construction) for the activation constructions,
+1. neither model is loaded whole: each is a skeleton over its checkpoint
+   (:class:`probes.LayerwiseModel`), and everything below runs one layer at a
+   time, that layer's weights read, used and released before the next;
+2. one layer-sequential statistics pass per (model, corpus, settings), each
+   layer's statistics cached on disk (without bootstrap chunks);
+3. per layer, the deltas (streamed from both checkpoints), then one basis per (layer, site, construction) for the activation constructions,
    one per pair for the unembedding ones, one per (layer, matrix) for
    ``weight_svd`` and ``random``; each is reused for every cutoff and
    normalisation;
@@ -18,6 +21,7 @@ identical results.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -32,8 +36,13 @@ from .cache import StatisticsCache
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
 from .grid import ACTIVATION_SOURCE, TRAINED_SIDE_SOURCE, Grid, as_numpy, fill_replicates
-from .models import load_model, resolve_device
-from .resampling import bootstrap_chunk_size, bootstrap_weights, jackknife_weights
+from .models import open_layerwise, resolve_device, targeted_matrices
+from .resampling import (
+    bootstrap_chunk_size,
+    bootstrap_weights,
+    jackknife_weights,
+    sequence_chunks,
+)
 
 __all__ = ["PairResult", "run_sweep", "sweep_pair"]
 
@@ -53,29 +62,66 @@ class PairResult:
     notes: list[str] = field(default_factory=list)
     # With --bootstrap: "replicates" [B, ...rsf] and "jackknife" [C, ...rsf] (leave one chunk out).
     bootstrap: dict | None = None
+    # Wall seconds of each stage: hashing, prediction_bases, statistics, grid (bootstrap included).
+    timings: dict = field(default_factory=dict)
 
 
-def _statistics(
-    model, model_hash: str, corpus: Corpus, sites, config, device, cache, progress, label
-):
-    """Cached statistics pass; returns (statistics, 1 if a forward pass ran else 0).
-
-    With bootstrap replicates the pass also keeps per-chunk statistics.
-    """
-    chunk_size = bootstrap_chunk_size(corpus.ids.shape[0]) if config.replicates else None
-    settings = {
+def _statistics_settings(config: SweepConfig, sites, device, dtype, chunk_size, layer) -> dict:
+    return {
         "sites": sorted(sites),
-        "dtype": config.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
         "batch_size": config.batch_size,
         "device_type": torch.device(device).type,
         "chunk_size": chunk_size,
+        "layer": layer,
+        "pass": "layerwise",
     }
-    key = StatisticsCache.key(weights_hash=model_hash, corpus_hash=corpus.hash, settings=settings)
-    stats = cache.load(key)
-    if stats is not None:
-        return stats, 0
-    stats = probes.collect_statistics(
-        model,
+
+
+CHUNK_CACHE_BYTES = 512 << 20  # chunk statistics of a whole pass are cached only below this
+
+
+def _layer_statistics(models, hashes, corpus, sites, config, cache, progress, label):
+    """Yield ``(layer, {role: that layer's statistics}, whether a forward pass computed them)``.
+
+    Each layer's statistics are a cache entry of their own, read when that
+    layer is reached (an interrupted sweep resumes; a finished one runs no
+    forward pass). Bootstrap chunk statistics are cached only when a whole
+    pass's come to less than :data:`CHUNK_CACHE_BYTES` (the demo's: 25 MB);
+    a real model's (about 100 GB at 8B shapes) exist only while their layer
+    is computed.
+    """
+    n_seq = corpus.ids.shape[0]
+    chunk_size = bootstrap_chunk_size(n_seq) if config.replicates else None
+    first = next(iter(models.values())).model
+    n_layers = len(probes.layer_modules(first))
+    if chunk_size is not None:
+        d = int(first.get_input_embeddings().weight.shape[1])
+        n_chunks = len(sequence_chunks(n_seq))
+        chunk_bytes = len(models) * n_layers * len(sites) * n_chunks * d * (d + 1) // 2 * 4
+        if chunk_bytes > CHUNK_CACHE_BYTES:
+            cache = StatisticsCache(None)
+    keys = {
+        (role, layer): StatisticsCache.key(
+            weights_hash=hashes[role],
+            corpus_hash=corpus.hash,
+            settings=_statistics_settings(config, sites, lw.device, lw.dtype, chunk_size, layer),
+        )
+        for role, lw in models.items()
+        for layer in range(n_layers)
+    }
+    start = 0
+    if all(cache.contains(key) for key in keys.values()):
+        for layer in range(n_layers):
+            stats = {role: cache.load(keys[(role, layer)]) for role in models}
+            if any(value is None for value in stats.values()):
+                break  # a corrupt entry (warned about and removed): recompute from here
+            yield layer, stats, False
+            start = layer + 1
+        if start == n_layers:
+            return
+    passes = probes.layerwise_statistics(
+        models,
         corpus.ids,
         sites=sites,
         batch_size=config.batch_size,
@@ -83,22 +129,53 @@ def _statistics(
         progress=progress,
         description=f"statistics {label}",
     )
-    cache.store(key, stats)
-    return stats, 1
+    for layer, stats in passes:
+        if layer < start:
+            continue  # already yielded from the cache
+        for role, layer_stats in stats.items():
+            cache.store(keys[(role, layer)], layer_stats)
+        yield layer, stats, True
 
 
-def _resampling_weights(stats: dict, config: SweepConfig, label: str) -> np.ndarray:
-    """Multinomial chunk counts for each replicate, then one leave-one-chunk-out row per chunk."""
-    if not stats:
-        return np.ones((config.replicates, 1))  # nothing corpus-dependent to resample
-    any_chunks = next(iter(next(iter(stats.values())).chunks.values()))
-    n_chunks = len(any_chunks.n)
-    return np.vstack(
-        [
-            bootstrap_weights(n_chunks, config.replicates, config.seed, label),
-            jackknife_weights(n_chunks),
-        ]
-    )
+def _resampling_weights(config: SweepConfig, corpus: Corpus, resampled: bool, label: str):
+    """Multinomial chunk counts for each replicate, drawn once for every layer.
+
+    With ``bca`` one leave-one-chunk-out row per chunk follows (BCa's
+    acceleration); without it there are none to compute.
+    """
+    n_chunks = len(sequence_chunks(corpus.ids.shape[0])) if resampled else 1
+    rows = [bootstrap_weights(n_chunks, config.replicates, config.seed, label)]
+    if config.bca:
+        rows.append(jackknife_weights(n_chunks))
+    return np.vstack(rows)
+
+
+def _eigh_device(device) -> str | None:
+    """The device of the bootstrap's batched eigendecompositions: a GPU's; None (NumPy) on the CPU."""
+    return None if torch.device(device).type == "cpu" else str(device)
+
+
+def _open_pair(pair: PairSpec, config: SweepConfig, device, progress, notes):
+    sides = {}
+    for role, spec in tqdm(
+        [("base", pair.base), ("aligned", pair.aligned)],
+        desc=f"opening {pair.label}",
+        disable=not progress,
+        leave=False,
+    ):
+        adapter = None
+        if role == "aligned" and probes.is_adapter(spec):  # LoRA: the base with the adapter merged
+            spec, adapter = pair.base, spec
+        sides[role], note = open_layerwise(
+            spec,
+            device=device,
+            dtype=config.dtype,
+            trust_remote_code=config.trust_remote_code,
+            adapter=adapter,
+        )
+        if note:
+            notes.append(note)
+    return sides
 
 
 def sweep_pair(
@@ -110,7 +187,14 @@ def sweep_pair(
     progress: bool = True,
     threads: int | None = None,
 ) -> PairResult:
-    """Run the whole grid for one pair (the unit of work for Dask)."""
+    """Run the whole grid for one pair (the unit of work for Dask), one layer at a time.
+
+    Neither model is ever held whole: each side is a skeleton over its
+    checkpoint (:class:`probes.LayerwiseModel`), the statistics pass runs one
+    layer at a time (:func:`probes.layerwise_statistics`), and each layer's
+    deltas, bases, fractions and bootstrap replicates are computed and
+    dropped before the next layer is read.
+    """
     if threads is not None:  # a Dask worker: match the client's thread count, for identical results
         torch.set_num_threads(threads)
     cache = StatisticsCache(cache_root)
@@ -120,107 +204,150 @@ def sweep_pair(
         config.cutoffs,
         config.normalisations,
     )
-    models = {}
-    for role, spec in tqdm(
-        [("base", pair.base), ("aligned", pair.aligned)],
-        desc=f"loading {pair.label}",
-        disable=not progress,
-        leave=False,
-    ):
-        models[role] = load_model(
-            spec, device=device, dtype=config.dtype, trust_remote_code=config.trust_remote_code
-        )
-    base, aligned = models["base"], models["aligned"]
-    dims = probes.model_dims(base)
+    notes: list[str] = []
+    sides = _open_pair(pair, config, device, progress, notes)
+    base, aligned = sides["base"], sides["aligned"]
+    probes.check_pair(base.model, aligned.model)
+    dims = probes.model_dims(base.model)
     d, n_layers = dims.d_model, dims.n_layers
-    matrices = tuple(m for m in config.matrices if m in probes.family_of(base).matrices)
+    matrices = tuple(m for m in config.matrices if m in base.family.matrices)
     if not matrices:
         raise ValueError(
             f"pair {pair.label!r}: none of {list(config.matrices)} exist in {dims.model_type}"
         )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas are reported below, once
-        deltas = probes.extract_deltas(base, aligned, matrices=matrices)  # checks the pair first
-    zero = [f"layer {layer} {m}" for (layer, m), delta in deltas.items() if not torch.any(delta)]
-    notes = [f"all-zero delta (NaN fractions): {', '.join(zero)}"] if zero else []
-    weights = probes.canonical_weights(base, matrices=matrices)
+    clock = time.perf_counter()
+    hashes = {
+        role: probes.weights_hash(getattr(pair, role), progress=progress)
+        for role in ("base", "aligned")
+    }
+    timings = {"hashing": time.perf_counter() - clock}
     provenance = {
         "base_id": pair.base,
         "aligned_id": pair.aligned,
         "phase": pair.phase,
-        "base_hash": probes.weights_hash(pair.base),
-        "aligned_hash": probes.weights_hash(pair.aligned),
+        "base_hash": hashes["base"],
+        "aligned_hash": hashes["aligned"],
         "model_type": dims.model_type,
         "n_layers": n_layers,
         "d_model": d,
         "n_heads": dims.n_heads,
         "n_kv_heads": dims.n_kv_heads,
-        "tied_embeddings": int(probes.tied_embeddings(base)),
+        "tied_embeddings": int(bool(getattr(base.model.config, "tie_word_embeddings", False))),
+        "dtype": str(base.dtype).removeprefix("torch."),
+        # A LoRA pair: the canonical matrices its adapter targets ("" = a full model, every one).
+        "targeted_matrices": ",".join(m for m in matrices if m in targeted_matrices(aligned)),
     }
 
-    # Statistics: one pass per model whose activations some construction reads.
-    sites = sorted({probes.SITE_OF[m] for m in matrices})
-    stats, passes = {}, 0
     # A pretraining pair's base is an initialisation: its constructions come from the trained side.
     sources = TRAINED_SIDE_SOURCE if pair.phase == "pretrain" else ACTIVATION_SOURCE
     provenance["construction_side"] = "aligned" if pair.phase == "pretrain" else "base"
-    for role in sorted({sources[c] for c in constructions if c in sources}):
-        stats[role], ran = _statistics(
-            models[role],
-            provenance[f"{role}_hash"],
-            corpus,
-            sites,
-            config,
-            device,
-            cache,
-            progress,
-            f"{pair.label}/{role}",
-        )
-        passes += ran
-
+    roles = sorted({sources[c] for c in constructions if c in sources})
     pair_bases = {}
+    clock = time.perf_counter()
     if any(c.startswith("unembed") for c in constructions):
-        side = models[provenance["construction_side"]]
-        pair_bases = probes.prediction_subspaces(side)
-        if "unembed_folded" in constructions and probes.final_norm_gain(side) is None:
-            notes.append("the final norm has no gain: unembed_folded equals unembed")
+        side = sides[provenance["construction_side"]]
+        with side.parts(*side.prediction_prefixes()) as model:
+            pair_bases = probes.prediction_subspaces(model)
+            if "unembed_folded" in constructions and probes.final_norm_gain(model) is None:
+                notes.append("the final norm has no gain: unembed_folded equals unembed")
+    timings["prediction_bases"] = time.perf_counter() - clock
     if pair.phase == "pretrain":
         notes.append(
             "a pretraining pair: activation and unembedding constructions from the trained side"
         )
-    del aligned, models
 
     grid = Grid(config, d, pair.label, pair_bases, sources)
+    grid.eigh_device = _eigh_device(device)
     shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
     ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
     purity = np.full((n_layers, len(matrices)), np.nan)
     resampled = [c for c in constructions if c in sources]
-    weights_b = _resampling_weights(stats, config, pair.label) if config.replicates else None
+    weights_b = (
+        _resampling_weights(config, corpus, bool(roles), pair.label) if config.replicates else None
+    )
     boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
-    for layer in tqdm(
-        range(n_layers), desc=f"grid {pair.label}", disable=not progress, leave=False
-    ):
-        layer_deltas = [as_numpy(deltas[(layer, m)]) for m in matrices]
-        layer_weights = [as_numpy(weights[(layer, m)]) if grid.need_w else None for m in matrices]
+    sites = sorted({probes.SITE_OF[m] for m in matrices})
+    passes = {"ran": False}
+
+    def statistics():
+        if not roles:
+            yield from ((layer, {}) for layer in range(n_layers))
+            return
+        # A LoRA side's activations are those of the base with the adapter merged: both hashes.
+        role_hashes = {
+            role: provenance[f"{role}_hash"]
+            if sides[role].adapter is None
+            else f"{provenance['base_hash']}+{provenance[f'{role}_hash']}"
+            for role in roles
+        }
+        models = {role: sides[role] for role in roles}
+        for layer, stats, ran in _layer_statistics(
+            models, role_hashes, corpus, sites, config, cache, progress, pair.label
+        ):
+            passes["ran"] = passes["ran"] or ran
+            yield layer, stats
+
+    zero = []
+    timings["statistics"] = timings["grid"] = 0.0
+    layers = iter(statistics())
+    bar = tqdm(total=n_layers, desc=f"layers {pair.label}", disable=not progress, leave=False)
+    while True:
+        clock = time.perf_counter()
+        try:
+            layer, stats = next(layers)
+        except StopIteration:
+            break
+        timings["statistics"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        deltas, base_weights = probes.layer_deltas(
+            base, aligned, layer, matrices, with_base=grid.need_w
+        )
+        if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
+            zero += [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
+        layer_deltas = [as_numpy(deltas.pop(m)) for m in matrices]
+        layer_weights = [as_numpy(base_weights.pop(m)) if grid.need_w else None for m in matrices]
         prepared = grid.prepare(matrices, layer_deltas, layer_weights)
-        grid.fill(layer, prepared, stats, rsf[layer], ks[layer])
-        delta_fro[layer] = [np.linalg.norm(delta) for delta in layer_deltas]
+        del layer_deltas, layer_weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once below
+            grid.fill(layer, prepared, stats, rsf[layer], ks[layer])
+        delta_fro[layer] = [np.linalg.norm(matrix.delta) for matrix in prepared]
         purity[layer] = [matrix.purity for matrix in prepared]
-        if boot is None:
-            continue
-        # Replicates: the corpus-independent constructions keep their values; the
-        # activation ones are recomputed from reweighted chunk statistics.
-        boot[:, layer] = rsf[layer]
-        if resampled:
-            fill_replicates(grid, layer, prepared, stats, weights_b, boot[:, layer], resampled)
+        if boot is not None:
+            # Replicates: the corpus-independent constructions keep their values; the
+            # activation ones are recomputed from reweighted chunk statistics.
+            boot[:, layer] = rsf[layer]
+            if resampled:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fill_replicates(
+                        grid, layer, prepared, stats, weights_b, boot[:, layer], resampled,
+                        progress=progress, label=f"bootstrap {pair.label} layer {layer}",
+                    )  # fmt: skip
+        del prepared, stats
+        timings["grid"] += time.perf_counter() - clock
+        bar.update(1)
+    bar.close()
+    if zero:
+        notes.insert(0, f"all-zero delta (NaN fractions): {', '.join(zero)}")
     bootstrap = None
     if boot is not None:
         n_boot = config.replicates
         bootstrap = {"replicates": boot[:n_boot], "jackknife": boot[n_boot:], "weights": weights_b}
     return PairResult(
-        pair.label, matrices, rsf, ks, delta_fro, purity, provenance, passes, notes, bootstrap
+        pair.label,
+        matrices,
+        rsf,
+        ks,
+        delta_fro,
+        purity,
+        provenance,
+        len(roles) if passes["ran"] else 0,
+        notes,
+        bootstrap,
+        timings,
     )
 
 

@@ -21,6 +21,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 import probes
 
@@ -30,13 +31,27 @@ __all__ = [
     "ACTIVATION_SOURCE",
     "TRAINED_SIDE_SOURCE",
     "REPLICATE_BLOCK",
+    "REPLICATE_BLOCK_BYTES",
     "Grid",
     "as_numpy",
     "eigen_all",
     "fill_replicates",
+    "replicate_block",
 ]
 
-REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together
+REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together, at most
+REPLICATE_BLOCK_BYTES = 1 << 30  # and no more than their d × d matrices and bases fit in this
+
+
+def replicate_block(n_sites: int, d: int) -> int:
+    """Replicates per block: :data:`REPLICATE_BLOCK`, fewer when their matrices would be large.
+
+    A block holds, per replicate and site, the reweighted ``d × d`` statistics
+    and their eigenbasis (two float64 ``d × d`` arrays): at d = 768 eight
+    replicates of 3 sites are 113 MB, at d = 4096 one replicate is 805 MB.
+    """
+    per_replicate = n_sites * 2 * d * d * 8
+    return max(1, min(REPLICATE_BLOCK, REPLICATE_BLOCK_BYTES // per_replicate))
 # Which model's activations each activation construction reads. A pretraining pair (its base
 # an initialisation with no structure) takes its constructions from the trained side.
 ACTIVATION_SOURCE = {"act_cov": "base", "act_moment": "base", "act_cov_aligned": "aligned"}
@@ -98,6 +113,9 @@ class Grid:
             if probes.parse_cutoff(c).rule in ("k", "frac")
         ]
         self.random_k = max(fixed, default=0)
+        # Where the bootstrap's eigendecompositions run batched (torch.linalg.eigh): the
+        # statistics' GPU; None keeps NumPy's, two at a time on the CPU (as fast there).
+        self.eigh_device: str | None = None
 
     def prepare(self, matrices, deltas, weights) -> list[_Matrix]:
         prepared = []
@@ -194,8 +212,10 @@ class Grid:
                     )
 
 
-def fill_replicates(grid, layer, prepared, stats, weights, out, constructions) -> None:
-    """Fill ``out[b]`` for each row of ``weights``, in blocks of REPLICATE_BLOCK replicates.
+def fill_replicates(
+    grid, layer, prepared, stats, weights, out, constructions, *, progress=False, label="bootstrap"
+) -> None:
+    """Fill ``out[b]`` for each row of ``weights``, in blocks of :func:`replicate_block` replicates.
 
     A block's reweighted statistics come from one pass over the chunks per site,
     and its eigendecompositions (sites × replicates) share the two-thread pool,
@@ -203,8 +223,10 @@ def fill_replicates(grid, layer, prepared, stats, weights, out, constructions) -
     """
     sites = sorted({(layer, probes.SITE_OF[m.name]) for m in prepared})
     scratch = np.empty(out.shape[1:4], dtype=np.int64)  # ks of one replicate: not kept
-    for start in range(0, len(weights), REPLICATE_BLOCK):
-        block = weights[start : start + REPLICATE_BLOCK]
+    size = replicate_block(len(sites) * len(stats), grid.d)
+    starts = range(0, len(weights), size)
+    for start in tqdm(starts, desc=label, disable=not progress or len(starts) < 2, leave=False):
+        block = weights[start : start + size]
         replicates = [
             {role: probes.ActivationStatistics(sites={}) for role in stats} for _ in block
         ]
@@ -217,7 +239,18 @@ def fill_replicates(grid, layer, prepared, stats, weights, out, constructions) -
             for b, replicate in enumerate(replicates)
             for key, task in grid.basis_tasks(layer, prepared, replicate, constructions).items()
         }
-        bases = eigen_all(tasks)
+        if grid.eigh_device is None:
+            bases = eigen_all(tasks)
+        else:  # every task is an activation construction's covariance: one batched call
+            keys = list(tasks)
+            moments = []
+            for b, (site, construction) in keys:
+                statistics = replicates[b][grid.sources[construction]].sites[(layer, site)]
+                moments.append((statistics.sum_x, statistics.sum_xx, statistics.n,
+                                construction != "act_moment", construction))  # fmt: skip
+            found = probes.covariance_subspaces(moments, device=grid.eigh_device)
+            del moments
+            bases = dict(zip(keys, found, strict=True))
         del tasks, replicates
         for b in range(len(block)):
             mine = {key: basis for (owner, key), basis in bases.items() if owner == b}

@@ -22,6 +22,7 @@ __all__ = [
     "check_vocabulary",
     "config_widths",
     "load_model",
+    "open_layerwise",
     "open_model_config",
     "preflight",
     "prepare_corpus",
@@ -101,9 +102,15 @@ def preflight(config: SweepConfig) -> dict[str, dict]:
         base = config_widths(
             open_model_config(pair.base, trust_remote_code=config.trust_remote_code)
         )
-        aligned = config_widths(
-            open_model_config(pair.aligned, trust_remote_code=config.trust_remote_code)
-        )
+        if probes.is_adapter(
+            pair.aligned
+        ):  # a LoRA adapter on the base: its shapes are checked on opening
+            probes.LoraAdapter(os.path.expanduser(pair.aligned))
+            aligned = base
+        else:
+            aligned = config_widths(
+                open_model_config(pair.aligned, trust_remote_code=config.trust_remote_code)
+            )
         if base["model_type"] not in probes.SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"pair {pair.label!r}: unsupported model type {base['model_type']!r}: supported are "
@@ -167,3 +174,73 @@ def load_model(
         )
     except OSError as error:
         raise ValueError(f"cannot load model {spec!r}: {error}") from None
+
+
+def open_layerwise(
+    spec: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+) -> tuple[probes.LayerwiseModel, str | None]:
+    """`spec` as a :class:`probes.LayerwiseModel` over its checkpoint, and a note or ``None``.
+
+    A checkpoint whose tensors the model cannot be streamed from (names or
+    shapes transformers would convert on loading) is loaded whole instead,
+    with a note saying so; a checkpoint of PyTorch pickles streams too
+    (memory-mapped), with a note. With `adapter` (a PEFT LoRA directory) the
+    model is `spec` with the adapter merged as each part is read, and the note
+    names the matrices it targets.
+    """
+    supported_config(spec, trust_remote_code=trust_remote_code)
+    path = os.path.expanduser(spec) if os.path.exists(os.path.expanduser(spec)) else spec
+    if adapter is not None:
+        lora = probes.LoraAdapter(os.path.expanduser(adapter))
+        try:
+            model = probes.LayerwiseModel.from_checkpoint(
+                path, dtype=dtype, device=device, trust_remote_code=trust_remote_code, adapter=lora
+            )
+        except probes.NotStreamable as reason:
+            raise ValueError(f"{reason}: a LoRA adapter needs a base that streams") from None
+        return model, adapter_note(model)
+    try:
+        model = probes.LayerwiseModel.from_checkpoint(
+            path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+        )
+    except probes.NotStreamable as reason:
+        loaded = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return probes.LayerwiseModel.loaded(loaded), f"{reason}: loaded whole"
+    if model.checkpoint.format == "pickle":
+        return model, f"{spec} has no safetensors: its pickles are read memory-mapped"
+    return model, None
+
+
+def targeted_matrices(model: probes.LayerwiseModel) -> dict[str, list[int]]:
+    """``{canonical matrix: [layers]}`` that `model`'s LoRA adapter targets (empty without one)."""
+    if model.adapter is None:
+        return {}
+    targeted: dict[str, list[int]] = {}
+    n_layers = len(probes.layer_modules(model.model))
+    for matrix in model.family.matrices:
+        for layer in range(n_layers):
+            if model.module_prefix(layer, matrix).removesuffix(".") in model.adapter.modules:
+                targeted.setdefault(matrix, []).append(layer)
+    return targeted
+
+
+def adapter_note(model: probes.LayerwiseModel) -> str:
+    """One line on what a LoRA adapter changes: the matrices it targets and their layers."""
+    targeted = targeted_matrices(model)
+    n_layers = len(probes.layer_modules(model.model))
+    parts = [
+        m if len(layers) == n_layers else f"{m} (layers {','.join(map(str, layers))})"
+        for m, layers in targeted.items()
+    ]
+    line = (
+        f"a LoRA adapter on the base ({model.adapter.source}): it targets {', '.join(parts) or 'nothing'}; "
+        "the other matrices have no delta"
+    )
+    if model.adapter.ignored:
+        line += f"; not LoRA deltas, not measured: {', '.join(model.adapter.ignored[:4])}"
+    return line

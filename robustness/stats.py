@@ -141,8 +141,12 @@ def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence
         per_layer = s[..., read_idx, :].mean(axis=-2) - s[..., write_idx, :].mean(axis=-2)
         return per_layer.mean(axis=-2)  # [..., spec]
 
-    replicates, jackknife, observed = asymmetry("rsf_boot"), asymmetry("rsf_jack"), asymmetry("rsf")
-    bca_low, bca_high = bca_interval(replicates, jackknife, observed, confidence_level)
+    replicates, observed = asymmetry("rsf_boot"), asymmetry("rsf")
+    if "rsf_jack" in results:
+        jackknife = asymmetry("rsf_jack")
+        bca_low, bca_high = bca_interval(replicates, jackknife, observed, confidence_level)
+    else:  # swept without --bca: no jackknife rows, no BCa interval
+        bca_low, bca_high = np.full(observed.shape, np.nan), np.full(observed.shape, np.nan)
     valid = np.isfinite(replicates).all(axis=0)
     pct = np.full((2, observed.size), np.nan)
     pct[:, valid] = percentile_interval(replicates[:, valid], confidence_level)
@@ -199,7 +203,6 @@ def compute_stats(
         raise ValueError(f"`n_resamples` must be at least 1, got {n_resamples}")
     read, write = _validate_sets(results, read, write)
     matrices = list(results.matrix.values)
-    read_idx, write_idx = [matrices.index(m) for m in read], [matrices.index(m) for m in write]
     shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
     specs = [
         (str(c), str(k), str(n))
@@ -210,7 +213,7 @@ def compute_stats(
     names = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_greater", "p_signflip",
              "p_perm", "p_adj", "p_wy", "effect_size", "effect_ci_low", "effect_ci_high",
              "lag1_autocorrelation", "effective_layers")  # fmt: skip
-    boot = "rsf_boot" in results and "rsf_jack" in results
+    boot = "rsf_boot" in results
     if boot:
         names += ("seq_ci_low", "seq_ci_high", "seq_ci_low_bca", "seq_ci_high_bca",
                   "seq_ci_low_percentile", "seq_ci_high_percentile")  # fmt: skip
@@ -224,6 +227,17 @@ def compute_stats(
     rng = np.random.default_rng(seed)
     for p, pair in enumerate(tqdm(results.pair.values, desc="stats", disable=not progress)):
         n_layers = _n_layers(results, pair)
+        pair_read, pair_write = _targeted_sets(results, pair, read, write)
+        read_idx = [matrices.index(m) for m in pair_read]
+        write_idx = [matrices.index(m) for m in pair_write]
+        if not pair_read or not pair_write:
+            missing = [f"no {name} matrix ({', '.join(chosen)})" for name, chosen, kept in
+                       (("read", read, pair_read), ("write", write, pair_write)) if not kept]  # fmt: skip
+            per_pair[str(pair)] = {
+                "n_layers": n_layers,
+                "note": f"its LoRA adapter targets {' and '.join(missing)}: the asymmetry is not tested",
+            }
+            continue
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
         s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
         duplicate_of = curve.duplicates(s, specs, tuple(preferred))
@@ -370,6 +384,17 @@ def compute_stats(
         },
     )
     return ds
+
+
+def _targeted_sets(results, pair, read, write) -> tuple[list[str], list[str]]:
+    """The read and write sets a pair can be tested on: for a LoRA pair, the targeted matrices only."""
+    if "targeted_matrices" not in results:
+        return list(read), list(write)
+    targeted = str(results.targeted_matrices.sel(pair=pair).values)
+    if not targeted:  # a full model: every matrix has a delta
+        return list(read), list(write)
+    kept = set(targeted.split(","))
+    return [m for m in read if m in kept], [m for m in write if m in kept]
 
 
 def _references(results, pair, n_layers, specs, read_idx, write_idx) -> np.ndarray:

@@ -100,8 +100,10 @@ def add_pathway_sets(parser) -> None:
     )
 
 
-def add_bootstrap(parser, *, default: int | None = None, seed_default: int | None = None) -> None:
-    """``--bootstrap`` (sequence-bootstrap replicates) and ``--seed``."""
+def add_bootstrap(
+    parser, *, default: int | None = None, seed_default: int | None = None, bca: bool = False
+) -> None:
+    """``--bootstrap`` (sequence-bootstrap replicates), ``--seed`` and (sweeps) ``--bca``."""
     group = parser.add_argument_group("bootstrap")
     shown = "0: none" if default is None else str(default)
     group.add_argument(
@@ -116,6 +118,13 @@ def add_bootstrap(parser, *, default: int | None = None, seed_default: int | Non
         default=seed_default,
         help=f"seed for random bases and resampling (default {seed_default or 0})",
     )
+    if bca:
+        group.add_argument(
+            "--bca",
+            action="store_true",
+            default=None,
+            help="also compute the leave-one-chunk-out rows BCa intervals need",
+        )
 
 
 def add_run(
@@ -134,8 +143,12 @@ def add_run(
         "--device", default=device_default, help="auto (default), cpu, cuda or cuda:N"
     )
     if dtype:
+        shown = dtype_default or "auto"
         group.add_argument(
-            "--dtype", default=dtype_default, help="float32 (default), bfloat16, float16 or float64"
+            "--dtype",
+            default=dtype_default,
+            help=f"auto (the checkpoint's stored dtype), float32, bfloat16, float16 or float64 "
+            f"(default {shown})",
         )
     if batch:
         group.add_argument(
@@ -231,6 +244,7 @@ def sweep_config(config: SweepConfig, args, **changes) -> SweepConfig:
         matrices=split_list(getattr(args, "matrices", None)),
         replicates=getattr(args, "bootstrap", None),
         seed=getattr(args, "seed", None),
+        bca=getattr(args, "bca", None),
         device=getattr(args, "device", None),
         batch_size=getattr(args, "batch_size", None),
         trust_remote_code=True if getattr(args, "trust_remote_code", False) else None,

@@ -38,7 +38,7 @@ def add_parser(commands) -> None:
     models.add_argument("--config", help="TOML config with one or more [[pair]] tables")
     add_probe_grid(parser)
     add_corpus(parser)
-    add_bootstrap(parser)
+    add_bootstrap(parser, bca=True)
     add_run(parser, dask=True)
     add_cache(parser)
     parser.add_argument("--out", default="results.nc", help="output dataset (default results.nc)")

@@ -16,7 +16,7 @@ from rsf.main import main
 
 @pytest.fixture(scope="session")
 def boot_results(saved_pair, tmp_path_factory):
-    """`rsf sweep --bootstrap 30` on a four-layer llama pair: (dataset, the argument list)."""
+    """`rsf sweep --bootstrap 30 --bca` on a four-layer llama pair: (dataset, the argument list)."""
     base, aligned = saved_pair("llama", num_hidden_layers=4)
     out = tmp_path_factory.mktemp("boot") / "results.nc"
     args = [
@@ -33,6 +33,7 @@ def boot_results(saved_pair, tmp_path_factory):
         "16",
         "--bootstrap",
         "30",
+        "--bca",
         "--constructions",
         "act_cov,act_cov_aligned,unembed,random",
         "--cutoffs",

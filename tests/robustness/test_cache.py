@@ -64,7 +64,7 @@ def test_corrupt_cache_entry_is_detected_and_recomputed(saved_pair, tmp_path):
     cache = tmp_path / "cache"
     first = sweep(tmp_path, base, aligned, "--constructions", "act_cov", cache=cache, out="a.nc")
     entries = list((cache / "statistics").glob("*.npz"))
-    assert len(entries) == 1
+    assert len(entries) == 2  # one per layer of the two-layer model
     data = entries[0].read_bytes()
     entries[0].write_bytes(data[: len(data) // 2])  # a truncated write
     with (

@@ -143,6 +143,7 @@ def test_a_replicate_with_every_chunk_once_is_the_point_estimate(saved_pair):
         constructions=("act_cov",),
         cutoffs=("k=4", "pr"),
         replicates=2,
+        bca=True,
     )
     corpus = Corpus(np.random.default_rng(0).integers(0, 61, size=(8, 8)), "test")
     (result,) = run_sweep(config, corpus, progress=False)
@@ -169,6 +170,7 @@ def test_a_replicate_equals_a_sweep_of_its_resampled_corpus(saved_pair):
         cutoffs=("k=2", "k=5", "var=0.9", "pr"),
         normalisations=("fraction", "null_z", "base_relative"),
         replicates=11,  # more than one block of replicates
+        bca=True,
     )
     (result,) = run_sweep(config, Corpus(ids, "test"), progress=False)
     rows = np.vstack([result.bootstrap["replicates"], result.bootstrap["jackknife"]])
