@@ -16,7 +16,9 @@ For one pair the work is ordered so that nothing expensive happens twice:
 
 Pairs are independent units of work: serially, or on a Dask cluster
 (``workers`` for a ``LocalCluster``, ``scheduler`` for an existing one), with
-identical results.
+identical results; a single pair on a cluster is split into layer blocks
+instead (the statistics pass on the client, each layer's grid and bootstrap
+a task).
 """
 
 from __future__ import annotations
@@ -178,6 +180,85 @@ def _open_pair(pair: PairSpec, config: SweepConfig, device, progress, notes):
     return sides
 
 
+@dataclass
+class _LayerJob:
+    """One pair's per-layer work besides the statistics pass: deltas, bases, fractions, replicates.
+
+    Picklable (:meth:`portable` drops the opened sides), so a Dask worker can
+    run a layer block: it reopens the pair's skeletons from their configs.
+    """
+
+    pair: PairSpec
+    config: SweepConfig
+    device: str
+    matrices: tuple[str, ...]
+    grid: Grid
+    weights_b: np.ndarray | None
+    resampled: list[str]
+    sides: dict | None = None
+
+    def portable(self) -> _LayerJob:
+        return _LayerJob(
+            self.pair, self.config, self.device, self.matrices, self.grid, self.weights_b,
+            self.resampled,
+        )  # fmt: skip
+
+    def run(self, layer: int, stats: dict, *, progress: bool = False) -> dict:
+        if self.sides is None:
+            self.sides = _open_pair(self.pair, self.config, self.device, False, [])
+        base, aligned = self.sides["base"], self.sides["aligned"]
+        grid, matrices = self.grid, self.matrices
+        shape = (len(matrices), len(self.config.constructions), len(self.config.cutoffs))
+        rsf = np.full((*shape, len(self.config.normalisations)), np.nan)
+        ks = np.full(shape, UNDEFINED, dtype=np.int64)
+        deltas, base_weights = probes.layer_deltas(
+            base, aligned, layer, matrices, with_base=grid.need_w
+        )
+        zero = []
+        if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
+            zero = [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
+        layer_deltas = [as_numpy(deltas.pop(m)) for m in matrices]
+        layer_weights = [as_numpy(base_weights.pop(m)) if grid.need_w else None for m in matrices]
+        prepared = grid.prepare(matrices, layer_deltas, layer_weights)
+        del layer_deltas, layer_weights
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
+            grid.fill(layer, prepared, stats, rsf, ks)
+        out = {
+            "rsf": rsf,
+            "k": ks,
+            "delta_fro": [np.linalg.norm(matrix.delta) for matrix in prepared],
+            "purity": [matrix.purity for matrix in prepared],
+            "zero": zero,
+        }
+        if self.weights_b is not None:
+            # Replicates: the corpus-independent constructions keep their values; the
+            # activation ones are recomputed from reweighted chunk statistics.
+            boot = np.broadcast_to(rsf, (len(self.weights_b), *rsf.shape)).copy()
+            if self.resampled:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fill_replicates(
+                        grid, layer, prepared, stats, self.weights_b, boot, self.resampled,
+                        progress=progress, label=f"bootstrap {self.pair.label} layer {layer}",
+                    )  # fmt: skip
+            out["boot"] = boot
+        return out
+
+
+def _thread_limits() -> tuple[int, int | None]:
+    return torch.get_num_threads(), _blas_threads()
+
+
+def _run_layer_job(job: _LayerJob, layer: int, stats: dict, threads: int, blas_threads):
+    """A Dask worker's layer block, with the client's thread counts (for identical results)."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    with threadpool_limits(limits=blas_threads, user_api="blas"):
+        return job.run(layer, stats)
+
+
 def sweep_pair(
     pair: PairSpec,
     config: SweepConfig,
@@ -186,8 +267,12 @@ def sweep_pair(
     cache_root=None,
     progress: bool = True,
     threads: int | None = None,
+    client=None,
 ) -> PairResult:
     """Run the whole grid for one pair (the unit of work for Dask), one layer at a time.
+
+    With a Dask `client` the statistics pass runs here and each layer's grid
+    and bootstrap run as a task on the cluster (layer blocks of one pair).
 
     Neither model is ever held whole: each side is a skeleton over its
     checkpoint (:class:`probes.LayerwiseModel`), the statistics pass runs one
@@ -289,10 +374,22 @@ def sweep_pair(
             passes["ran"] = passes["ran"] or ran
             yield layer, stats
 
+    job = _LayerJob(pair, config, device, matrices, grid, weights_b, resampled)
+    job.sides = sides
     zero = []
     timings["statistics"] = timings["grid"] = 0.0
     layers = iter(statistics())
     bar = tqdm(total=n_layers, desc=f"layers {pair.label}", disable=not progress, leave=False)
+
+    def keep(layer, out):
+        rsf[layer], ks[layer] = out["rsf"], out["k"]
+        delta_fro[layer], purity[layer] = out["delta_fro"], out["purity"]
+        if boot is not None:
+            boot[:, layer] = out["boot"]
+        zero.extend(out["zero"])
+        bar.update(1)
+
+    pending = {}
     while True:
         clock = time.perf_counter()
         try:
@@ -301,34 +398,21 @@ def sweep_pair(
             break
         timings["statistics"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        deltas, base_weights = probes.layer_deltas(
-            base, aligned, layer, matrices, with_base=grid.need_w
-        )
-        if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
-            zero += [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
-        layer_deltas = [as_numpy(deltas.pop(m)) for m in matrices]
-        layer_weights = [as_numpy(base_weights.pop(m)) if grid.need_w else None for m in matrices]
-        prepared = grid.prepare(matrices, layer_deltas, layer_weights)
-        del layer_deltas, layer_weights
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once below
-            grid.fill(layer, prepared, stats, rsf[layer], ks[layer])
-        delta_fro[layer] = [np.linalg.norm(matrix.delta) for matrix in prepared]
-        purity[layer] = [matrix.purity for matrix in prepared]
-        if boot is not None:
-            # Replicates: the corpus-independent constructions keep their values; the
-            # activation ones are recomputed from reweighted chunk statistics.
-            boot[:, layer] = rsf[layer]
-            if resampled:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    fill_replicates(
-                        grid, layer, prepared, stats, weights_b, boot[:, layer], resampled,
-                        progress=progress, label=f"bootstrap {pair.label} layer {layer}",
-                    )  # fmt: skip
-        del prepared, stats
+        if client is None:
+            keep(layer, job.run(layer, stats, progress=progress))
+        else:  # a layer block on the cluster; at most two per worker in flight
+            pending[layer] = client.submit(
+                _run_layer_job, job.portable(), layer, stats, *_thread_limits(), pure=False
+            )
+            while len(pending) > 2 * max(1, len(client.scheduler_info()["workers"])):
+                done = min(pending)
+                keep(done, pending.pop(done).result())
+        del stats
         timings["grid"] += time.perf_counter() - clock
-        bar.update(1)
+    clock = time.perf_counter()
+    for layer in sorted(pending):
+        keep(layer, pending.pop(layer).result())
+    timings["grid"] += time.perf_counter() - clock
     bar.close()
     if zero:
         notes.insert(0, f"all-zero delta (NaN fractions): {', '.join(zero)}")
@@ -378,7 +462,13 @@ def run_sweep(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> list[PairResult]:
-    """Every pair of `config`, serially or on Dask; results in the config's pair order."""
+    """Every pair of `config`, serially or on Dask; results in the config's pair order.
+
+    On Dask, several pairs are the tasks (each a whole sweep on one worker);
+    a single pair is split into layer blocks (its statistics pass here, each
+    layer's grid and bootstrap on a worker). Either way the results equal a
+    serial run's.
+    """
     if not workers and not scheduler:
         return [
             sweep_pair(pair, config, corpus, cache_root=cache_root, progress=progress)
@@ -401,6 +491,13 @@ def run_sweep(
         )
         client = Client(cluster)
     try:
+        if len(config.pairs) == 1:  # one pair: its layer blocks are the tasks
+            return [
+                sweep_pair(
+                    config.pairs[0], config, corpus, cache_root=cache_root, progress=progress,
+                    client=client,
+                )
+            ]  # fmt: skip
         corpus_future = client.scatter(corpus, broadcast=True)
         futures = [
             client.submit(

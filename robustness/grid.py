@@ -52,6 +52,8 @@ def replicate_block(n_sites: int, d: int) -> int:
     """
     per_replicate = n_sites * 2 * d * d * 8
     return max(1, min(REPLICATE_BLOCK, REPLICATE_BLOCK_BYTES // per_replicate))
+
+
 # Which model's activations each activation construction reads. A pretraining pair (its base
 # an initialisation with no structure) takes its constructions from the trained side.
 ACTIVATION_SOURCE = {"act_cov": "base", "act_moment": "base", "act_cov_aligned": "aligned"}

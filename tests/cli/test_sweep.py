@@ -58,6 +58,21 @@ def test_several_pairs_from_a_config_and_dask_equals_serial(saved_pair, tmp_path
         assert np.array_equal(serial[name].values, parallel[name].values, equal_nan=True), name
 
 
+def test_one_pair_on_dask_runs_layer_blocks_equal_to_serial(saved_pair, tmp_path):
+    """Null hypothesis: a single pair split into layer blocks on a two-worker local cluster
+    (loopback only) gives a serial run's numbers, bootstrap replicates included, bit for bit
+    (the workers use the client's thread counts)."""
+    base, aligned = saved_pair("llama", num_hidden_layers=4)
+    common = ["sweep", "--base", base, "--aligned", aligned, "--tokens", "256", "--seq-len", "16",
+              "--constructions", "act_cov,act_cov_aligned,unembed,random", "--cutoffs", "k=4,pr",
+              "--bootstrap", "3", "--quiet", "--no-cache"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "serial.nc")]) == 0
+    assert main([*common, "--out", str(tmp_path / "dask.nc"), "--workers", "2"]) == 0
+    serial, parallel = open_dataset(tmp_path / "serial.nc"), open_dataset(tmp_path / "dask.nc")
+    for name in ("rsf", "k", "delta_fro", "gram_purity", "rsf_boot"):
+        assert np.array_equal(serial[name].values, parallel[name].values, equal_nan=True), name
+
+
 def test_replicates_and_jackknife_are_stored(boot_results):
     ds, _ = boot_results
     assert ds.rsf_boot.dims == (
