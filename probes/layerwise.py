@@ -128,6 +128,10 @@ class LayerwiseModel:
                 config, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
         family_of(model)
+        for module in model.modules():  # buffers (rotary tables) live where the weights will
+            for key, buffer in module._buffers.items():
+                if buffer is not None:
+                    module._buffers[key] = buffer.to(device)
         stored = _stored_names(model, checkpoint)  # model's parameter name → stored name
         names = {}
         for name, param in model.named_parameters():

@@ -217,17 +217,27 @@ class _LayerJob:
         zero = []
         if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
             zero = [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
-        layer_deltas = [as_numpy(deltas.pop(m)) for m in matrices]
-        layer_weights = [as_numpy(base_weights.pop(m)) if grid.need_w else None for m in matrices]
-        prepared = grid.prepare(matrices, layer_deltas, layer_weights)
-        del layer_deltas, layer_weights
+        prepared, delta_fro = [], []
+        for matrix in matrices:  # one float64 delta at a time
+            delta = as_numpy(deltas.pop(matrix))
+            weight = as_numpy(base_weights.pop(matrix)) if grid.need_w else None
+            delta_fro.append(np.linalg.norm(delta))
+            (one,) = grid.prepare((matrix,), [delta], [weight])
+            del delta, weight
+            if one.gram_delta is not None:
+                # A wide matrix's fractions read only its d × d Grams: its delta (470 MB at
+                # 8B shapes) is dropped, a zero-stride stand-in keeping the shape.
+                one.delta = np.broadcast_to(np.float64(0.0), one.delta.shape)
+                if one.w_from is not None:
+                    one.w_from = np.broadcast_to(np.float64(0.0), one.w_from.shape)
+            prepared.append(one)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
             grid.fill(layer, prepared, stats, rsf, ks)
         out = {
             "rsf": rsf,
             "k": ks,
-            "delta_fro": [np.linalg.norm(matrix.delta) for matrix in prepared],
+            "delta_fro": delta_fro,
             "purity": [matrix.purity for matrix in prepared],
             "zero": zero,
         }
