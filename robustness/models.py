@@ -102,9 +102,8 @@ def preflight(config: SweepConfig) -> dict[str, dict]:
         base = config_widths(
             open_model_config(pair.base, trust_remote_code=config.trust_remote_code)
         )
-        if probes.is_adapter(
-            pair.aligned
-        ):  # a LoRA adapter on the base: its shapes are checked on opening
+        if probes.is_adapter(pair.aligned):
+            # A LoRA adapter on the base: readable here, its shapes checked on opening.
             probes.LoraAdapter(os.path.expanduser(pair.aligned))
             aligned = base
         else:
