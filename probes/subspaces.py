@@ -86,7 +86,7 @@ def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     symmetric *= 0.5
     values, vectors = np.linalg.eigh(symmetric)
     del symmetric
-    return np.clip(values[::-1], 0.0, None), vectors[:, ::-1]
+    return np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
 
 
 def covariance_subspace(
