@@ -40,7 +40,15 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from .activations import Accumulator, ActivationStatistics, site_hooks, statistics_batches
-from .adapters import MATRICES, _select, canonical_weights, family_of, layer_modules, matrix_rows
+from .adapters import (
+    MATRICES,
+    _linear_weight,
+    _select,
+    canonical_weights,
+    family_of,
+    layer_modules,
+    matrix_rows,
+)
 from .checkpoints import Checkpoint
 
 __all__ = [
@@ -245,8 +253,8 @@ class LayerwiseModel:
 
 
 def _linear_shape(module) -> tuple[int, int]:
-    shape = tuple(module.weight.shape)
-    return shape[::-1] if isinstance(module, Conv1D) else shape
+    """A module's weight shape in Linear layout (the adapters' own view; meta weights too)."""
+    return tuple(_linear_weight(module).shape)
 
 
 def _stored_names(model, checkpoint: Checkpoint) -> dict[str, str]:
