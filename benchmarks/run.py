@@ -22,8 +22,10 @@ the same machine, so machine noise cancels as far as it can:
   ``rsf sweep --bootstrap`` would (the timing process's own peak, which
   includes heap left by its earlier sweeps, is recorded beside it).
 - ``bootstrap_vs_eigh_floor``: seconds per bootstrap replicate (above) ÷ the
-  seconds of that replicate's eigendecompositions alone (36 of 768 × 768,
-  through the same two-at-a-time pool), measured in the same run;
+  seconds of that replicate's eigendecompositions alone (36 ``numpy.linalg.eigh``
+  of 768 × 768 through the same two-at-a-time pool, timed before and after the
+  sweeps of the same run); beside it the replicate's fraction products alone
+  (the triangular products its 144 F(k) profiles need) and the ratio to both;
 - ``dask_layer_speedup``: one GPT-2-small pair's bootstrapped sweep, serial
   seconds ÷ seconds on a 2-worker local cluster (layer blocks), reported only;
 - ``sweep_memory_ratio``, ``bootstrap_memory_ratio``, ``layers_memory_growth``:
@@ -56,6 +58,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +319,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
     # cached chunk statistics, so the difference is the replicates' cost alone.
     few = config.with_options(replicates=2)
     run_sweep(few, corpus, cache_root=cache, progress=False)  # fills the cache
+    floor_before = eigh_floor(768, 12 * 3)
     start = time.perf_counter()
     run_sweep(few, corpus, cache_root=cache, progress=False)
     baseline = time.perf_counter() - start
@@ -330,7 +334,10 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
         if not cutoff.startswith("k=")
     }
     per_replicate = max(with_replicates - baseline, 0.0) / (replicates - 2)
-    floor = eigh_floor(768, 12 * 3)
+    # The floors are timed before and after the sweeps' process state has settled,
+    # three times each; the median of the six (this machine's speed drifts).
+    floor = statistics.median([floor_before, eigh_floor(768, 12 * 3)])
+    fractions = fraction_floor(result.k, BOOTSTRAP_CUTOFFS)
     probe = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--bootstrap-probe", str(base_dir),
          str(aligned_dir), str(cache), str(n_tokens), str(replicates)],
@@ -341,6 +348,9 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
         "value": per_replicate * 1000,
         "vs_eigh_floor": per_replicate / floor,
         "eigh_floor_seconds_per_replicate": floor,
+        # What else a replicate cannot avoid: its fractions' triangular products.
+        "fraction_floor_seconds_per_replicate": fractions,
+        "vs_eigh_and_fraction_floor": per_replicate / (floor + fractions),
         "measured_replicates": replicates,
         "seconds_per_replicate": per_replicate,
         "sweep_seconds_2_replicates": baseline,
@@ -385,10 +395,45 @@ def dask_layer_speedup(tmp: Path, n_tokens: int = 16384, replicates: int = 8) ->
     }
 
 
+def fraction_floor(ks: np.ndarray, cutoffs, repeats: int = 3) -> float:
+    """Seconds for one replicate's fraction products alone, as the sweep forms them.
+
+    Per layer and site, one triangular product (BLAS ``trmm``) of a d × d
+    factor by the basis columns the cutoffs need (``d`` less the largest gap
+    between consecutive cutoffs, read from the sweep's own k), for each delta
+    and each ``W_from`` measured there (GPT-2: q, k, v on ``attn_in``, up on
+    ``mlp_in``, o and down on ``resid_post``), through the same pool.
+    """
+    from scipy.linalg import blas
+
+    from robustness.grid import worker_pool
+
+    d = 768
+    rng = np.random.default_rng(0)
+    factor = np.asfortranarray(np.triu(rng.standard_normal((d, d))))
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    spectral = [i for i, c in enumerate(cutoffs) if not c.startswith("k=")]
+    fixed = [int(c[2:]) for c in cutoffs if c.startswith("k=")]
+    tasks = []
+    for layer in range(ks.shape[0]):
+        for matrices, first in ((3, 0), (1, 4), (2, 3)):  # sites: their matrices, one of them
+            points = np.unique([0, d, *fixed, *ks[layer, first, 0, spectral]])
+            columns = np.asfortranarray(basis[:, : d - int(np.diff(points).max())])
+            tasks += [columns] * (2 * matrices)  # each delta and its W_from
+    times = []
+    with worker_pool() as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(lambda c: blas.dtrmm(1.0, factor, c, lower=0), tasks))
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def eigh_floor(d: int, count: int, repeats: int = 3) -> float:
     """Seconds for one replicate's eigendecompositions alone: `count` of d × d, as the sweep runs them.
 
-    Random covariance matrices (Wishart, d × 4d samples) through the same pool
+    Random covariance matrices (Wishart, d × 4d samples), ``numpy.linalg.eigh``
+    and nothing else (no symmetrising, no reordering), through the same pool
     (:func:`robustness.grid.eigen_all`: two at a time, one BLAS thread each).
     """
     from robustness.grid import eigen_all
@@ -400,9 +445,7 @@ def eigh_floor(d: int, count: int, repeats: int = 3) -> float:
         matrices.append(x.T @ x / (4 * d))
     times = []
     for _ in range(repeats):
-        tasks = {
-            i: (lambda m=m: probes.gram_subspace(m, "act_cov")) for i, m in enumerate(matrices)
-        }
+        tasks = {i: partial(np.linalg.eigh, m) for i, m in enumerate(matrices)}
         start = time.perf_counter()
         eigen_all(tasks)
         times.append(time.perf_counter() - start)
@@ -512,6 +555,10 @@ def main(argv=None) -> int:
                 "seconds_per_replicate": figure["seconds_per_replicate"],
                 "eigh_floor_seconds_per_replicate": figure["eigh_floor_seconds_per_replicate"],
                 "floor": "36 numpy eigh of 768 x 768 (12 layers x 3 sites), two at a time, one thread each",
+                "fraction_floor_seconds_per_replicate": figure[
+                    "fraction_floor_seconds_per_replicate"
+                ],
+                "vs_eigh_and_fraction_floor": figure["vs_eigh_and_fraction_floor"],
             }
         if "reduced_basis_error" in wanted:
             print("reduced_basis_error …", flush=True)

@@ -31,15 +31,18 @@ from .adapters import (
 from .checkpoints import Checkpoint, resolve_checkpoint, tensor_digest, weights_hash
 from .cutoffs import CUTOFF_RULES, Cutoff, parse_cutoff, resolve_cutoff, validate_cutoffs
 from .fraction import (
+    ResidualFactor,
     energy_profile,
     fraction_profile,
     fractions_at,
+    fractions_at_many,
     gram_purity,
     gram_spectrum,
     haar_log2_ratio_mean,
     haar_mean,
     haar_reference,
     haar_variance,
+    residual_factor,
     residual_gram,
 )
 from .gradients import (
@@ -96,6 +99,7 @@ __all__ = [
     "NORMALISATIONS",
     "PATHWAY",
     "RATIO_NORMALISATIONS",
+    "ResidualFactor",
     "SITES",
     "SITE_OF",
     "SUPPORTED_MODEL_TYPES",
@@ -125,6 +129,7 @@ __all__ = [
     "final_norm_gain",
     "fraction_profile",
     "fractions_at",
+    "fractions_at_many",
     "gram_purity",
     "gram_spectrum",
     "haar_log2_ratio_mean",
@@ -145,6 +150,7 @@ __all__ = [
     "rank1_hook",
     "rank1_update",
     "resolve_checkpoint",
+    "residual_factor",
     "residual_gram",
     "resolve_cutoff",
     "site_hooks",

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -39,32 +38,44 @@ __all__ = [
 ]
 
 SiteKey = tuple[int, str]
-PACKED_BLOCK = 1 << 20  # packed-triangle columns upcast to float64 at a time
+PACKED_BLOCK = 1 << 14  # packed-triangle columns upcast to float64 at a time
 
 
 @dataclass
 class SiteStatistics:
-    """Float64 streaming sums at one site."""
+    """Float64 streaming sums at one site.
+
+    ``upper_only``: ``sum_xx`` holds only its upper triangle (the rest zero), as a
+    bootstrap replicate's exactly symmetric reweighted sums are kept for their
+    eigendecomposition, which reads one triangle. Only :meth:`subspace` reads it.
+    """
 
     n: int
     sum_x: np.ndarray
     sum_xx: np.ndarray
+    upper_only: bool = False
 
     @property
     def mean(self) -> np.ndarray:
         return self.sum_x / self.n
 
+    def _full(self) -> np.ndarray:
+        if self.upper_only:
+            raise ValueError("these statistics keep only the upper triangle of Σxxᵀ")
+        return self.sum_xx
+
     def covariance(self) -> np.ndarray:
         """Centred covariance ``Σxxᵀ/n − μμᵀ`` (maximum-likelihood normalisation)."""
-        return self.sum_xx / self.n - np.outer(self.mean, self.mean)
+        return self._full() / self.n - np.outer(self.mean, self.mean)
 
     def second_moment(self) -> np.ndarray:
-        return self.sum_xx / self.n
+        return self._full() / self.n
 
     def subspace(self, *, centred: bool = True, construction: str | None = None) -> Subspace:
         return covariance_subspace(
-            self.sum_x, self.sum_xx, self.n, centred=centred, construction=construction
-        )
+            self.sum_x, self.sum_xx, self.n, centred=centred, construction=construction,
+            upper_only=self.upper_only,
+        )  # fmt: skip
 
 
 @dataclass
@@ -84,45 +95,56 @@ class ChunkStatistics:
         w = np.ones(len(self.n)) if weights is None else np.asarray(weights, dtype=np.float64)
         return self.sum_xx_many(w[None, :])[0]
 
-    def sum_xx_many(self, weights) -> np.ndarray:
+    def sum_xx_many(self, weights, *, upper_only: bool = False) -> np.ndarray:
         """``[B, d, d]``: :meth:`sum_xx` for each row of ``weights [B, C]``.
 
         One product reads the chunks once for the whole block of rows, which is
         what makes a block of bootstrap replicates cheaper than the rows one by one.
+        ``upper_only`` leaves the lower triangle zero (half the unpacking).
         """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        # Column blocks: a float64 copy of every chunk's triangle at once would be
-        # C · d(d+1)/2 · 8 bytes (537 MB at d = 4096 with 8 chunks); the sums are the same.
-        width = self.sum_xx_packed.shape[1]
+        # Column blocks small enough to stay in cache, upcast into one reused buffer: a
+        # float64 copy of every chunk's triangle at once would be C · d(d+1)/2 · 8 bytes
+        # (537 MB at d = 4096 with 8 chunks); the sums are the same.
+        chunks, width = self.sum_xx_packed.shape
         packed = np.empty((len(w), width))
+        upcast = np.empty((chunks, min(PACKED_BLOCK, width)))
         for lo in range(0, width, PACKED_BLOCK):
             hi = min(lo + PACKED_BLOCK, width)
-            packed[:, lo:hi] = w @ self.sum_xx_packed[:, lo:hi].astype(np.float64)
-        upper, lower = _triangle_positions(self.d)
-        full = np.empty((len(w), self.d * self.d))
-        full[:, upper] = packed
-        full[:, lower] = packed
-        return full.reshape(len(w), self.d, self.d)
+            np.copyto(upcast[:, : hi - lo], self.sum_xx_packed[:, lo:hi])
+            np.matmul(w, upcast[:, : hi - lo], out=packed[:, lo:hi])
+        del upcast
+        # Row by row: row i of the packed triangle is row i of the upper triangle and,
+        # the sums being symmetric, column i of the lower one (slices, not a scatter).
+        d = self.d
+        full = np.zeros((len(w), d, d)) if upper_only else np.empty((len(w), d, d))
+        start = 0
+        for i in range(d):
+            row = packed[:, start : start + d - i]
+            full[:, i, i:] = row
+            if not upper_only:
+                full[:, i:, i] = row
+            start += d - i
+        return full
 
     def reweighted(self, weights) -> SiteStatistics:
         """The site's statistics with chunk `c` counted ``weights[c]`` times."""
         return self.reweighted_many(np.asarray(weights, dtype=np.float64)[None, :])[0]
 
-    def reweighted_many(self, weights) -> list[SiteStatistics]:
-        """:meth:`reweighted` for each row of ``weights [B, C]``, from one pass over the chunks."""
+    def reweighted_many(self, weights, *, upper_only: bool = False) -> list[SiteStatistics]:
+        """:meth:`reweighted` for each row of ``weights [B, C]``, from one pass over the chunks.
+
+        ``upper_only``: statistics for an eigendecomposition only (see :class:`SiteStatistics`).
+        """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        sum_xx, sum_x, n = self.sum_xx_many(w), w @ self.sum_x, w @ self.n
+        sum_xx = self.sum_xx_many(w, upper_only=upper_only)
+        sum_x, n = w @ self.sum_x, w @ self.n
         return [
-            SiteStatistics(n=int(round(float(n[b]))), sum_x=sum_x[b], sum_xx=sum_xx[b])
+            SiteStatistics(
+                n=int(round(float(n[b]))), sum_x=sum_x[b], sum_xx=sum_xx[b], upper_only=upper_only
+            )  # fmt: skip
             for b in range(len(w))
         ]
-
-
-@lru_cache(maxsize=4)
-def _triangle_positions(d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat positions in a ``[d, d]`` matrix of the packed row-major upper triangle, and its mirror."""
-    rows, cols = np.triu_indices(d)
-    return rows * d + cols, cols * d + rows
 
 
 @dataclass

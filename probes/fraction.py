@@ -13,7 +13,11 @@ space, the energy profile and the fraction captured by the top-k directions are
 
 ``diag(Uᵀ G U)`` is the column (read) or row (write) energy of the single
 product ``ΔW U`` (``Uᵀ ΔW``), so one matrix product gives every cutoff and a
-cumulative sum turns it into F(k) for k = 1..r; nothing loops over k.
+cumulative sum turns it into F(k) for k = 1..r; nothing loops over k. Any
+**residual factor** ``R`` with ``RᵀR = G`` gives the same energies as
+``‖R u_j‖²``: G's Cholesky factor is triangular, so a delta measured on many
+bases (every construction, every bootstrap replicate) costs half a general
+product per basis (:func:`residual_factor`, :func:`fractions_at_many`).
 
 Against a Haar-random k-dimensional subspace of ``R^d`` (reference: the second
 moment of the trace of a uniformly rotated projection, e.g. Collins & Śniady
@@ -36,23 +40,29 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import torch
+from scipy.linalg import blas
 
 __all__ = [
     "PATHWAYS",
+    "ResidualFactor",
     "as_float64",
     "energy_profile",
     "fraction_profile",
     "fractions_at",
+    "fractions_at_many",
     "gram_purity",
     "gram_spectrum",
     "haar_log2_ratio_mean",
     "haar_mean",
     "haar_reference",
     "haar_variance",
+    "residual_factor",
     "residual_gram",
 ]
 
@@ -150,38 +160,141 @@ def fraction_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
     return np.minimum(profile, 1.0)
 
 
+@dataclass(frozen=True)
+class ResidualFactor:
+    """``R [r, d]`` with ``RᵀR = G``, a delta's residual-side Gram: all its energies need.
+
+    ``e_j = ‖R u_j‖² / ‖R‖_F²``. ``triangular`` when ``R`` is G's upper Cholesky
+    factor (``r = d``, Fortran order): its product with a basis is one BLAS
+    ``trmm``, half the flops of a general product.
+    """
+
+    matrix: np.ndarray
+    triangular: bool
+
+    @property
+    def d(self) -> int:
+        return self.matrix.shape[1]
+
+    @cached_property
+    def total(self) -> float:
+        """``tr G = ‖R‖_F²``."""
+        return float(np.einsum("ij,ij->", self.matrix, self.matrix))
+
+    def energies(self, columns: np.ndarray) -> np.ndarray:
+        """``‖R u_j‖²`` for the columns ``[d, c]`` of a basis (unnormalised)."""
+        if self.triangular:
+            product = blas.dtrmm(1.0, self.matrix, np.asfortranarray(columns), lower=0)
+        else:
+            product = self.matrix @ columns
+        return np.einsum("ij,ij->j", product, product)
+
+
+def residual_factor(delta=None, *, pathway: Pathway, gram=None) -> ResidualFactor:
+    """The cheapest :class:`ResidualFactor` of a delta (or of its residual-side `gram`).
+
+    A delta whose other side ``n`` is at most ``d/2`` is its own factor (``ΔW``
+    read, ``ΔWᵀ`` write: ``2nd`` flops per basis column, no more than a
+    triangle's ``d²``). Otherwise ``R`` is the Cholesky factor of ``G``; a
+    singular ``G`` (a low-rank or zero delta) has none, and its factor is the
+    delta itself when at hand, else ``diag(√λ) Vᵀ`` over ``G``'s positive
+    eigenvalues (rows of zero energy dropped).
+    """
+    pathway = _pathway_iv(pathway)
+    if delta is None and gram is None:
+        raise ValueError("give `delta` or `gram`")
+    oriented = None
+    if delta is not None:
+        delta = as_float64(delta)
+        oriented = delta if pathway == "read" else delta.T
+        if 2 * oriented.shape[0] <= oriented.shape[1]:
+            return ResidualFactor(np.ascontiguousarray(oriented), triangular=False)
+    gram = residual_gram(delta, pathway=pathway) if gram is None else as_float64(gram)
+    try:
+        lower = np.linalg.cholesky(gram)
+        return ResidualFactor(lower.T, triangular=True)  # C-order L: Lᵀ is Fortran order
+    except np.linalg.LinAlgError:
+        pass
+    if oriented is not None and oriented.shape[0] <= oriented.shape[1]:
+        return ResidualFactor(np.ascontiguousarray(oriented), triangular=False)
+    values, vectors = np.linalg.eigh(gram)
+    keep = values > 0
+    return ResidualFactor(np.sqrt(values[keep])[:, None] * vectors[:, keep].T, triangular=False)
+
+
+def _columns_needed(ks: np.ndarray, r: int, d: int) -> tuple[int, int]:
+    """``(lo, hi)``: basis columns ``[0, lo)`` and ``[hi, r)`` give F at every defined k.
+
+    With a complete basis the energies sum to one, so ``F(k) = 1 − Σ_{j>k} e_j``:
+    the largest run of columns that no cutoff falls inside is skipped.
+    """
+    lo = hi = int(ks.max())
+    if r == d:
+        points = np.unique(np.concatenate([[0], ks, [d]]))
+        gap = int(np.argmax(np.diff(points)))
+        lo, hi = int(points[gap]), int(points[gap + 1])
+    return lo, hi
+
+
+def fractions_at_many(factors, basis, ks, *, warn: bool = True) -> np.ndarray:
+    """``[len(factors), len(ks)]``: F(k) of several deltas on one basis, at the cutoffs only.
+
+    The basis columns are selected once for all the deltas (see
+    :func:`fractions_at`). ``k < 1`` (undefined) gives NaN; a zero delta gives
+    NaN at every k, with a ``RuntimeWarning`` unless ``warn=False`` (for callers
+    that say so themselves; the warnings filters are not thread-safe).
+    """
+    basis = as_float64(basis)
+    ks = np.asarray(ks, dtype=np.int64)
+    out = np.full((len(factors), len(ks)), np.nan)
+    defined = ks >= 1
+    if not defined.any() or not factors:
+        return out
+    d, r = basis.shape
+    if ks[defined].max() > r:
+        raise ValueError(f"a cutoff of {ks[defined].max()} exceeds the basis' {r} columns")
+    for factor in factors:
+        if factor.d != d:
+            raise ValueError(f"`basis` has {d} rows but a delta's residual side has {factor.d}")
+    lo, hi = _columns_needed(ks[defined], r, d)
+    # One Fortran-order copy of the needed columns, shared by every delta (trmm reads it so).
+    columns = np.empty((d, lo + r - hi), order="F")
+    columns[:, :lo] = basis[:, :lo]
+    columns[:, lo:] = basis[:, hi:]
+    for row, factor in enumerate(factors):
+        total = factor.total
+        if total == 0.0:
+            if not warn:
+                continue
+            warnings.warn(
+                "all-zero delta: the subspace fraction is undefined (NaN)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
+        energy = factor.energies(columns) / total
+        head = np.cumsum(energy[:lo])
+        # Σ_{j>k} e_j for k ≥ hi: the sum of the tail's energies from k − hi on.
+        beyond = np.r_[np.cumsum(energy[lo:][::-1])[::-1], 0.0]
+        for i in np.flatnonzero(defined):
+            k = int(ks[i])
+            out[row, i] = head[k - 1] if k <= lo else 1.0 - beyond[k - hi]
+    return np.clip(out, 0.0, 1.0)
+
+
 def fractions_at(delta, basis, ks, *, pathway: Pathway, gram=None) -> np.ndarray:
     """F(k) at the given cutoffs only, computing no more basis columns than needed.
 
     With a complete basis the energies sum to one, so ``F(k) = 1 − Σ_{j>k} e_j``:
     the largest run of columns that no cutoff falls inside is skipped, and the
     cutoffs beyond it are read from the tail. ``k < 1`` (undefined) gives NaN.
-    Equal to ``fraction_profile(...)[k − 1]`` up to round-off.
+    Equal to ``fraction_profile(...)[k − 1]`` up to round-off. With `gram` (the
+    residual-side Gram, cheaper to keep for a wide matrix) `delta` may be None.
     """
-    delta, basis, pathway = _delta_basis_iv(delta, basis, pathway)
-    ks = np.asarray(ks, dtype=np.int64)
-    out = np.full(ks.shape, np.nan)
-    defined = ks >= 1
-    if not defined.any():
-        return out
-    d, r = basis.shape
-    if ks[defined].max() > r:
-        raise ValueError(f"a cutoff of {ks[defined].max()} exceeds the basis' {r} columns")
-    lo = hi = int(ks[defined].max())
-    if r == d:
-        points = np.unique(np.concatenate([[0], ks[defined], [d]]))
-        gap = int(np.argmax(np.diff(points)))
-        lo, hi = int(points[gap]), int(points[gap + 1])
-    columns = np.r_[np.arange(lo), np.arange(hi, r)] if hi < r else np.arange(lo)
-    energy = energy_profile(delta, basis[:, columns], pathway=pathway, gram=gram)
-    head = np.cumsum(energy[:lo])
-    tail = energy[lo:]  # columns hi .. r-1
-    # Σ_{j>k} e_j for k ≥ hi: the sum of tail[k - hi:], by a reversed cumulative sum.
-    beyond = np.r_[np.cumsum(tail[::-1])[::-1], 0.0]
-    for i in np.flatnonzero(defined):
-        k = int(ks[i])
-        out[i] = head[k - 1] if k <= lo else 1.0 - beyond[k - hi]
-    return np.clip(out, 0.0, 1.0)
+    if delta is not None:
+        _delta_basis_iv(delta, basis, pathway)
+    factor = residual_factor(delta, pathway=pathway, gram=gram)
+    return fractions_at_many([factor], basis, ks)[0]
 
 
 def gram_spectrum(delta) -> np.ndarray:

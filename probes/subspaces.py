@@ -79,23 +79,32 @@ class Subspace:
         return self.basis.shape[0]
 
 
-def _descending_eigh(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # Symmetrise float64 accumulation round-off. In place where it can be: at d = 4096 each
-    # d × d temporary is 134 MB, and two eigendecompositions run side by side.
-    symmetric = matrix + matrix.T
-    symmetric *= 0.5
-    values, vectors = np.linalg.eigh(symmetric)
-    del symmetric
+def _descending_eigh(
+    matrix: np.ndarray, *, upper_only: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    if upper_only:
+        # Exactly symmetric, upper triangle given: LAPACK reads the lower triangle of the
+        # transpose, the same numbers the symmetrised full matrix would give it.
+        values, vectors = np.linalg.eigh(matrix.T)
+    else:
+        # Symmetrise float64 accumulation round-off. In place where it can be: at d = 4096
+        # each d × d temporary is 134 MB, and two eigendecompositions run side by side.
+        symmetric = matrix + matrix.T
+        symmetric *= 0.5
+        values, vectors = np.linalg.eigh(symmetric)
+        del symmetric
     return np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
 
 
 def covariance_subspace(
-    sum_x, sum_xx, n: int, *, centred: bool = True, construction: str | None = None
-) -> Subspace:
+    sum_x, sum_xx, n: int, *, centred: bool = True, construction: str | None = None,
+    upper_only: bool = False,
+) -> Subspace:  # fmt: skip
     """Eigenbasis of activation statistics ``(Σx, Σxxᵀ, n)`` (float64).
 
     ``centred=True`` gives the covariance ``Σxxᵀ/n − μμᵀ`` (``act_cov``);
-    ``False`` the second moment ``Σxxᵀ/n`` (``act_moment``).
+    ``False`` the second moment ``Σxxᵀ/n`` (``act_moment``). ``upper_only``:
+    ``Σxxᵀ`` is exactly symmetric and only its upper triangle is read.
     """
     if n < 1:
         raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
@@ -104,14 +113,14 @@ def covariance_subspace(
     if centred:
         mean = sum_x / n
         moment -= np.outer(mean, mean)
-    values, vectors = _descending_eigh(moment)
+    values, vectors = _descending_eigh(moment, upper_only=upper_only)
     del moment
     name = construction or ("act_cov" if centred else "act_moment")
     return Subspace(name, vectors, values, int(n))
 
 
 def covariance_subspaces(statistics, *, device="cpu") -> list[Subspace]:
-    """:func:`covariance_subspace` of many ``(Σx, Σxxᵀ, n, centred, construction)`` at once.
+    """:func:`covariance_subspace` of many ``(Σx, Σxxᵀ, n, centred, construction, upper_only)``.
 
     One batched ``torch.linalg.eigh`` in float64 on `device` (a GPU when the
     statistics live there): the bootstrap's eigendecompositions of a block of
@@ -121,19 +130,19 @@ def covariance_subspaces(statistics, *, device="cpu") -> list[Subspace]:
     if not statistics:
         return []
     moments, names, counts = [], [], []
-    for sum_x, sum_xx, n, centred, construction in statistics:
+    for sum_x, sum_xx, n, centred, construction, upper_only in statistics:
         if n < 1:
             raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
         moment = as_float64(sum_xx) / n
         if centred:
             mean = as_float64(sum_x) / n
             moment = moment - np.outer(mean, mean)
-        moments.append(moment)
+        # torch.linalg.eigh reads the lower triangle: the transpose of an upper-only moment.
+        moments.append(moment.T if upper_only else 0.5 * (moment + moment.T))
         names.append(construction or ("act_cov" if centred else "act_moment"))
         counts.append(int(n))
     batch = torch.from_numpy(np.stack(moments)).to(device)
     del moments
-    batch = 0.5 * (batch + batch.mT)  # symmetrise float64 accumulation round-off
     values, vectors = torch.linalg.eigh(batch)
     del batch
     values = values.flip(-1).clamp(min=0.0).cpu().numpy()

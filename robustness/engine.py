@@ -222,15 +222,10 @@ class _LayerJob:
             delta = as_numpy(deltas.pop(matrix))
             weight = as_numpy(base_weights.pop(matrix)) if grid.need_w else None
             delta_fro.append(np.linalg.norm(delta))
-            (one,) = grid.prepare((matrix,), [delta], [weight])
+            # Only residual factors are kept: a wide matrix's delta (470 MB at 8B shapes)
+            # leaves as a d × d triangle.
+            prepared.extend(grid.prepare((matrix,), [delta], [weight]))
             del delta, weight
-            if one.gram_delta is not None:
-                # A wide matrix's fractions read only its d × d Grams: its delta (470 MB at
-                # 8B shapes) is dropped, a zero-stride stand-in keeping the shape.
-                one.delta = np.broadcast_to(np.float64(0.0), one.delta.shape)
-                if one.w_from is not None:
-                    one.w_from = np.broadcast_to(np.float64(0.0), one.w_from.shape)
-            prepared.append(one)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
             grid.fill(layer, prepared, stats, rsf, ks)

@@ -14,8 +14,8 @@ passes, pairs) is in :mod:`robustness.engine`.
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -37,6 +37,7 @@ __all__ = [
     "eigen_all",
     "fill_replicates",
     "replicate_block",
+    "worker_pool",
 ]
 
 REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together, at most
@@ -65,33 +66,49 @@ def as_numpy(tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
-def eigen_all(subspace_tasks: dict) -> dict:
-    """Run independent eigendecompositions two at a time, one BLAS thread each.
+@contextmanager
+def worker_pool():
+    """Two threads, one BLAS thread each: what :func:`eigen_all` and the replicates run on.
 
     LAPACK's tridiagonal reduction barely uses a second core, so two
     single-threaded eigendecompositions side by side finish sooner than the
-    same two in sequence with two threads each. The results do not depend on
-    how the work is scheduled.
+    same two in sequence with two threads each. With every BLAS call of a
+    replicate block on these threads no library's idle worker threads spin
+    against them.
     """
-    if len(subspace_tasks) < 2:
-        return {key: task() for key, task in subspace_tasks.items()}
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(task) for key, task in subspace_tasks.items()}
-        return {key: future.result() for key, future in futures.items()}
+        yield pool
+
+
+def eigen_all(subspace_tasks: dict, pool=None) -> dict:
+    """Run independent eigendecompositions two at a time (on `pool`, or a :func:`worker_pool`).
+
+    The results do not depend on how the work is scheduled.
+    """
+    if pool is None:
+        if len(subspace_tasks) < 2:
+            return {key: task() for key, task in subspace_tasks.items()}
+        with worker_pool() as pool:
+            return eigen_all(subspace_tasks, pool)
+    futures = {key: pool.submit(task) for key, task in subspace_tasks.items()}
+    return {key: future.result() for key, future in futures.items()}
 
 
 @dataclass
 class _Matrix:
-    """One matrix of one layer, with everything every basis reuses."""
+    """One matrix of one layer, with everything every basis reuses.
+
+    Its deltas enter only through residual factors (:func:`probes.residual_factor`):
+    the delta and ``W_from`` themselves are not kept.
+    """
 
     name: str
     pathway: str
-    delta: np.ndarray
-    w_from: np.ndarray | None
-    gram_w: np.ndarray | None
-    gram_delta: np.ndarray | None  # only for wide matrices, where it is the cheaper route
+    factor: probes.ResidualFactor
+    factor_w: probes.ResidualFactor | None  # for base_relative
+    gram_w: np.ndarray | None  # for the weight_svd basis
     purity: float | None
 
 
@@ -123,13 +140,21 @@ class Grid:
         prepared = []
         for name, delta, w_from in zip(matrices, deltas, weights, strict=True):
             pathway = probes.PATHWAY[name]
-            # Wide matrices (the MLP's 4d side) are cheaper through their d×d Gram.
-            wide = (delta.shape[0] if pathway == "read" else delta.shape[1]) > self.d
-            gram_delta = probes.residual_gram(delta, pathway=pathway) if wide else None
             # Σ g² (Haar moments, null_z, the random control's reference): one small Gram.
-            purity = probes.gram_purity(delta if gram_delta is None else None, gram=gram_delta)
-            gram_w = probes.residual_gram(w_from, pathway=pathway) if self.need_w else None
-            prepared.append(_Matrix(name, pathway, delta, w_from, gram_w, gram_delta, purity))
+            if 2 * (delta.shape[0] if pathway == "read" else delta.shape[1]) <= self.d:
+                factor = probes.residual_factor(delta, pathway=pathway)
+                purity = probes.gram_purity(delta)
+            else:  # the residual-side Gram is the small one; its Cholesky factor is kept
+                gram = probes.residual_gram(delta, pathway=pathway)
+                factor = probes.residual_factor(delta, pathway=pathway, gram=gram)
+                purity = probes.gram_purity(gram=gram)
+                del gram
+            factor_w = gram_w = None
+            if "base_relative" in self.config.normalisations:
+                factor_w = probes.residual_factor(w_from, pathway=pathway)
+            if "weight_svd" in self.config.constructions:
+                gram_w = probes.residual_gram(w_from, pathway=pathway)
+            prepared.append(_Matrix(name, pathway, factor, factor_w, gram_w, purity))
         return prepared
 
     def basis_tasks(self, layer, prepared, stats, constructions) -> dict:
@@ -174,44 +199,47 @@ class Grid:
         chosen = constructions or self.config.constructions
         if bases is None:
             bases = eigen_all(self.basis_tasks(layer, prepared, stats, chosen))
-        for mi, matrix in enumerate(prepared):
-            for construction in chosen:
-                ci = self.config.constructions.index(construction)
+        base_relative = "base_relative" in normalisations
+        for construction in chosen:
+            ci = self.config.constructions.index(construction)
+            # The matrices measured on one basis (a site's, the pair's): its columns are
+            # selected once for all of them (and their W_from) in one call.
+            groups: dict[int, tuple] = {}
+            for mi, matrix in enumerate(prepared):
                 subspace = self._subspace(bases, layer, matrix.name, construction)
-                if subspace is None:
-                    continue
+                if subspace is not None:
+                    groups.setdefault(id(subspace), (subspace, []))[1].append(mi)
+            for subspace, members in groups.values():
                 k = np.array([
                     probes.resolve_cutoff(c, d=d, spectrum=subspace.spectrum, n_samples=subspace.n_samples)
                     for c in cutoffs
                 ])  # fmt: skip
-                ks[mi, ci] = k
+                ks[members, ci] = k
                 if k.max() < 1:
                     continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter(
-                        "ignore", RuntimeWarning
-                    )  # zero deltas: noted once per pair
-                    fraction = probes.fractions_at(
-                        matrix.delta,
-                        subspace.basis,
-                        k,
-                        pathway=matrix.pathway,
-                        gram=matrix.gram_delta,
-                    )
-                base_fraction = None
-                if "base_relative" in normalisations:
-                    if construction == "weight_svd":  # W on its own singular basis: closed form
+                # W on its own singular basis (weight_svd) has a closed form.
+                with_w = base_relative and construction != "weight_svd"
+                factors = [prepared[mi].factor for mi in members]
+                factors += [prepared[mi].factor_w for mi in members] if with_w else []
+                # Zero deltas are noted once per pair by the engine (and replicates fill
+                # side by side: no warnings filters here).
+                fractions = probes.fractions_at_many(factors, subspace.basis, k, warn=False)
+                for row, mi in enumerate(members):
+                    base_fraction = None
+                    if with_w:
+                        base_fraction = fractions[len(members) + row]
+                    elif base_relative:
                         share = np.cumsum(subspace.spectrum) / subspace.spectrum.sum()
                         base_fraction = np.where(k >= 1, share[np.clip(k, 1, None) - 1], np.nan)
-                    else:
-                        gram = matrix.gram_w if matrix.gram_delta is not None else None
-                        base_fraction = probes.fractions_at(
-                            matrix.w_from, subspace.basis, k, pathway=matrix.pathway, gram=gram
+                    for ni, name in enumerate(normalisations):
+                        rsf[mi, ci, :, ni] = probes.normalise(
+                            name,
+                            fractions[row],
+                            k,
+                            d,
+                            base_fraction=base_fraction,
+                            purity=prepared[mi].purity,
                         )
-                for ni, name in enumerate(normalisations):
-                    rsf[mi, ci, :, ni] = probes.normalise(
-                        name, fraction, k, d, base_fraction=base_fraction, purity=matrix.purity
-                    )
 
 
 def fill_replicates(
@@ -219,49 +247,70 @@ def fill_replicates(
 ) -> None:
     """Fill ``out[b]`` for each row of ``weights``, in blocks of :func:`replicate_block` replicates.
 
-    A block's reweighted statistics come from one pass over the chunks per site,
-    and its eigendecompositions (sites × replicates) share the two-thread pool,
-    so no worker idles while the last site of a replicate finishes.
+    Everything runs on one :func:`worker_pool`: a block's reweighted statistics
+    (one pass over the chunks per site), its eigendecompositions (sites ×
+    replicates) and its fractions (one task per replicate), the next block's
+    reweighting beside this block's fractions, so no worker idles while the
+    last task of a stage finishes.
     """
     sites = sorted({(layer, probes.SITE_OF[m.name]) for m in prepared})
-    scratch = np.empty(out.shape[1:4], dtype=np.int64)  # ks of one replicate: not kept
     size = replicate_block(len(sites) * len(stats), grid.d)
-    starts = range(0, len(weights), size)
-    for start in tqdm(starts, desc=label, disable=not progress or len(starts) < 2, leave=False):
-        block = weights[start : start + size]
-        replicates = [
-            {role: probes.ActivationStatistics(sites={}) for role in stats} for _ in block
-        ]
-        for role, role_stats in stats.items():
-            for key in sites:
-                for b, site in enumerate(role_stats.chunks[key].reweighted_many(block)):
-                    replicates[b][role].sites[key] = site
-        tasks = {
-            (b, key): task
-            for b, replicate in enumerate(replicates)
-            for key, task in grid.basis_tasks(layer, prepared, replicate, constructions).items()
-        }
-        if grid.eigh_device is None:
-            bases = eigen_all(tasks)
-        else:  # every task is an activation construction's covariance: one batched call
-            keys = list(tasks)
-            moments = []
-            for b, (site, construction) in keys:
-                statistics = replicates[b][grid.sources[construction]].sites[(layer, site)]
-                moments.append((statistics.sum_x, statistics.sum_xx, statistics.n,
-                                construction != "act_moment", construction))  # fmt: skip
-            found = probes.covariance_subspaces(moments, device=grid.eigh_device)
-            del moments
-            bases = dict(zip(keys, found, strict=True))
-        del tasks, replicates
-        for b in range(len(block)):
-            mine = {key: basis for (owner, key), basis in bases.items() if owner == b}
-            grid.fill(
-                layer,
-                prepared,
-                None,
-                out[start + b],
-                scratch,
-                constructions=constructions,
-                bases=mine,
+    blocks = [weights[start : start + size] for start in range(0, len(weights), size)]
+
+    def reweight(block):  # {(role, site): future of the block's statistics there}
+        return {
+            (role, key): pool.submit(
+                # Only an eigendecomposition reads a replicate's sums: their upper triangle.
+                role_stats.chunks[key].reweighted_many,
+                block,
+                upper_only=True,
             )
+            for role, role_stats in stats.items()
+            for key in sites
+        }
+
+    def fill(b, offset, bases):
+        scratch = np.empty(out.shape[1:4], dtype=np.int64)  # ks of one replicate: not kept
+        mine = {key: basis for (owner, key), basis in bases.items() if owner == b}
+        grid.fill(layer, prepared, None, out[offset + b], scratch,
+                  constructions=constructions, bases=mine)  # fmt: skip
+
+    bar = tqdm(total=len(blocks), desc=label, disable=not progress or len(blocks) < 2, leave=False)
+    with worker_pool() as pool, bar:
+        pending, offset = reweight(blocks[0]), 0
+        for index, block in enumerate(blocks):
+            replicates = [
+                {role: probes.ActivationStatistics(sites={}) for role in stats} for _ in block
+            ]
+            for (role, key), future in pending.items():
+                for b, site in enumerate(future.result()):
+                    replicates[b][role].sites[key] = site
+            bases = _replicate_bases(grid, layer, prepared, replicates, constructions, pool)
+            del replicates
+            pending = reweight(blocks[index + 1]) if index + 1 < len(blocks) else {}
+            for future in [pool.submit(fill, b, offset, bases) for b in range(len(block))]:
+                future.result()
+            offset += len(block)
+            del bases
+            bar.update()
+
+
+def _replicate_bases(grid, layer, prepared, replicates, constructions, pool) -> dict:
+    """``{(b, key): Subspace}``: a block's activation bases, on the pool or batched on the device."""
+    tasks = {
+        (b, key): task
+        for b, replicate in enumerate(replicates)
+        for key, task in grid.basis_tasks(layer, prepared, replicate, constructions).items()
+    }
+    if grid.eigh_device is None:
+        return eigen_all(tasks, pool)
+    # Every task is an activation construction's covariance: one batched call.
+    keys = list(tasks)
+    moments = []
+    for b, (site, construction) in keys:
+        statistics = replicates[b][grid.sources[construction]].sites[(layer, site)]
+        moments.append((statistics.sum_x, statistics.sum_xx, statistics.n,
+                        construction != "act_moment", construction,
+                        statistics.upper_only))  # fmt: skip
+    found = probes.covariance_subspaces(moments, device=grid.eigh_device)
+    return dict(zip(keys, found, strict=True))

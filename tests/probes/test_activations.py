@@ -76,6 +76,36 @@ def test_chunks_partition_the_corpus(model, ids):
         np.testing.assert_allclose(only.sum_xx, alone.sites[key].sum_xx, rtol=1e-5, atol=1e-3)
 
 
+def test_reweighted_chunks_are_the_weighted_sums_and_their_upper_triangle_suffices():
+    # Exact arithmetic on small integers: the reweighted sums equal a brute-force Σ_c w_c X_cᵀX_c,
+    # the upper-triangle-only form keeps exactly those entries (the lower ones zero), and the
+    # eigenbasis read from it is bit for bit the one read from the full symmetric matrix.
+    rng = np.random.default_rng(0)
+    d, chunks = 7, 5
+    xs = [rng.integers(-3, 4, size=(6, d)).astype(np.float32) for _ in range(chunks)]
+    upper = np.triu_indices(d)
+    statistics = probes.ChunkStatistics(
+        np.full(chunks, 6), np.stack([x.sum(0) for x in xs]).astype(np.float64),
+        np.stack([(x.T @ x)[upper] for x in xs]),
+    )  # fmt: skip
+    weights = rng.integers(0, 3, size=(4, chunks)).astype(np.float64)
+    brute = np.einsum("bc,cij->bij", weights, np.stack([x.T @ x for x in xs]).astype(np.float64))
+    full = statistics.sum_xx_many(weights)
+    triangle = statistics.sum_xx_many(weights, upper_only=True)
+    assert np.array_equal(full, brute)
+    assert np.array_equal(triangle, np.triu(brute))
+    for whole, half in zip(
+        statistics.reweighted_many(weights),
+        statistics.reweighted_many(weights, upper_only=True),
+        strict=True,
+    ):
+        for centred in (True, False):
+            a, b = whole.subspace(centred=centred), half.subspace(centred=centred)
+            assert np.array_equal(a.basis, b.basis) and np.array_equal(a.spectrum, b.spectrum)
+        with pytest.raises(ValueError, match="upper triangle"):
+            half.covariance()
+
+
 def test_the_unembedding_is_never_run(model, ids):
     calls = []
     handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))

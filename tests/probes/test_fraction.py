@@ -236,3 +236,65 @@ def test_fractions_at_cutoffs_equal_the_full_profile(case, ks):
         delta, basis[:, : max(1, ks.max())], ks.clip(max=max(1, ks.max())), pathway=pathway
     )
     assert part.shape == ks.shape
+
+
+def _rank_deficient(case):
+    """The case's delta with its residual side cut to rank 1 (a singular Gram)."""
+    delta, basis, pathway, k, rng = case
+    d = basis.shape[0]
+    u = rng.standard_normal(d)
+    if pathway == "read":
+        return np.outer(rng.standard_normal(delta.shape[0]), u), basis, pathway
+    return np.outer(u, rng.standard_normal(delta.shape[1])), basis, pathway
+
+
+@given(delta_and_basis(), st.booleans(), st.booleans())
+def test_a_residual_factor_reproduces_the_gram_and_its_energies(case, singular, gram_only):
+    # An identity, not a statistic: RᵀR = G for every route (the delta itself when its
+    # other side is at most d/2, G's Cholesky factor, and for a singular G the delta or
+    # G's eigenvalue factor), so the energies ‖R u_j‖² are those of the definition.
+    delta, basis, pathway = _rank_deficient(case) if singular else case[:3]
+    gram = probes.residual_gram(delta, pathway=pathway)
+    factor = probes.residual_factor(
+        None if gram_only else delta, pathway=pathway, gram=gram if gram_only else None
+    )
+    scale = np.abs(gram).max()
+    np.testing.assert_allclose(factor.matrix.T @ factor.matrix, gram, atol=1e-10 * scale)
+    assert factor.total == pytest.approx(np.trace(gram), rel=1e-10)
+    np.testing.assert_allclose(
+        factor.energies(basis), np.einsum("ij,ij->j", basis, gram @ basis), atol=1e-10 * scale
+    )
+    if factor.triangular:
+        assert np.array_equal(np.triu(factor.matrix), factor.matrix)
+
+
+def test_each_residual_factor_route_is_taken_where_it_is_cheapest():
+    rng = np.random.default_rng(0)
+    narrow = rng.standard_normal((3, 8))  # other side 3 ≤ d/2: the delta is its own factor
+    square = rng.standard_normal((8, 8))  # full rank: the Cholesky triangle
+    low = np.outer(rng.standard_normal(12), rng.standard_normal(8))  # wide, rank 1
+    assert not probes.residual_factor(narrow, pathway="read").triangular
+    assert probes.residual_factor(square, pathway="read").triangular
+    assert probes.residual_factor(square.T, pathway="write").triangular
+    by_eigenvalues = probes.residual_factor(gram=low.T @ low, pathway="read")
+    assert not by_eigenvalues.triangular and by_eigenvalues.matrix.shape[0] < 8
+
+
+@given(delta_and_basis(), st.lists(st.integers(-1, 12), min_size=1, max_size=6))
+def test_fractions_of_several_deltas_on_one_basis_equal_each_alone(case, ks):
+    delta, basis, pathway, _, rng = case
+    d = basis.shape[0]
+    ks = np.array([min(k, d) for k in ks])
+    deltas = [delta, rng.standard_normal(delta.shape), np.zeros(delta.shape)]
+    factors = [probes.residual_factor(x, pathway=pathway) for x in deltas]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: no warning for the zero delta
+        together = probes.fractions_at_many(factors, basis, ks, warn=False)
+    for row, x in zip(together[:2], deltas[:2], strict=True):
+        np.testing.assert_allclose(
+            row, probes.fractions_at(x, basis, ks, pathway=pathway), rtol=1e-12, atol=1e-14
+        )
+    assert np.isnan(together[2]).all()
+    if (ks >= 1).any():  # with no defined cutoff nothing is computed, so nothing is said
+        with pytest.warns(RuntimeWarning, match="all-zero delta"):
+            probes.fractions_at_many(factors[2:], basis, ks)
