@@ -394,7 +394,7 @@ def sweep_pair(
         zero.extend(out["zero"])
         bar.update(1)
 
-    pending = {}
+    pending, portable = {}, None
     while True:
         clock = time.perf_counter()
         try:
@@ -406,8 +406,12 @@ def sweep_pair(
         if client is None:
             keep(layer, job.run(layer, stats, progress=progress))
         else:  # a layer block on the cluster; at most two per worker in flight
+            # Sent straight to the workers (not through the scheduler in the task graph):
+            # the job once (its pair bases), each layer's statistics where its task runs.
+            portable = portable or client.scatter(job.portable(), broadcast=True, hash=False)
+            (scattered,) = client.scatter([stats], hash=False)  # a list: one future, no dict keys
             pending[layer] = client.submit(
-                _run_layer_job, job.portable(), layer, stats, *_thread_limits(), pure=False
+                _run_layer_job, portable, layer, scattered, *_thread_limits(), pure=False
             )
             while len(pending) > 2 * max(1, len(client.scheduler_info()["workers"])):
                 done = min(pending)
