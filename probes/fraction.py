@@ -45,6 +45,7 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
+import scipy.linalg.lapack
 import torch
 from scipy.linalg import blas
 
@@ -195,10 +196,12 @@ def residual_factor(delta=None, *, pathway: Pathway, gram=None) -> ResidualFacto
 
     A delta whose other side ``n`` is at most ``d/2`` is its own factor (``ΔW``
     read, ``ΔWᵀ`` write: ``2nd`` flops per basis column, no more than a
-    triangle's ``d²``). Otherwise ``R`` is the Cholesky factor of ``G``; a
-    singular ``G`` (a low-rank or zero delta) has none, and its factor is the
-    delta itself when at hand, else ``diag(√λ) Vᵀ`` over ``G``'s positive
-    eigenvalues (rows of zero energy dropped).
+    triangle's ``d²``). Otherwise ``R`` is the Cholesky factor of ``G``. A
+    singular ``G`` (a low-rank delta, such as a LoRA adapter's) has none: its
+    factor is the delta itself when that is at hand and no taller than wide,
+    else the ``rank × d`` rows of LAPACK's pivoted Cholesky (``dpstrf``,
+    ``O(d² rank)``, its default tolerance), which numpy does not offer. A zero
+    delta's factor has no rows.
     """
     pathway = _pathway_iv(pathway)
     if delta is None and gram is None:
@@ -210,6 +213,9 @@ def residual_factor(delta=None, *, pathway: Pathway, gram=None) -> ResidualFacto
         if 2 * oriented.shape[0] <= oriented.shape[1]:
             return ResidualFactor(np.ascontiguousarray(oriented), triangular=False)
     gram = residual_gram(delta, pathway=pathway) if gram is None else as_float64(gram)
+    d = gram.shape[0]
+    if not np.any(gram):
+        return ResidualFactor(np.zeros((0, d)), triangular=False)
     try:
         lower = np.linalg.cholesky(gram)
         return ResidualFactor(lower.T, triangular=True)  # C-order L: Lᵀ is Fortran order
@@ -217,18 +223,20 @@ def residual_factor(delta=None, *, pathway: Pathway, gram=None) -> ResidualFacto
         pass
     if oriented is not None and oriented.shape[0] <= oriented.shape[1]:
         return ResidualFactor(np.ascontiguousarray(oriented), triangular=False)
-    values, vectors = np.linalg.eigh(gram)
-    keep = values > 0
-    return ResidualFactor(np.sqrt(values[keep])[:, None] * vectors[:, keep].T, triangular=False)
+    upper, pivots, rank, _ = scipy.linalg.lapack.dpstrf(gram, lower=0)
+    rows = np.zeros((rank, d))  # PᵀGP = UᵀU, so G = RᵀR with R = U Pᵀ
+    rows[:, pivots - 1] = np.triu(upper[:rank])
+    return ResidualFactor(rows, triangular=False)
 
 
 def _columns_needed(ks: np.ndarray, r: int, d: int) -> tuple[int, int]:
     """``(lo, hi)``: basis columns ``[0, lo)`` and ``[hi, r)`` give F at every defined k.
 
     With a complete basis the energies sum to one, so ``F(k) = 1 − Σ_{j>k} e_j``:
-    the largest run of columns that no cutoff falls inside is skipped.
+    the largest run of columns that no cutoff falls inside is skipped. A partial
+    frame has no tail to read from: its columns up to the largest k.
     """
-    lo = hi = int(ks.max())
+    lo, hi = int(ks.max()), r
     if r == d:
         points = np.unique(np.concatenate([[0], ks, [d]]))
         gap = int(np.argmax(np.diff(points)))

@@ -252,7 +252,7 @@ def _rank_deficient(case):
 def test_a_residual_factor_reproduces_the_gram_and_its_energies(case, singular, gram_only):
     # An identity, not a statistic: RᵀR = G for every route (the delta itself when its
     # other side is at most d/2, G's Cholesky factor, and for a singular G the delta or
-    # G's eigenvalue factor), so the energies ‖R u_j‖² are those of the definition.
+    # G's pivoted Cholesky rows), so the energies ‖R u_j‖² are those of the definition.
     delta, basis, pathway = _rank_deficient(case) if singular else case[:3]
     gram = probes.residual_gram(delta, pathway=pathway)
     factor = probes.residual_factor(
@@ -276,8 +276,10 @@ def test_each_residual_factor_route_is_taken_where_it_is_cheapest():
     assert not probes.residual_factor(narrow, pathway="read").triangular
     assert probes.residual_factor(square, pathway="read").triangular
     assert probes.residual_factor(square.T, pathway="write").triangular
-    by_eigenvalues = probes.residual_factor(gram=low.T @ low, pathway="read")
-    assert not by_eigenvalues.triangular and by_eigenvalues.matrix.shape[0] < 8
+    pivoted = probes.residual_factor(gram=low.T @ low, pathway="read")  # rank 1: one row
+    assert not pivoted.triangular and pivoted.matrix.shape == (1, 8)
+    np.testing.assert_allclose(pivoted.matrix.T @ pivoted.matrix, low.T @ low, atol=1e-10)
+    assert probes.residual_factor(np.zeros((12, 8)), pathway="read").matrix.shape == (0, 8)
 
 
 @given(delta_and_basis(), st.lists(st.integers(-1, 12), min_size=1, max_size=6))
