@@ -334,9 +334,9 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
         if not cutoff.startswith("k=")
     }
     per_replicate = max(with_replicates - baseline, 0.0) / (replicates - 2)
-    # The floors are timed before and after the sweeps' process state has settled,
-    # three times each; the median of the six (this machine's speed drifts).
-    floor = statistics.median([floor_before, eigh_floor(768, 12 * 3)])
+    # The floor is timed before and after the sweeps (a median of three each), and the
+    # two averaged: this machine's speed drifts over a run.
+    floor = (floor_before + eigh_floor(768, 12 * 3)) / 2
     fractions = fraction_floor(result.k, BOOTSTRAP_CUTOFFS)
     probe = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--bootstrap-probe", str(base_dir),

@@ -408,7 +408,8 @@ def sweep_pair(
         else:  # a layer block on the cluster; at most two per worker in flight
             # Sent straight to the workers (not through the scheduler in the task graph):
             # the job once (its pair bases), each layer's statistics where its task runs.
-            portable = portable or client.scatter(job.portable(), broadcast=True, hash=False)
+            if portable is None:
+                portable = client.scatter(job.portable(), broadcast=True, hash=False)
             (scattered,) = client.scatter([stats], hash=False)  # a list: one future, no dict keys
             pending[layer] = client.submit(
                 _run_layer_job, portable, layer, scattered, *_thread_limits(), pure=False
