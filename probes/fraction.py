@@ -111,27 +111,21 @@ def residual_gram(delta, *, pathway: Pathway) -> np.ndarray:
     return delta.T @ delta if pathway == "read" else delta @ delta.T
 
 
-def energy_profile(delta, basis, *, pathway: Pathway, gram=None) -> np.ndarray:
+def energy_profile(delta, basis, *, pathway: Pathway) -> np.ndarray:
     """``e_j = u_jᵀ G u_j / tr G`` for each column of `basis`, float64.
 
-    Computed as the column (read) or row (write) energy of ``ΔW U``, or, when
-    the residual-side `gram` is given (cheaper for wide MLP matrices measured on
-    several bases), as ``diag(Uᵀ G U)``. An all-zero delta has no direction: the
-    profile is NaN and a ``RuntimeWarning`` says so.
+    Computed as the column (read) or row (write) energy of ``ΔW U``: the
+    definition, one product. A delta measured on many bases is cheaper through
+    its :func:`residual_factor` (what :func:`fractions_at` uses). An all-zero
+    delta has no direction: the profile is NaN and a ``RuntimeWarning`` says so.
     """
     delta, basis, pathway = _delta_basis_iv(delta, basis, pathway)
-    if gram is not None:
-        gram = as_float64(gram)
-        total = float(np.trace(gram))
-    else:
-        total = float(np.einsum("ij,ij->", delta, delta))
+    total = float(np.einsum("ij,ij->", delta, delta))
     if total == 0.0:
         warnings.warn(
             "all-zero delta: the subspace fraction is undefined (NaN)", RuntimeWarning, stacklevel=2
         )
         return np.full(basis.shape[1], np.nan)
-    if gram is not None:
-        return np.einsum("ij,ij->j", basis, gram @ basis) / total
     if pathway == "read":
         projected = delta @ basis
         return np.einsum("ij,ij->j", projected, projected) / total

@@ -96,6 +96,17 @@ def _descending_eigh(
     return np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
 
 
+def _moment(sum_x, sum_xx, n: int, centred: bool) -> np.ndarray:
+    """``Σxxᵀ/n − μμᵀ`` (``centred``) or ``Σxxᵀ/n``, a new float64 array."""
+    if n < 1:
+        raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
+    moment = as_float64(sum_xx) / n
+    if centred:
+        mean = as_float64(sum_x) / n
+        moment -= np.outer(mean, mean)
+    return moment
+
+
 def covariance_subspace(
     sum_x, sum_xx, n: int, *, centred: bool = True, construction: str | None = None,
     upper_only: bool = False,
@@ -106,13 +117,7 @@ def covariance_subspace(
     ``False`` the second moment ``Σxxᵀ/n`` (``act_moment``). ``upper_only``:
     ``Σxxᵀ`` is exactly symmetric and only its upper triangle is read.
     """
-    if n < 1:
-        raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
-    sum_x = as_float64(sum_x)
-    moment = as_float64(sum_xx) / n
-    if centred:
-        mean = sum_x / n
-        moment -= np.outer(mean, mean)
+    moment = _moment(sum_x, sum_xx, n, centred)
     values, vectors = _descending_eigh(moment, upper_only=upper_only)
     del moment
     name = construction or ("act_cov" if centred else "act_moment")
@@ -131,12 +136,7 @@ def covariance_subspaces(statistics, *, device="cpu") -> list[Subspace]:
         return []
     moments, names, counts = [], [], []
     for sum_x, sum_xx, n, centred, construction, upper_only in statistics:
-        if n < 1:
-            raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
-        moment = as_float64(sum_xx) / n
-        if centred:
-            mean = as_float64(sum_x) / n
-            moment = moment - np.outer(mean, mean)
+        moment = _moment(sum_x, sum_xx, n, centred)
         # torch.linalg.eigh reads the lower triangle: the transpose of an upper-only moment.
         moments.append(moment.T if upper_only else 0.5 * (moment + moment.T))
         names.append(construction or ("act_cov" if centred else "act_moment"))
