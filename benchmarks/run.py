@@ -32,6 +32,9 @@ the same machine, so machine noise cancels as far as it can:
   peak RSS of fresh sweeps of a random pair with Llama-3-8B's layer shapes,
   built on the fly (``benchmarks/large.py``; about 11 GB of disk, ``--large-dir``
   keeps it between runs);
+- ``help_seconds``: ``rsf --help`` and ``rsf sweep --help`` in a fresh process (the
+  larger median of five), with a bare interpreter's start beside it: the command
+  line describes itself from the option schema without importing torch;
 - ``reduced_basis_error``: what the shortcut the bootstrap does *not* take
   would cost in accuracy. On a smaller model (GPT-2-shaped, d = 256, 4 layers),
   each replicate's ``act_cov`` fractions at ``k ≤ 64`` are computed twice: exactly
@@ -83,6 +86,7 @@ TARGETS = {
     "sweep_memory_ratio": ("<=", 1.5),
     "bootstrap_memory_ratio": ("<=", 1.6),
     "layers_memory_growth": ("<=", 1.1),
+    "help_seconds": ("<=", 1.0),
 }
 LARGE = ("sweep_memory_ratio", "bootstrap_memory_ratio", "layers_memory_growth")
 BOOTSTRAP_CUTOFFS = ("k=8", "k=16", "k=32", "k=64", "var=0.9", "pr")
@@ -501,6 +505,30 @@ def reduced_basis_error(tmp: Path, n_tokens: int = 16384, replicates: int = 50) 
     }
 
 
+def help_seconds(repeats: int = 5) -> dict:
+    """Seconds for ``rsf --help`` and ``rsf sweep --help`` in a fresh process (the median of
+    `repeats`), beside a bare interpreter's start measured the same way in the same run."""
+
+    def median_seconds(argv) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *argv], check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    bare = median_seconds(["-c", "pass"])
+    top = median_seconds(["-m", "rsf", "--help"])
+    command = median_seconds(["-m", "rsf", "sweep", "--help"])
+    return {
+        "value": max(top, command),
+        "rsf_help_seconds": top,
+        "rsf_sweep_help_seconds": command,
+        "python_start_seconds": bare,
+        "vs_python_start": max(top, command) / bare,
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench.json")
@@ -576,6 +604,9 @@ def main(argv=None) -> int:
     if "profile_speedup" in wanted:
         print("profile_speedup …", flush=True)
         results["profile_speedup"] = profile_speedup()
+    if "help_seconds" in wanted:
+        print("help_seconds …", flush=True)
+        results["help_seconds"] = help_seconds()
     for name, (op, target) in TARGETS.items():
         if name in results:
             value = results[name]["value"]

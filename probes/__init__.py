@@ -1,126 +1,147 @@
 """The measurement: the relative-subspace fraction of transformer weight deltas.
 
 Pure tensor maths and model access; nothing here knows of datasets or the CLI.
+
+The public names are loaded on first use (PEP 562): ``import probes`` and
+:mod:`probes.names` cost no torch import, so the command line can describe its
+options (``rsf --help``) without loading the numerical stack. ``probes.X``
+imports the submodule that defines ``X`` the first time it is read.
 """
 
-from .activations import (
-    ActivationStatistics,
-    ChunkStatistics,
-    SiteStatistics,
-    collect_statistics,
-    site_hooks,
-)
-from .adapters import (
-    FAMILIES,
-    MATRICES,
-    PATHWAY,
-    SITE_OF,
-    SITES,
-    SUPPORTED_MODEL_TYPES,
-    canonical_biases,
-    canonical_weights,
-    describe,
-    family_of,
-    final_norm_gain,
-    layer_modules,
-    matrix_rows,
-    model_dims,
-    tied_embeddings,
-    unembedding,
-)
-from .checkpoints import Checkpoint, resolve_checkpoint, tensor_digest, weights_hash
-from .cutoffs import CUTOFF_RULES, Cutoff, parse_cutoff, resolve_cutoff, validate_cutoffs
-from .fraction import (
-    ResidualFactor,
-    energy_profile,
-    fraction_profile,
-    fractions_at,
-    fractions_at_many,
-    gram_purity,
-    gram_spectrum,
-    haar_log2_ratio_mean,
-    haar_mean,
-    haar_reference,
-    haar_variance,
-    residual_factor,
-    residual_gram,
-)
-from .gradients import (
-    GRADIENT_SITE_OF,
-    GRADIENT_SITES,
-    GradientStatistics,
-    collect_gradient_statistics,
-    effective_ranks,
-    entropy_effective_rank,
-    participation_ratio,
-    subspace_energy_fraction,
-)
-from .heads import head_blocks, head_fraction_profiles
-from .interventions import rank1_hook, rank1_update
-from .layerwise import (
-    HIDDEN_IN_MEMORY,
-    LayerwiseModel,
-    NotStreamable,
-    layer_deltas,
-    layerwise_statistics,
-)
-from .lora import LoraAdapter, is_adapter
-from .models import DTYPES, check_pair, extract_deltas, load_model, prediction_subspaces
-from .normalise import NORMALISATIONS, RATIO_NORMALISATIONS, normalise
-from .subspaces import (
+from __future__ import annotations
+
+import importlib
+
+from .names import (
     ACTIVATION_CONSTRUCTIONS,
     CONSTRUCTIONS,
-    Subspace,
-    construction_rng,
-    covariance_subspace,
-    covariance_subspaces,
-    gram_subspace,
-    random_subspace,
-    unembedding_subspace,
-    unembedding_subspaces,
-    weight_subspace,
+    MATRICES,
+    NORMALISATIONS,
+    PATHWAY,
+    RATIO_NORMALISATIONS,
+    SITE_OF,
+    SITES,
 )
+
+# Every other public name → the submodule that defines it.
+_HOMES = {
+    # activations
+    "ActivationStatistics": "activations",
+    "ChunkStatistics": "activations",
+    "SiteStatistics": "activations",
+    "collect_statistics": "activations",
+    "site_hooks": "activations",
+    # adapters
+    "FAMILIES": "adapters",
+    "SUPPORTED_MODEL_TYPES": "adapters",
+    "canonical_biases": "adapters",
+    "canonical_weights": "adapters",
+    "describe": "adapters",
+    "family_of": "adapters",
+    "final_norm_gain": "adapters",
+    "layer_modules": "adapters",
+    "matrix_rows": "adapters",
+    "model_dims": "adapters",
+    "tied_embeddings": "adapters",
+    "unembedding": "adapters",
+    # checkpoints
+    "Checkpoint": "checkpoints",
+    "resolve_checkpoint": "checkpoints",
+    "tensor_digest": "checkpoints",
+    "weights_hash": "checkpoints",
+    # cutoffs
+    "CUTOFF_RULES": "cutoffs",
+    "Cutoff": "cutoffs",
+    "parse_cutoff": "cutoffs",
+    "resolve_cutoff": "cutoffs",
+    "validate_cutoffs": "cutoffs",
+    # fraction
+    "ResidualFactor": "fraction",
+    "energy_profile": "fraction",
+    "fraction_profile": "fraction",
+    "fractions_at": "fraction",
+    "fractions_at_many": "fraction",
+    "gram_purity": "fraction",
+    "gram_spectrum": "fraction",
+    "haar_log2_ratio_mean": "fraction",
+    "haar_mean": "fraction",
+    "haar_reference": "fraction",
+    "haar_variance": "fraction",
+    "residual_factor": "fraction",
+    "residual_gram": "fraction",
+    # gradients
+    "GRADIENT_SITES": "gradients",
+    "GRADIENT_SITE_OF": "gradients",
+    "GradientStatistics": "gradients",
+    "collect_gradient_statistics": "gradients",
+    "effective_ranks": "gradients",
+    "entropy_effective_rank": "gradients",
+    "participation_ratio": "gradients",
+    "subspace_energy_fraction": "gradients",
+    # heads
+    "head_blocks": "heads",
+    "head_fraction_profiles": "heads",
+    # interventions
+    "rank1_hook": "interventions",
+    "rank1_update": "interventions",
+    # layerwise
+    "HIDDEN_IN_MEMORY": "layerwise",
+    "LayerwiseModel": "layerwise",
+    "NotStreamable": "layerwise",
+    "layer_deltas": "layerwise",
+    "layerwise_statistics": "layerwise",
+    # lora
+    "LoraAdapter": "lora",
+    "is_adapter": "lora",
+    # models
+    "DTYPES": "models",
+    "check_pair": "models",
+    "extract_deltas": "models",
+    "load_model": "models",
+    "prediction_subspaces": "models",
+    # normalise
+    "normalise": "normalise",
+    # subspaces
+    "Subspace": "subspaces",
+    "construction_rng": "subspaces",
+    "covariance_subspace": "subspaces",
+    "covariance_subspaces": "subspaces",
+    "gram_subspace": "subspaces",
+    "random_subspace": "subspaces",
+    "unembedding_subspace": "subspaces",
+    "unembedding_subspaces": "subspaces",
+    "weight_subspace": "subspaces",
+}
 
 __all__ = [
     "ACTIVATION_CONSTRUCTIONS",
     "CONSTRUCTIONS",
     "CUTOFF_RULES",
+    "DTYPES",
     "FAMILIES",
+    "GRADIENT_SITE_OF",
     "GRADIENT_SITES",
     "HIDDEN_IN_MEMORY",
-    "LayerwiseModel",
-    "LoraAdapter",
-    "is_adapter",
-    "NotStreamable",
-    "layer_deltas",
-    "layerwise_statistics",
-    "GRADIENT_SITE_OF",
     "MATRICES",
     "NORMALISATIONS",
     "PATHWAY",
     "RATIO_NORMALISATIONS",
-    "ResidualFactor",
-    "SITES",
     "SITE_OF",
+    "SITES",
     "SUPPORTED_MODEL_TYPES",
-    "DTYPES",
     "ActivationStatistics",
-    "Checkpoint",
-    "ChunkStatistics",
-    "Cutoff",
-    "GradientStatistics",
-    "SiteStatistics",
-    "Subspace",
     "canonical_biases",
     "canonical_weights",
-    "describe",
     "check_pair",
+    "Checkpoint",
+    "ChunkStatistics",
     "collect_gradient_statistics",
     "collect_statistics",
     "construction_rng",
     "covariance_subspace",
     "covariance_subspaces",
-    "gram_subspace",
+    "Cutoff",
+    "describe",
     "effective_ranks",
     "energy_profile",
     "entropy_effective_rank",
@@ -130,30 +151,41 @@ __all__ = [
     "fraction_profile",
     "fractions_at",
     "fractions_at_many",
+    "GradientStatistics",
     "gram_purity",
     "gram_spectrum",
+    "gram_subspace",
     "haar_log2_ratio_mean",
     "haar_mean",
     "haar_reference",
     "haar_variance",
     "head_blocks",
     "head_fraction_profiles",
+    "is_adapter",
+    "layer_deltas",
     "layer_modules",
+    "layerwise_statistics",
+    "LayerwiseModel",
     "load_model",
+    "LoraAdapter",
     "matrix_rows",
     "model_dims",
     "normalise",
+    "NotStreamable",
     "parse_cutoff",
     "participation_ratio",
     "prediction_subspaces",
     "random_subspace",
     "rank1_hook",
     "rank1_update",
-    "resolve_checkpoint",
     "residual_factor",
     "residual_gram",
+    "ResidualFactor",
+    "resolve_checkpoint",
     "resolve_cutoff",
     "site_hooks",
+    "SiteStatistics",
+    "Subspace",
     "subspace_energy_fraction",
     "tensor_digest",
     "tied_embeddings",
@@ -164,3 +196,16 @@ __all__ = [
     "weight_subspace",
     "weights_hash",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # the next read is a plain attribute
+    return value
+
+
+def __dir__():
+    return __all__

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from transformers.pytorch_utils import Conv1D
 
+from .names import MATRICES, PATHWAY, SITE_OF, SITES
+
 __all__ = [
     "FAMILIES",
     "MATRICES",
@@ -49,28 +51,6 @@ __all__ = [
     "tied_embeddings",
     "unembedding",
 ]
-
-MATRICES = ("q", "k", "v", "o", "up", "gate", "down")
-PATHWAY = {
-    "q": "read",
-    "k": "read",
-    "v": "read",
-    "up": "read",
-    "gate": "read",
-    "o": "write",
-    "down": "write",
-}
-# Residual-side activation site of each matrix (docs/design.md §1).
-SITES = ("attn_in", "mlp_in", "resid_post")
-SITE_OF = {
-    "q": "attn_in",
-    "k": "attn_in",
-    "v": "attn_in",
-    "up": "mlp_in",
-    "gate": "mlp_in",
-    "o": "resid_post",
-    "down": "resid_post",
-}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -71,6 +73,33 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     return root
 
 
+@contextmanager
+def reading(path: Path):
+    """A weights file's read errors as one ``ValueError`` line naming the file and what is wrong.
+
+    A truncated or garbage safetensors file, a corrupt PyTorch archive, and a
+    pickle that ``torch.load(weights_only=True)`` refuses (it would run code to
+    load: never done here) each say so, instead of the reader's traceback.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({error}): truncated or corrupt"
+        ) from None
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path} is a pickle that only loads by running code it contains (PyTorch's "
+            "weights_only loader refused it); it is never loaded that way here: convert it to "
+            "safetensors where you trust it"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint: {first}") from None
+
+
 def tensor_digest(name: str, tensor: torch.Tensor) -> str:
     """``sha256(name | dtype | shape | bytes)`` of one tensor as stored (row-major, little-endian)."""
     digest = hashlib.sha256(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
@@ -109,9 +138,9 @@ class Checkpoint:
             if index is not None and (self.root / index).is_file():
                 try:
                     weight_map = json.loads((self.root / index).read_text())["weight_map"]
-                except (json.JSONDecodeError, KeyError) as error:
+                except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as error:
                     raise ValueError(f"{self.root / index} is not a valid index: {error}") from None
-                return kind, {name: self.root / shard for name, shard in weight_map.items()}
+                return kind, {name: self._shard(index, shard) for name, shard in weight_map.items()}
             if (self.root / single).is_file():
                 return kind, {
                     name: self.root / single for name in self._names_in(self.root / single)
@@ -119,6 +148,12 @@ class Checkpoint:
         raise ValueError(
             f"{self.source} holds no weights (no {SAFETENSORS_SINGLE}, {PICKLE_SINGLE} or their index)"
         )
+
+    def _shard(self, index: str, shard) -> Path:
+        """A shard the index names: a file inside the checkpoint's folder, nowhere else."""
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise ValueError(f"{self.root / index} names a shard outside its folder: {shard!r}")
+        return self.root / shard
 
     @property
     def format(self) -> str:
@@ -134,14 +169,20 @@ class Checkpoint:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as handle:
+            with reading(path), safe_open(path, framework="pt") as handle:
                 return list(handle.keys())
         return list(self._pickle(path))
 
     def _pickle(self, path: Path) -> dict:
         if path not in self._pickles:
             # Memory-mapped: a tensor's pages are read only when it is used.
-            self._pickles[path] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            with reading(path):
+                loaded = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            if not isinstance(loaded, dict) or not all(
+                isinstance(v, torch.Tensor) for v in loaded.values()
+            ):
+                raise ValueError(f"{path} is not a state dict of tensors")
+            self._pickles[path] = loaded
         return self._pickles[path]
 
     def names(self) -> list[str]:
@@ -158,7 +199,7 @@ class Checkpoint:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as handle:
+            with reading(path), safe_open(path, framework="pt") as handle:
                 return handle.get_tensor(name)
         return self._pickle(path)[name]
 
@@ -168,7 +209,7 @@ class Checkpoint:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
-            with safe_open(path, framework="pt") as handle:
+            with reading(path), safe_open(path, framework="pt") as handle:
                 return tuple(handle.get_slice(name).get_shape())
         return tuple(self._pickle(path)[name].shape)
 

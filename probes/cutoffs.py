@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import integrate, optimize
 
 __all__ = [
     "CUTOFF_RULES",
@@ -119,6 +118,8 @@ def _mp_median(ratio: float) -> float:
     No scipy distribution provides it; for ``ratio > 1`` the law has an atom of
     mass ``1 − 1/ratio`` at zero, which the median accounts for.
     """
+    from scipy import integrate, optimize  # here: parsing a label needs no scipy
+
     lo, hi = (1 - math.sqrt(ratio)) ** 2, (1 + math.sqrt(ratio)) ** 2
     atom = max(0.0, 1.0 - 1.0 / ratio)
     if atom >= 0.5:

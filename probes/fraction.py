@@ -49,6 +49,8 @@ import scipy.linalg.lapack
 import torch
 from scipy.linalg import blas
 
+from .names import PATHWAYS
+
 __all__ = [
     "PATHWAYS",
     "ResidualFactor",
@@ -68,7 +70,6 @@ __all__ = [
 ]
 
 Pathway = Literal["read", "write"]
-PATHWAYS: tuple[str, ...] = ("read", "write")
 
 
 def as_float64(x) -> np.ndarray:

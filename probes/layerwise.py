@@ -29,6 +29,7 @@ and global attention) get each layer's own.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -140,6 +141,7 @@ class LayerwiseModel:
             for key, buffer in module._buffers.items():
                 if buffer is not None:
                     module._buffers[key] = buffer.to(device)
+        _check_layer_count(model, checkpoint)
         stored = _stored_names(model, checkpoint)  # model's parameter name → stored name
         names = {}
         for name, param in model.named_parameters():
@@ -250,6 +252,19 @@ class LayerwiseModel:
 
     def module_prefix(self, layer: int, matrix: str) -> str:
         return f"{self.layer_prefix(layer)}{self.family.matrices[matrix].module}."
+
+
+def _check_layer_count(model, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint holding more decoder layers than its config builds (never sweep fewer)."""
+    n_layers = len(layer_modules(model))
+    container = family_of(model).layers.rsplit(".", 1)[-1]
+    pattern = re.compile(rf"(?:^|\.){re.escape(container)}\.(\d+)\.")
+    stored = {int(m.group(1)) for name in checkpoint.names() if (m := pattern.search(name))}
+    if stored and max(stored) >= n_layers:
+        raise ValueError(
+            f"{checkpoint.source} holds weights of {max(stored) + 1} layers where its config.json "
+            f"builds {n_layers}: the config and the checkpoint disagree"
+        )
 
 
 def _linear_shape(module) -> tuple[int, int]:

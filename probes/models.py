@@ -21,16 +21,12 @@ from .adapters import (
     model_dims,
     unembedding,
 )
+from .names import DTYPE_NAMES
 from .subspaces import Subspace, unembedding_subspaces
 
 __all__ = ["DTYPES", "check_pair", "extract_deltas", "load_model", "prediction_subspaces"]
 
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def load_model(
@@ -43,15 +39,34 @@ def load_model(
     """Load a causal LM from a directory written by ``save_pretrained`` or a hub id.
 
     The model is put in eval mode and its adapter is checked at once, so an
-    unsupported architecture fails before anything else happens.
+    unsupported architecture fails before anything else happens. A checkpoint
+    whose tensors do not cover the model its config builds (a tensor missing,
+    or a tensor the model has no place for, such as a layer beyond the
+    config's count) is refused: nothing is initialised at random in its place.
     """
     if isinstance(dtype, str) and dtype != "auto":  # auto: the checkpoint's stored dtype
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: choose from {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=dtype, trust_remote_code=trust_remote_code
-    )
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    except RuntimeError:  # transformers' report of stored tensors whose shapes disagree
+        raise ValueError(
+            f"cannot load {name_or_path}: the shapes of its stored tensors do not fit the model "
+            "its config.json builds"
+        ) from None
+    for kind, what in (
+        ("missing_keys", "lacks"),
+        ("unexpected_keys", "holds tensors the model has no place for, such as"),
+    ):
+        keys = sorted(info.get(kind) or ())
+        if keys:
+            raise ValueError(
+                f"{name_or_path} {what} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''} "
+                f"({len(keys)} in all): its weights and its config.json disagree"
+            )
     family_of(model)
     return model.to(device).eval()
 

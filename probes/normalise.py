@@ -17,11 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from .fraction import haar_mean, haar_variance
+from .names import NORMALISATIONS, RATIO_NORMALISATIONS
 
 __all__ = ["NORMALISATIONS", "RATIO_NORMALISATIONS", "normalise"]
-
-NORMALISATIONS = ("fraction", "isotropic", "log_isotropic", "base_relative", "null_z")
-RATIO_NORMALISATIONS = ("isotropic", "base_relative")
 
 
 def normalise(

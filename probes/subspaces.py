@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .fraction import PATHWAYS, as_float64
+from .names import ACTIVATION_CONSTRUCTIONS, CONSTRUCTIONS
 
 UNEMBEDDING_BLOCK = 8192  # rows of W_U upcast to float64 at a time
 
@@ -43,18 +44,6 @@ __all__ = [
     "unembedding_subspaces",
     "weight_subspace",
 ]
-
-CONSTRUCTIONS = (
-    "act_cov",
-    "act_moment",
-    "act_cov_aligned",
-    "unembed",
-    "unembed_centered",
-    "unembed_folded",
-    "weight_svd",
-    "random",
-)
-ACTIVATION_CONSTRUCTIONS = ("act_cov", "act_moment", "act_cov_aligned")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from robustness.specification import probe_scale
 
 from .context import spec_roles
+from .formatting import plural
 from .plotting import (
     GREY,
     MARKERS,
@@ -143,7 +144,10 @@ def spec_curve(
         top.set_ylim(span[0] - pad, span[1] + pad)
         top.set_ylabel("effect size d_z")
         n_counted, n_control = int((~control).sum()), int(control.sum())
-        top.set_title(f"pair {pair}: {n_counted} counted specifications, {n_control} controls")
+        top.set_title(
+            f"pair {pair}: {plural(n_counted, 'counted specification')}, "
+            f"{plural(n_control, 'control')}"
+        )
         top.tick_params(labelbottom=False)
         target = _curve_preferred(stats, pair, preferred)
         is_preferred = (
@@ -198,7 +202,8 @@ def spec_curve(
             where = f"the preferred specification {'/'.join(preferred)}{same} ranks {ordinal(rank + 1)} of {len(frame)}"
         untested = " no test: too few layers;" if not tested.any() else ""
         alt_parts.append(
-            f"Pair {pair}: {n_counted} counted specifications and {n_control} controls with effect "
+            f"Pair {pair}: {plural(n_counted, 'counted specification')} and "
+            f"{plural(n_control, 'control')} with effect "
             f"sizes from {frame['effect_size'].min():+.2f} to {frame['effect_size'].max():+.2f};{untested} "
             f"{n_read} counted significant with read > write, {n_write} with write > read; {where}."
         )

@@ -23,7 +23,9 @@ dash. Each cell keeps the unrounded value for sorting.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from dataclasses import dataclass
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Cell",
     "agreement",
     "autocorrelation",
+    "element_id",
     "effect",
     "expected_share",
     "integer",
@@ -38,6 +41,7 @@ __all__ = [
     "level_percent",
     "p_value",
     "per_step",
+    "plural",
     "rank",
     "rate",
     "share",
@@ -49,6 +53,29 @@ __all__ = [
 ]
 
 MISSING = "—"
+_SAFE_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``"1 control"``, ``"2 controls"`` (`many` for irregular plurals)."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
+
+
+def element_id(*parts) -> str:
+    """An HTML/SVG id from `parts` (a prefix and labels): the parts themselves when every one is
+    plain (letters, digits, ``-``, ``_``), else a slug with a hash of the exact text.
+
+    Labels come from datasets, that is from users (a pair's default label is a folder's name):
+    an id never carries one raw, so no quote or angle bracket can leave the attribute.
+    """
+    text = "-".join(str(part) for part in parts)
+    if _SAFE_ID.fullmatch(text):
+        return text
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:40]
+    if not slug[:1].isalpha():
+        slug = f"id-{slug}".rstrip("-")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{slug}-{digest}"
 
 
 @dataclass(frozen=True)

@@ -14,25 +14,10 @@ from pathlib import Path
 
 import xarray as xr
 
-from robustness.dataset import open_dataset
+from robustness.dataset import dataset_kind, open_dataset
 from robustness.stats import results_fingerprint
 
 __all__ = ["ReportInputs", "Source", "dataset_kind", "load_inputs", "load_source"]
-
-_RECOGNISED = (("rsf", "results"), ("asymmetry", "stats"), ("type1_error", "calibration"))
-_WRITTEN_BY = {
-    "results": "rsf sweep",
-    "stats": "rsf stats",
-    "calibration": "rsf calibrate",
-    "claims": "rsf claims",
-}
-_DESCRIBED = {
-    "results": "a results dataset",
-    "stats": "a statistics dataset",
-    "calibration": "a calibration dataset",
-    "claims": "a claims dataset",
-}
-_FLAG = {"stats": "--stats", "calibration": "--calibration", "claims": "--claims"}
 
 
 @dataclass(frozen=True)
@@ -67,17 +52,6 @@ class ReportInputs:
         return tuple(s for s in found if s is not None)
 
 
-def dataset_kind(dataset: xr.Dataset) -> str | None:
-    """The ``kind`` attribute, else the kind recognised from the variables, else ``None``."""
-    kind = dataset.attrs.get("kind")
-    if kind:
-        return str(kind)
-    for variable, name in _RECOGNISED:
-        if variable in dataset:
-            return name
-    return None
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -89,21 +63,8 @@ def _sha256(path: Path) -> str:
 def load_source(path: str | Path, expected: str | None = None) -> Source:
     """Open `path` and check it is a dataset of kind `expected` (any known kind when ``None``)."""
     path = Path(path)
-    dataset = open_dataset(path)
+    dataset = open_dataset(path, expected)
     kind = dataset_kind(dataset)
-    if expected is not None and kind != expected:
-        wanted = f"{_DESCRIBED[expected]} written by {_WRITTEN_BY[expected]}"
-        if kind in _DESCRIBED:
-            hint = f": pass it with {_FLAG[kind]}" if kind in _FLAG else ""
-            raise ValueError(
-                f"{path} is {_DESCRIBED[kind]} (from {_WRITTEN_BY[kind]}), not {wanted}{hint}"
-            )
-        found = (
-            f"it holds a dataset of kind {kind!r}"
-            if kind
-            else "it has none of the variables rsf writes"
-        )
-        raise ValueError(f"{path} is not {wanted}: {found}")
     if kind is None:
         raise ValueError(f"{path} is not a dataset rsf knows: it has no `kind` attribute")
     return Source(kind, path, _sha256(path), dataset)

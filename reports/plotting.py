@@ -22,10 +22,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import matplotlib
+import matplotlib.text
 import numpy as np
 import xarray as xr
 from markupsafe import Markup
 from matplotlib.figure import Figure
+
+from .formatting import element_id
 
 __all__ = [
     "GREY",
@@ -116,6 +119,10 @@ def figure(width: float, height: float) -> Figure:
 
 
 def finish(fig: Figure, ident: str, alt: str, caption: str) -> SvgFigure:
+    """The figure as inline SVG; `ident` (from labels, perhaps) becomes a safe id first."""
+    ident = element_id(ident)
+    for text in fig.findobj(matplotlib.text.Text):
+        text.set_parse_math(False)  # labels are literal: a "$" in a pair's name is not TeX
     return SvgFigure(ident, _to_svg(fig, ident, alt), alt, caption)
 
 

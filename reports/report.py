@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,13 +17,14 @@ from .inputs import ReportInputs, load_inputs
 from .render import asset, render
 from .sections import build_sections
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "script_hash", "write_report"]
 
 
 def build_report(inputs: ReportInputs) -> str:
     """The report as one self-contained HTML document."""
     context = build_context(inputs)
     pairs = ", ".join(context.pairs)
+    script = asset("sort.js")
     return render(
         "report.html.j2",
         title=f"RSF robustness report: {pairs}"
@@ -31,10 +34,19 @@ def build_report(inputs: ReportInputs) -> str:
         sources=inputs.sources,
         generated=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         rsf_version=__version__,
-        # Our own files, inlined verbatim (escaping would break their quotes).
+        # Our own files, inlined verbatim (escaping would break their quotes). The page's
+        # Content-Security-Policy allows this one script by its hash and no other: nothing a
+        # dataset's strings could inject would run, even if an escape were ever missed.
         css=Markup(asset("style.css")),
-        js=Markup(asset("sort.js")),
+        js=Markup(script),
+        script_hash=script_hash(script),
     )
+
+
+def script_hash(script: str) -> str:
+    """The CSP source of an inline script: ``'sha256-…'`` of its exact text."""
+    digest = hashlib.sha256(script.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
 def write_report(
@@ -45,6 +57,7 @@ def write_report(
     calibration_path=None,
     extra_paths=(),
     claims_path=None,
+    mkdir: bool = False,
 ) -> Path:
     """Write the HTML report for `results_path` (and the optional statistics, claims and calibration datasets).
 
@@ -53,9 +66,12 @@ def write_report(
 
     Every input is read and checked, and the output folder checked writable,
     before anything is written; the file appears under `out_path` only when
-    complete. Returns `out_path` as a :class:`~pathlib.Path`.
+    complete; it may not be one of the inputs, nor a link or a device, and
+    its missing folders are created only with `mkdir`. Returns `out_path` as
+    a :class:`~pathlib.Path`.
     """
-    out = check_writable(out_path)
+    inputs = (results_path, stats_path, calibration_path, claims_path, *extra_paths)
+    out = check_writable(out_path, inputs=[p for p in inputs if p is not None], mkdir=mkdir)
     inputs = load_inputs(
         results_path,
         stats_path=stats_path,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .formatting import Cell, text
+from .formatting import Cell, element_id, text
 
 __all__ = ["Column", "Row", "Table"]
 
@@ -39,6 +39,9 @@ class Table:
     rows: tuple[Row, ...] = field(default_factory=tuple)
     scroll: bool = False
     wrap: bool = False  # long text (hashes, paths) may break across lines
+
+    def __post_init__(self):
+        object.__setattr__(self, "id", element_id(self.id))  # ids from labels: never raw
 
     def cell(self, row: Row, column: Column) -> Cell:
         found = row.cells.get(column.key)

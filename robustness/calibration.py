@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import xarray as xr
@@ -45,6 +45,7 @@ from statsmodels.stats.proportion import proportion_confint
 from . import curve
 from .asymmetry import _bca_ci, layer_differences, spec_tests, studentized_interval
 from .layers import projections_for
+from .options import CalibrationSettings
 from .pairs import pair_model
 from .provenance import provenance_attrs
 from .seqcalibration import sequence_coverage
@@ -101,31 +102,6 @@ def scenarios(n_layers: int = 12) -> list[Scenario]:
 
 
 SCENARIOS = tuple(s.name for s in scenarios())
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    n_null: int = 1000
-    n_power: int = 200
-    strengths: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
-    n_layers: int = 12
-    d: int = 24
-    n_tokens: int = 256
-    vocab: int = 96
-    n_resamples: int = 999
-    layer_replicates: int = 999  # the comparison bootstrap intervals over layers
-    truth_layers: int = 2000
-    n_sequence: int = 200  # simulated corpora per sequence-bootstrap cell
-    alpha: float = 0.05
-    confidence_level: float = 0.95
-    seed: int = 0
-
-    @classmethod
-    def fast(cls, seed: int = 0) -> CalibrationSettings:
-        return cls(
-            n_null=40, n_power=20, strengths=(0.05, 0.2), n_resamples=199, layer_replicates=199,
-            truth_layers=600, n_sequence=8, seed=seed,
-        )  # fmt: skip
 
 
 def _rate(successes: int, trials: int) -> tuple[float, float, float]:

@@ -1,4 +1,4 @@
-"""Sweep configuration: one dataclass, read from TOML or from CLI flags, written back as TOML.
+"""Sweep configuration: pairs, corpus, probe grid, bootstrap and run, each option declared once.
 
 The TOML layout is a contract (``docs/design.md`` §4)::
 
@@ -6,6 +6,7 @@ The TOML layout is a contract (``docs/design.md`` §4)::
     label = "demo"
     base = "path-or-id"
     aligned = "path-or-id"
+    phase = "align"          # or "pretrain"
     [corpus]
     paths = ["corpus.txt"]   # or ids = "tokens.npy"
     tokens = 65536
@@ -19,205 +20,262 @@ The TOML layout is a contract (``docs/design.md`` §4)::
     replicates = 200
     seed = 0
     bca = false              # true: jackknife rows for BCa intervals
+    [run]
+    device = "auto"
+    dtype = "auto"
+    batch_size = 8
+    trust_remote_code = false
 
-A ``[run]`` table (device, dtype, batch_size, trust_remote_code) is optional.
-Every name is checked here, before any model is loaded; an unknown one is an
-error that lists the valid ones. Cutoff labels are stored in their canonical
-spelling (``k = 8`` becomes ``k=8``), so every dataset spells them alike.
-:func:`read_toml` is the one TOML reader (other commands' config tables,
-such as ``[trajectory]``, use it too).
+Every field below is an :func:`robustness.schema.option`: its type, default,
+allowed values, flag and table are declared once, and the command line's
+flags, the strict TOML reading, the validation and :meth:`SweepConfig.to_toml`
+all derive from it. A value of the wrong TOML type is refused with the file,
+the table and the key (``sweep.toml: [run] trust_remote_code must be true or
+false, got "no"``), so nothing but a TOML ``true`` (or ``--trust-remote-code``)
+turns on remote code. Cutoff labels are stored in their canonical spelling
+(``k = 8`` becomes ``k=8``). :func:`read_toml` is the one TOML reader (other
+commands' tables, such as ``[trajectory]``, use it too).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import tomli_w
+from probes.names import CONSTRUCTIONS, DTYPE_NAMES, MATRICES, NORMALISATIONS
 
-import probes
+from .schema import OptionError, option, read_table, to_table, validate
+from .specification import DEFAULT_CONSTRUCTIONS, DEFAULT_CUTOFFS, DEFAULT_NORMALISATIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-from .specification import (
-    DEFAULT_CONSTRUCTIONS,
-    DEFAULT_CUTOFFS,
-    DEFAULT_NORMALISATIONS,
-    canonical_cutoffs,
-)
-
 __all__ = [
+    "DEFAULT_SEQ_LEN",
+    "DEFAULT_TOKENS",
     "DEVICES",
     "DTYPES",
     "PHASES",
     "CorpusSpec",
     "PairSpec",
     "SweepConfig",
+    "batch_size_option",
+    "check_device",
     "config_from_document",
+    "cutoffs_option",
+    "device_option",
+    "dtype_option",
     "load_config",
     "read_toml",
+    "trust_remote_code_option",
 ]
 
 PHASES = ("align", "pretrain")
 DEFAULT_TOKENS = 65536
 DEFAULT_SEQ_LEN = 128
-DTYPES = ("auto", *probes.DTYPES)  # auto: each checkpoint's own stored dtype
+DTYPES = ("auto", *DTYPE_NAMES)  # auto: each checkpoint's own stored dtype
 DEVICES = ("auto", "cpu", "cuda")
+
+
+# ------------------------------------------------------------------ checks of one value
+
+
+def check_device(device: str) -> str:
+    if device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ValueError(f"unknown device {device!r}: valid are {', '.join(DEVICES)} or cuda:N")
+
+
+def _distinct(kind: str):
+    def check(values: tuple) -> tuple:
+        if not values:
+            raise ValueError(f"no {kind} given")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"repeated {kind} {', '.join(map(repr, repeated))}")
+        return values
+
+    return check
+
+
+def _canonical_cutoffs(labels: tuple) -> tuple:
+    from .specification import canonical_cutoffs
+
+    return _distinct("cutoff")(canonical_cutoffs(labels))
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+# ------------------------------------------------------- options shared by several commands
+
+
+def device_option(default: str = "auto"):
+    return option(default, "auto (a GPU when present), cpu, cuda or cuda:N", table="run",
+                  check=check_device)  # fmt: skip
+
+
+def dtype_option(default: str = "auto"):
+    return option(default, "weights' dtype: auto (each checkpoint's stored dtype), "
+                  + ", ".join(DTYPE_NAMES), table="run", choices=DTYPES, noun="dtype")  # fmt: skip
+
+
+def batch_size_option(default: int = 8):
+    return option(default, "sequences per forward pass", table="run", low=1)
+
+
+def trust_remote_code_option():
+    return option(False, "allow a model's own code from the hub (off unless given)", table="run")
+
+
+def cutoffs_option(default: tuple, help: str = "rank cutoffs: k=N, frac=x, var=x, pr, mp"):
+    return option(default, help, table="probe", check=_canonical_cutoffs)
+
+
+# --------------------------------------------------------------------------- settings
 
 
 @dataclass(frozen=True)
 class PairSpec:
     """One pair: a delta from `base` to `aligned`; `phase` says which training produced it."""
 
-    label: str
-    base: str
-    aligned: str
-    phase: str = (
-        "align"  # or "pretrain": a pretraining delta (initialisation or early checkpoint → base)
-    )
+    label: str = option(help="pair label (default: the aligned model's folder name)",
+                        table="pair", check=_non_empty)  # fmt: skip
+    base: str = option(help="base model: a save_pretrained directory or a hub id",
+                       table="pair", check=_non_empty)  # fmt: skip
+    aligned: str = option(help="aligned model: a directory, a hub id or a LoRA adapter on the base",
+                          table="pair", path=True, check=_non_empty)  # fmt: skip
+    phase: str = option("align", "training phase of the delta: align, or pretrain "
+                        "(initialisation or early checkpoint → base)", flag=None, table="pair",
+                        choices=PHASES, noun="phase")  # fmt: skip
 
     def __post_init__(self):
-        if self.phase not in PHASES:
-            raise ValueError(
-                f"pair {self.label!r}: unknown phase {self.phase!r}: valid are {', '.join(PHASES)}"
-            )
+        validate(self, where=lambda name: f"pair {self.label!r}: `{name}`")
 
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    """Where the probe text comes from; no paths and no ids means the built-in corpus."""
+    """Where the probe text comes from; no paths and no ids means the built-in corpus.
 
-    paths: tuple[str, ...] = ()
-    ids: str | None = None
-    tokens: int | None = None  # None: DEFAULT_TOKENS for text, every row of an ids file
-    seq_len: int = DEFAULT_SEQ_LEN
-    tokenizer: str | None = None
+    ``seq_len`` ``None`` is 128 for text and the ids file's own width for
+    ``.npy`` ids, which fix it: a ``seq_len`` given beside them must agree.
+    One ``.npy`` among `paths` is taken as `ids`.
+    """
+
+    paths: tuple[str, ...] = option((), "text/JSONL files (a comma list), or one .npy of token "
+                                    "ids [n_seq, seq_len]", flag="--corpus", table="corpus",
+                                    path=True, metavar="FILES")  # fmt: skip
+    ids: str | None = option(None, "pre-tokenised ids, a .npy [n_seq, seq_len]", flag=None,
+                             table="corpus", path=True)  # fmt: skip
+    tokens: int | None = option(None, "tokens to use", table="corpus", low=1)
+    seq_len: int | None = option(None, "sequence length (default 128; an .npy's own width)",
+                                 table="corpus", low=2)  # fmt: skip
+    tokenizer: str | None = option(None, "tokenizer for text (default: the base model's)",
+                                   table="corpus", path=True)  # fmt: skip
+
+    def __post_init__(self):
+        validate(self)
+        id_files = [p for p in self.paths if str(p).endswith(".npy")]
+        if id_files:
+            if len(self.paths) > 1 or self.ids is not None:
+                raise OptionError(
+                    "the corpus takes one .npy id file, or text/JSONL files, not a mix"
+                )
+            object.__setattr__(self, "ids", id_files[0])
+            object.__setattr__(self, "paths", ())
+        if self.paths and self.ids:
+            raise OptionError("[corpus] takes either `paths` (text) or `ids` (.npy), not both")
+        length = self.seq_len if self.seq_len is not None else DEFAULT_SEQ_LEN
+        if self.ids is None and self.tokens is not None and self.tokens < length:
+            raise OptionError(
+                f"`tokens` ({self.tokens}) must be at least one sequence of `seq_len` ({length})"
+            )
+
+    @property
+    def length(self) -> int:
+        """The sequence length of text (128 unless `seq_len` says otherwise)."""
+        return self.seq_len if self.seq_len is not None else DEFAULT_SEQ_LEN
 
 
 @dataclass(frozen=True)
 class SweepConfig:
+    """Everything a sweep needs besides the models' weights; see the module docstring."""
+
     pairs: tuple[PairSpec, ...]
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
-    constructions: tuple[str, ...] = DEFAULT_CONSTRUCTIONS
-    cutoffs: tuple[str, ...] = DEFAULT_CUTOFFS
-    normalisations: tuple[str, ...] = DEFAULT_NORMALISATIONS
-    matrices: tuple[str, ...] = probes.MATRICES
-    replicates: int = 0
-    seed: int = 0
-    bca: bool = False  # leave-one-chunk-out rows for BCa's acceleration (C extra replicates)
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = 8
-    trust_remote_code: bool = False
+    constructions: tuple[str, ...] = option(DEFAULT_CONSTRUCTIONS, "subspace constructions: "
+                                            + ", ".join(CONSTRUCTIONS), table="probe",
+                                            choices=CONSTRUCTIONS, noun="construction",
+                                            check=_distinct("construction"))  # fmt: skip
+    cutoffs: tuple[str, ...] = cutoffs_option(DEFAULT_CUTOFFS)
+    normalisations: tuple[str, ...] = option(DEFAULT_NORMALISATIONS, "normalisations: "
+                                             + ", ".join(NORMALISATIONS), table="probe",
+                                             choices=NORMALISATIONS, noun="normalisation",
+                                             check=_distinct("normalisation"))  # fmt: skip
+    # None: every matrix each pair's family has; a list names matrices every pair must have.
+    matrices: tuple[str, ...] | None = option(None, "matrices: " + ", ".join(MATRICES)
+                                              + " (default: every one the family has)",
+                                              table="probe", choices=MATRICES, noun="matrix",
+                                              check=_distinct("matrix"))  # fmt: skip
+    replicates: int = option(0, "sequence-bootstrap replicates over chunks of corpus sequences "
+                             "(0: none)", flag="--bootstrap", table="bootstrap", low=0)  # fmt: skip
+    seed: int = option(0, "seed of the random bases and the resampling", table="bootstrap", low=0)
+    bca: bool = option(False, "also compute the leave-one-chunk-out rows BCa intervals need",
+                       table="bootstrap")  # fmt: skip
+    device: str = device_option()
+    dtype: str = dtype_option()
+    batch_size: int = batch_size_option()
+    trust_remote_code: bool = trust_remote_code_option()
 
     def __post_init__(self):
-        _validate(self)
-        # Frozen: the canonical spelling is set through object.__setattr__, once.
-        object.__setattr__(self, "cutoffs", canonical_cutoffs(self.cutoffs))
-        if len(set(self.cutoffs)) != len(self.cutoffs):
-            raise ValueError(f"repeated cutoff in {list(self.cutoffs)} (after canonical spelling)")
+        validate(self)
+        if not self.pairs:
+            raise OptionError(
+                "no pair given: pass --base and --aligned, or a config with [[pair]] tables"
+            )
+        if not all(isinstance(pair, PairSpec) for pair in self.pairs):
+            raise TypeError("`pairs` must be PairSpec objects")
+        object.__setattr__(self, "pairs", tuple(self.pairs))
+        labels = [pair.label for pair in self.pairs]
+        if len(set(labels)) != len(labels):
+            raise OptionError(f"pair labels must be unique, got {labels}")
 
     def with_options(self, **changes) -> SweepConfig:
+        """A copy with `changes` applied; a change of ``None`` keeps the value."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_toml(self) -> str:
         """The full configuration, as TOML that :func:`load_config` reads back."""
-        corpus = {k: v for k, v in asdict(self.corpus).items() if v not in (None, ())}
-        if "paths" in corpus:
-            corpus["paths"] = list(corpus["paths"])
+        import tomli_w
+
         document = {
-            "pair": [asdict(pair) for pair in self.pairs],
-            "corpus": corpus,
-            "probe": {
-                "constructions": list(self.constructions),
-                "cutoffs": list(self.cutoffs),
-                "normalisations": list(self.normalisations),
-                "matrices": list(self.matrices),
-            },
-            "bootstrap": {"replicates": self.replicates, "seed": self.seed, "bca": self.bca},
-            "run": {
-                "device": self.device,
-                "dtype": self.dtype,
-                "batch_size": self.batch_size,
-                "trust_remote_code": self.trust_remote_code,
-            },
+            "pair": [to_table(pair, "pair") for pair in self.pairs],
+            "corpus": to_table(self.corpus, "corpus"),
+            **{table: to_table(self, table) for table in ("probe", "bootstrap", "run")},
         }
-        return tomli_w.dumps(document)
+        return tomli_w.dumps({k: v for k, v in document.items() if v})
 
 
-def _names(kind: str, given, valid) -> None:
-    unknown = [name for name in given if name not in valid]
-    if unknown:
-        raise ValueError(
-            f"unknown {kind} {', '.join(map(repr, unknown))}: valid are {', '.join(valid)}"
-        )
-    if len(set(given)) != len(given):
-        raise ValueError(f"repeated {kind} in {list(given)}")
-    if not given:
-        raise ValueError(f"no {kind} given: choose from {', '.join(valid)}")
-
-
-def _validate(config: SweepConfig) -> None:
-    if not config.pairs:
-        raise ValueError(
-            "no pair given: pass --base and --aligned, or a config with [[pair]] tables"
-        )
-    labels = [pair.label for pair in config.pairs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"pair labels must be unique, got {labels}")
-    _names("construction", config.constructions, probes.CONSTRUCTIONS)
-    _names("normalisation", config.normalisations, probes.NORMALISATIONS)
-    _names("matrix", config.matrices, probes.MATRICES)
-    if len(set(config.cutoffs)) != len(config.cutoffs) or not config.cutoffs:
-        raise ValueError(
-            f"cutoffs must be a non-empty list without repeats, got {list(config.cutoffs)}"
-        )
-    for label in config.cutoffs:
-        probes.parse_cutoff(label)  # raises with the allowed syntax
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {config.dtype!r}: valid are {', '.join(DTYPES)}")
-    if config.device not in DEVICES and not config.device.startswith("cuda:"):
-        raise ValueError(f"unknown device {config.device!r}: valid are {', '.join(DEVICES)}")
-    corpus = config.corpus
-    if corpus.paths and corpus.ids:
-        raise ValueError("[corpus] takes either `paths` (text) or `ids` (.npy), not both")
-    if corpus.seq_len < 1:
-        raise ValueError(f"`seq_len` must be positive, got {corpus.seq_len}")
-    if corpus.tokens is not None and corpus.tokens < corpus.seq_len:
-        raise ValueError(
-            f"`tokens` ({corpus.tokens}) must be at least one sequence ({corpus.seq_len})"
-        )
-    for name in ("replicates", "batch_size"):
-        value = getattr(config, name)
-        if value < (0 if name == "replicates" else 1):
-            raise ValueError(
-                f"`{name}` must be {'non-negative' if name == 'replicates' else 'positive'}"
-            )
-
-
-def _table(document: dict, name: str, allowed: set[str]) -> dict:
-    table = document.get(name, {})
-    if not isinstance(table, dict):
-        raise ValueError(f"[{name}] must be a table")
-    unknown = set(table) - allowed
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) {sorted(unknown)} in [{name}]: valid are {sorted(allowed)}"
-        )
-    return table
+# --------------------------------------------------------------------------- reading
 
 
 def read_toml(path: str | Path) -> dict:
     """A TOML file as a dict, with one-line errors for a missing or malformed file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"config {path} is not a regular file")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path} is not valid TOML: {error}") from None
 
@@ -225,67 +283,48 @@ def read_toml(path: str | Path) -> dict:
 def load_config(path: str | Path) -> SweepConfig:
     """Read a TOML sweep configuration; relative paths are resolved against its folder."""
     path = Path(path)
-    return config_from_document(read_toml(path), path.parent, source=str(path))
+    return config_from_document(read_toml(path), path.parent, source=path.name)
 
 
 def config_from_document(document: dict, root: Path, *, source: str = "the config") -> SweepConfig:
-    """A parsed TOML document as a config; relative paths are resolved against `root`."""
-    unknown = set(document) - {"pair", "corpus", "probe", "bootstrap", "run"}
+    """A parsed TOML document as a config; relative paths are resolved against `root`.
+
+    Every value is checked strictly by the option schema and every error
+    names `source`, the table and the key.
+    """
+    unknown = sorted(set(document) - {"pair", "corpus", "probe", "bootstrap", "run"})
     if unknown:
-        raise ValueError(f"unknown table(s) {sorted(unknown)} in {source}")
-    root = Path(root)
-
-    def local(value: str) -> str:
-        # A relative path is relative to the config file; a hub id stays as written.
-        candidate = root / value
-        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
-
-    pairs = []
-    for i, entry in enumerate(document.get("pair", [])):
-        missing = {"base", "aligned"} - set(entry)
-        if missing:
-            raise ValueError(f"[[pair]] number {i + 1} lacks {sorted(missing)}")
-        unknown = set(entry) - {"label", "base", "aligned", "phase"}
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {sorted(unknown)} in [[pair]] number {i + 1}: "
-                "valid are label, base, aligned, phase"
-            )
-        label = entry.get("label", f"pair{i}")
-        pairs.append(
-            PairSpec(
-                str(label),
-                local(entry["base"]),
-                local(entry["aligned"]),
-                str(entry.get("phase", "align")),
-            )
+        raise OptionError(
+            f"{source}: unknown table(s) {', '.join(unknown)}: valid are pair, corpus, probe, "
+            "bootstrap, run"
         )
-    corpus = _table(document, "corpus", {"paths", "ids", "tokens", "seq_len", "tokenizer"})
-    probe = _table(document, "probe", {"constructions", "cutoffs", "normalisations", "matrices"})
-    boot = _table(document, "bootstrap", {"replicates", "seed", "bca"})
-    run = _table(document, "run", {"device", "dtype", "batch_size", "trust_remote_code"})
-    corpus_spec = CorpusSpec(
-        paths=tuple(
-            str(root / p) if not Path(p).is_absolute() else p for p in corpus.get("paths", [])
-        ),
-        ids=(
-            str(root / corpus["ids"])
-            if "ids" in corpus and not Path(corpus["ids"]).is_absolute()
-            else corpus.get("ids")
-        ),
-        tokens=corpus.get("tokens"),
-        seq_len=corpus.get("seq_len", DEFAULT_SEQ_LEN),
-        tokenizer=local(corpus["tokenizer"]) if "tokenizer" in corpus else None,
-    )
-    return SweepConfig(
-        pairs=tuple(pairs),
-        corpus=corpus_spec,
-        constructions=tuple(probe.get("constructions", DEFAULT_CONSTRUCTIONS)),
-        cutoffs=tuple(probe.get("cutoffs", DEFAULT_CUTOFFS)),
-        normalisations=tuple(probe.get("normalisations", DEFAULT_NORMALISATIONS)),
-        matrices=tuple(probe.get("matrices", probes.MATRICES)),
-        replicates=int(boot.get("replicates", 0)),
-        seed=int(boot.get("seed", 0)),
-        bca=bool(boot.get("bca", False)),
-        **run,
-    )
+    root = Path(root)
+    entries = document.get("pair", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise OptionError(f"{source}: pairs are [[pair]] tables (an array of tables)")
+    pairs = []
+    for i, entry in enumerate(entries):
+        label = f"[[pair]] number {i + 1}"
+        missing = sorted({"base", "aligned"} - set(entry))
+        if missing:
+            raise OptionError(f"{source}: {label} lacks {', '.join(missing)}")
+        values = read_table(PairSpec, entry, "pair", source=source, root=root, label=label)
+        values.setdefault("label", f"pair{i}")
+        pairs.append(_built(PairSpec, values, source))
+    corpus = _built(CorpusSpec, read_table(CorpusSpec, document, "corpus", source=source,
+                                           root=root), source)  # fmt: skip
+    values = {}
+    for table in ("probe", "bootstrap", "run"):
+        values.update(read_table(SweepConfig, document, table, source=source))
+    return _built(SweepConfig, {"pairs": tuple(pairs), "corpus": corpus, **values}, source)
+
+
+def _built(cls, values: dict, source: str):
+    """`cls(**values)`, a cross-field error prefixed with the file it came from."""
+    try:
+        return cls(**values)
+    except OptionError as error:
+        message = str(error)
+        raise OptionError(
+            message if message.startswith(source) else f"{source}: {message}"
+        ) from None

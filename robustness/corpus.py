@@ -68,14 +68,38 @@ def builtin_documents() -> list[str]:
     return [topics[name] for name in sorted(topics)]
 
 
+def read_text(path: Path) -> str:
+    """A corpus file's text: UTF-8, and text at all (a binary file is refused, never replaced).
+
+    A NUL byte or bytes that are not UTF-8 mean the file is not text: reading it
+    with replacement characters would measure noise under a text file's name.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"corpus {path} is a directory: name its text or JSONL files")
+    if not path.is_file():
+        raise ValueError(f"corpus {path} is not a regular file")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise ValueError(
+            f"corpus {path} is not text (it holds NUL bytes): give text, JSONL or .npy ids"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"corpus {path} is not UTF-8 text (byte {error.start}): give text, JSONL or .npy ids"
+        ) from None
+
+
 def read_documents(paths) -> list[str]:
     documents = []
     for raw in paths:
         path = Path(raw)
-        if not path.is_file():
-            raise FileNotFoundError(f"corpus file not found: {path}")
+        text = read_text(path)
         if path.suffix == ".jsonl":
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -86,7 +110,7 @@ def read_documents(paths) -> list[str]:
                     raise ValueError(f"{path}:{number} has no string `text` field")
                 documents.append(record["text"])
         else:
-            documents.append(path.read_text(encoding="utf-8", errors="replace"))
+            documents.append(text)
     return documents
 
 
@@ -121,11 +145,13 @@ def select_sequences(stream: np.ndarray, tokens: int, seq_len: int, *, source: s
 
 def _load_ids(spec: CorpusSpec) -> Corpus:
     path = Path(spec.ids)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"token-id file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"token-id file {path} is not a regular file")
     try:
         ids = np.load(path, allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, OSError, EOFError) as error:
         raise ValueError(f"{path} is not a NumPy .npy array: {error}") from None
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or ids.size == 0:
         raise ValueError(
@@ -133,6 +159,11 @@ def _load_ids(spec: CorpusSpec) -> Corpus:
         )
     if ids.min() < 0:
         raise ValueError(f"{path} holds negative token ids")
+    if spec.seq_len is not None and spec.seq_len != ids.shape[1]:
+        raise ValueError(
+            f"{path} holds sequences of {ids.shape[1]} tokens, which fix the sequence length: "
+            f"drop --seq-len {spec.seq_len} (or give {ids.shape[1]})"
+        )
     if spec.tokens is not None:
         wanted = spec.tokens // ids.shape[1]
         if wanted > ids.shape[0]:
@@ -174,4 +205,4 @@ def load_corpus(
     )
     stream = tokenize(documents, tokenizer)
     tokens = spec.tokens if spec.tokens is not None else DEFAULT_TOKENS
-    return Corpus(select_sequences(stream, tokens, spec.seq_len, source=source), source)
+    return Corpus(select_sequences(stream, tokens, spec.length, source=source), source)

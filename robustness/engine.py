@@ -38,7 +38,7 @@ from .cache import StatisticsCache
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
 from .grid import ACTIVATION_SOURCE, TRAINED_SIDE_SOURCE, Grid, as_numpy, fill_replicates
-from .models import open_layerwise, resolve_device, targeted_matrices
+from .models import open_layerwise, resolve_device, select_matrices, targeted_matrices
 from .resampling import (
     bootstrap_chunk_size,
     bootstrap_weights,
@@ -139,14 +139,16 @@ def _layer_statistics(models, hashes, corpus, sites, config, cache, progress, la
         yield layer, stats, True
 
 
-def _resampling_weights(config: SweepConfig, corpus: Corpus, resampled: bool, label: str):
+def _resampling_weights(config: SweepConfig, corpus: Corpus, resampled: bool, key: str):
     """Multinomial chunk counts for each replicate, drawn once for every layer.
+
+    Seeded by the seed and `key` (the base's weights hash), never by a label.
 
     With ``bca`` one leave-one-chunk-out row per chunk follows (BCa's
     acceleration); without it there are none to compute.
     """
     n_chunks = len(sequence_chunks(corpus.ids.shape[0])) if resampled else 1
-    rows = [bootstrap_weights(n_chunks, config.replicates, config.seed, label)]
+    rows = [bootstrap_weights(n_chunks, config.replicates, config.seed, key)]
     if config.bca:
         rows.append(jackknife_weights(n_chunks))
     return np.vstack(rows)
@@ -300,11 +302,7 @@ def sweep_pair(
     probes.check_pair(base.model, aligned.model)
     dims = probes.model_dims(base.model)
     d, n_layers = dims.d_model, dims.n_layers
-    matrices = tuple(m for m in config.matrices if m in base.family.matrices)
-    if not matrices:
-        raise ValueError(
-            f"pair {pair.label!r}: none of {list(config.matrices)} exist in {dims.model_type}"
-        )
+    matrices = select_matrices(dims.model_type, config.matrices, label=pair.label)
     clock = time.perf_counter()
     hashes = {
         role: probes.weights_hash(getattr(pair, role), progress=progress)
@@ -346,7 +344,7 @@ def sweep_pair(
             "a pretraining pair: activation and unembedding constructions from the trained side"
         )
 
-    grid = Grid(config, d, pair.label, pair_bases, sources)
+    grid = Grid(config, d, hashes["base"], pair_bases, sources)
     grid.eigh_device = _eigh_device(device)
     shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
@@ -355,7 +353,9 @@ def sweep_pair(
     purity = np.full((n_layers, len(matrices)), np.nan)
     resampled = [c for c in constructions if c in sources]
     weights_b = (
-        _resampling_weights(config, corpus, bool(roles), pair.label) if config.replicates else None
+        _resampling_weights(config, corpus, bool(roles), hashes["base"])
+        if config.replicates
+        else None
     )
     boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
     sites = sorted({probes.SITE_OF[m] for m in matrices})

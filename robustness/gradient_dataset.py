@@ -44,7 +44,7 @@ from .gradients import (
     summarise_statistics,
 )
 from .layers import layer_test
-from .models import config_widths, load_model, supported_config
+from .models import check_corpus, config_widths, load_model, supported_config
 from .preferences import preference_pairs
 from .provenance import provenance_attrs
 from .resampling import bootstrap_weights, percentile_interval, sequence_chunks
@@ -163,10 +163,7 @@ def gradient_dataset(
     prompt_len = settings.prompt_len or seq_len // 2
     if not 1 <= prompt_len < seq_len:
         raise ValueError(f"`prompt_len` must lie in [1, {seq_len - 1}], got {prompt_len}")
-    if int(ids.max()) >= int(widths["vocab_size"]):
-        raise ValueError(
-            f"the corpus holds token id {int(ids.max())}, outside the models' vocabulary of {widths['vocab_size']}"
-        )
+    check_corpus(corpus, {"the checkpoints": widths})
     needs_pairs = any(lam is not None for _, lam in objectives)
     if needs_pairs and len(ids) < 2:
         raise ValueError("preference pairs need at least 2 sequences: raise the tokens")

@@ -40,17 +40,15 @@ trajectory and assembles ``gradients.nc``.
 from __future__ import annotations
 
 import functools
-import json
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 import probes
 
+from .options import GradientSettings, parse_objectives
 from .preferences import objective_loss
 from .resampling import sequence_chunks
-from .specification import canonical_cutoffs
 
 __all__ = [
     "SITE_KIND",
@@ -61,7 +59,6 @@ __all__ = [
     "summarise_statistics",
 ]
 
-OBJECTIVES = ("ce", "dpo", "mixed")
 SITE_ORDER = ("attn_in", "mlp_in", "o_out", "down_out")
 SITE_KIND = {
     "attn_in": "activation",
@@ -69,85 +66,6 @@ SITE_KIND = {
     "o_out": "gradient",
     "down_out": "gradient",
 }
-PREDICTION_CONSTRUCTIONS = ("unembed", "unembed_centered", "unembed_folded")
-
-
-def parse_objectives(names, lams=(0.5,)) -> list[tuple[str, float | None]]:
-    """``[(label, λ)]``: ``ce`` → ``("ce", None)``, ``dpo`` → ``("dpo", 1.0)``,
-    ``mixed`` → one ``("lam=x", x)`` per x in `lams`, ``lam=x`` → ``("lam=x", x)``."""
-    out: list[tuple[str, float | None]] = []
-    for name in names:
-        if name == "ce":
-            out.append(("ce", None))
-        elif name == "dpo":
-            out.append(("dpo", 1.0))
-        elif name == "mixed":
-            if not lams:
-                raise ValueError("objective `mixed` needs --lam values in [0, 1]")
-            out.extend((f"lam={lam:g}", float(lam)) for lam in lams)
-        elif name.startswith("lam="):
-            try:
-                lam = float(name[4:])
-            except ValueError:
-                raise ValueError(f"objective {name!r}: λ must be a number, e.g. lam=0.5") from None
-            out.append((f"lam={lam:g}", lam))
-        else:
-            raise ValueError(
-                f"unknown objective {name!r}: valid are {', '.join(OBJECTIVES)} or lam=x"
-            )
-    labels = [label for label, _ in out]
-    if not out:
-        raise ValueError(f"no objective given: choose from {', '.join(OBJECTIVES)}")
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"repeated objective in {labels}")
-    for label, lam in out:
-        if lam is not None and not 0.0 <= lam <= 1.0:
-            raise ValueError(f"objective {label!r}: λ must lie in [0, 1]")
-    return out
-
-
-@dataclass(frozen=True)
-class GradientSettings:
-    """Everything that changes the numbers of `rsf gradients` (written to the dataset's attrs)."""
-
-    objectives: tuple[str, ...] = ("ce", "dpo")
-    lams: tuple[float, ...] = (0.5,)
-    beta: float = 0.1
-    prompt_len: int | None = None  # default: half the sequence
-    batch_size: int = 8
-    replicates: int = 200
-    seed: int = 0
-    cutoffs: tuple[str, ...] = ("k=8", "frac=0.05")
-    prediction: str = "unembed"
-    confidence_level: float = 0.95
-
-    def __post_init__(self):
-        parse_objectives(self.objectives, self.lams)
-        if self.beta <= 0:
-            raise ValueError(f"`beta` must be positive, got {self.beta}")
-        if self.batch_size < 1:
-            raise ValueError(f"`batch_size` must be positive, got {self.batch_size}")
-        if self.replicates < 0:
-            raise ValueError(f"`replicates` must be non-negative, got {self.replicates}")
-        if not 0 < self.confidence_level < 1:
-            raise ValueError(f"`confidence_level` must lie in (0, 1), got {self.confidence_level}")
-        if self.prediction not in PREDICTION_CONSTRUCTIONS:
-            raise ValueError(
-                f"unknown prediction subspace {self.prediction!r}: valid are "
-                f"{', '.join(PREDICTION_CONSTRUCTIONS)}"
-            )
-        object.__setattr__(self, "cutoffs", canonical_cutoffs(self.cutoffs))
-        for label in self.cutoffs:
-            if probes.parse_cutoff(label).rule not in ("k", "frac"):
-                raise ValueError(
-                    f"cutoff {label!r}: the prediction fraction takes fixed cutoffs (k=…, frac=…)"
-                )
-
-    def labelled_objectives(self) -> list[tuple[str, float | None]]:
-        return parse_objectives(self.objectives, self.lams)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def _batches(n: int, chunks, batch_size: int) -> tuple[list[slice], list[int]]:

@@ -116,9 +116,11 @@ class Grid:
     """The per-layer work of one pair: bases, then profiles, then every cutoff and normalisation."""
 
     def __init__(
-        self, config: SweepConfig, d: int, label: str, pair_bases: dict, sources=ACTIVATION_SOURCE
+        self, config: SweepConfig, d: int, key: str, pair_bases: dict, sources=ACTIVATION_SOURCE
     ):
-        self.config, self.d, self.label, self.pair_bases = config, d, label, pair_bases
+        # `key` seeds the random control: the base's weights hash, never the pair's label, so a
+        # relabelled pair, or a LoRA adapter and its merged model, get the same random bases.
+        self.config, self.d, self.key, self.pair_bases = config, d, key, pair_bases
         self.sources = (
             sources  # construction → the role ("base", "aligned") whose statistics it reads
         )
@@ -185,7 +187,7 @@ class Grid:
             return bases[(matrix, construction)]
         if self.random_k < 1:  # only spectrum cutoffs: nothing a random basis can define
             return None
-        rng = probes.construction_rng(self.config.seed, self.label, layer, matrix)
+        rng = probes.construction_rng(self.config.seed, self.key, layer, matrix)
         return probes.random_subspace(self.d, rng=rng, k=self.random_k)
 
     def fill(self, layer, prepared, stats, rsf, ks, *, constructions=None, bases=None) -> None:

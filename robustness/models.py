@@ -7,6 +7,7 @@ corpus outside the vocabulary is one line, raised before any weights load.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -27,7 +28,17 @@ __all__ = [
     "preflight",
     "prepare_corpus",
     "resolve_device",
+    "select_matrices",
 ]
+
+# Config keys of the widths every check reads, by the names families give them.
+WIDTH_KEYS = {
+    "n_layers": ("num_hidden_layers", "n_layer", "num_layers"),
+    "d_model": ("hidden_size", "n_embd", "d_model"),
+    "vocab_size": ("vocab_size",),
+    "n_heads": ("num_attention_heads", "n_head", "num_heads"),
+    "max_positions": ("max_position_embeddings", "n_positions"),
+}
 
 
 def resolve_device(device: str) -> str:
@@ -40,25 +51,77 @@ def resolve_device(device: str) -> str:
 
 
 def open_model_config(spec: str, *, trust_remote_code: bool = False):
-    """The model's config (no weights), with one-line errors for a bad path or hub id."""
+    """The model's config (no weights), with one-line errors for a bad path, file or hub id.
+
+    A local ``config.json`` must be a JSON object whose widths are positive
+    integers (``hidden_size: "64"`` is refused here, not deep in a forward
+    pass). ``trust_remote_code`` is passed to transformers exactly as given: a
+    config that asks for its own code (``auto_map``) is refused without it.
+    """
     from transformers import AutoConfig
 
     if os.path.exists(os.path.expanduser(spec)):
         path = os.path.expanduser(spec)
-        if not os.path.isfile(os.path.join(path, "config.json")):
+        if probes.is_adapter(path):
+            raise ValueError(
+                f"{spec} is a LoRA adapter, not a model: give it as --aligned on its base "
+                "(rsf inspect reads the base it names)"
+            )
+        config_file = os.path.join(path, "config.json")
+        if not os.path.isfile(config_file):
             raise ValueError(
                 f"{spec} is not a model directory (no config.json): use save_pretrained"
             )
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        check_widths(_read_config_json(config_file), config_file)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{config_file}: {_first_line(error)}") from None
+        check_widths(config, config_file)
+        return config
     if looks_like_path(spec):
         raise FileNotFoundError(f"model directory not found: {spec}")
     try:
-        return AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise ValueError(
             f"cannot reach hub id {spec!r} ({type(error).__name__}): no network or no such model; "
             "pass a local directory written by save_pretrained"
         ) from None
+    check_widths(config, f"{spec}'s config")
+    return config
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _read_config_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(document).__name__}")
+    return document
+
+
+def check_widths(config, where: str) -> None:
+    """Every width a check reads is a positive integer (a string or a float is refused).
+
+    `config` is a transformers config or the ``config.json`` document itself.
+    """
+    for keys in WIDTH_KEYS.values():
+        for key in keys:
+            value = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: {key} must be a positive integer, got {value!r}")
+            break
 
 
 def supported_config(spec: str, *, trust_remote_code: bool = False):
@@ -73,7 +136,10 @@ def supported_config(spec: str, *, trust_remote_code: bool = False):
 
 
 def config_widths(config) -> dict:
-    """``model_type``, ``n_layers``, ``d_model`` and ``vocab_size`` from a config alone."""
+    """``model_type``, ``n_layers``, ``d_model``, ``vocab_size`` and ``max_positions`` from a config alone.
+
+    ``max_positions`` is ``None`` where the config sets no limit.
+    """
 
     def get(*names):
         for name in names:
@@ -84,10 +150,28 @@ def config_widths(config) -> dict:
 
     return {
         "model_type": config.model_type,
-        "n_layers": get("num_hidden_layers", "n_layer", "num_layers"),
-        "d_model": get("hidden_size", "n_embd", "d_model"),
-        "vocab_size": get("vocab_size"),
+        **{name: get(*WIDTH_KEYS[name]) for name in ("n_layers", "d_model", "vocab_size")},
+        "max_positions": get(*WIDTH_KEYS["max_positions"]),
     }
+
+
+def select_matrices(model_type: str, wanted, *, label: str) -> tuple[str, ...]:
+    """The canonical matrices of `model_type`'s family among `wanted`, in canonical order.
+
+    `wanted` ``None`` is every matrix the family has (GPT-2 has no ``gate``); a
+    listed matrix the family lacks is an error, never silently dropped.
+    """
+    family = probes.FAMILIES[model_type].matrices
+    if wanted is None:
+        return tuple(m for m in probes.MATRICES if m in family)
+    absent = [m for m in wanted if m not in family]
+    if absent:
+        raise ValueError(
+            f"pair {label!r}: {model_type} has no {', '.join(absent)} matrix: its matrices are "
+            f"{', '.join(m for m in probes.MATRICES if m in family)} (leave --matrices out to "
+            "measure every matrix each family has)"
+        )
+    return tuple(m for m in probes.MATRICES if m in wanted)
 
 
 def preflight(config: SweepConfig) -> dict[str, dict]:
@@ -115,6 +199,7 @@ def preflight(config: SweepConfig) -> dict[str, dict]:
                 f"pair {pair.label!r}: unsupported model type {base['model_type']!r}: supported are "
                 f"{', '.join(probes.SUPPORTED_MODEL_TYPES)}"
             )
+        select_matrices(base["model_type"], config.matrices, label=pair.label)
         differences = [f"{k}: {base[k]} vs {aligned[k]}" for k in base if base[k] != aligned[k]]
         if differences:
             raise ValueError(
@@ -124,18 +209,37 @@ def preflight(config: SweepConfig) -> dict[str, dict]:
             probes.validate_cutoffs(config.cutoffs, int(base["d_model"]))
         except ValueError as error:
             raise ValueError(f"pair {pair.label!r}: {error}") from None
+        if config.corpus.ids is None:  # text: the sequence length is known before reading it
+            check_positions(config.corpus.length, base["max_positions"], f"pair {pair.label!r}")
         widths[pair.label] = base
     return widths
 
 
 def check_corpus(corpus: Corpus, widths: dict[str, dict]) -> None:
-    """Token ids must exist in every pair's vocabulary (an ids file may not match the models)."""
+    """Token ids must exist in every model's vocabulary, and sequences fit its positions.
+
+    `widths` are :func:`config_widths` by what they describe (``"pair 'demo'"``).
+    Checked from the configs, before any forward pass: an ids file may not match
+    the models, and a sequence longer than a model's positions is refused, not
+    run past the range it was trained on (or into an index error).
+    """
     largest = int(corpus.ids.max())
-    for label, w in widths.items():
+    for what, w in widths.items():
         if w["vocab_size"] is not None and largest >= int(w["vocab_size"]):
             raise ValueError(
-                f"the corpus holds token id {largest}, outside pair {label!r}'s vocabulary of {w['vocab_size']}"
+                f"the corpus holds token id {largest}, outside the vocabulary of {what} "
+                f"({w['vocab_size']} tokens)"
             )
+        check_positions(corpus.seq_len, w.get("max_positions"), what)
+
+
+def check_positions(seq_len: int, max_positions, what: str) -> None:
+    """A sequence length the model's positions cover, or a one-line error naming both."""
+    if max_positions is not None and seq_len > int(max_positions):
+        raise ValueError(
+            f"sequences of {seq_len} tokens exceed the {max_positions} positions of {what}: "
+            f"lower --seq-len to at most {max_positions}"
+        )
 
 
 def prepare_corpus(config: SweepConfig, tokenizer_source: str) -> Corpus:
@@ -148,17 +252,19 @@ def prepare_corpus(config: SweepConfig, tokenizer_source: str) -> Corpus:
     corpus = load_corpus(
         config.corpus, tokenizer_source=tokenizer_source, trust_remote_code=config.trust_remote_code
     )
-    check_corpus(corpus, widths)
+    check_corpus(corpus, {f"pair {label!r}": w for label, w in widths.items()})
     return corpus
 
 
 def check_vocabulary(corpus: Corpus, model) -> None:
-    """Token ids must exist in a loaded model's vocabulary."""
+    """Token ids must exist in a loaded model's vocabulary, and sequences fit its positions."""
     vocab = int(model.get_output_embeddings().weight.shape[0])
     if int(corpus.ids.max()) >= vocab:
         raise ValueError(
-            f"the corpus holds token id {int(corpus.ids.max())}, outside the model's vocabulary of {vocab}"
+            f"the corpus holds token id {int(corpus.ids.max())}, outside the model's vocabulary "
+            f"({vocab} tokens)"
         )
+    check_positions(corpus.seq_len, config_widths(model.config)["max_positions"], "the model")
 
 
 def load_model(
@@ -208,7 +314,14 @@ def open_layerwise(
             path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
         )
     except probes.NotStreamable as reason:
-        loaded = load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            loaded = load_model(
+                spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+        except ValueError:  # the checkpoint does not fit its config either way: name the tensor
+            raise ValueError(
+                f"{reason}: the checkpoint does not fit the model its config.json builds"
+            ) from None
         return probes.LayerwiseModel.loaded(loaded), f"{reason}: loaded whole"
     if model.checkpoint.format == "pickle":
         return model, f"{spec} has no safetensors: its pickles are read memory-mapped"

@@ -172,6 +172,27 @@ def _sequence_intervals(results, pair, n_layers, read_idx, write_idx, confidence
     return out
 
 
+def _preferred(results: xr.Dataset, preferred: tuple, *, given: bool) -> tuple[tuple, str]:
+    """The preferred specification and a note when it stands in for the paper's (never silently)."""
+    present = all(v in results[d].values for v, d in zip(preferred, SPEC_DIMS, strict=True))
+    if present:
+        return tuple(preferred), ""
+    if given:
+        available = "; ".join(
+            f"{dim}s {', '.join(map(str, results[dim].values))}" for dim in SPEC_DIMS
+        )
+        raise ValueError(
+            f"the preferred specification {','.join(preferred)} is not in the results, whose "
+            f"specifications combine {available}"
+        )
+    stand_in = tuple(str(results[d].values[0]) for d in SPEC_DIMS)
+    note = (
+        f"the paper's specification {','.join(preferred)} was not swept: "
+        f"{','.join(stand_in)} leads the summary and the pair model in its place"
+    )
+    return stand_in, note
+
+
 def _n_layers(results: xr.Dataset, pair) -> int:
     return int(results.n_layers.sel(pair=pair)) if "n_layers" in results else results.sizes["layer"]
 
@@ -185,23 +206,30 @@ def compute_stats(
     n_resamples: int = 9999,
     alpha: float = 0.05,
     seed: int = 0,
-    preferred=DEFAULT_PREFERRED,
+    preferred=None,
     progress: bool = False,
 ) -> xr.Dataset:
     """The statistics dataset for every pair and specification of `results`.
 
     `n_resamples` is the number of Monte Carlo null draws (rotations, sign
-    flips and permutations) where exact enumeration is too large.
+    flips and permutations) where exact enumeration is too large. `preferred`
+    names the specification the summary and the pair model lead with; one
+    that `results` does not hold is an error listing the ones it does. Left
+    out, it is the paper's (``act_cov, k=8, log_isotropic``) when swept, else
+    the first swept specification, and the dataset says so (attr
+    ``preferred_note``).
     """
     from tqdm.auto import tqdm
 
-    if not 0 < confidence_level < 1:
-        raise ValueError(f"`confidence_level` must lie in (0, 1), got {confidence_level}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"`alpha` must lie in (0, 1), got {alpha}")
-    if n_resamples < 1:
-        raise ValueError(f"`n_resamples` must be at least 1, got {n_resamples}")
-    read, write = _validate_sets(results, read, write)
+    from .options import StatsOptions
+
+    options = StatsOptions(
+        read=tuple(read), write=tuple(write), confidence_level=confidence_level,
+        n_resamples=n_resamples, alpha=alpha, seed=seed,
+        preferred=tuple(preferred) if preferred is not None else DEFAULT_PREFERRED,
+    )  # fmt: skip
+    read, write = _validate_sets(results, options.read, options.write)
+    preferred, preferred_note = _preferred(results, options.preferred, given=preferred is not None)
     matrices = list(results.matrix.values)
     shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
     specs = [
@@ -240,13 +268,15 @@ def compute_stats(
             continue
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
         s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
-        duplicate_of = curve.duplicates(s, specs, tuple(preferred))
+        duplicate_of = curve.duplicates(s, specs, options.preferred)
         counted = curve.counted_mask(specs, duplicate_of)
         duplicate_out[p] = np.asarray(duplicate_of, dtype=object).reshape(shape[1:])
         complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
         counted_out[p] = (counted & complete).reshape(shape[1:])
         info: dict = {
             "n_layers": n_layers,
+            "read_set": ",".join(pair_read),
+            "write_set": ",".join(pair_write),
             "incomplete_specifications": int((~complete).sum()),
             "counted_specifications": int((counted & complete).sum()),
             "projections": projections_for(n_layers),
@@ -302,9 +332,6 @@ def compute_stats(
             float(np.median(standardised)) if standardised.size else float("nan"),
         )
         per_pair[str(pair)] = info
-    preferred = tuple(preferred)
-    if not all(v in results[d].values for v, d in zip(preferred, SPEC_DIMS, strict=True)):
-        preferred = tuple(str(results[d].values[0]) for d in SPEC_DIMS)
     models = _pair_models(results, preferred, specs, layer_differences, confidence_level)
     dims = ("pair", *SPEC_DIMS)
     data_vars = {name: (dims, values) for name, values in out.items()}
@@ -376,6 +403,7 @@ def compute_stats(
             "normalisation; on a complete grid the order does not matter",
             "null_hypotheses": json.dumps(NULL_HYPOTHESES),
             "preferred_specification": ",".join(preferred),
+            "preferred_note": preferred_note,
             "per_pair": json.dumps(per_pair),
             "pair_model": json.dumps(models),
             "results_config": results.attrs.get("config", ""),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from robustness.calibration import CalibrationSettings, run_calibration
-from robustness.dataset import write_dataset
-from robustness.files import check_writable
+from robustness.options import CalibrationMode, CalibrationSettings, Output, Verbosity
+
+from .options import add_options, read_options
 
 __all__ = ["add_parser", "run"]
 
@@ -16,27 +16,24 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "calibrate", help="simulation study: type-I error, power, coverage"
     )
-    parser.add_argument("--sims", type=int, help="null simulations (default 1000; 200 with --fast)")
-    parser.add_argument("--fast", action="store_true", help="a quick study for CI (about a minute)")
-    parser.add_argument(
-        "--out", default="calibration.nc", help="output dataset (default calibration.nc)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(parser, CalibrationSettings)
+    add_options(parser, CalibrationMode)
+    add_options(parser, Verbosity)
+    add_options(parser, Output, title="output", defaults={"out": "calibration.nc"})
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    out = check_writable(args.out)
+    from robustness.calibration import run_calibration
+    from robustness.dataset import write_dataset
+    from robustness.files import check_writable
+
+    out = check_writable(args.out, mkdir=bool(args.mkdir))
+    given = read_options(CalibrationSettings, args)
     settings = (
-        CalibrationSettings.fast(seed=args.seed)
-        if args.fast
-        else CalibrationSettings(seed=args.seed)
+        CalibrationSettings.fast(seed=given.get("seed", 0)) if args.fast else CalibrationSettings()
     )
-    if args.sims is not None:
-        if args.sims < 10:
-            raise ValueError(f"--sims must be at least 10, got {args.sims}")
-        settings = dataclasses.replace(settings, n_null=args.sims)
+    settings = dataclasses.replace(settings, **given)
     calibration = run_calibration(settings, progress=not args.quiet)
     write_dataset(calibration, out)
     print("\n".join(summary_lines(calibration, settings)))

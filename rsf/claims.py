@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import xarray as xr
+from robustness.options import ClaimsOptions, Inputs, Output, Verbosity
 
-from robustness.dataset import open_dataset
-from robustness.files import check_writable
-from robustness.paper import paper_claims
-
-from .options import split_list
+from .options import add_options, read_options
 from .output import publish
 
 __all__ = ["add_parser", "claim_lines", "run"]
@@ -22,52 +18,34 @@ def add_parser(commands) -> None:
         "reference, equivalence for near-isotropy, dependence-robust tests over layers), with a "
         "verdict at its preferred specification and its robustness over the eligible ones.",
     )
-    parser.add_argument("results", help="results.nc written by rsf sweep")
-    parser.add_argument("--stats", help="stats.nc written by rsf stats from the same results")
-    parser.add_argument(
-        "--extra",
-        help="comma list of gradients.nc, trajectory.nc, contrastive.nc, rank1.nc (the mechanism claims)",
-    )
-    parser.add_argument(
-        "--isotropy-margin", type=float, default=0.5,
-        help="equivalence margin of write_isotropy, log2 units (default 0.5, a factor √2)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--graded-margin", type=float, default=0.25,
-        help="non-inferiority margin of graded_control, log2 per unit λ (default 0.25)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--alpha", type=float, default=0.05, help="significance level (default 0.05)"
-    )
-    parser.add_argument(
-        "--resamples", type=int, default=9999, help="rotations of the joint tests (default 9999)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the rotations (default 0)")
-    parser.add_argument("--out", default="claims.nc", help="output dataset (default claims.nc)")
-    parser.add_argument("--quiet", action="store_true", help="no 'wrote' line")
+    add_options(parser, Inputs, ("results", "stats", "extra"))
+    add_options(parser, ClaimsOptions, title="rules")
+    add_options(parser, Verbosity)
+    add_options(parser, Output, title="output", defaults={"out": "claims.nc"})
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    for name in ("isotropy_margin", "graded_margin"):
-        if not getattr(args, name) > 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-            )
-    out = check_writable(args.out)
-    results = open_dataset(args.results)
-    if "rsf" not in results:
-        raise ValueError(f"{args.results} is not an rsf results dataset (no `rsf` variable)")
-    stats = open_dataset(args.stats) if args.stats else None
-    extras = [open_dataset(path) for path in split_list(args.extra) or ()]
+    from robustness.dataset import open_dataset
+    from robustness.files import check_writable
+    from robustness.paper import paper_claims
+
+    options = ClaimsOptions(**read_options(ClaimsOptions, args))
+    extra = read_options(Inputs, args, ("extra",)).get("extra", ())
+    inputs = [args.results, args.stats, *extra]
+    out = check_writable(args.out, inputs=inputs, mkdir=bool(args.mkdir))
+    results = open_dataset(args.results, "results")
+    stats = open_dataset(args.stats, "stats") if args.stats else None
+    extras = [open_dataset(path) for path in extra]
     claims = paper_claims(
-        results, stats=stats, extras=extras, isotropy_margin=args.isotropy_margin,
-        graded_margin=args.graded_margin, alpha=args.alpha, n_resamples=args.resamples, seed=args.seed,
+        results, stats=stats, extras=extras, isotropy_margin=options.isotropy_margin,
+        graded_margin=options.graded_margin, alpha=options.alpha,
+        n_resamples=options.n_resamples, seed=options.seed,
     )  # fmt: skip
     return publish(claims, out, claim_lines(claims), quiet=args.quiet)
 
 
-def claim_lines(claims: xr.Dataset) -> list[str]:
+def claim_lines(claims) -> list[str]:
     """A table per pair (claim, verdict, estimate with interval, reference, p, robustness) and a summary line."""
     lines = []
     for pair in claims.pair.values:

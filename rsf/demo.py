@@ -14,26 +14,10 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from reports import write_report
-from robustness.cache import default_cache_dir
-from robustness.dataset import build_dataset, open_dataset, write_dataset
-from robustness.demo import (
-    DemoGrid,
-    DemoPair,
-    DemoSettings,
-    demo_gradients,
-    demo_is_cached,
-    demo_pair,
-    demo_probe_corpus,
-    demo_sweep_config,
-    single_threaded,
-)
-from robustness.engine import run_sweep
-from robustness.files import check_writable
-from robustness.paper import paper_claims
-from robustness.stats import compute_stats
+from robustness.options import CacheOptions, DemoOptions, Output, Verbosity
 
 from .claims import claim_lines
+from .options import add_options, read_options
 from .stats import summary as stats_summary
 
 __all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
@@ -58,32 +42,22 @@ def add_parser(commands) -> None:
         "sequence bootstrap, test the read/write asymmetry and write the report. "
         "Nothing is downloaded.",
     )
-    parser.add_argument(
-        "--out",
-        default="rsf-demo",
-        help="output folder (default rsf-demo/): results.nc, stats.nc, report.html",
-    )
-    parser.add_argument("--retrain", action="store_true", help="rebuild the cached demo pair")
-    parser.add_argument(
-        "--seed", type=int, help="training seed (default 0; another seed, another pair)"
-    )
-    parser.add_argument(
-        "--cache-dir", help="cache for the pair and statistics (default ~/.cache/rsf-robustness)"
-    )
-    parser.add_argument(
-        "--full",
-        action="store_true",
-        help="also run every experiment on the demo (gradients at every checkpoint with a "
-        "bootstrap, the alignment trajectory, the graded contrastive variants, the rank-1 "
-        "interventions) and test every claim; tens of minutes",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(parser, Output, ("out",), defaults={"out": "rsf-demo"},
+                notes={"out": "a folder, default rsf-demo/: results.nc, stats.nc, claims.nc, "
+                       "gradients.nc, report.html"})  # fmt: skip
+    add_options(parser, Output, ("mkdir",))
+    add_options(parser, DemoOptions)
+    add_options(parser, CacheOptions, ("cache_dir",))
+    add_options(parser, Verbosity)
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    settings = DemoSettings() if args.seed is None else DemoSettings(seed=args.seed)
-    if args.full and settings != DemoSettings():
+    from robustness.demo import DemoSettings
+
+    options = DemoOptions(**read_options(DemoOptions, args))
+    settings = DemoSettings() if options.seed is None else DemoSettings(seed=options.seed)
+    if options.full and settings != DemoSettings():
         raise ValueError(
             "--full runs the experiments on the default demo pair: drop --seed (or run the "
             "experiments one by one)"
@@ -92,9 +66,10 @@ def run(args) -> int:
         args.out,
         settings=settings,
         cache_root=args.cache_dir,
-        retrain=args.retrain,
-        full=args.full,
+        retrain=options.retrain,
+        full=options.full,
         progress=not args.quiet,
+        mkdir=bool(args.mkdir),
     )
     print(f"report: {outcome.report}")
     print(
@@ -113,7 +88,7 @@ def run(args) -> int:
 class DemoOutcome:
     """What :func:`run_demo` wrote, and the verdict it printed."""
 
-    pair: DemoPair
+    pair: object  # robustness.demo.DemoPair
     results: Path
     stats: Path
     report: Path | None
@@ -133,17 +108,19 @@ def _stage(message: str, quiet: bool) -> None:
 def run_demo(
     out: str | Path = "rsf-demo",
     *,
-    settings: DemoSettings | None = None,
-    grid: DemoGrid | None = None,
+    settings=None,
+    grid=None,
     cache_root: str | Path | None = None,
     retrain: bool = False,
     full: bool = False,
     progress: bool = True,
+    mkdir: bool = False,
 ) -> DemoOutcome:
     """Demo pair (trained or cached) → sweep with bootstrap → stats → gradients → claims → report, in `out`.
 
     Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` and
-    ``report.html`` in `out` (created when missing). The sweep covers the
+    ``report.html`` in `out` (created when missing; its missing parents only
+    with `mkdir`). The sweep covers the
     alignment pair and a pretraining pair (the initialisation → base); the
     gradients a few checkpoints of both phases (:func:`robustness.demo.demo_gradients`).
     Statistics are cached like any sweep's, so a second run does no forward
@@ -151,11 +128,37 @@ def run_demo(
     trajectory, contrastive and rank-1 experiments, each through its own
     command, so every claim is tested.
     """
+    from reports import write_report
+    from robustness.cache import default_cache_dir
+    from robustness.dataset import build_dataset, open_dataset, write_dataset
+    from robustness.demo import (
+        DemoGrid,
+        DemoSettings,
+        demo_gradients,
+        demo_is_cached,
+        demo_pair,
+        demo_probe_corpus,
+        demo_sweep_config,
+        single_threaded,
+    )
+    from robustness.engine import run_sweep
+    from robustness.files import check_writable
+    from robustness.paper import paper_claims
+    from robustness.stats import compute_stats
+
     settings = settings or DemoSettings()
     grid = grid or DemoGrid()
     cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
     started = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"cannot write into {out}: it exists and is not a folder")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ValueError(f"cannot create {out}: {out.parent} is not a folder")
+    if not out.parent.exists() and not mkdir:
+        raise ValueError(
+            f"cannot create {out}: folder {out.parent} does not exist (create it, or pass --mkdir)"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -277,7 +280,7 @@ def _run_command(argv: list[str]) -> None:
         raise ValueError(f"rsf {' '.join(argv)} failed")
 
 
-def verdict_paragraph(pair: DemoPair, stats, summary: str, claims=None) -> str:
+def verdict_paragraph(pair, stats, summary: str, claims=None) -> str:
     """One paragraph: what the pair is, what training did, what the statistics say."""
     m = pair.manifest
     s = m["settings"]

@@ -5,59 +5,52 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import xarray as xr
-
-from robustness.cache import default_cache_dir
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
-from robustness.corpus import evenly_spaced, load_corpus
-from robustness.demo import demo_checkpoints, demo_held_out_corpus, demo_token_windows
-from robustness.experiments.contrastive import (
+from robustness.options import (
+    CacheOptions,
+    ConfigFile,
+    ContrastiveInputs,
     ContrastiveSettings,
-    contrastive_dataset,
-    train_variants,
+    Output,
+    Rank1Settings,
+    RunOptions,
+    Sources,
+    StatsOptions,
+    Verbosity,
 )
-from robustness.experiments.rank1 import Rank1Settings, rank1_dataset
-from robustness.experiments.summaries import EXPERIMENT_GRID
-from robustness.experiments.trajectory import (
-    trajectory_dataset,
-    trajectory_from_toml,
-    trajectory_pairs,
-)
-from robustness.files import check_writable
-from robustness.models import check_vocabulary, load_model, prepare_corpus, resolve_device
-from robustness.specification import RATIO_NORMALISATIONS
 
 from .options import (
-    add_bootstrap,
-    add_cache,
-    add_corpus,
-    add_pathway_sets,
-    add_probe_grid,
-    add_run,
+    add_options,
     cache_root,
     command_corpus,
-    parse_numbers,
-    pathway_sets,
-    split_list,
+    corpus_spec,
+    read_options,
     sweep_config,
 )
 from .output import publish
 
 __all__ = ["add_parser", "contrastive_lines", "rank1_lines", "trajectory_lines"]
 
+# The experiments' default probe grid (robustness.experiments.summaries.EXPERIMENT_GRID), as help.
+GRID_NOTES = {
+    "constructions": "default act_cov,unembed,random",
+    "cutoffs": "default k=8,var=0.9",
+    "normalisations": "default isotropic",
+}
+
 
 def _add_sweep_options(parser) -> None:
     """The sweep each experiment runs per pair: grid, pathway sets, corpus, bootstrap, run, cache."""
-    add_probe_grid(
-        parser,
-        title="probe (a sweep per pair; defaults act_cov,unembed,random × k=8,var=0.9 × isotropic)",
-    )
-    add_pathway_sets(parser)
-    add_corpus(parser, title="probe corpus", tokenizer_default="the first model's")
-    add_bootstrap(parser, seed_default=0)
-    add_run(parser, dtype=False)
-    add_cache(parser)
+    add_options(parser, SweepConfig, ("constructions", "cutoffs", "normalisations", "matrices"),
+                title="probe (a sweep per pair)", notes=GRID_NOTES)  # fmt: skip
+    add_options(parser, StatsOptions, ("read", "write"), title="pathway sets")
+    add_options(parser, CorpusSpec, title="probe corpus",
+                notes={"tokens": "default 65536; all rows of an .npy",
+                       "tokenizer": "default: the first model's"})  # fmt: skip
+    add_options(parser, SweepConfig, ("replicates", "seed"), title="bootstrap")
+    add_options(parser, SweepConfig, ("device", "batch_size", "trust_remote_code"), title="run")
+    add_options(parser, Verbosity, title="run")
+    add_options(parser, CacheOptions, title="cache")
 
 
 def add_parser(commands) -> None:
@@ -72,22 +65,11 @@ def add_parser(commands) -> None:
         "trajectory",
         help="RSF along ordered checkpoints, relative to the start and to the previous one",
     )
-    source = trajectory.add_argument_group("checkpoints (one of)")
-    source.add_argument("--checkpoints", help="ordered comma list of directories or hub ids")
-    source.add_argument(
-        "--config", help="TOML with [trajectory] checkpoints = [...] and the sweep's tables"
-    )
-    source.add_argument("--demo", action="store_true", help="the demo pair's saved checkpoints")
-    source.add_argument(
-        "--phase",
-        default="align",
-        choices=("align", "pretrain", "both"),
-        help="demo phase (default align)",
-    )
-    source.add_argument("--labels", help="comma list of checkpoint labels (default: folder names)")
-    trajectory.add_argument(
-        "--out", default="trajectory.nc", help="output dataset (default trajectory.nc)"
-    )
+    add_options(trajectory, Sources, ("checkpoints",), title="checkpoints (one of)")
+    add_options(trajectory, ConfigFile, title="checkpoints (one of)",
+                notes={"config": "TOML with [trajectory] checkpoints = [...] and the sweep's tables"})  # fmt: skip
+    add_options(trajectory, Sources, ("demo", "phase", "labels"), title="checkpoints (one of)")
+    add_options(trajectory, Output, title="output", defaults={"out": "trajectory.nc"})
     _add_sweep_options(trajectory)
     trajectory.set_defaults(run=run_trajectory)
 
@@ -95,52 +77,12 @@ def add_parser(commands) -> None:
         "contrastive",
         help="variants trained with (1 − λ)·CE(chosen) + λ·DPO: RSF and δ_t rank against λ",
     )
-    source = contrastive.add_argument_group("base (one of)")
-    source.add_argument("--base", help="the base model: a directory or a hub id")
-    source.add_argument("--demo", action="store_true", help="the demo's base, data and recipe")
-    training = contrastive.add_argument_group(
-        "training (with --demo, the defaults are the demo's alignment recipe)"
-    )
-    training.add_argument(
-        "--lams", default="0,0.25,0.5,0.75,1", help="λ values (default 0,0.25,0.5,0.75,1)"
-    )
-    training.add_argument(
-        "--steps", type=int, help="training steps per variant (default 60; --demo: the demo's)"
-    )
-    training.add_argument(
-        "--lr", type=float, help="peak learning rate (default 1e-3; --demo: the demo's)"
-    )
-    training.add_argument(
-        "--train-batch", type=int, help="pairs per step (default 16; --demo: the demo's)"
-    )
-    training.add_argument("--beta", type=float, help="DPO β (default 0.1; --demo: the demo's)")
-    training.add_argument(
-        "--prompt-len", type=int, help="prompt tokens of a pair (default 32; --demo: the demo's)"
-    )
-    training.add_argument(
-        "--train-corpus", help="text/JSONL files for the pairs (default: built-in corpus)"
-    )
-    training.add_argument(
-        "--train-tokens", type=int, default=65536, help="tokens of training text (default 65536)"
-    )
-    training.add_argument(
-        "--variants-dir", help="where variants are saved and reused (default: the cache)"
-    )
-    training.add_argument(
-        "--gradient-pairs",
-        type=int,
-        default=256,
-        help="training pairs for the δ_t statistics (default 256)",
-    )
-    training.add_argument(
-        "--gradient-bootstrap",
-        type=int,
-        default=200,
-        help="bootstrap replicates of δ_t ranks (default 200)",
-    )
-    contrastive.add_argument(
-        "--out", default="contrastive.nc", help="output dataset (default contrastive.nc)"
-    )
+    add_options(contrastive, ContrastiveInputs, ("base", "demo"), title="base (one of)")
+    add_options(contrastive, ContrastiveSettings,
+                title="training (with --demo, the defaults are the demo's alignment recipe)")  # fmt: skip
+    add_options(contrastive, ContrastiveInputs,
+                ("train_corpus", "train_tokens", "variants_dir", "gradient_pairs"), title="training")  # fmt: skip
+    add_options(contrastive, Output, title="output", defaults={"out": "contrastive.nc"})
     _add_sweep_options(contrastive)
     contrastive.set_defaults(run=run_contrastive)
 
@@ -148,60 +90,62 @@ def add_parser(commands) -> None:
         "rank1",
         help="rank-1 interventions along principal directions against matched controls",
     )
-    rank1.add_argument(
-        "--model", help="a directory or hub id (default: the demo's base, on held-out documents)"
-    )
-    setup = rank1.add_argument_group("interventions")
-    setup.add_argument("--layer", type=int, help="layer (default: the middle one)")
-    setup.add_argument("--read-matrix", default="q", help="read matrix (default q)")
-    setup.add_argument("--write-matrix", default="o", help="write matrix (default o)")
-    setup.add_argument("--controls", type=int, default=20, help="controls per family (default 20)")
-    setup.add_argument(
-        "--scale", type=float, default=0.25, help="‖ΔW‖_F = scale·‖W‖_F (default 0.25)"
-    )
-    setup.add_argument(
-        "--neighbours",
-        type=int,
-        default=4,
-        help="matched controls mix principal directions 2..1+N (default 4)",
-    )
-    setup.add_argument("--beta", type=float, default=0.1, help="DPO β of the margin (default 0.1)")
-    setup.add_argument(
-        "--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)"
-    )
-    rank1.add_argument("--out", default="rank1.nc", help="output dataset (default rank1.nc)")
-    add_corpus(rank1, tokenizer_default="the model's", tokens_default=8192)
-    rank1.add_argument(
-        "--seed", type=int, default=0, help="seed of the controls and intervals (default 0)"
-    )
-    add_run(rank1, device_default="auto", dtype_default="float32", batch_default=16)
-    add_cache(rank1, hidden_no_cache=True)
+    add_options(rank1, Sources, ("model",),
+                notes={"model": "default: the demo's base, on its held-out documents"})  # fmt: skip
+    add_options(rank1, Rank1Settings, title="interventions")
+    add_options(rank1, CorpusSpec, title="corpus",
+                notes={"tokens": "default 8192; all rows of an .npy",
+                       "tokenizer": "default: the model's"})  # fmt: skip
+    add_options(rank1, RunOptions, ("device", "dtype", "trust_remote_code"), title="run")
+    add_options(rank1, Verbosity, title="run")
+    add_options(rank1, CacheOptions, ("cache_dir",), title="cache")
+    add_options(rank1, Output, title="output", defaults={"out": "rank1.nc"})
     rank1.set_defaults(run=run_rank1)
+
+
+def _out(args, *inputs):
+    from robustness.files import check_writable
+
+    return check_writable(args.out, inputs=[p for p in inputs if p], mkdir=bool(args.mkdir))
+
+
+def _sets(args) -> tuple[tuple, tuple]:
+    options = StatsOptions(**read_options(StatsOptions, args, ("read", "write")))
+    return options.read, options.write
 
 
 # ---------------------------------------------------------------------------- trajectory
 
 
 def run_trajectory(args) -> int:
-    out = check_writable(args.out)
-    if sum([bool(args.checkpoints), bool(args.config), bool(args.demo)]) != 1:
+    from robustness.demo import demo_checkpoints
+    from robustness.experiments.trajectory import (
+        trajectory_dataset,
+        trajectory_from_toml,
+        trajectory_pairs,
+    )
+    from robustness.models import prepare_corpus
+
+    sources = Sources(**read_options(Sources, args, ("checkpoints", "demo", "phase", "labels")))
+    out = _out(args, args.config, *(sources.checkpoints or ()), *corpus_spec(args).paths)
+    if sum([bool(sources.checkpoints), bool(args.config), sources.demo]) != 1:
         raise ValueError("rsf experiment trajectory needs one of --checkpoints, --config or --demo")
-    labels = split_list(args.labels)
+    labels = sources.labels
     base_config = None
-    if args.checkpoints:
-        checkpoints = list(split_list(args.checkpoints))
+    if sources.checkpoints:
+        checkpoints = list(sources.checkpoints)
     elif args.config:
         checkpoints, config_labels, base_config = trajectory_from_toml(args.config)
         labels = labels or config_labels
     else:
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
-        checkpoints = demo.phase(args.phase)
+        checkpoints = demo.phase(sources.phase)
         if len(checkpoints) < 2:
-            raise ValueError(f"the demo saved fewer than 2 checkpoints for phase {args.phase!r}")
+            raise ValueError(f"the demo saved fewer than 2 checkpoints for phase {sources.phase!r}")
     pairs, _ = trajectory_pairs(checkpoints, labels)
     config = _experiment_config(args, pairs, base_config)
     corpus = prepare_corpus(config, checkpoints[0])
-    read, write = pathway_sets(args)
+    read, write = _sets(args)
     ds = trajectory_dataset(
         checkpoints,
         config,
@@ -217,11 +161,13 @@ def run_trajectory(args) -> int:
 
 def _experiment_config(args, pairs, base: SweepConfig | None = None) -> SweepConfig:
     """A sweep config of `pairs` from the experiment's options over `base` (or the experiment grid)."""
+    from robustness.experiments.summaries import EXPERIMENT_GRID
+
     config = base or SweepConfig(pairs=tuple(pairs), **EXPERIMENT_GRID)
     return sweep_config(replace(config, pairs=tuple(pairs)), args)
 
 
-def _first_spec(ds: xr.Dataset) -> dict:
+def _first_spec(ds) -> dict:
     """The specification a summary prints: act_cov if present, the first cutoff and normalisation."""
     construction = "act_cov" if "act_cov" in ds.construction.values else ds.construction.values[0]
     return {
@@ -231,7 +177,9 @@ def _first_spec(ds: xr.Dataset) -> dict:
     }
 
 
-def trajectory_lines(ds: xr.Dataset) -> list[str]:
+def trajectory_lines(ds) -> list[str]:
+    from robustness.specification import RATIO_NORMALISATIONS
+
     spec = _first_spec(ds)
     scale = "log2 " if spec["normalisation"] in RATIO_NORMALISATIONS else ""
     lines = [
@@ -255,43 +203,39 @@ def trajectory_lines(ds: xr.Dataset) -> list[str]:
 
 
 def run_contrastive(args) -> int:
-    out = check_writable(args.out)
-    if bool(args.base) == bool(args.demo):
+    from robustness.cache import default_cache_dir
+    from robustness.corpus import evenly_spaced, load_corpus
+    from robustness.demo import demo_checkpoints, demo_token_windows
+    from robustness.experiments.contrastive import contrastive_dataset, train_variants
+    from robustness.models import prepare_corpus, resolve_device
+
+    given = read_options(ContrastiveSettings, args)
+    inputs = ContrastiveInputs(**read_options(ContrastiveInputs, args))
+    out = _out(args, inputs.base, *inputs.train_corpus, *corpus_spec(args).paths)
+    if bool(inputs.base) == inputs.demo:
         raise ValueError("rsf experiment contrastive needs one of --base M or --demo")
-    options = dict(
-        lams=parse_numbers(args.lams, "--lams"),
-        steps=args.steps,
-        lr=args.lr,
-        batch_size=args.train_batch,
-        beta=args.beta,
-        prompt_len=args.prompt_len,
-        seed=args.seed,
-        gradient_replicates=args.gradient_bootstrap,
-    )
     demo = None
-    if args.demo:
+    if inputs.demo:
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
         recipe = demo.manifest["settings"]
-        settings = ContrastiveSettings.demo_recipe(recipe, **options)
+        settings = ContrastiveSettings.demo_recipe(recipe, **given)
         base_id = demo.base
         pair_len = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
         train_ids = demo_token_windows(demo, held_out=False, length=pair_len)
     else:
-        settings = ContrastiveSettings(**{k: v for k, v in options.items() if v is not None})
-        base_id = args.base
+        settings = ContrastiveSettings(**given)
+        base_id = inputs.base
         pair_len = 2 * (settings.prompt_len or 32)
-        spec = CorpusSpec(
-            paths=split_list(args.train_corpus) or (), tokens=args.train_tokens, seq_len=pair_len
-        )
+        spec = CorpusSpec(paths=inputs.train_corpus, tokens=inputs.train_tokens, seq_len=pair_len)
         train_ids = load_corpus(spec, tokenizer_source=base_id).ids
     config = _experiment_config(args, [PairSpec("contrastive", base_id, base_id)])
     if len(train_ids) < 2:
         raise ValueError("the training text gives fewer than 2 preference pairs")
     corpus = prepare_corpus(config, base_id)
-    variants_dir = args.variants_dir or (
+    variants_dir = inputs.variants_dir or (
         Path(cache_root(args) or default_cache_dir()) / "contrastive"
     )
-    device = resolve_device(args.device or "auto")
+    device = resolve_device(config.device)
     variants = train_variants(
         base_id,
         train_ids,
@@ -300,8 +244,8 @@ def run_contrastive(args) -> int:
         device=device,
         progress=not args.quiet,
     )
-    gradient_ids = train_ids[evenly_spaced(len(train_ids), max(2, args.gradient_pairs))]
-    read, write = pathway_sets(args)
+    gradient_ids = train_ids[evenly_spaced(len(train_ids), inputs.gradient_pairs)]
+    read, write = _sets(args)
     ds = contrastive_dataset(
         base_id,
         variants,
@@ -320,7 +264,7 @@ def run_contrastive(args) -> int:
     return publish(ds, out, contrastive_lines(ds), quiet=args.quiet)
 
 
-def contrastive_lines(ds: xr.Dataset) -> list[str]:
+def contrastive_lines(ds) -> list[str]:
     spec = {"cutoff": ds.cutoff.values[0], "normalisation": ds.normalisation.values[0]}
     lines = [
         f"λ against read RSF ({ds.attrs['read_construction']}), write RSF "
@@ -365,45 +309,44 @@ def contrastive_lines(ds: xr.Dataset) -> list[str]:
 
 
 def run_rank1(args) -> int:
-    out = check_writable(args.out)
-    settings = Rank1Settings(
-        layer=args.layer,
-        read_matrix=args.read_matrix,
-        write_matrix=args.write_matrix,
-        controls=args.controls,
-        scale=args.scale,
-        neighbours=args.neighbours,
-        beta=args.beta,
-        prompt_len=args.prompt_len,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    if args.model:
-        model_id = args.model
-        corpus = command_corpus(args, model_id, default_tokens=8192)
+    from robustness.demo import demo_checkpoints, demo_held_out_corpus
+    from robustness.experiments.rank1 import rank1_dataset
+    from robustness.models import check_vocabulary, load_model, resolve_device
+
+    settings = Rank1Settings(**read_options(Rank1Settings, args))
+    run_options = RunOptions(**read_options(RunOptions, args))
+    model_id = read_options(Sources, args, ("model",)).get("model")
+    corpus_given = read_options(CorpusSpec, args)
+    out = _out(args, model_id, *corpus_given.get("paths", ()))
+    if model_id:
+        corpus = command_corpus(args, model_id, default_tokens=8192,
+                                trust_remote_code=run_options.trust_remote_code)  # fmt: skip
     else:
-        if args.corpus:
+        if "paths" in corpus_given:
             raise ValueError("--corpus needs --model; the demo uses its own held-out documents")
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
         model_id = demo.base
         recipe = demo.manifest["settings"]
-        length = args.seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        tokens = args.tokens if args.tokens is not None else 8192
-        corpus = demo_held_out_corpus(demo, length=length, tokens=tokens)
-        if args.prompt_len is None:
+        length = corpus_given.get("seq_len") or int(recipe["prompt_len"]) + int(
+            recipe["continuation_len"]
+        )
+        corpus = demo_held_out_corpus(demo, length=length, tokens=corpus_given.get("tokens", 8192))
+        if settings.prompt_len is None:
             settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
     model = load_model(
         model_id,
-        device=resolve_device(args.device),
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
+        device=resolve_device(run_options.device),
+        dtype=run_options.dtype,
+        trust_remote_code=run_options.trust_remote_code,
     )
     check_vocabulary(corpus, model)
     ds = rank1_dataset(model, corpus, settings, model_id=model_id, progress=not args.quiet)
     return publish(ds, out, rank1_lines(ds), quiet=args.quiet)
 
 
-def rank1_lines(ds: xr.Dataset) -> list[str]:
+def rank1_lines(ds) -> list[str]:
+    import numpy as np
+
     lines = [
         f"rank-1 interventions at layer {ds.attrs['layer']} (‖ΔW‖_F = scale·‖W‖_F; "
         f"{int((ds.family == 'random').sum())} random and {int((ds.family == 'matched').sum())} matched controls):"

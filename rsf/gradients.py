@@ -10,34 +10,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-import xarray as xr
-
-from robustness.demo import demo_checkpoints, demo_held_out_corpus
-from robustness.experiments.trajectory import checkpoint_label, trajectory_from_toml
-from robustness.files import check_writable
-from robustness.gradient_dataset import (
-    GradientCheckpoint,
-    check_checkpoints,
-    gradient_dataset,
-    phase_checkpoints,
+from robustness.config import CorpusSpec
+from robustness.options import (
+    CacheOptions,
+    ConfigFile,
+    GradientSettings,
+    Output,
+    RunOptions,
+    Sources,
+    Verbosity,
 )
-from robustness.gradients import GradientSettings
-from robustness.models import resolve_device
 
-from .options import (
-    add_bootstrap,
-    add_cache,
-    add_corpus,
-    add_run,
-    cache_root,
-    command_corpus,
-    parse_numbers,
-    split_list,
-)
+from .options import add_options, cache_root, command_corpus, read_options
 from .output import publish
 
 __all__ = ["add_parser", "run", "summary_lines"]
+
+DEFAULT_TOKENS = 16384
 
 
 def add_parser(commands) -> None:
@@ -50,83 +39,51 @@ def add_parser(commands) -> None:
         "and down, and of the inputs a_t at the read sites, for each objective, at one model "
         "or at every checkpoint of a training run, with intervals and trends.",
     )
-    models = parser.add_argument_group("models (one of)")
-    models.add_argument("--model", help="one model: a save_pretrained directory or a hub id")
-    models.add_argument(
-        "--checkpoints", help="ordered comma list of checkpoints (directories or hub ids)"
-    )
-    models.add_argument("--config", help="TOML with [trajectory] checkpoints = [...] (and labels)")
-    models.add_argument("--demo", action="store_true", help="the demo's saved checkpoints")
-    models.add_argument(
-        "--phase",
-        choices=("align", "pretrain", "both"),
-        default="align",
-        help="which training the checkpoints come from, so which DPO reference each gets "
-        "(default align; both: the demo's pretraining then alignment)",
-    )
-    models.add_argument("--labels", help="comma list of checkpoint labels (default: folder names)")
-    models.add_argument(
-        "--reference",
-        help="DPO reference: for alignment checkpoints the model alignment started from "
-        "(default the first checkpoint; with --model, the model itself)",
-    )
-    objective = parser.add_argument_group("objectives")
-    objective.add_argument(
-        "--objective",
-        default="ce,dpo",
-        help="comma list from ce, dpo, mixed, lam=x (default ce,dpo)",
-    )
-    objective.add_argument("--lam", default="0.5", help="λ values for `mixed` (default 0.5)")
-    objective.add_argument("--beta", type=float, default=0.1, help="DPO β (default 0.1)")
-    objective.add_argument(
-        "--prompt-len", type=int, help="prompt tokens of a pair (default half a sequence)"
-    )
-    measure = parser.add_argument_group("measurement")
-    measure.add_argument(
-        "--cutoffs", default="k=8,frac=0.05", help="prediction-subspace k (default k=8,frac=0.05)"
-    )
-    measure.add_argument(
-        "--prediction",
-        default="unembed",
-        help="prediction subspace: unembed (default), unembed_centered or unembed_folded",
-    )
-    add_corpus(
-        parser,
-        tokenizer_default="the first checkpoint's",
-        tokens_default=16384,
-        title="corpus (--demo: the demo's held-out documents)",
-    )
-    add_bootstrap(parser, default=200, seed_default=0)
-    add_run(parser, device_default="auto", dtype_default="float32", batch_default=8)
-    add_cache(parser)
-    parser.add_argument(
-        "--out", default="gradients.nc", help="output dataset (default gradients.nc)"
-    )
+    add_options(parser, Sources, ("model", "checkpoints"), title="models (one of)")
+    add_options(parser, ConfigFile, title="models (one of)",
+                notes={"config": "TOML with [trajectory] checkpoints = [...] (and labels)"})  # fmt: skip
+    add_options(parser, Sources, ("demo", "phase", "labels", "reference"), title="models (one of)")
+    add_options(parser, GradientSettings, ("objectives", "lams", "beta", "prompt_len"),
+                title="objectives")  # fmt: skip
+    add_options(parser, GradientSettings, ("cutoffs", "prediction"), title="measurement")
+    add_options(parser, CorpusSpec, title="corpus (--demo: the demo's held-out documents)",
+                notes={"tokens": f"default {DEFAULT_TOKENS}; all rows of an .npy",
+                       "tokenizer": "default: the first checkpoint's"})  # fmt: skip
+    add_options(parser, GradientSettings, ("replicates", "seed"), title="bootstrap")
+    add_options(parser, GradientSettings, ("batch_size",), title="run")
+    add_options(parser, RunOptions, ("device", "dtype", "trust_remote_code"), title="run")
+    add_options(parser, Verbosity, title="run")
+    add_options(parser, CacheOptions, title="cache")
+    add_options(parser, Output, title="output", defaults={"out": "gradients.nc"})
     parser.set_defaults(run=run)
 
 
-def gradient_checkpoints(args) -> tuple[list[GradientCheckpoint], object]:
+def gradient_checkpoints(args, sources: Sources) -> tuple[list, object]:
     """The checkpoints to measure, from one of the model options, and the demo when it is the source."""
-    sources = [bool(args.model), bool(args.checkpoints), bool(args.config), bool(args.demo)]
-    if sum(sources) != 1:
+    from robustness.demo import demo_checkpoints
+    from robustness.experiments.trajectory import checkpoint_label, trajectory_from_toml
+    from robustness.gradient_dataset import GradientCheckpoint, phase_checkpoints
+
+    chosen = [bool(sources.model), bool(sources.checkpoints), bool(args.config), sources.demo]
+    if sum(chosen) != 1:
         raise ValueError("rsf gradients needs one of --model, --checkpoints, --config or --demo")
-    if args.phase == "both" and not args.demo:
+    if sources.phase == "both" and not sources.demo:
         raise ValueError("--phase both needs --demo (which knows where its pretraining ends)")
-    labels = split_list(args.labels)
-    if args.model:
+    labels = sources.labels
+    if sources.model:
         if labels and len(labels) != 1:
             raise ValueError(f"{len(labels)} labels for one model")
-        label = labels[0] if labels else checkpoint_label(args.model)
-        return [GradientCheckpoint(label, args.model, reference=args.reference)], None
-    if args.demo:
-        if args.labels or args.reference:
+        label = labels[0] if labels else checkpoint_label(sources.model)
+        return [GradientCheckpoint(label, sources.model, reference=sources.reference)], None
+    if sources.demo:
+        if sources.labels or sources.reference:
             raise ValueError(
                 "--demo names its own checkpoints and references: drop --labels/--reference"
             )
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
-        return demo.gradient_checkpoints(args.phase), demo
-    if args.checkpoints:
-        paths = list(split_list(args.checkpoints))
+        return demo.gradient_checkpoints(sources.phase), demo
+    if sources.checkpoints:
+        paths = list(sources.checkpoints)
         if len(paths) < 2:
             raise ValueError(
                 "--checkpoints takes two or more checkpoints: for one model use --model"
@@ -134,50 +91,59 @@ def gradient_checkpoints(args) -> tuple[list[GradientCheckpoint], object]:
     else:
         paths, config_labels, _ = trajectory_from_toml(args.config)
         labels = labels or config_labels
-    reference = args.reference if args.phase == "align" else None
-    if args.reference and args.phase == "pretrain":
+    if sources.reference and sources.phase == "pretrain":
         raise ValueError("pretraining checkpoints are their own DPO reference: drop --reference")
-    return phase_checkpoints(paths, phase=args.phase, labels=labels, reference=reference), None
+    reference = sources.reference if sources.phase == "align" else None
+    return phase_checkpoints(paths, phase=sources.phase, labels=labels, reference=reference), None
 
 
 def run(args) -> int:
-    out = check_writable(args.out)
-    settings = GradientSettings(
-        objectives=split_list(args.objective),
-        lams=parse_numbers(args.lam, "--lam"),
-        beta=args.beta,
-        prompt_len=args.prompt_len,
-        batch_size=args.batch_size,
-        replicates=args.bootstrap,
-        seed=args.seed,
-        cutoffs=split_list(args.cutoffs),
-        prediction=args.prediction,
-    )
-    checkpoints, demo = gradient_checkpoints(args)
-    check_checkpoints(checkpoints, trust_remote_code=args.trust_remote_code)
-    if demo is not None and not args.corpus:
+    from robustness.demo import demo_held_out_corpus
+    from robustness.files import check_writable
+    from robustness.gradient_dataset import check_checkpoints, gradient_dataset
+    from robustness.models import resolve_device
+
+    settings = GradientSettings(**read_options(GradientSettings, args))
+    run_options = RunOptions(**read_options(RunOptions, args))
+    sources = Sources(**read_options(Sources, args))
+    corpus_given = read_options(CorpusSpec, args)
+    inputs = [
+        args.config,
+        *corpus_given.get("paths", ()),
+        sources.model,
+        *(sources.checkpoints or ()),
+    ]
+    out = check_writable(args.out, inputs=[p for p in inputs if p], mkdir=bool(args.mkdir))
+    checkpoints, demo = gradient_checkpoints(args, sources)
+    check_checkpoints(checkpoints, trust_remote_code=run_options.trust_remote_code)
+    if demo is not None and not corpus_given.get("paths"):
         recipe = demo.manifest["settings"]
-        length = args.seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        corpus = demo_held_out_corpus(demo, length=length, tokens=args.tokens)
-        if args.prompt_len is None:
+        length = corpus_given.get("seq_len") or int(recipe["prompt_len"]) + int(
+            recipe["continuation_len"]
+        )
+        corpus = demo_held_out_corpus(demo, length=length, tokens=corpus_given.get("tokens"))
+        if settings.prompt_len is None:
             settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
     else:
-        corpus = command_corpus(args, checkpoints[0].path, default_tokens=16384)
+        corpus = command_corpus(args, checkpoints[0].path, default_tokens=DEFAULT_TOKENS,
+                                trust_remote_code=run_options.trust_remote_code)  # fmt: skip
     ds = gradient_dataset(
         checkpoints,
         corpus,
         settings,
         cache_root=cache_root(args),
-        device=resolve_device(args.device),
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
+        device=resolve_device(run_options.device),
+        dtype=run_options.dtype,
+        trust_remote_code=run_options.trust_remote_code,
         progress=not args.quiet,
     )
     return publish(ds, out, summary_lines(ds), quiet=args.quiet)
 
 
-def summary_lines(ds: xr.Dataset) -> list[str]:
+def summary_lines(ds) -> list[str]:
     """Per checkpoint: the layer-mean entropy rank per objective and site, the write sites' contrast, the trends."""
+    import numpy as np
+
     d = int(ds.attrs["d_model"])
     level = 100 * float(ds.attrs["confidence_level"])
     sites = [str(s) for s in ds.site.values]

@@ -1,14 +1,18 @@
 """``rsf``: the parser, the commands, and errors mapped to one line and exit status 2.
 
 Errors a user can cause (a bad path, an unknown name, a mismatched pair, an
-unwritable output, …) are raised by the library as ``ValueError`` and
-friends; here they become one line on stderr and exit status 2, never a
-traceback.
+unwritable output, a corrupt checkpoint, …) are raised by the library as
+``ValueError`` and friends; here they become one line on stderr and exit
+status 2, never a traceback. Argument errors are one line too
+(:class:`rsf.options.Parser`).
+
+The parser is built from the option schema alone: building it, ``--help``
+and argument errors import neither torch nor transformers. A command imports
+the library it runs when it runs.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import warnings
@@ -16,20 +20,21 @@ import warnings
 from robustness import __version__
 
 from . import calibrate, claims, demo, experiment, gradients, inspect, report, stats, sweep
+from .options import Parser
 
 __all__ = ["build_parser", "main"]
 
 COMMANDS = (sweep, stats, claims, calibrate, report, inspect, gradients, experiment, demo)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="rsf",
         description="Relative-subspace-fraction probe of transformer weight deltas, "
         "with robustness sweeps and honest uncertainty.",
     )
     parser.add_argument("--version", action="version", version=f"rsf {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
@@ -52,21 +57,34 @@ def quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) is None:
-        parser.print_help()
-        return 0
-    quiet = getattr(args, "quiet", False)
-    if quiet:
-        quiet_libraries()
     try:
+        args = parser.parse_args(argv)
+    except (
+        SystemExit
+    ) as done:  # --help, --version, or an argument error (one line, already printed)
+        return done.code if isinstance(done.code, int) else 2
+    if getattr(args, "command", None) is None:
+        print(parser.format_usage().rstrip(), file=sys.stderr)
+        print("rsf: error: a command is needed (see rsf --help)", file=sys.stderr)
+        return 2
+    quiet = getattr(args, "quiet", 0)
+    try:
+        if quiet:
+            quiet_libraries()
         with warnings.catch_warnings():
-            if quiet:
+            if quiet > 1:
                 warnings.simplefilter("ignore")
             return args.run(args)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
-        print(f"rsf: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # OptionError, FileNotFoundError, … among them
+        print(f"rsf: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rsf: interrupted; finished statistics stay in the cache", file=sys.stderr)
         return 130
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    return " ".join(text.split())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reports import write_report
+from robustness.options import Inputs, Output
 
-from .options import split_list
+from .options import add_options, read_options
 
 __all__ = ["add_parser", "run"]
 
@@ -16,26 +16,23 @@ def add_parser(commands) -> None:
         description="One self-contained HTML file (inline figures, no network requests): "
         "verdict, specification curve, evidence, methods, provenance and caveats.",
     )
-    parser.add_argument("results", help="results.nc written by rsf sweep")
-    parser.add_argument("--stats", help="stats.nc written by rsf stats from the same results")
-    parser.add_argument("--claims", help="claims.nc written by rsf claims from the same results")
-    parser.add_argument("--calibration", help="calibration.nc written by rsf calibrate")
-    parser.add_argument(
-        "--extra",
-        help="comma list of further datasets (rsf gradients, rsf experiment …), a section each",
-    )
-    parser.add_argument("--out", default="report.html", help="output file (default report.html)")
+    add_options(parser, Inputs)
+    add_options(parser, Output, title="output", defaults={"out": "report.html"})
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    from reports import write_report
+
+    extra = read_options(Inputs, args, ("extra",)).get("extra", ())
     out = write_report(
         args.results,
         args.out,
         stats_path=args.stats,
         calibration_path=args.calibration,
         claims_path=args.claims,
-        extra_paths=split_list(args.extra) or (),
+        extra_paths=extra,
+        mkdir=bool(args.mkdir),
     )
     print(f"wrote {out}")
     return 0

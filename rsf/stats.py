@@ -3,94 +3,77 @@
 from __future__ import annotations
 
 import json
-import sys
 
-import xarray as xr
+from robustness.options import Inputs, Output, StatsOptions, Verbosity
 
-from robustness.dataset import open_dataset, write_dataset
-from robustness.files import check_writable
-from robustness.specification import DEFAULT_PREFERRED
-from robustness.stats import compute_stats, verdict
-
-from .options import add_pathway_sets, pathway_sets, split_list
+from .options import add_options, note, read_options
 
 __all__ = ["add_parser", "run", "summary"]
 
 
 def add_parser(commands) -> None:
     parser = commands.add_parser("stats", help="test the read/write asymmetry in a results dataset")
-    parser.add_argument("results", help="results.nc written by rsf sweep")
-    parser.add_argument("--out", default="stats.nc", help="output dataset (default stats.nc)")
-    add_pathway_sets(parser)
-    tests = parser.add_argument_group("tests")
-    tests.add_argument(
-        "--confidence", type=float, default=0.95, help="confidence level (default 0.95)"
-    )
-    tests.add_argument(
-        "--resamples",
-        type=int,
-        help="Monte Carlo null draws: rotations, sign flips, permutations (default 9999)",
-    )
-    tests.add_argument(
-        "--permutations", type=int, help="the older spelling of --resamples (the same count)"
-    )
-    tests.add_argument(
-        "--alpha", type=float, default=0.05, help="significance level (default 0.05)"
-    )
-    tests.add_argument("--seed", type=int, default=0, help="seed for resampling (default 0)")
-    tests.add_argument(
-        "--preferred",
-        default=",".join(DEFAULT_PREFERRED),
-        help="the paper's specification: construction,cutoff,normalisation",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(parser, Inputs, ("results",))
+    add_options(parser, StatsOptions, ("read", "write"), title="pathway sets")
+    add_options(parser, StatsOptions, ("confidence_level", "n_resamples", "alpha", "seed", "preferred"),
+                title="tests")  # fmt: skip
+    add_options(parser, Verbosity)
+    add_options(parser, Output, title="output", defaults={"out": "stats.nc"})
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    out = check_writable(args.out)
-    results = open_dataset(args.results)
-    if "rsf" not in results:
-        raise ValueError(f"{args.results} is not an rsf results dataset (no `rsf` variable)")
-    read, write = pathway_sets(args)
-    if None not in (args.resamples, args.permutations) and args.resamples != args.permutations:
-        raise ValueError("--permutations is the older spelling of --resamples: give one count")
-    n_resamples = args.resamples or args.permutations or 9999
+    from robustness.dataset import open_dataset, write_dataset
+    from robustness.files import check_writable
+    from robustness.stats import compute_stats
+
+    options = StatsOptions(**read_options(StatsOptions, args))
+    out = check_writable(args.out, inputs=[args.results], mkdir=bool(args.mkdir))
+    results = open_dataset(args.results, kind="results")
     stats = compute_stats(
         results,
-        read=read,
-        write=write,
-        confidence_level=args.confidence,
-        n_resamples=n_resamples,
-        alpha=args.alpha,
-        seed=args.seed,
-        preferred=split_list(args.preferred),
+        read=options.read,
+        write=options.write,
+        confidence_level=options.confidence_level,
+        n_resamples=options.n_resamples,
+        alpha=options.alpha,
+        seed=options.seed,
+        preferred=options.preferred if args.preferred is not None else None,
         progress=not args.quiet,
     )
     write_dataset(stats, out)
+    if stats.attrs.get("preferred_note"):
+        note(args, f"note: {stats.attrs['preferred_note']}")
     for pair, info in json.loads(stats.attrs["per_pair"]).items():
         if "note" in info:
-            print(f"rsf: pair {pair}: {info['note']}", file=sys.stderr)
+            note(args, f"note: pair {pair}: {info['note']}")
     print(summary(stats))
     if not args.quiet:
         print(f"\nwrote {out}")
     return 0
 
 
-def summary(stats: xr.Dataset) -> str:
+def summary(stats) -> str:
     """A readable summary of a statistics dataset, with the verdict in plain words."""
+    from robustness.stats import verdict
+
     lines = []
     per_pair = json.loads(stats.attrs["per_pair"])
     preferred = stats.attrs["preferred_specification"].split(",")
     level = stats.attrs["confidence_level"]
     alpha = stats.attrs["alpha"]
     lines.append(f"read {{{stats.attrs['read_set']}}} vs write {{{stats.attrs['write_set']}}}; "
-                 f"{int(level * 100)}% intervals; α = {alpha}; tests over layers: EWC (dependence-robust)")  # fmt: skip
+                 f"{level * 100:g}% intervals; α = {alpha}; tests over layers: EWC (dependence-robust)")  # fmt: skip
     for pair in stats.pair.values:
         info = per_pair[str(pair)]
         lines.append(
             f"\npair {pair} ({info['n_layers']} layers, {info.get('projections', '?')} cosine projections)"
         )
+        sets = (info.get("read_set"), info.get("write_set"))
+        if None not in sets and sets != (stats.attrs["read_set"], stats.attrs["write_set"]):
+            lines.append(
+                f"  tested: read {{{sets[0]}}} vs write {{{sets[1]}}} (the matrices its adapter targets)"
+            )
         if "note" in info:
             lines.append(f"  note: {info['note']}")
         if "median_effect" not in info.get("joint", {}):

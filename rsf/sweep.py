@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from robustness.config import PairSpec, SweepConfig, load_config
-from robustness.dataset import build_dataset, write_dataset
-from robustness.engine import run_sweep
-from robustness.files import check_writable
-from robustness.models import prepare_corpus
+from robustness.config import CorpusSpec, PairSpec, SweepConfig
+from robustness.options import CacheOptions, ClusterOptions, ConfigFile, Output, Verbosity
 
-from .options import (
-    add_bootstrap,
-    add_cache,
-    add_corpus,
-    add_probe_grid,
-    add_run,
-    cache_root,
-    sweep_config,
-)
+from .options import add_options, cache_root, note, read_options, sweep_config
 
 __all__ = ["add_parser", "config_from_args", "run"]
+
+PROBE = ("constructions", "cutoffs", "normalisations", "matrices")
+BOOTSTRAP = ("replicates", "seed", "bca")
+RUN = ("device", "dtype", "batch_size")
 
 
 def add_parser(commands) -> None:
@@ -31,36 +23,49 @@ def add_parser(commands) -> None:
         description="Sweep constructions × cutoffs × normalisations over "
         "every layer and matrix, into a netCDF dataset.",
     )
-    models = parser.add_argument_group("models")
-    models.add_argument("--base", help="base model: a save_pretrained directory or a hub id")
-    models.add_argument("--aligned", help="aligned model: a directory or a hub id")
-    models.add_argument("--label", help="pair label (default: the aligned model's name)")
-    models.add_argument("--config", help="TOML config with one or more [[pair]] tables")
-    add_probe_grid(parser)
-    add_corpus(parser)
-    add_bootstrap(parser, bca=True)
-    add_run(parser, dask=True)
-    add_cache(parser)
-    parser.add_argument("--out", default="results.nc", help="output dataset (default results.nc)")
+    add_options(parser, PairSpec, ("base", "aligned", "label"), title="models")
+    add_options(parser, ConfigFile, title="models",
+                notes={"config": "one or more [[pair]] tables, instead of --base/--aligned"})  # fmt: skip
+    add_options(parser, SweepConfig, PROBE, title="probe")
+    add_options(parser, CorpusSpec, title="corpus",
+                notes={"tokens": "default 65536; all rows of an .npy"})  # fmt: skip
+    add_options(parser, SweepConfig, BOOTSTRAP, title="bootstrap")
+    add_options(parser, SweepConfig, (*RUN, "trust_remote_code"), title="run")
+    add_options(parser, ClusterOptions, title="run")
+    add_options(parser, Verbosity, title="run")
+    add_options(parser, CacheOptions, title="cache")
+    add_options(parser, Output, title="output", defaults={"out": "results.nc"})
     parser.set_defaults(run=run)
 
 
 def config_from_args(args) -> SweepConfig:
-    if args.config and (args.base or args.aligned):
-        raise ValueError("give either --config or --base/--aligned, not both")
+    """The sweep's configuration: ``--config`` or ``--base/--aligned``, then the other flags."""
+    pair = read_options(PairSpec, args)
+    if args.config and pair:
+        raise ValueError("give either --config or --base/--aligned (and --label), not both")
     if args.config:
+        from robustness.config import load_config
+
         config = load_config(args.config)
-    elif args.base and args.aligned:
-        label = args.label or Path(args.aligned.rstrip("/")).name or "pair"
-        config = SweepConfig(pairs=(PairSpec(label, args.base, args.aligned),))
+    elif "base" in pair and "aligned" in pair:
+        pair.setdefault("label", Path(pair["aligned"].rstrip("/")).name or "pair")
+        config = SweepConfig(pairs=(PairSpec(**pair),))
     else:
         raise ValueError("rsf sweep needs --base and --aligned, or --config FILE.toml")
-    return sweep_config(config, args, dtype=args.dtype)
+    return sweep_config(config, args)
 
 
 def run(args) -> int:
+    from robustness.dataset import build_dataset, write_dataset
+    from robustness.engine import run_sweep
+    from robustness.files import check_writable
+    from robustness.models import prepare_corpus
+
     config = config_from_args(args)
-    out = check_writable(args.out)
+    cluster = ClusterOptions(**read_options(ClusterOptions, args))
+    inputs = [args.config, *config.corpus.paths, config.corpus.ids]
+    inputs += [side for pair in config.pairs for side in (pair.base, pair.aligned)]
+    out = check_writable(args.out, inputs=[p for p in inputs if p], mkdir=bool(args.mkdir))
     # Configs only: bad ids, mismatched pairs and k > d fail before any load.
     corpus = prepare_corpus(config, config.pairs[0].base)
     results = run_sweep(
@@ -68,13 +73,13 @@ def run(args) -> int:
         corpus,
         cache_root=cache_root(args),
         progress=not args.quiet,
-        workers=args.workers,
-        scheduler=args.scheduler,
+        workers=cluster.workers,
+        scheduler=cluster.scheduler,
     )
     write_dataset(build_dataset(results, config, corpus), out)
+    for result in results:
+        for line in result.notes:
+            note(args, f"note: {result.label}: {line}")
     if not args.quiet:
-        for result in results:
-            for note in result.notes:
-                print(f"note: {result.label}: {note}", file=sys.stderr)
         print(f"wrote {out} ({len(results)} pair(s), {corpus.n_tokens} tokens)")
     return 0

@@ -1,5 +1,6 @@
 // Sortable tables without external code: a header button per column sorts by the cell's
-// full-precision data-value (numbers) or its text; missing values always go last.
+// full-precision data-value (numbers) or its text; missing values always go last. Cells are
+// found by position, never by a selector built from a column key (keys come from datasets).
 (function () {
   "use strict";
   function key(cell, numeric) {
@@ -10,12 +11,13 @@
     }
     return cell.textContent.trim();
   }
-  function sortBy(table, th, column, numeric) {
+  function sortBy(table, th, numeric) {
+    var column = th.cellIndex;
     var body = table.tBodies[0];
     var ascending = th.getAttribute("aria-sort") !== "ascending";
     var rows = Array.prototype.slice.call(body.rows);
     var keyed = rows.map(function (row, index) {
-      return { row: row, index: index, key: key(row.querySelector('td[data-col="' + column + '"]'), numeric) };
+      return { row: row, index: index, key: key(row.cells[column], numeric) };
     });
     keyed.sort(function (a, b) {
       if (a.key === null || b.key === null) {
@@ -38,7 +40,7 @@
       while (th.firstChild) button.appendChild(th.firstChild);
       th.appendChild(button);
       button.addEventListener("click", function () {
-        sortBy(table, th, th.getAttribute("data-col"), th.hasAttribute("data-numeric"));
+        sortBy(table, th, th.hasAttribute("data-numeric"));
       });
     });
   });

@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from ..engine import run_sweep
 from ..gradients import SITE_ORDER, measure_objective, summarise_statistics
 from ..layers import layer_interval
 from ..models import load_model
+from ..options import ContrastiveSettings
 from ..preferences import preference_pairs
 from ..provenance import provenance_attrs
 from ..resampling import bootstrap_weights, percentile_interval, sequence_chunks
@@ -38,43 +39,6 @@ from .summaries import pathway_summary
 from .trend import trend_test
 
 __all__ = ["ContrastiveSettings", "contrastive_dataset", "train_variants"]
-
-
-@dataclass(frozen=True)
-class ContrastiveSettings:
-    """Training and measurement settings of the graded-objective control."""
-
-    lams: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    steps: int = 60
-    lr: float = 1e-3
-    batch_size: int = 16
-    beta: float = 0.1
-    prompt_len: int | None = None
-    seed: int = 0
-    gradient_replicates: int = 200
-    confidence_level: float = 0.95
-    n_resamples: int = 9999
-
-    @classmethod
-    def demo_recipe(cls, recipe: dict, **changes) -> ContrastiveSettings:
-        """The demo's alignment recipe (its manifest's ``settings``): steps, learning rate, batch, β, prompt."""
-        values = dict(
-            steps=int(recipe["align_steps"]),
-            lr=float(recipe["align_lr"]),
-            batch_size=int(recipe["align_batch"]),
-            beta=float(recipe["beta"]),
-            prompt_len=int(recipe["prompt_len"]),
-        )
-        values.update({k: v for k, v in changes.items() if v is not None})
-        return cls(**values)
-
-    def __post_init__(self):
-        if len(self.lams) < 3 or len(set(self.lams)) != len(self.lams):
-            raise ValueError(f"`lams` needs at least 3 distinct values, got {list(self.lams)}")
-        if any(not 0.0 <= lam <= 1.0 for lam in self.lams):
-            raise ValueError(f"every λ must lie in [0, 1], got {list(self.lams)}")
-        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1 or self.beta <= 0:
-            raise ValueError("`steps`, `lr`, `batch_size` and `beta` must be positive")
 
 
 def _variant_key(base_hash: str, train_hash: str, settings: ContrastiveSettings, lam: float) -> str:

@@ -13,7 +13,7 @@ Effects: the change in held-out DPO preference margin and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 
 import numpy as np
@@ -24,45 +24,12 @@ from tqdm.auto import tqdm
 import probes
 
 from ..corpus import Corpus
+from ..options import Rank1Settings
 from ..preferences import continuation_logprobs, preference_pairs
 from ..provenance import provenance_attrs
 from ..resampling import percentile_interval
 
 __all__ = ["Rank1Settings", "rank1_dataset"]
-
-
-@dataclass(frozen=True)
-class Rank1Settings:
-    """Settings of the rank-1 intervention experiment."""
-
-    layer: int | None = None  # default: the middle layer
-    read_matrix: str = "q"
-    write_matrix: str = "o"
-    controls: int = 20  # per family (random, matched)
-    scale: float = 0.25  # the update's norm is scale · ‖W‖_F
-    neighbours: int = 4  # matched controls mix principal directions 2 … 1 + neighbours
-    beta: float = 0.1
-    prompt_len: int | None = None
-    batch_size: int = 16
-    replicates: int = 2000  # percentile-bootstrap replicates of each effect's interval
-    seed: int = 0
-    confidence_level: float = 0.95
-
-    def __post_init__(self):
-        if self.controls < 1:
-            raise ValueError(f"`controls` must be positive, got {self.controls}")
-        if self.scale <= 0:
-            raise ValueError(f"`scale` must be positive, got {self.scale}")
-        if self.neighbours < 1:
-            raise ValueError(f"`neighbours` must be positive, got {self.neighbours}")
-        if probes.PATHWAY.get(self.read_matrix) != "read":
-            raise ValueError(
-                f"`read_matrix` must be one of q, k, v, up, gate, got {self.read_matrix!r}"
-            )
-        if probes.PATHWAY.get(self.write_matrix) != "write":
-            raise ValueError(f"`write_matrix` must be one of o, down, got {self.write_matrix!r}")
-        if self.beta <= 0 or self.batch_size < 1 or self.replicates < 1:
-            raise ValueError("`beta`, `batch_size` and `replicates` must be positive")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -162,7 +129,7 @@ def _controls_p(stat: np.ndarray, family: np.ndarray, which: str) -> float:
 def rank1_dataset(
     model,
     corpus: Corpus,
-    settings: Rank1Settings = Rank1Settings(),
+    settings: Rank1Settings | None = None,
     *,
     model_id: str = "",
     progress: bool = True,
@@ -178,6 +145,7 @@ def rank1_dataset(
     ``v`` the matrix's top right singular vector. Controls replace the principal
     direction only; ``α = scale · ‖W‖_F`` for all.
     """
+    settings = settings or Rank1Settings()
     dims = probes.model_dims(model)
     d, n_layers = dims.d_model, dims.n_layers
     layer = n_layers // 2 if settings.layer is None else settings.layer

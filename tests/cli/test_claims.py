@@ -178,7 +178,8 @@ def test_claims_without_inputs_say_what_to_run(inputs, tmp_path):
 def one_line_error(argv, capsys) -> str:
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("rsf: error: ") and "\n" not in err, err
+    assert code == 2 and err.startswith(("rsf: error: ", "rsf claims: error: ")), err
+    assert "\n" not in err, err
     return err
 
 
@@ -222,15 +223,15 @@ def test_extra_of_other_models_refused_naming_both_hashes(inputs, rank1_run, tmp
 
 @pytest.mark.parametrize(
     "options, message",
-    [(["--isotropy-margin", "0"], "--isotropy-margin must be positive, got 0.0"),
-     (["--graded-margin", "-0.25"], "--graded-margin must be positive, got -0.25"),
-     (["--alpha", "0.5"], "`alpha` must lie in (0, 0.5), got 0.5")],
+    [(["--isotropy-margin", "0"], "argument --isotropy-margin: must be positive, got 0.0"),
+     (["--graded-margin", "-0.25"], "argument --graded-margin: must be positive, got -0.25"),
+     (["--alpha", "0.5"], "argument --alpha: must lie in (0, 0.5), got 0.5")],
 )  # fmt: skip
 def test_bad_margins_and_alpha_are_one_line_errors(inputs, tmp_path, capsys, options, message):
     """A margin ≤ 0 or α outside (0, 0.5): exit 2 with one line; no claims.nc."""
     out = tmp_path / "c.nc"
     err = one_line_error(["claims", str(inputs["results"]), *options, "--out", str(out)], capsys)
-    assert err == f"rsf: error: {message}"
+    assert err == f"rsf claims: error: {message} (see rsf claims --help)"
     assert not out.exists()
 
 
@@ -239,7 +240,7 @@ def test_wrong_files_are_one_line_errors(inputs, tmp_path, capsys):
     a results.nc given as an extra, a missing file: each exit 2 with one line saying what is wrong."""
     out = str(tmp_path / "c.nc")
     err = one_line_error(["claims", str(inputs["stats"]), "--out", out], capsys)
-    assert "is not an rsf results dataset" in err
+    assert "is a statistics dataset (from rsf stats), not a results dataset" in err
     old = tmp_path / "old.nc"
     write_dataset(open_dataset(inputs["results"]).drop_vars("gram_purity"), old)
     assert "re-run rsf sweep" in one_line_error(["claims", str(old), "--out", out], capsys)

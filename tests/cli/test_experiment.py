@@ -136,7 +136,10 @@ def test_cli_rank1_rejects_a_write_matrix_as_read(saved_pair, tmp_path, capsys):
         ]
     )
     assert code == 2
-    assert "`read_matrix` must be one of" in capsys.readouterr().err
+    assert (
+        "argument --read-matrix: unknown read matrix 'o': valid are q, k, v, up, gate"
+        in capsys.readouterr().err
+    )
 
 
 # ---------------------------------------------------------------------------- the demo's defaults

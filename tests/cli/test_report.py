@@ -598,3 +598,102 @@ def test_a_headless_browser_loads_it_offline_without_errors(report, page):
         assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page\b", pdf)) > 3
     finally:
         driver.quit()
+
+
+# Strings a hostile dataset can carry into the page: each would run script if written raw into
+# HTML text, an attribute, an SVG id or a script element.
+INJECTED = {
+    "attribute": 'x"><svg onload="document.title=\'pwned-attribute\'">',
+    "script": "</script><script>document.title='pwned-script'</script>",
+    "handler": "<img src=x onerror=\"document.title='pwned-handler'\">",
+    "tex": "$\\frac{$ and $x$",
+}
+
+
+@pytest.fixture(scope="module")
+def injected_report(saved_pair, tmp_path_factory):
+    """A report whose every pair label (and one model path, shown in the provenance) is hostile."""
+    import tomli_w
+
+    root = tmp_path_factory.mktemp("injected")
+    pairs = []
+    for i, (kind, label) in enumerate(INJECTED.items()):
+        base, aligned = saved_pair("llama", seed=11 + i, num_hidden_layers=4)
+        if kind == "handler":  # a folder whose name is the payload: it reaches the report as a path
+            hostile = root / label.replace("/", "")
+            shutil.copytree(aligned, hostile)
+            aligned = str(hostile)
+        pairs.append({"label": label, "base": base, "aligned": aligned})
+    config = root / "sweep.toml"
+    config.write_text(tomli_w.dumps({
+        "pair": pairs, "corpus": {"tokens": 256, "seq_len": 16},
+        "probe": {"constructions": ["act_cov", "unembed", "random"], "cutoffs": ["k=8", "pr"],
+                  "normalisations": ["log_isotropic"]},
+    }))  # fmt: skip
+    results, stats, claims, out = (root / n for n in ("r.nc", "s.nc", "c.nc", "report.html"))
+    assert main(["sweep", "--config", str(config), "--out", str(results), "-q", "--no-cache"]) == 0
+    assert main(["stats", str(results), "--out", str(stats), "-q", "--resamples", "99"]) == 0
+    assert main(["claims", str(results), "--stats", str(stats), "--out", str(claims), "-q",
+                 "--resamples", "99"]) == 0  # fmt: skip
+    assert main(["report", str(results), "--stats", str(stats), "--claims", str(claims),
+                 "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+def _event_handlers(text: str) -> list[tuple[str, str]]:
+    """Every (tag, attribute) whose attribute is an event handler (``on…``), as a browser parses it."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Handlers(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend((tag, name) for name, _ in attrs if name.startswith("on"))
+
+    Handlers().feed(text)
+    return found
+
+
+def test_every_id_from_a_label_is_a_safe_slug_and_only_the_sorter_may_run(injected_report):
+    """Null: some string from the datasets reaches an id, or the policy admits another script."""
+    from reports.render import asset
+    from reports.report import script_hash
+
+    text = injected_report.read_text(encoding="utf-8")
+    page = Page(text)
+    ids = re.findall(r'\bid="([^"]*)"', text)
+    plain = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")  # matplotlib's own ids add dots ("axes_1.patch")
+    assert ids and all(plain.fullmatch(i) for i in ids), [i for i in ids if not plain.fullmatch(i)]
+    policy = next(
+        m["content"] for m in page.meta if m.get("http-equiv") == "Content-Security-Policy"
+    )
+    assert "unsafe-inline" not in policy.split("script-src")[1].split(";")[0]
+    assert f"script-src {script_hash(asset('sort.js'))};" in policy
+    assert text.count("<script") == 1
+    assert _event_handlers(text) == []  # no element carries an event handler
+    for label in INJECTED.values():
+        if any(c in label for c in "<>\"'&"):
+            assert label not in text  # never raw: escaped wherever it is shown
+
+
+def test_an_injected_report_runs_nothing_in_chromium(injected_report):
+    """Null: a payload in a label or a path runs in a real browser (a document.title trap), or the
+    page does not show the label's text."""
+    driver = _browser()
+    try:
+        driver.get(injected_report.resolve().as_uri())
+        title = driver.execute_script("return document.title")
+        # The page's own title shows the labels as text; a payload that ran would have replaced it.
+        assert title == "RSF robustness report: " + ", ".join(INJECTED.values())
+        shown_text = driver.execute_script("return document.body.textContent")
+        for kind, label in INJECTED.items():
+            wanted = label.replace("/", "") if kind == "handler" else label
+            assert wanted in shown_text, kind
+        # The sorter, the one script allowed, still runs: it made a button of every header.
+        assert driver.execute_script("return document.querySelectorAll('th button').length") > 0
+        blocked = [
+            e for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+        ]
+        assert blocked == []  # nothing even tried to run
+    finally:
+        driver.quit()

@@ -152,9 +152,12 @@ def test_asymmetry_is_the_mean_layer_difference(results, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--read", "q,ffn"], "--read names ['ffn'], absent from the results"),
+        (
+            ["--read", "q,ffn"],
+            "argument --read: unknown matrix 'ffn': valid are q, k, v, o, up, gate, down",
+        ),
         (["--read", "q", "--write", "q,o"], "cannot be both read and write"),
-        (["--confidence", "1.5"], "`confidence_level` must lie in (0, 1)"),
+        (["--confidence", "1.5"], "argument --confidence: must lie in (0, 1), got 1.5"),
     ],
 )
 def test_bad_sets_and_levels_are_one_line_errors(results, tmp_path, capsys, extra, message):
@@ -235,4 +238,4 @@ def test_the_older_permutations_flag_is_the_same_count(results, tmp_path, capsys
         main([*args, "--out", str(tmp_path / "b.nc"), "--permutations", "99", "--resamples", "98"])
         == 2
     )
-    assert "older spelling of --resamples" in capsys.readouterr().err
+    assert "--resamples and --permutations spell one option" in capsys.readouterr().err

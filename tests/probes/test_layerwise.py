@@ -128,8 +128,9 @@ def test_streamed_deltas_and_prediction_bases_equal_the_loaded_models(model_type
         )
 
 
-def test_a_checkpoint_that_cannot_stream_is_loaded_whole_with_a_note(saved, tmp_path):
-    """A stored tensor under a name transformers would not map: the fallback, and one line saying so."""
+def test_a_checkpoint_missing_a_tensor_is_refused_never_filled_at_random(saved, tmp_path):
+    """A stored tensor under a name nothing maps: it cannot stream, and loading it whole would leave
+    the model's own parameter at its random initialisation, so it is refused, naming the tensor."""
     from safetensors.torch import load_file, save_file
 
     _, base_dir, _, _ = saved("llama")
@@ -141,8 +142,10 @@ def test_a_checkpoint_that_cannot_stream_is_loaded_whole_with_a_note(saved, tmp_
     save_file(tensors, odd / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(probes.NotStreamable, match="no tensor for parameter 'model.norm.weight'"):
         probes.LayerwiseModel.from_checkpoint(str(odd))
-    layerwise, note = open_layerwise(str(odd), dtype="float32")
-    assert not layerwise.streamed and "loaded whole" in note
+    with pytest.raises(ValueError, match="'model.norm.weight': the checkpoint does not fit"):
+        open_layerwise(str(odd), dtype="float32")
+    with pytest.raises(ValueError, match="lacks model.norm.weight .* and its config.json disagree"):
+        probes.load_model(str(odd))
 
 
 def test_pickled_checkpoints_stream_memory_mapped_with_a_note(saved, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import probes
@@ -70,10 +72,12 @@ def test_structural_errors(tmp_path):
         SweepConfig(pairs=PAIR * 2)
     path = tmp_path / "bad.toml"
     path.write_text('[[pair]]\nbase = "a"\n[probe]\ncutoff = ["k=8"]\n')
-    with pytest.raises(ValueError, match=r"lacks \['aligned'\]"):
+    with pytest.raises(ValueError, match=r"bad.toml: \[\[pair\]\] number 1 lacks aligned"):
         load_config(path)
     path.write_text('[[pair]]\nbase = "a"\naligned = "b"\n[probe]\ncutoff = ["k=8"]\n')
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['cutoff'\] in \[probe\]"):
+    with pytest.raises(
+        ValueError, match=r"bad.toml: unknown key\(s\) cutoff in \[probe\]: valid are"
+    ):
         load_config(path)
     path.write_text("[[pair]\n")
     with pytest.raises(ValueError, match="not valid TOML"):
@@ -113,5 +117,36 @@ def test_a_pair_may_say_its_phase(tmp_path):
     with pytest.raises(ValueError, match="unknown phase 'sft'"):
         PairSpec("q", "a", "b", phase="sft")
     path.write_text('[[pair]]\nbase = "x"\naligned = "y"\nstage = "sft"\n')
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['stage'\] in \[\[pair\]\]"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) stage in \[\[pair\]\] number 1"):
         load_config(path)
+
+
+def test_the_python_api_checks_what_the_command_line_checks():
+    """One declaration per option: a wrong type or range is refused in Python too, naming the field."""
+    from robustness.options import ClaimsOptions, StatsOptions
+    from robustness.schema import OptionError
+
+    for changes, message in (
+        ({"replicates": 2.5}, "`replicates` must be an integer, got 2.5"),
+        ({"replicates": -1}, "`replicates` must be non-negative, got -1"),
+        ({"trust_remote_code": "no"}, "`trust_remote_code` must be true or false, got 'no'"),
+        ({"constructions": "act_cov"}, "`constructions` must be a list of strings"),
+        ({"batch_size": 0}, "`batch_size` must be at least 1, got 0"),
+        ({"device": "tpu"}, "unknown device 'tpu'"),
+    ):
+        with pytest.raises(OptionError, match=re.escape(message)):
+            SweepConfig(pairs=PAIR, **changes)
+    assert SweepConfig(pairs=PAIR, constructions=["act_cov"]).constructions == ("act_cov",)
+    with pytest.raises(OptionError, match="`n_resamples` must be at least 1, got 0"):
+        StatsOptions(n_resamples=0)
+    with pytest.raises(OptionError, match=re.escape("`alpha` must lie in (0, 0.5), got 0.6")):
+        ClaimsOptions(alpha=0.6)
+    with pytest.raises(OptionError, match="cannot be both read and write: q"):
+        StatsOptions(read=("q", "k"), write=("q", "o"))
+
+
+def test_matrices_left_out_mean_every_matrix_a_family_has(tmp_path):
+    """`matrices` unset is written back unset (every matrix each pair's family has), not as a list."""
+    config = SweepConfig(pairs=PAIR)
+    assert config.matrices is None and "matrices" not in config.to_toml()
+    assert load_config_from(tmp_path, config.to_toml()) == config

@@ -84,18 +84,24 @@ def test_the_adapter_delta_is_peft_merge(model_type, targets, options, tmp_path)
 
 
 def test_an_adapter_sweeps_to_the_merged_models_numbers(tmp_path):
+    """The adapter and its merged model, under two labels: the same numbers, the random control's
+    and the bootstrap's included (their draws are keyed by the base's weights, never a label)."""
     base_dir, adapter_dir, merged_dir, _ = _adapter(
         tmp_path, "llama", ["q_proj", "k_proj", "o_proj", "down_proj"]
     )
-    grid = ["--constructions", "act_cov,act_cov_aligned,unembed", "--cutoffs", "k=4,var=0.9"]
-    lora = sweep(tmp_path, base_dir, adapter_dir, *grid, out="lora.nc")
-    merged = sweep(tmp_path, base_dir, merged_dir, *grid, out="merged.nc")
+    grid = ["--constructions", "act_cov,act_cov_aligned,unembed,random", "--cutoffs", "k=4,var=0.9",
+            "--bootstrap", "4"]  # fmt: skip
+    lora = sweep(tmp_path, base_dir, adapter_dir, *grid, "--label", "adapter", out="lora.nc")
+    merged = sweep(tmp_path, base_dir, merged_dir, *grid, "--label", "merged", out="merged.nc")
     assert str(lora.targeted_matrices.values[0]) == "q,k,o,down"
     assert str(merged.targeted_matrices.values[0]) == ""
     targeted = ["q", "k", "o", "down"]
-    np.testing.assert_allclose(
-        lora.rsf.sel(matrix=targeted).values, merged.rsf.sel(matrix=targeted).values, rtol=1e-5
-    )
+    for name in ("rsf", "rsf_boot"):
+        np.testing.assert_allclose(
+            lora[name].sel(matrix=targeted).values, merged[name].sel(matrix=targeted).values,
+            rtol=1e-5,
+        )  # fmt: skip
+    assert np.isfinite(lora.rsf.sel(matrix=targeted, construction="random", cutoff="k=4")).all()
     assert bool(lora.rsf.sel(matrix=["v", "up", "gate"]).isnull().all())  # no delta, no fraction
 
 
@@ -109,6 +115,21 @@ def test_a_pathway_the_adapter_does_not_target_is_said_not_tested(tmp_path, caps
     from robustness.dataset import open_dataset
 
     assert bool(open_dataset(tmp_path / "s.nc").asymmetry.isnull().all())
+
+
+def test_quiet_hides_progress_not_notes(tmp_path, capsys):
+    """-q: no progress bars, but the adapter's note still prints (one line); -qq: no notes either."""
+    base_dir, adapter_dir, _, _ = _adapter(tmp_path, "llama", ["q_proj", "o_proj"])
+    args = ["sweep", "--base", base_dir, "--aligned", adapter_dir, "--tokens", "256", "--seq-len",
+            "16", "--no-cache", "--constructions", "act_cov"]  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "a.nc"), "-q"]) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "LoRA adapter on the base" in notes[0], err
+    assert "it/s" not in err  # no progress bar
+    assert main([*args, "--out", str(tmp_path / "b.nc"), "-qq"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_bad_adapters_are_one_line(tmp_path, capsys):
@@ -125,3 +146,28 @@ def test_bad_adapters_are_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("rsf: error:") and "DoRA" in err and err.count("\n") == 1
+
+
+def test_inspect_shows_an_adapter_and_the_base_it_names(tmp_path, capsys):
+    """`rsf inspect ADAPTER` (what `rsf sweep --aligned` takes): its rank and scale, the canonical
+    matrices it targets, then its base's own view; a base it does not name is said, not guessed."""
+    import json
+
+    base_dir, adapter_dir, _, _ = _adapter(tmp_path, "llama", ["q_proj", "o_proj"])
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": base_dir})
+    )
+    capsys.readouterr()
+    assert main(["inspect", adapter_dir]) == 0
+    out = capsys.readouterr().out
+    assert "kind         LoRA  r=4 lora_alpha=8" in out
+    assert "  q       4 × model.layers.0.self_attn.q_proj …" in out
+    assert "  o       4 × model.layers.0.self_attn.o_proj …" in out
+    assert f"model        {base_dir}" in out and "family       llama" in out
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": None})
+    )
+    assert main(["inspect", adapter_dir]) == 0
+    out = capsys.readouterr().out
+    assert "not named in adapter_config.json" in out and "family" not in out
