@@ -19,21 +19,9 @@ cumulative sum turns it into F(k) for k = 1..r; nothing loops over k. Any
 bases (every construction, every bootstrap replicate) costs half a general
 product per basis (:func:`residual_factor`, :func:`fractions_at_many`).
 
-Against a Haar-random k-dimensional subspace of ``R^d`` (reference: the second
-moment of the trace of a uniformly rotated projection, e.g. Collins & Śniady
-2006, Weingarten calculus for O(d))
-
-    E[F] = k/d,     Var[F] = 2k(d−k) / (d(d−1)(d+2)) · (Σ g_i² − 1/d),
-
-with ``g = eig(G)/tr G`` the normalised Gram spectrum.
-
-The **Haar reference** of a log ratio, ``E[log2 (F/(k/d))]`` under a
-Haar-random subspace, is not zero: the log is concave, so a delta of low rank
-(whose F varies a lot from subspace to subspace) has a negative reference.
-:func:`haar_log2_ratio_mean` matches a Beta law to the two moments above,
-``E[log F] = ψ(a) − ψ(a + b)``; for a rank-1 delta F is exactly
-``Beta(k/2, (d−k)/2)`` (the squared norm of a uniform unit vector's projection),
-so the reference is exact there, and it is 0 for an isotropic delta.
+What F does under a Haar-random subspace (its moments and the Haar reference
+of its log ratio) is :mod:`probes.haar`; the normalised Gram spectrum it needs
+is :func:`gram_spectrum`.
 """
 
 from __future__ import annotations
@@ -61,10 +49,6 @@ __all__ = [
     "fractions_at_many",
     "gram_purity",
     "gram_spectrum",
-    "haar_log2_ratio_mean",
-    "haar_mean",
-    "haar_reference",
-    "haar_variance",
     "residual_factor",
     "residual_gram",
 ]
@@ -300,13 +284,21 @@ def fractions_at(delta, basis, ks, *, pathway: Pathway, gram=None) -> np.ndarray
     return fractions_at_many([factor], basis, ks)[0]
 
 
-def gram_spectrum(delta) -> np.ndarray:
-    """``g = eig(G)/tr G``: the squared singular values of the delta, normalised.
+def gram_spectrum(delta=None, *, gram=None) -> np.ndarray:
+    """``g = eig(G)/tr G``, descending: the squared singular values of the delta, normalised.
 
     The same on both sides (``ΔWᵀΔW`` and ``ΔWΔWᵀ`` share their non-zero
-    eigenvalues), so no pathway is needed.
+    eigenvalues), so no pathway is needed; pass `gram` (either side's) when it
+    is already at hand. An all-zero delta gives NaN.
     """
-    s = np.linalg.svd(as_float64(delta), compute_uv=False) ** 2
+    if (delta is None) == (gram is None):
+        raise ValueError("give exactly one of `delta` and `gram`")
+    if gram is not None:
+        from scipy.linalg import eigvalsh
+
+        s = np.clip(eigvalsh(as_float64(gram), check_finite=False)[::-1], 0.0, None)
+    else:
+        s = np.linalg.svd(as_float64(delta), compute_uv=False) ** 2
     total = s.sum()
     return s / total if total > 0 else np.full_like(s, np.nan)
 
@@ -327,67 +319,3 @@ def gram_purity(delta=None, *, gram=None) -> float:
         small = delta @ delta.T if delta.shape[0] <= delta.shape[1] else delta.T @ delta
     trace = float(np.trace(small))
     return float(np.sum(small * small)) / trace**2 if trace > 0 else math.nan
-
-
-def haar_mean(k, d):
-    """``E[F(k)] = k/d`` for a Haar-random k-dimensional subspace of ``R^d``."""
-    return np.asarray(k, dtype=np.float64) / d
-
-
-def haar_variance(k, d, g=None, *, purity: float | None = None):
-    """Variance of F(k) over Haar-random k-dimensional subspaces of ``R^d``.
-
-    ``Var[F] = 2k(d−k)/(d(d−1)(d+2)) · (Σ g_i² − 1/d)`` with `g` the normalised
-    Gram spectrum (:func:`gram_spectrum`; zeros may be omitted), or its
-    ``purity = Σ g_i²`` (:func:`gram_purity`) given directly. Vectorised over `k`.
-    """
-    if d < 2:
-        raise ValueError(f"`d` must be at least 2, got {d}")
-    if (g is None) == (purity is None):
-        raise ValueError("give exactly one of `g` (the Gram spectrum) and `purity`")
-    k = np.asarray(k, dtype=np.float64)
-    if purity is None:
-        purity = float(np.sum(np.square(as_float64(g))))
-    return 2.0 * k * (d - k) / (d * (d - 1.0) * (d + 2.0)) * (purity - 1.0 / d)
-
-
-def haar_log2_ratio_mean(k, d: int, purity):
-    """``E[log2 (F(k)/(k/d))]`` over Haar-random k-dimensional subspaces, from the Gram purity.
-
-    A Beta law with the Haar mean ``k/d`` and variance (:func:`haar_variance`):
-    ``a + b = m(1 − m)/v − 1``, ``a = m (a + b)``, ``E[log F] = ψ(a) − ψ(a + b)``.
-    Exact for a rank-1 delta (purity 1): for d = 128 it is −0.18 at k = 8,
-    −0.38 at k = 4 and −0.82 at k = 2. Vectorised over `k` and `purity`;
-    ``k < 1`` (undefined) gives NaN, ``k = d`` gives 0.
-    """
-    from scipy import special
-
-    k = np.asarray(k, dtype=np.float64)
-    purity = np.asarray(purity, dtype=np.float64)
-    m = k / d
-    with np.errstate(divide="ignore", invalid="ignore"):
-        v = np.where(k >= 1, haar_variance(np.clip(k, 1, d), d, purity=purity), np.nan)
-        total = m * (1.0 - m) / v - 1.0
-        value = (special.digamma(m * total) - special.digamma(total) - np.log(m)) / math.log(2.0)
-    value = np.where((v <= 0) | (k >= d), 0.0, value)  # isotropic delta or the whole space: F = k/d
-    return np.where((k >= 1) & np.isfinite(purity), value, np.nan)
-
-
-def haar_reference(normalisation: str, k, d: int, purity):
-    """The expected probe under a Haar-random basis, on the statistics' scale.
-
-    ``fraction``: ``k/d``; ``isotropic`` and ``log_isotropic`` (log2 ratios):
-    :func:`haar_log2_ratio_mean`; ``null_z``: 0; ``base_relative``: NaN (it
-    depends on ``W_from``'s own spectrum, which the results do not keep).
-    """
-    k = np.asarray(k, dtype=np.float64)
-    shape = np.broadcast_shapes(k.shape, np.shape(purity))
-    if normalisation == "fraction":
-        return np.broadcast_to(np.where(k >= 1, k / d, np.nan), shape)
-    if normalisation in ("isotropic", "log_isotropic"):
-        return haar_log2_ratio_mean(k, d, purity)
-    if normalisation == "null_z":
-        return np.broadcast_to(np.where(k >= 1, 0.0, np.nan), shape)
-    if normalisation == "base_relative":
-        return np.full(shape, np.nan)
-    raise ValueError(f"unknown normalisation {normalisation!r}")

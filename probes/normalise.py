@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fraction import haar_mean, haar_variance
+from .haar import haar_mean, haar_variance
 from .names import NORMALISATIONS, RATIO_NORMALISATIONS
 
 __all__ = ["NORMALISATIONS", "RATIO_NORMALISATIONS", "normalise"]

@@ -191,6 +191,25 @@ def _null_control(ctx: ReportContext) -> list[Caveat]:
     )]  # fmt: skip
 
 
+def _unmatched_ranks(ctx: ReportContext) -> list[Caveat]:
+    """Specifications left out of the curve because read and write ranks are too far apart."""
+    if ctx.stats is None or "not_counted_reason" not in ctx.stats:
+        return []
+    out = []
+    for pair in ctx.pairs:
+        reasons = [str(r) for r in ctx.stats.not_counted_reason.sel(pair=pair).values.ravel()]
+        unmatched = [r for r in reasons if "ranks differ" in r]
+        if unmatched:
+            out.append(Caveat(
+                f"unmatched-ranks-{pair}",
+                f"Pair {pair}: {len(unmatched)} specification(s) are not counted in the specification "
+                "curve or the joint tests because their read and write matrices' cutoffs chose ranks "
+                f"more than 4-fold apart at some layer (for example: {unmatched[0]}); a spectral cutoff "
+                "does this when one direction carries most of a site's variance.",
+            ))  # fmt: skip
+    return out
+
+
 def _preferred_duplicate(ctx: ReportContext) -> list[Caveat]:
     if ctx.stats is None or not ctx.pairs:
         return []
@@ -300,6 +319,7 @@ def caveats(ctx: ReportContext) -> list[Caveat]:
         *_corpus(ctx),
         *_preferred(ctx),
         *_preferred_duplicate(ctx),
+        *_unmatched_ranks(ctx),
         *_incomplete(ctx),
     ]
     return sorted(found, key=lambda c: not c.serious)

@@ -28,60 +28,77 @@ VERDICT_COLOURS = {
     "not_tested": GREY,
 }
 VERDICT_MARKERS = {"supported": "o", "contradicted": "s", "inconclusive": "D", "not_tested": "x"}
+# Claims whose interval must clear +margin (drawn as a dotted line).
+CONCENTRATION = (
+    "read_concentration", "read_write_asymmetry", "pretraining_writes_prediction",
+    "trajectory_consistent",
+)  # fmt: skip
+
+
+def _number(row, name):
+    return row[name] if name in row else np.nan
 
 
 def claims_table(claims: xr.Dataset, pair: str) -> Table:
+    """One row per claim; what the paper says, the test and its method in the claim cell's details."""
     rows = []
     cell = claims.sel(pair=pair)
     for claim in claims.claim.values:
         row = cell.sel(claim=claim)
         verdict = str(row.verdict.values)
+        low, high = fmt.signed(row.ci_low), fmt.signed(row.ci_high)
+        interval = f"[{low}, {high}]" if low.value is not None else fmt.MISSING
+        details = [("the paper says", row.says.values), ("the test", row.test.values)]
+        details += [("method", row.method.values), ("why", row.reason.values)]
+        share = float(row.robust_share)
+        n = int(_number(row, "robust_n")) if "robust_n" in row else None
+        robust = fmt.share(share)
+        if n is not None and robust.value is not None:
+            robust = fmt.Cell(f"{robust.text} of {n}", share)
         rows.append(
             Row(
                 str(claim),
                 {
-                    "claim": fmt.text(claim),
-                    "says": fmt.text(row.says.values),
-                    "test": fmt.text(row.test.values),
-                    "estimate": fmt.signed(row.estimate),
-                    "ci_low": fmt.signed(row.ci_low),
-                    "ci_high": fmt.signed(row.ci_high),
-                    "reference": fmt.signed(row.reference),
-                    "p_value": fmt.p_value(row.p_value),
-                    "robust_share": fmt.share(row.robust_share),
-                    "n_specifications": fmt.integer(row.n_specifications),
+                    "claim": fmt.text(claim, details),
                     "verdict": fmt.text(verdict.replace("_", " ")),
-                    "reason": fmt.text(
-                        row.reason.values if verdict == "not_tested" else row.method.values
-                    ),
+                    "estimate": fmt.signed(row.estimate),
+                    "interval": fmt.Cell(interval, low.value),
+                    "level": fmt.share(_number(row, "ci_level")),
+                    "reference": fmt.signed(row.reference),
+                    "excess": fmt.signed(_number(row, "excess")),
+                    "p_value": fmt.p_value(row.p_value),
+                    "p_adjusted": fmt.p_value(_number(row, "p_adjusted")),
+                    "margin_needed": fmt.signed(_number(row, "margin_needed")),
+                    "robust_share": robust,
                 },
                 css_class=f"verdict-{verdict}",
             )
         )
     columns = (
         Column("claim", "claim", numeric=False),
-        Column("says", "the paper says", numeric=False),
-        Column("test", "the test", numeric=False),
-        Column("estimate", "estimate"),
-        Column("ci_low", "interval, low"),
-        Column("ci_high", "interval, high"),
-        Column("reference", "reference"),
-        Column("p_value", "p"),
-        Column(
-            "robust_share",
-            "robustness",
-            help="share of the eligible specifications whose own verdict agrees",
-        ),
-        Column("n_specifications", "specs"),
         Column("verdict", "verdict", numeric=False),
-        Column("reason", "method, or what would test it", numeric=False),
-    )
+        Column("estimate", "estimate"),
+        Column("interval", "interval", help="at the level the decision uses (next column)"),
+        Column("level", "level", help="confidence level of the interval: 1 − 2α for one-sided and "
+               "equivalence tests"),
+        Column("reference", "Haar ref.", help="the estimate's Haar reference (0 for differences)"),
+        Column("excess", "excess", help="read claims: the log2 ratio over the mechanical reference "
+               "(the level the outer-product mechanism alone predicts)"),
+        Column("p_value", "p", help="the p-value of the test the verdict rests on"),
+        Column("p_adjusted", "p (Holm)", help="adjusted across the claims tested on this pair"),
+        Column("margin_needed", "margin needed", help="concentration: the largest margin still "
+               "supported; isotropy: the smallest margin that would support it"),
+        Column("robust_share", "robustness", help="share of the decisive eligible specifications "
+               "agreeing with the preferred one's verdict, of how many"),
+    )  # fmt: skip
     caption = (
-        f"Pair {pair}: each claim tested as stated at its preferred specification; robustness over its "
-        f"eligible specifications (duplicates merged). Margins: write isotropy ±{claims.attrs['isotropy_margin']:g} "
-        f"log2, graded control {claims.attrs['graded_margin']:+g} log2 per unit λ; α = {claims.attrs['alpha']:g}."
+        f"Pair {pair}: each claim tested as stated at its preferred specification, decided for the family "
+        f"of claims tested on the pair (Holm). Margin ±{claims.attrs.get('margin', claims.attrs['isotropy_margin']):g} "
+        f"log2 (write isotropy ±{claims.attrs['isotropy_margin']:g}, graded control "
+        f"{claims.attrs['graded_margin']:+g} per unit λ); α = {claims.attrs['alpha']:g}. Open a claim's "
+        "method for what it says, its test and why."
     )
-    return Table(f"claims-{pair}", caption, columns, tuple(rows), scroll=True, wrap=True)
+    return Table(f"claims-{pair}", caption, columns, tuple(rows))
 
 
 def claims_figure(claims: xr.Dataset, pair: str) -> SvgFigure | None:
@@ -101,6 +118,9 @@ def claims_figure(claims: xr.Dataset, pair: str) -> SvgFigure | None:
             margin = float(claims.attrs["isotropy_margin"])
             axis.axvspan(-margin, margin, color=OKABE_ITO["sky_blue"], alpha=0.25, linewidth=0)
             reference = 0.0
+        elif claim in CONCENTRATION and "margin" in claims.attrs:
+            margin = float(claims.attrs["margin"])
+            axis.axvline(margin, color=OKABE_ITO["sky_blue"], linewidth=1.2, linestyle=":")
         if np.isfinite(reference):
             axis.axvline(reference, color="black", linewidth=0.8, linestyle="--")
         if np.isfinite(low) and np.isfinite(high):
@@ -120,11 +140,41 @@ def claims_figure(claims: xr.Dataset, pair: str) -> SvgFigure | None:
     alt = f"Pair {pair}: estimates of {len(shown)} claims with their intervals against their references"
     caption = (
         "Each claim's estimate (marker) and interval (bar) against its reference (dashed line); for write "
-        "isotropy the shaded band is the equivalence margin the interval must lie within. Colour and "
+        "isotropy the shaded band is the equivalence margin the interval must lie within, for the "
+        "concentration claims the dotted line the margin it must clear. Colour and "
         "marker give the verdict (circle supported, square contradicted, diamond inconclusive); "
         "each panel has its own scale (log2 levels, differences of ranks, Δmargin)."
     )
     return finish(fig, f"fig-claims-{pair}", alt, caption)
+
+
+def reconciliation(ctx: ReportContext, pair: str) -> str:
+    """A sentence when `rsf stats` (same construction on both sides) and the asymmetry claim
+    (activations read, prediction subspace written) disagree, saying why both can hold."""
+    claims, stats = ctx.claims, ctx.stats
+    if claims is None or stats is None or pair not in [str(p) for p in stats.pair.values]:
+        return ""
+    claim = str(claims.verdict.sel(pair=pair, claim="read_write_asymmetry").values)
+    if claim == "not_tested" or not ctx.has_spec(ctx.preferred):
+        return ""
+    c, k, n = ctx.preferred
+    cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
+    p, value = float(cell.p_value), float(cell.asymmetry)
+    if not np.isfinite(p):
+        return ""
+    stats_finds = p < ctx.alpha and value > float(cell.reference)
+    claim_finds = claim == "supported"
+    if stats_finds == claim_finds:
+        return ""
+    margin = claims.attrs.get("margin", claims.attrs["isotropy_margin"])
+    return (
+        f"The Verdict section {'finds' if stats_finds else 'does not find'} read > write on "
+        f"{c} at both pathways' sites ({k}, {n}: A = {value:+.3f}, p = {p:.3g}), while the claim "
+        f"read_write_asymmetry is {claim.replace('_', ' ')}. Both can hold: `rsf stats` compares the "
+        f"two pathways on one construction, against 0; the claim compares the read delta on its "
+        f"activations ({c}) with the write delta on the prediction subspace (unembed), each against "
+        f"its own Haar reference, and needs the difference to clear ±{float(margin):g} log2."
+    )
 
 
 def claims_section(ctx: ReportContext) -> Section:
@@ -147,10 +197,15 @@ def claims_section(ctx: ReportContext) -> Section:
         intro = (
             f"Pair {pair} ({str(claims.phase.sel(pair=pair).values)}): {counts}. Levels are log2 isotropic "
             "ratios against each delta's Haar reference; tests over layers are the dependence-robust EWC "
-            "tests; a non-significant difference never counts as support."
+            "tests; a non-significant difference never counts as support. The claims compare the read "
+            "delta on the activations it reads with the write delta on the prediction subspace."
         )
         # The report's first screen answers the question: the claims' verdicts.
-        parts.append(Markup('<div class="answer"><p>{}</p></div>').format(intro))
+        parts.append(Markup('<div class="answer"><p>{}</p>').format(intro))
+        sentence = reconciliation(ctx, pair)
+        if sentence:
+            parts.append(Markup("<p>{}</p>").format(sentence))
+        parts.append(Markup("</div>"))
         parts.append(
             fragment(
                 "sections/figure_and_table.html.j2",

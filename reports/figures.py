@@ -253,6 +253,15 @@ def _set_mean(values: np.ndarray, columns: list[int]) -> np.ndarray:
         return np.nanmean(np.nanmean(values[..., columns, :], axis=-2), axis=-2)
 
 
+def _k_range(ks: np.ndarray) -> str:
+    """``8`` or ``1–250``: the ranks a cutoff chose over layers and matrices (NaN: undefined)."""
+    with quiet_nan():
+        low, high = np.nanmin(ks), np.nanmax(ks)
+    if not np.isfinite(low):
+        return "—"
+    return f"{low:.0f}" if low == high else f"{low:.0f}–{high:.0f}"
+
+
 def rsf_by_cutoff(
     results: xr.Dataset,
     pairs,
@@ -295,7 +304,11 @@ def rsf_by_cutoff(
             axis.set_axis_off()
             continue
         x = np.arange(order.size)
-        labels = [f"{results.cutoff.values[i]}\nk≈{median_k[i]:.0f}" for i in order]
+        labels = [
+            f"{results.cutoff.values[i]}\nread k {_k_range(ks[:, read_idx, i])}"
+            f"\nwrite k {_k_range(ks[:, write_idx, i])}"
+            for i in order
+        ]
         for m, matrix in enumerate(matrices):
             if m not in read_idx + write_idx:
                 continue
@@ -345,7 +358,9 @@ def rsf_by_cutoff(
     )
     caption = (
         f"The probe ({scale_label(normalisation)}, layer mean) against the rank cutoff, cutoffs ordered by "
-        "their median k over layers and matrices. Thin lines: single matrices (read solid, write dashed); "
+        "their median k over layers and matrices; under each, the range of k the read and the write "
+        "matrices chose over layers (a spectral cutoff may choose very different ranks for the two "
+        "pathways). Thin lines: single matrices (read solid, write dashed); "
         f"thick lines: the read-set and write-set means the asymmetry compares. {band_text}"
     )
     alt = "The probe against the rank cutoff. " + "; ".join(alt_parts) + "."

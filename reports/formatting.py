@@ -84,6 +84,8 @@ class Cell:
 
     text: str
     value: float | None = None
+    # (label, text) pairs shown under the cell in a closed <details> element (a row's long prose).
+    details: tuple[tuple[str, str], ...] = ()
 
     @property
     def sort_key(self) -> str:
@@ -192,5 +194,5 @@ def integer(x) -> Cell:
     return Cell(MISSING if x is None else str(int(x)), x)
 
 
-def text(x) -> Cell:
-    return Cell(str(x), None)
+def text(x, details=()) -> Cell:
+    return Cell(str(x), None, tuple((str(k), str(v)) for k, v in details if str(v)))

@@ -148,8 +148,8 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
         p = {key: _relation(v) for key, v in value.items() if key.startswith("p_")}
         preferred = (
             f"Under the preferred specification ({spec_label(ctx.preferred)}) the read set "
-            f"({', '.join(ctx.read)}) minus the write set ({', '.join(ctx.write)}) is A = {value['asymmetry']} "
-            "on average over layers"
+            f"({', '.join(ctx.read)}) minus the write set ({', '.join(ctx.write)}), both measured on "
+            f"that one construction, is A = {value['asymmetry']} on average over layers"
         )
         if value["p_value"] != fmt.MISSING:
             preferred += (

@@ -67,6 +67,7 @@ __all__ = [
     "layer_differences",
     "sign_flip_null",
     "spec_tests",
+    "stouffer",
     "studentized_interval",
 ]
 
@@ -360,7 +361,7 @@ def spec_tests(
     )
 
 
-def _stouffer(p_greater: np.ndarray) -> np.ndarray:
+def stouffer(p_greater: np.ndarray) -> np.ndarray:
     # p-values from the t law can underflow to 0 or reach 1: keep Φ⁻¹ finite.
     p = np.clip(p_greater, 1e-300, 1 - 1e-16)
     return special.ndtri(1 - p).sum(axis=-1) / math.sqrt(p.shape[-1])
@@ -378,13 +379,13 @@ def _joint_tests(d, test, counted, dz, rotations: RotationNull, null_two, alpha)
     observed = {
         "median_effect": float(np.median(dz[counted])),
         "share_significant": float(np.mean((d.mean(axis=0) > 0) & (observed_p < alpha))),
-        "stouffer_z": float(_stouffer(test.p_greater[counted])),
+        "stouffer_z": float(stouffer(test.p_greater[counted])),
     }
     null_z0 = rotations.z0(z)
     null = {
         "median_effect": np.median(rotations.effect_size(z, np.sum(d**2, axis=0)), axis=1),
         "share_significant": np.mean((null_z0 > 0) & (null_two < alpha), axis=1),
-        "stouffer_z": _stouffer(rotations.p_values(z, "greater")),
+        "stouffer_z": stouffer(rotations.p_values(z, "greater")),
     }
     # The share takes few values, so "at least as large" ties often and the test is
     # conservative; ties are broken by Stouffer's Z: the statistic is (share, Z)

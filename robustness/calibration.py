@@ -152,9 +152,12 @@ def _one_study(rng, scenario: Scenario, settings: CalibrationSettings, reference
     s = sim.s[0]
     complete = np.isfinite(s).all(axis=(0, 1))
     duplicate_of = curve.duplicates(s, specs)
-    counted = curve.counted_mask(specs, duplicate_of) & complete
+    matched, _ = curve.matched_k(sim.k[0], READ, WRITE)
+    counted = curve.counted_mask(specs, duplicate_of, matched) & complete
     if reference_override is None:
-        reference = curve.references(sim.k[0], sim.purity[0], specs, READ, WRITE, settings.d)
+        reference = curve.references(
+            sim.k[0], sim.purity[0], specs, READ, WRITE, settings.d, spectrum=sim.spectrum[0]
+        )
     else:
         reference = np.broadcast_to(reference_override, (s.shape[0], len(specs)))
     index = np.flatnonzero(complete)

@@ -7,7 +7,12 @@
   probe values are equal on the statistics' scale at every layer and matrix
   (``isotropic`` and ``log_isotropic`` are the same specification once the
   ratio is taken in log2); the preferred specification is kept, else the
-  ``log_isotropic`` one, else the first in the dataset's order.
+  ``log_isotropic`` one, else the first in the contract's order of
+  normalisations (never the dataset's order). A specification whose read and
+  write sides chose ranks more than :data:`K_MISMATCH` apart at some layer
+  compares unlike subspaces (a massive activation direction makes ``var`` or
+  ``pr`` pick k = 1 on one side and hundreds on the other): it is not counted
+  either (:func:`matched_k`).
 - **References**: the value of ``D_l`` under each specification's own null.
   Zero for a real basis (no difference between the pathways); for ``random``
   the Haar expectation of each matrix's probe from its Gram purity
@@ -30,7 +35,18 @@ import probes
 
 from .specification import CONTROLS, SPEC_DIMS
 
-__all__ = ["duplicates", "ranking_stability", "references", "variance_shares"]
+__all__ = [
+    "K_MISMATCH",
+    "counted_mask",
+    "duplicates",
+    "matched_k",
+    "ranks_matched",
+    "ranking_stability",
+    "references",
+    "variance_shares",
+]
+
+K_MISMATCH = 4.0  # read and write ranks further apart than this factor are not compared
 
 
 def duplicates(
@@ -49,7 +65,8 @@ def duplicates(
 
     def rank(j):
         spec = specs[j]
-        return (spec != tuple(preferred or ()), spec[2] != "log_isotropic", j)
+        order = probes.NORMALISATIONS.index(spec[2]) if spec[2] in probes.NORMALISATIONS else j
+        return (spec != tuple(preferred or ()), spec[2] != "log_isotropic", order, j)
 
     out = [""] * len(specs)
     kept: list[int] = []
@@ -72,11 +89,44 @@ def duplicates(
     return out
 
 
-def counted_mask(specs: list[tuple[str, str, str]], duplicate_of: list[str]) -> np.ndarray:
-    """Substantive (not a control) and not a duplicate."""
-    return np.array(
+def counted_mask(
+    specs: list[tuple[str, str, str]], duplicate_of: list[str], matched=None
+) -> np.ndarray:
+    """Substantive (not a control), not a duplicate, and (given `matched`) with matched ranks."""
+    mask = np.array(
         [c not in CONTROLS and not dup for (c, _, _), dup in zip(specs, duplicate_of, strict=True)]
     )
+    return mask if matched is None else mask & np.asarray(matched, dtype=bool)
+
+
+def ranks_matched(read_k: np.ndarray, write_k: np.ndarray) -> str:
+    """Why ranks ``[L, M_read]`` and ``[L, M_write]`` compare unlike subspaces, or ``""``.
+
+    They do when, at some layer, a read and a write matrix's ranks are more
+    than :data:`K_MISMATCH` apart (undefined ranks, −1, are ignored): an
+    asymmetry between ``F(1)`` on one side and ``F(250)`` on the other
+    compares a direction with a subspace, whatever the data say.
+    """
+    for layer in range(read_k.shape[0]):
+        r, w = read_k[layer], write_k[layer]
+        r, w = r[r >= 1], w[w >= 1]
+        if not (r.size and w.size):
+            continue
+        ratio = max(r.max() / w.min(), w.max() / r.min())
+        if ratio > K_MISMATCH:
+            return (
+                f"read and write ranks differ {ratio:.0f}-fold at layer {layer} (read k = "
+                f"{int(r.min())}–{int(r.max())}, write k = {int(w.min())}–{int(w.max())}): "
+                f"more than {K_MISMATCH:g}-fold, unlike subspaces"
+            )
+    return ""
+
+
+def matched_k(k: np.ndarray, read: list[int], write: list[int]) -> tuple[np.ndarray, list[str]]:
+    """For `k` ``[L, M, J]`` (each cutoff's rank per layer, matrix and specification): whether each
+    specification's read and write ranks are matched (:func:`ranks_matched`), and why not."""
+    reasons = [ranks_matched(k[:, read, j], k[:, write, j]) for j in range(k.shape[-1])]
+    return np.array([not reason for reason in reasons], dtype=bool), reasons
 
 
 def references(
@@ -86,17 +136,20 @@ def references(
     read: list[int],
     write: list[int],
     d: int,
+    spectrum: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[L, J]``: each specification's reference for ``D_l`` (0 except for ``random``).
 
     `k` ``[L, M, J]`` is the rank each cutoff chose per layer, matrix and
-    specification; `purity` ``[L, M]`` the deltas' Gram purity.
+    specification; `purity` ``[L, M]`` the deltas' Gram purity and `spectrum`
+    ``[L, M, r]`` their normalised Gram spectra, from which the Haar reference
+    is exact (:func:`probes.haar_reference`; without them, its Beta law).
     """
     out = np.zeros((k.shape[0], len(specs)))
     for j, (construction, _, normalisation) in enumerate(specs):
         if construction != "random":
             continue
-        ref = probes.haar_reference(normalisation, k[..., j], d, purity)  # [L, M]
+        ref = probes.haar_reference(normalisation, k[..., j], d, purity, spectrum=spectrum)
         out[:, j] = ref[:, read].mean(axis=1) - ref[:, write].mean(axis=1)
     return out
 

@@ -69,6 +69,9 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
     ks = np.full(shape, -1, dtype=np.int64)
     fro = np.full(shape[:3], np.nan)
     purity = np.full(shape[:3], np.nan)
+    mechanical = np.full(shape, np.nan)
+    width = max(r.gram_spectrum.shape[-1] for r in results)
+    spectra = np.full((*shape[:3], width), np.nan)
     for p, result in enumerate(results):
         columns = [matrices.index(m) for m in result.matrices]
         layers = result.rsf.shape[0]
@@ -76,6 +79,10 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
         ks[p, :layers, columns] = result.k.transpose(1, 0, 2, 3)
         fro[p, :layers, columns] = result.delta_fro.T
         purity[p, :layers, columns] = result.gram_purity.T
+        mechanical[p, :layers, columns] = result.mechanical.transpose(1, 0, 2, 3)
+        own = result.gram_spectrum.shape[-1]
+        spectra[p, :layers, columns, :own] = result.gram_spectrum.transpose(1, 0, 2)
+        spectra[p, :layers, columns, own:] = 0.0
     data_vars = {
         "rsf": (
             ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
@@ -98,6 +105,23 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             {
                 "long_name": "Σ g_i², g = eig(G)/tr G: the delta's Gram purity (1/d isotropic … 1 rank one), "
                 "for Haar moments without the deltas"
+            },
+        ),
+        "gram_spectrum": (
+            ("pair", "layer", "matrix", "eigen"),
+            spectra,
+            {
+                "long_name": "g = eig(G)/tr G, descending (zero-padded to the widest d): each "
+                "delta's normalised Gram spectrum, for its exact Haar reference"
+            },
+        ),
+        "mechanical_reference": (
+            ("pair", "layer", "matrix", "construction", "cutoff"),
+            mechanical,
+            {
+                "long_name": "log2 of the activations' own top-k energy share over k/d: the level "
+                "the outer-product mechanism alone predicts (read matrices, activation "
+                "constructions; NaN elsewhere)"
             },
         ),
     }

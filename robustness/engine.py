@@ -60,6 +60,8 @@ class PairResult:
     delta_fro: np.ndarray  # [layer, matrix]
     gram_purity: np.ndarray  # [layer, matrix]: Σ g², g = eig(G)/tr G
     provenance: dict
+    gram_spectrum: np.ndarray | None = None  # [layer, matrix, d]: g, descending, zero-padded
+    mechanical: np.ndarray | None = None  # [layer, matrix, construction, cutoff]
     statistics_passes: int = 0
     notes: list[str] = field(default_factory=list)
     # With --bootstrap: "replicates" [B, ...rsf] and "jackknife" [C, ...rsf] (leave one chunk out).
@@ -213,6 +215,7 @@ class _LayerJob:
         shape = (len(matrices), len(self.config.constructions), len(self.config.cutoffs))
         rsf = np.full((*shape, len(self.config.normalisations)), np.nan)
         ks = np.full(shape, UNDEFINED, dtype=np.int64)
+        mechanical = np.full(shape, np.nan)
         deltas, base_weights = probes.layer_deltas(
             base, aligned, layer, matrices, with_base=grid.need_w
         )
@@ -230,10 +233,15 @@ class _LayerJob:
             del delta, weight
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
-            grid.fill(layer, prepared, stats, rsf, ks)
+            grid.fill(layer, prepared, stats, rsf, ks, mechanical=mechanical)
+        spectra = np.zeros((len(matrices), grid.d))
+        for row, matrix in enumerate(prepared):
+            spectra[row, : matrix.spectrum.size] = matrix.spectrum  # NaN stays NaN: a zero delta
         out = {
             "rsf": rsf,
             "k": ks,
+            "mechanical": mechanical,
+            "spectrum": spectra,
             "delta_fro": delta_fro,
             "purity": [matrix.purity for matrix in prepared],
             "zero": zero,
@@ -351,6 +359,8 @@ def sweep_pair(
     ks = np.full(shape, UNDEFINED, dtype=np.int64)
     delta_fro = np.full((n_layers, len(matrices)), np.nan)
     purity = np.full((n_layers, len(matrices)), np.nan)
+    mechanical = np.full(shape, np.nan)
+    spectra = np.full((n_layers, len(matrices), d), np.nan)
     resampled = [c for c in constructions if c in sources]
     weights_b = (
         _resampling_weights(config, corpus, bool(roles), hashes["base"])
@@ -388,6 +398,7 @@ def sweep_pair(
 
     def keep(layer, out):
         rsf[layer], ks[layer] = out["rsf"], out["k"]
+        mechanical[layer], spectra[layer] = out["mechanical"], out["spectrum"]
         delta_fro[layer], purity[layer] = out["delta_fro"], out["purity"]
         if boot is not None:
             boot[:, layer] = out["boot"]
@@ -438,6 +449,8 @@ def sweep_pair(
         delta_fro,
         purity,
         provenance,
+        spectra,
+        mechanical,
         len(roles) if passes["ran"] else 0,
         notes,
         bootstrap,

@@ -36,6 +36,7 @@ __all__ = [
     "as_numpy",
     "eigen_all",
     "fill_replicates",
+    "mechanical_reference",
     "replicate_block",
     "worker_pool",
 ]
@@ -110,6 +111,7 @@ class _Matrix:
     factor_w: probes.ResidualFactor | None  # for base_relative
     gram_w: np.ndarray | None  # for the weight_svd basis
     purity: float | None
+    spectrum: np.ndarray | None = None  # g = eig(G)/tr G, descending: the exact Haar reference
 
 
 class Grid:
@@ -146,17 +148,19 @@ class Grid:
             if 2 * (delta.shape[0] if pathway == "read" else delta.shape[1]) <= self.d:
                 factor = probes.residual_factor(delta, pathway=pathway)
                 purity = probes.gram_purity(delta)
+                spectrum = probes.gram_spectrum(delta)
             else:  # the residual-side Gram is the small one; its Cholesky factor is kept
                 gram = probes.residual_gram(delta, pathway=pathway)
                 factor = probes.residual_factor(delta, pathway=pathway, gram=gram)
                 purity = probes.gram_purity(gram=gram)
+                spectrum = probes.gram_spectrum(gram=gram)
                 del gram
             factor_w = gram_w = None
             if "base_relative" in self.config.normalisations:
                 factor_w = probes.residual_factor(w_from, pathway=pathway)
             if "weight_svd" in self.config.constructions:
                 gram_w = probes.residual_gram(w_from, pathway=pathway)
-            prepared.append(_Matrix(name, pathway, factor, factor_w, gram_w, purity))
+            prepared.append(_Matrix(name, pathway, factor, factor_w, gram_w, purity, spectrum))
         return prepared
 
     def basis_tasks(self, layer, prepared, stats, constructions) -> dict:
@@ -190,12 +194,17 @@ class Grid:
         rng = probes.construction_rng(self.config.seed, self.key, layer, matrix)
         return probes.random_subspace(self.d, rng=rng, k=self.random_k)
 
-    def fill(self, layer, prepared, stats, rsf, ks, *, constructions=None, bases=None) -> None:
+    def fill(
+        self, layer, prepared, stats, rsf, ks, *, constructions=None, bases=None, mechanical=None
+    ) -> None:
         """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer.
 
         ``constructions`` limits the work to some constructions (their indices in
         the config are kept): a bootstrap replicate redoes only the activation ones.
         ``bases`` are the results of :meth:`basis_tasks` when already computed.
+        ``mechanical[matrix, construction, cutoff]``, when given, receives the
+        mechanical reference of each read matrix on each activation construction
+        (:func:`mechanical_reference`).
         """
         d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
         chosen = constructions or self.config.constructions
@@ -219,6 +228,11 @@ class Grid:
                 ks[members, ci] = k
                 if k.max() < 1:
                     continue
+                if mechanical is not None and construction in self.sources:
+                    reference = mechanical_reference(subspace.spectrum, k, d)
+                    for mi in members:
+                        if prepared[mi].pathway == "read":
+                            mechanical[mi, ci] = reference
                 # W on its own singular basis (weight_svd) has a closed form.
                 with_w = base_relative and construction != "weight_svd"
                 factors = [prepared[mi].factor for mi in members]
@@ -242,6 +256,25 @@ class Grid:
                             base_fraction=base_fraction,
                             purity=prepared[mi].purity,
                         )
+
+
+def mechanical_reference(spectrum, k, d: int) -> np.ndarray:
+    """``log2(S(k)/(k/d))``: the level the outer-product mechanism alone predicts, per cutoff's k.
+
+    ``S(k) = Σ_{j≤k} λ_j / Σ_j λ_j`` is the top-k share of the spectrum the
+    activation construction is built from (the covariance, or the second
+    moment, of the activations a read matrix reads). An update
+    ``ΔW = Σ_t δ_t a_tᵀ`` whose ``δ_t`` are isotropic and independent of
+    ``a_t`` has ``E[ΔWᵀΔW] ∝ Σ_t a_t a_tᵀ``, so its fraction on that basis is
+    this share, whatever the objective (``docs/design.md`` §1). NaN where k is
+    undefined.
+    """
+    spectrum = np.clip(np.asarray(spectrum, dtype=np.float64), 0.0, None)
+    share = np.cumsum(spectrum) / spectrum.sum()
+    k = np.asarray(k)
+    with np.errstate(divide="ignore"):
+        value = np.log2(share[np.clip(k, 1, spectrum.size) - 1] / (k / d))
+    return np.where(k >= 1, value, np.nan)
 
 
 def fill_replicates(

@@ -204,16 +204,25 @@ class StatsOptions:
 class ClaimsOptions:
     """The rules of ``rsf claims`` (:func:`robustness.paper.paper_claims`)."""
 
-    isotropy_margin: float = option(0.5, "equivalence margin of write_isotropy, log2 units "
-                                    "(0.5: a factor √2)", low=0, low_open=True)  # fmt: skip
-    graded_margin: float = option(0.25, "non-inferiority margin of graded_control, log2 per "
-                                  "unit λ", low=0, low_open=True)  # fmt: skip
+    margin: float = option(0.5, "the margin of the concentration and isotropy rules, log2 units "
+                           "(0.5: a factor √2)", low=0, low_open=True)  # fmt: skip
+    isotropy_margin: float | None = option(None, "equivalence margin of write_isotropy, log2 units",
+                                           low=0, low_open=True)  # fmt: skip
+    graded_margin: float | None = option(None, "non-inferiority margin of graded_control, log2 per "
+                                         "unit λ", low=0, low_open=True)  # fmt: skip
     alpha: float = _alpha_option(high=0.5)  # one-sided and equivalence tests at α
     n_resamples: int = _positive_count("rotations of the joint tests", 9999, flag="--resamples")
     seed: int = _seed_option("seed of the rotations")
 
     def __post_init__(self):
         validate(self)
+
+    def margins(self) -> dict[str, float]:
+        """Each rule's margin: the isotropy and graded ones default to `margin`."""
+        return {
+            "isotropy": self.margin if self.isotropy_margin is None else self.isotropy_margin,
+            "graded": self.margin if self.graded_margin is None else self.graded_margin,
+        }
 
 
 # ------------------------------------------------------------------------- gradients

@@ -3,25 +3,36 @@
 :func:`paper_claims` checks its inputs (a ``stats.nc`` must come from these
 results, by fingerprint; each extra dataset from these models, by weights
 hash), evaluates the claims of :mod:`robustness.claims` (from the results)
-and :mod:`robustness.claims_mechanism` (from the extras), and writes one row
-per (pair, claim): ``verdict``, ``estimate``, ``ci_low``, ``ci_high``,
-``p_value``, ``reference``, ``robust_share``, ``n_specifications``,
-``p_joint``, ``method`` and ``reason``. A claim whose input is missing is
-``not_tested``, with the reason and the command that would test it. Claims
-from the extras attach to the alignment pairs whose models they measured.
+and :mod:`robustness.claims_mechanism` (from the extras), then decides them
+**as a family**: on each pair, the p-values of support of the claims tested
+there are Holm-adjusted together, and so are their p-values of
+contradiction (:func:`robustness.rules.family`); a claim is supported when
+its adjusted support p is below α, contradicted when its adjusted
+contradiction p is. One row per (pair, claim): ``verdict``, ``estimate``,
+``ci_low``, ``ci_high`` (at ``ci_level``: ``1 − 2α`` for the one-sided and
+equivalence tests), ``p_value`` (the p of the test the verdict rests on:
+support, or contradiction for a contradicted claim), ``p_adjusted`` (its Holm
+adjustment), ``reference``, ``mechanical_reference`` and ``excess`` (read
+claims), ``margin_needed``, ``robust_share`` over ``robust_n`` decisive
+specifications, ``n_specifications``, ``p_joint``, ``method`` and ``reason``.
+A claim whose input is missing is ``not_tested``, with the reason and the
+command that would test it. Claims from the extras attach to the alignment
+pairs whose models they measured.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import xarray as xr
 
 from . import claims_mechanism as mechanism
-from .claims import CLAIM_IDS, CLAIMS, Outcome, _agnostic_claim, level_claims, pretrain_partner
+from .claims import CLAIM_IDS, CLAIMS, Outcome, agnostic_claim, level_claims, pretrain_partner
 from .dataset import pair_phases
 from .provenance import provenance_attrs
+from .rules import family
 from .stats import results_fingerprint
 
 __all__ = ["EXTRA_KINDS", "paper_claims"]
@@ -39,7 +50,10 @@ NEEDS = {
     "graded_control": "contrastive",
     "rank1_causal": "rank1",
 }
-VARIABLES = ("estimate", "ci_low", "ci_high", "p_value", "reference", "robust_share", "p_joint")
+VARIABLES = (
+    "estimate", "ci_low", "ci_high", "ci_level", "p_value", "p_adjusted", "reference",
+    "mechanical_reference", "excess", "margin_needed", "robust_share", "p_joint",
+)  # fmt: skip
 
 
 def _extra_hashes(ds: xr.Dataset) -> set[str]:
@@ -93,22 +107,30 @@ def paper_claims(
     *,
     stats: xr.Dataset | None = None,
     extras=(),
-    isotropy_margin: float = 0.5,
-    graded_margin: float = 0.25,
+    margin: float = 0.5,
+    isotropy_margin: float | None = None,
+    graded_margin: float | None = None,
     alpha: float = 0.05,
-    confidence_level: float = 0.95,
     n_resamples: int = 9999,
     seed: int = 0,
 ) -> xr.Dataset:
-    """The claims dataset (see the module docstring); every input problem is a one-line ``ValueError``."""
-    for name, value in (("isotropy_margin", isotropy_margin), ("graded_margin", graded_margin)):
-        if not value > 0:
-            raise ValueError(f"`{name}` must be positive, got {value}")
-    if not 0 < alpha < 0.5:
-        raise ValueError(f"`alpha` must lie in (0, 0.5), got {alpha}")
+    """The claims dataset (see the module docstring); every input problem is a one-line ``ValueError``.
+
+    `margin` is the one margin of the concentration and isotropy rules (log2
+    units); `isotropy_margin` (write_isotropy) and `graded_margin`
+    (graded_control, log2 per unit λ) default to it.
+    """
+    from .options import ClaimsOptions
+
+    options = ClaimsOptions(
+        margin=margin, isotropy_margin=isotropy_margin, graded_margin=graded_margin, alpha=alpha,
+        n_resamples=n_resamples, seed=seed,
+    )  # fmt: skip
+    margins = options.margins()
+    results = results.sortby("layer")
     by_kind = _check_inputs(results, stats, extras)
     outcomes = level_claims(
-        results, isotropy_margin=isotropy_margin, alpha=alpha, confidence_level=confidence_level,
+        results, margin=margin, isotropy_margin=margins["isotropy"], alpha=alpha,
         n_resamples=n_resamples, seed=seed,
     )  # fmt: skip
     pairs = [str(p) for p in results.pair.values]
@@ -136,34 +158,63 @@ def paper_claims(
             continue
         if "gradients" in mine:
             outcomes[pair]["gradient_anisotropy"] = mechanism.gradient_claim(
-                mine["gradients"], alpha=alpha, confidence_level=confidence_level
+                mine["gradients"], alpha=alpha
             )
         if "trajectory" in mine:
-            outcomes[pair]["trajectory_consistent"] = mechanism.trajectory_claim(mine["trajectory"])
+            outcomes[pair]["trajectory_consistent"] = mechanism.trajectory_claim(
+                mine["trajectory"], margin=margin, alpha=alpha
+            )
         if "contrastive" in mine:
             outcomes[pair]["graded_control"] = mechanism.graded_claim(
-                mine["contrastive"], margin=graded_margin, alpha=alpha
+                mine["contrastive"], margin=margins["graded"], alpha=alpha
             )
             variants = mechanism.variant_read_levels(
-                mine["contrastive"], alpha=alpha, confidence_level=confidence_level
+                mine["contrastive"], margin=margin, alpha=alpha
             )
             seen = {"align": outcomes[pair]["read_concentration"]}
             partner = pretrain_partner(results, pair, paired=False)  # as level_claims chose it
             if partner:
                 seen["pretrain"] = outcomes[partner]["read_concentration"]
-            outcomes[pair]["read_objective_agnostic"] = _agnostic_claim(seen, variants)
+            outcomes[pair]["read_objective_agnostic"] = agnostic_claim(
+                seen, variants, margin=margin, alpha=alpha
+            )
         if "rank1" in mine:
             outcomes[pair]["rank1_causal"] = mechanism.rank1_claim(mine["rank1"], alpha=alpha)
-    return _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, graded_margin,
-                    alpha, confidence_level, seed)  # fmt: skip
+    for pair in pairs:
+        outcomes[pair] = _family(outcomes[pair], alpha)
+    return _dataset(results, outcomes, pairs, phases, stats, by_kind, options, margins)
 
 
-def _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, graded_margin, alpha,
-             confidence_level, seed) -> xr.Dataset:  # fmt: skip
+def _family(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Outcome]:
+    """Each tested claim's verdict at the family level: Holm across the pair's claims (see module)."""
+    decided = {claim: o.decision for claim, o in outcomes.items() if o.decision is not None}
+    adjusted = family(decided, alpha=alpha)
+    out = dict(outcomes)
+    for claim, (verdict, p_support, p_contradict) in adjusted.items():
+        outcome = outcomes[claim]
+        decision = outcome.decision
+        contradicted = verdict == "contradicted"
+        reason = outcome.reason
+        if verdict != decision.verdict:
+            reason = "; ".join(filter(None, [reason, (
+                f"{decision.verdict} on its own (p = "
+                f"{decision.p_contradict if decision.verdict == 'contradicted' else decision.p_support:.3g}), "
+                f"{verdict} after Holm across the {len(adjusted)} claims tested on this pair")]))  # fmt: skip
+        out[claim] = replace(
+            outcome,
+            verdict=verdict,
+            p_value=decision.p_contradict if contradicted else decision.p_support,
+            p_adjusted=p_contradict if contradicted else p_support,
+            reason=reason,
+        )
+    return out
+
+
+def _dataset(results, outcomes, pairs, phases, stats, by_kind, options, margins) -> xr.Dataset:
     shape = (len(pairs), len(CLAIM_IDS))
     numbers = {name: np.full(shape, np.nan) for name in VARIABLES}
     strings = {name: np.full(shape, "", dtype=object) for name in ("verdict", "method", "reason")}
-    counts = np.zeros(shape, dtype=np.int64)
+    counts = {name: np.zeros(shape, dtype=np.int64) for name in ("n_specifications", "robust_n")}
     for p, pair in enumerate(pairs):
         for c, claim in enumerate(CLAIM_IDS):
             outcome = outcomes[pair].get(claim, Outcome("not_tested", reason="not evaluated"))
@@ -171,10 +222,16 @@ def _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, 
                 numbers[name][p, c] = getattr(outcome, name)
             for name in strings:
                 strings[name][p, c] = getattr(outcome, name)
-            counts[p, c] = outcome.n_specifications
+            for name in counts:
+                counts[name][p, c] = getattr(outcome, name)
     dims = ("pair", "claim")
-    data = {name: (dims, values) for name, values in {**numbers, **strings}.items()}
-    data["n_specifications"] = (dims, counts)
+    data = {name: (dims, values) for name, values in {**numbers, **strings, **counts}.items()}
+    data["margin_needed"] = (dims, numbers["margin_needed"], {
+        "long_name": "concentration claims: the largest margin still supported (the weakest part's "
+        "lower bound); isotropy claims: the smallest margin that would support it"})  # fmt: skip
+    data["robust_share"] = (dims, numbers["robust_share"], {
+        "long_name": "share of the decisive eligible specifications agreeing with the preferred one's "
+        "verdict (out of robust_n); NaN when the preferred verdict is not decisive"})  # fmt: skip
     inputs = {"results": results_fingerprint(results)}
     if stats is not None:
         inputs["stats"] = stats.attrs.get("results_fingerprint", "")
@@ -184,16 +241,22 @@ def _dataset(results, outcomes, pairs, phases, stats, by_kind, isotropy_margin, 
     side = {pair: str(results.construction_side.sel(pair=pair).values) if "construction_side" in results
             else "base" for pair in pairs}  # fmt: skip
     attrs = provenance_attrs(
-        "claims", title="the paper's claims, tested one by one", seed=seed, inputs=inputs
+        "claims", title="the paper's claims, tested one by one", seed=options.seed, inputs=inputs
     )
     attrs.update(
         rules=json.dumps(rules),
-        isotropy_margin=isotropy_margin,
-        graded_margin=graded_margin,
-        alpha=alpha,
-        confidence_level=confidence_level,
+        margin=options.margin,
+        isotropy_margin=margins["isotropy"],
+        graded_margin=margins["graded"],
+        alpha=options.alpha,
+        confidence_level=1 - 2 * options.alpha,
+        decision="each claim's p-values of support and of contradiction, Holm-adjusted across the "
+        "claims tested on its pair; supported when the adjusted support p < alpha, contradicted when "
+        "the adjusted contradiction p < alpha; unions inside a claim (parts, checkpoints, phases) "
+        "Holm-adjusted too",
         construction_side=json.dumps(side),
-        reference="levels against each delta's Haar reference (probes.haar_reference), EWC tests over layers",
+        reference="levels against each delta's Haar reference (probes.haar_reference, exact from its "
+        "Gram spectrum), EWC tests over layers",
         results_fingerprint=results_fingerprint(results),
     )
     if stats is not None:

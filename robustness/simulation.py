@@ -86,11 +86,13 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Simulation:
-    """One simulated study: ``s [P, L, M, J]`` on the statistics' scale, ``k [P, L, M, J]``, ``purity [P, L, M]``."""
+    """One simulated study: ``s [P, L, M, J]`` on the statistics' scale, ``k [P, L, M, J]``,
+    ``purity [P, L, M]`` and the deltas' normalised Gram spectra ``spectrum [P, L, M, d]``."""
 
     s: np.ndarray
     k: np.ndarray
     purity: np.ndarray
+    spectrum: np.ndarray
 
 
 class _Chain:
@@ -171,6 +173,7 @@ def simulate(
     shape = (scenario.n_pairs, n_layers, len(MATRICES), len(specs))
     s, ks = np.full(shape, np.nan), np.full(shape, -1, dtype=np.int64)
     purity = np.full(shape[:3], np.nan)
+    spectrum = np.full((*shape[:3], d), np.nan)
     for layer in range(n_layers):
         sites = {side: _site(chain, side, d, n_tokens) for side in ("read", "write")}
         strength = scenario.read_strength
@@ -199,10 +202,11 @@ def simulate(
                     w = scenario.shared
                     delta = math.sqrt(1 - w) * delta + math.sqrt(w) * common[side]
                 purity[p, layer, mi] = probes.gram_purity(delta)
+                spectrum[p, layer, mi] = probes.gram_spectrum(delta)
                 bases = _bases(rng, constructions, sites[side], unembed, pathway, d)
                 _fill(s[p, layer, mi], ks[p, layer, mi], delta, bases, specs, cutoffs, pathway, d,
                       purity[p, layer, mi])  # fmt: skip
-    return Simulation(s, ks, purity)
+    return Simulation(s, ks, purity, spectrum)
 
 
 def _bases(rng, constructions, site: dict, unembed: dict, pathway: str, d: int) -> dict:

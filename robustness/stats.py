@@ -13,8 +13,10 @@ One row per specification (``pair, construction, cutoff, normalisation``):
   min-p), over the counted specifications only;
 - ``effect_size``: Hedges-corrected d_z, its interval from the EWC statistic;
 - ``lag1_autocorrelation`` and ``effective_layers`` of ``D_l`` (diagnostics);
-- ``counted``, ``duplicate_of``, ``control(construction)``: which
-  specifications the specification curve counts (:mod:`robustness.curve`);
+- ``counted``, ``duplicate_of``, ``not_counted_reason``, ``control(construction)``:
+  which specifications the specification curve counts and why not
+  (:mod:`robustness.curve`: controls, duplicates, undefined ones, and read and
+  write ranks more than 4-fold apart at some layer);
 - with the sweep's ``--bootstrap``, ``seq_ci_*``: the sequence-bootstrap
   interval, percentile (BCa beside it as ``seq_ci_*_bca``: it under-covers in
   calibration, 0.70–0.84, even from 1000 replicates).
@@ -248,6 +250,7 @@ def compute_stats(
     out = {name: np.full(shape, np.nan) for name in names}
     counted_out = np.zeros(shape, dtype=np.int8)
     duplicate_out = np.full(shape, "", dtype=object)
+    reason_out = np.full(shape, "", dtype=object)
     n_draws = 1000
     null = np.full((*shape, n_draws), np.nan)
     per_pair: dict[str, dict] = {}
@@ -269,16 +272,23 @@ def compute_stats(
         rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
         s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
         duplicate_of = curve.duplicates(s, specs, options.preferred)
-        counted = curve.counted_mask(specs, duplicate_of)
+        matched, mismatch = curve.matched_k(
+            _spec_ranks(results, pair, n_layers), read_idx, write_idx
+        )
+        counted = curve.counted_mask(specs, duplicate_of, matched)
         duplicate_out[p] = np.asarray(duplicate_of, dtype=object).reshape(shape[1:])
         complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
         counted_out[p] = (counted & complete).reshape(shape[1:])
+        reason_out[p] = np.asarray(
+            _not_counted_reasons(specs, duplicate_of, complete, mismatch, counted), dtype=object
+        ).reshape(shape[1:])
         info: dict = {
             "n_layers": n_layers,
             "read_set": ",".join(pair_read),
             "write_set": ",".join(pair_write),
             "incomplete_specifications": int((~complete).sum()),
             "counted_specifications": int((counted & complete).sum()),
+            "k_mismatched_specifications": int((~matched & complete).sum()),
             "projections": projections_for(n_layers),
         }
         if n_layers < MIN_LAYERS:
@@ -345,6 +355,11 @@ def compute_stats(
         duplicate_out,
         {"long_name": "the specification this one equals on the statistics' scale"},
     )
+    data_vars["not_counted_reason"] = (
+        dims,
+        reason_out,
+        {"long_name": "why a specification is not counted (empty when it is)"},
+    )
     data_vars["null_asymmetry"] = (
         (*dims, "null_draw"),
         null,
@@ -378,7 +393,7 @@ def compute_stats(
             "write_set": ",".join(write),
             "confidence_level": confidence_level,
             "alpha": alpha,
-            "p_value_method": "EWC t-test over layers (equal-weighted cosine long-run variance, K = max(2, floor(L/8)) "
+            "p_value_method": "EWC t-test over layers (equal-weighted cosine long-run variance, K = max(2, round(0.4 L^(2/3))) "
             "projections, t_K; Lazarus, Lewis, Stock & Watson 2018), chosen by calibration (rsf calibrate)",
             "ci_method": "EWC t interval over layers, the p_value test's own (mean ± t_K · ω̂/√L)",
             "effect_size_method": "Hedges-corrected d_z; interval: the noncentral-t interval of the EWC statistic, "
@@ -425,17 +440,42 @@ def _targeted_sets(results, pair, read, write) -> tuple[list[str], list[str]]:
     return [m for m in read if m in kept], [m for m in write if m in kept]
 
 
+def _spec_ranks(results, pair, n_layers) -> np.ndarray:
+    """``[L, M, J]``: the rank each cutoff chose, per layer, matrix and specification (C order)."""
+    k = results.k.sel(pair=pair).isel(layer=slice(0, n_layers)).values  # [L, M, C, K]
+    k = np.repeat(k[..., None], results.sizes["normalisation"], axis=-1)
+    return k.reshape(n_layers, results.sizes["matrix"], -1)
+
+
+def _not_counted_reasons(specs, duplicate_of, complete, mismatch, counted) -> list[str]:
+    reasons = []
+    for j, (construction, _, _) in enumerate(specs):
+        if counted[j] and complete[j]:
+            reasons.append("")
+        elif not complete[j]:
+            reasons.append("undefined at some layer or matrix")
+        elif construction in CONTROLS:
+            reasons.append("a control construction: shown, not counted")
+        elif duplicate_of[j]:
+            reasons.append(f"the same values as {duplicate_of[j]}")
+        else:
+            reasons.append(mismatch[j])
+    return reasons
+
+
 def _references(results, pair, n_layers, specs, read_idx, write_idx) -> np.ndarray:
     """``[L, J]``: each specification's ``A_0`` per layer (the random control's Haar reference)."""
     if "gram_purity" not in results or not any(c == "random" for c, _, _ in specs):
         return np.zeros((n_layers, len(specs)))
-    k = results.k.sel(pair=pair).isel(layer=slice(0, n_layers)).values  # [L, M, C, K]
-    k = np.repeat(k[..., None], results.sizes["normalisation"], axis=-1).reshape(
-        n_layers, results.sizes["matrix"], -1
-    )
+    k = _spec_ranks(results, pair, n_layers)
     purity = results.gram_purity.sel(pair=pair).isel(layer=slice(0, n_layers)).values
     d = int(results.d_model.sel(pair=pair)) if "d_model" in results else purity.shape[0]
-    return curve.references(k, purity, specs, read_idx, write_idx, d)
+    spectrum = (
+        results.gram_spectrum.sel(pair=pair).isel(layer=slice(0, n_layers)).values[..., :d]
+        if "gram_spectrum" in results
+        else None  # results written before the spectra: the Beta law from the purity
+    )
+    return curve.references(k, purity, specs, read_idx, write_idx, d, spectrum=spectrum)
 
 
 def expected_shares(k: int, n_layers: int, alpha: float, standardised: float) -> dict:

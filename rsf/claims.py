@@ -19,7 +19,8 @@ def add_parser(commands) -> None:
         "verdict at its preferred specification and its robustness over the eligible ones.",
     )
     add_options(parser, Inputs, ("results", "stats", "extra"))
-    add_options(parser, ClaimsOptions, title="rules")
+    add_options(parser, ClaimsOptions, title="rules",
+                notes={"isotropy_margin": "default: --margin", "graded_margin": "default: --margin"})  # fmt: skip
     add_options(parser, Verbosity)
     add_options(parser, Output, title="output", defaults={"out": "claims.nc"})
     parser.set_defaults(run=run)
@@ -38,21 +39,31 @@ def run(args) -> int:
     stats = open_dataset(args.stats, "stats") if args.stats else None
     extras = [open_dataset(path) for path in extra]
     claims = paper_claims(
-        results, stats=stats, extras=extras, isotropy_margin=options.isotropy_margin,
-        graded_margin=options.graded_margin, alpha=options.alpha,
-        n_resamples=options.n_resamples, seed=options.seed,
+        results, stats=stats, extras=extras, margin=options.margin,
+        isotropy_margin=options.isotropy_margin, graded_margin=options.graded_margin,
+        alpha=options.alpha, n_resamples=options.n_resamples, seed=options.seed,
     )  # fmt: skip
     return publish(claims, out, claim_lines(claims), quiet=args.quiet)
 
 
 def claim_lines(claims) -> list[str]:
-    """A table per pair (claim, verdict, estimate with interval, reference, p, robustness) and a summary line."""
-    lines = []
+    """A table per pair (claim, verdict, estimate with interval, p and its Holm adjustment, the
+    excess over the mechanism, the margin needed, robustness) and a summary line."""
+
+    def number(value, rule: str) -> str:
+        value = float(value)
+        return format(value, rule) if value == value else "—"
+
+    lines = [
+        f"margin ±{claims.attrs.get('margin', claims.attrs['isotropy_margin']):g} log2; α = "
+        f"{claims.attrs['alpha']:g}, decided per pair with Holm across its tested claims; intervals "
+        f"at {100 * (1 - 2 * claims.attrs['alpha']):g}%"
+    ]
     for pair in claims.pair.values:
         rows = claims.sel(pair=pair)
         lines.append(f"pair {pair} ({str(rows.phase.values)})")
-        lines.append(f"  {'claim':31s} {'verdict':13s} {'estimate [interval]':>28s} {'reference':>9s} "
-                     f"{'p':>8s} {'robust':>7s}")  # fmt: skip
+        lines.append(f"  {'claim':31s} {'verdict':13s} {'estimate [interval]':>28s} {'p':>8s} "
+                     f"{'p Holm':>8s} {'excess':>7s} {'margin':>7s} {'robust':>10s}")  # fmt: skip
         counts = {}
         for claim in rows.claim.values:
             row = rows.sel(claim=claim)
@@ -64,18 +75,15 @@ def claim_lines(claims) -> list[str]:
                 if estimate == estimate
                 else "—"
             )
-            reference = (
-                f"{float(row.reference):+.3f}"
-                if float(row.reference) == float(row.reference)
-                else "—"
-            )
-            p = f"{float(row.p_value):.3g}" if float(row.p_value) == float(row.p_value) else "—"
             share = float(row.robust_share)
-            robust = f"{share:.0%}" if share == share else "—"
+            n = int(row.robust_n) if "robust_n" in row else 0
+            robust = f"{share:.0%} of {n}" if share == share else "—"
             lines.append(
-                f"  {str(claim):31s} {verdict:13s} {interval:>28s} {reference:>9s} {p:>8s} {robust:>7s}"
+                f"  {str(claim):31s} {verdict:13s} {interval:>28s} {number(row.p_value, '.3g'):>8s} "
+                f"{number(row.p_adjusted, '.3g'):>8s} {number(row.excess, '+.2f'):>7s} "
+                f"{number(row.margin_needed, '+.2f'):>7s} {robust:>10s}"
             )
-            if verdict == "not_tested":
+            if verdict == "not_tested" or (verdict == "inconclusive" and str(row.reason.values)):
                 lines.append(f"      {str(row.reason.values)}")
         summary = ", ".join(
             f"{counts[v]} {v}"

@@ -76,6 +76,9 @@ def summary(stats) -> str:
             )
         if "note" in info:
             lines.append(f"  note: {info['note']}")
+        if info.get("k_mismatched_specifications"):
+            lines.append(f"  {info['k_mismatched_specifications']} specification(s) not counted: their read and "
+                         "write ranks differ more than 4-fold at some layer (see not_counted_reason)")  # fmt: skip
         if "median_effect" not in info.get("joint", {}):
             lines.append("  verdict: " + verdict(info.get("joint", {}), info["n_layers"], alpha))
             continue

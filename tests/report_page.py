@@ -45,6 +45,8 @@ class Page(HTMLParser):
         self._table = self._row = self._cell = None
         self._section: str | None = None
         self._in_svg = 0
+        self._in_details = 0  # inside a cell's <details>: its text is kept apart (COLUMN:details)
+        self._details: list[str] = []
         self._text: list[str] = []
         self._caption = False
         self.feed(text)
@@ -80,6 +82,9 @@ class Page(HTMLParser):
             self.row_classes.setdefault(self._table_id, {})[attrs["data-row"]] = classes
         if tag == "td" and self._row is not None:
             self._cell, self._text = (attrs["data-col"], attrs.get("data-value")), []
+            self._details = []
+        if tag == "details" and self._cell is not None:
+            self._in_details += 1
         if tag == "li" and "data-caveat" in attrs:
             self.caveats.append(attrs["data-caveat"])
 
@@ -91,9 +96,13 @@ class Page(HTMLParser):
         if tag == "figcaption":
             self.figures[-1]["caption"] = "".join(self._text).strip()
             self._caption = False
+        if tag == "details" and self._in_details:
+            self._in_details -= 1
         if tag == "td" and self._cell is not None:
             column, value = self._cell
             self._row[column] = ("".join(self._text).strip(), value)
+            if self._details:
+                self._row[f"{column}:details"] = ("\n".join(self._details), None)
             self._cell = None
         if tag == "tr":
             self._row = None
@@ -103,7 +112,10 @@ class Page(HTMLParser):
     def handle_data(self, data):
         if self._section is not None and not self._in_svg:
             self.section_text[self._section] += data
-        if self._caption or self._cell is not None:
+        if self._in_details:
+            if data.strip():
+                self._details.append(data.strip())
+        elif self._caption or self._cell is not None:
             self._text.append(data)
 
 

@@ -186,7 +186,10 @@ def contrastive_dataset(
         "rsf": rsf,
         "k": sweep["k"],
         "delta_fro": sweep["delta_fro"],
-        "gram_purity": sweep["gram_purity"],  # for levels against the Haar reference (rsf claims)
+        # For levels against the Haar reference and the excess over the mechanism (rsf claims).
+        "gram_purity": sweep["gram_purity"],
+        "gram_spectrum": sweep["gram_spectrum"],
+        "mechanical_reference": sweep["mechanical_reference"],
     }
     rng = np.random.default_rng(settings.seed)
     trend_rows = {}

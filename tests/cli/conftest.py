@@ -58,7 +58,7 @@ def contrastive_run(saved_pair, tmp_path_factory):
         printed = run_cli([
             "experiment", "contrastive", "--base", base, "--lams", "0,0.5,1", "--steps", "2",
             "--train-batch", "4", "--prompt-len", "6", "--train-tokens", "480", "--gradient-pairs", "8",
-            "--gradient-bootstrap", "5", "--tokens", "512", "--seq-len", "32", "--cutoffs", "k=4",
+            "--gradient-bootstrap", "5", "--tokens", "512", "--seq-len", "32", "--cutoffs", "k=4,k=8",
             "--variants-dir", str(root / "variants"), "--cache-dir", str(root / "cache"),
             "--quiet", "--out", str(out),
         ])  # fmt: skip

@@ -63,7 +63,7 @@ def inputs(saved_pair, contrastive_run, checkpoints, tmp_path_factory):
         ]
     )
     paths["trajectory"] = root / "trajectory.nc"
-    run_cli(["experiment", "trajectory", "--checkpoints", ",".join(dirs), "--corpus", ids, "--cutoffs", "k=4",
+    run_cli(["experiment", "trajectory", "--checkpoints", ",".join(dirs), "--corpus", ids, "--cutoffs", "k=4,k=8",
              "--cache-dir", str(root / "cache"), "--quiet", "--out", str(paths["trajectory"])])  # fmt: skip
     config = root / "sweep.toml"
     config.write_text(
@@ -144,7 +144,8 @@ def test_claims_end_to_end_with_every_extra(inputs, tmp_path):
     # read_objective_agnostic on dpo: align, the pretrain pair and the three contrastive variants.
     assert int(ds.n_specifications.sel(pair="dpo", claim="read_objective_agnostic")) == 5
     lines = printed.splitlines()
-    assert lines[0] == "pair dpo (align)" and "pair pre (pretrain)" in lines
+    assert lines[0].startswith("margin ±0.5 log2; α = 0.05, decided per pair with Holm")
+    assert lines[1] == "pair dpo (align)" and "pair pre (pretrain)" in lines
     assert lines[-1] == f"wrote {out}"
     for pair in ("dpo", "run", "pre"):
         counts = {v: int((ds.verdict.sel(pair=pair).values == v).sum()) for v in VERDICTS}

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given
-from safetensors.torch import load_file, save_file
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 
 from robustness.config import CorpusSpec, PairSpec, SweepConfig, config_from_document
 from robustness.schema import OptionError, _fields

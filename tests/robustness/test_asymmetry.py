@@ -302,7 +302,7 @@ def test_joint_tests_and_westfall_young_equal_a_brute_force_over_the_rotations(
         s, READ, WRITE, n_resamples=n_resamples, alpha=alpha, rng=np.random.default_rng(0)
     )
     d = brute_differences(s)
-    k = max(2, n_layers // 8)
+    k = max(2, round(0.4 * n_layers ** (2 / 3)))
     # Replay the generator: sign flips and label permutations draw first, then the rotations.
     rng = np.random.default_rng(0)
     if 2**n_layers > 65536:

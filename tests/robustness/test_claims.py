@@ -41,7 +41,7 @@ def ewc(values, confidence_level):
     """The EWC test from its definition: ``(mean, half-width, ω̂, K)`` of the layer mean of `values`."""
     d = np.asarray(values, dtype=np.float64)
     n = d.size
-    k = max(2, n // 8)
+    k = max(2, round(0.4 * n ** (2 / 3)))
     position = (np.arange(1, n + 1) - 0.5) / n
     z = [
         math.sqrt(2 / n) * float(np.sum(d * np.cos(math.pi * j * position)))
@@ -71,17 +71,22 @@ def hand_results(
     normalisations=("log_isotropic", "isotropic"),
     k_values=None,
     layers=None,
+    excess=None,
 ):
     """A results dataset (the contract's variables) whose levels are ``level(pair, construction, cutoff, matrix)``.
 
     `level` returns the per-layer level (or a scalar); the stored probe is level + Haar
     reference (log2 ratio; ``isotropic`` holds 2**it). Gram purities differ by layer and matrix,
     so the references do too. `k_values` maps a cutoff to its k per layer (default: k=N's N);
-    `layers` gives a pair fewer layers (NaN beyond, as build_dataset writes them).
+    `layers` gives a pair fewer layers (NaN beyond, as build_dataset writes them). `excess`
+    (same signature as `level`, default 0) sets the read matrices' log2 ratio minus their
+    mechanical reference on the activation constructions (stored as ``mechanical_reference``).
+    No spectrum is stored: the claims use the Beta law from the purity, as these references do.
     """
     phases = phases or ["align"] * len(pairs)
     shape = (len(pairs), n_layers, len(MATRICES), len(constructions), len(cutoffs))
     rsf = np.full((*shape, len(normalisations)), np.nan)
+    mechanical = np.full(shape, np.nan)
     ks = np.full(shape, -1, dtype=np.int64)
     purity = np.empty(shape[:3])
     for p, pair in enumerate(pairs):
@@ -90,7 +95,8 @@ def hand_results(
             purity[p, :, m] = 1.5 / d + 0.05 * (1 + np.arange(n_layers) % 3) + 0.02 * m
             for c, construction in enumerate(constructions):
                 for u, cutoff in enumerate(cutoffs):
-                    k = np.asarray((k_values or {}).get(cutoff, int(cutoff[2:])), dtype=np.int64)
+                    k = (k_values or {}).get(cutoff)
+                    k = np.asarray(int(cutoff[2:]) if k is None else k, dtype=np.int64)
                     ks[p, :own, m, c, u] = np.broadcast_to(k, (n_layers,))[:own]
                     reference = probes.haar_reference(
                         "log_isotropic", ks[p, :, m, c, u], d, purity[p, :, m]
@@ -101,11 +107,16 @@ def hand_results(
                     s = (target + reference)[:own]
                     for n, normalisation in enumerate(normalisations):
                         rsf[p, :own, m, c, u, n] = s if normalisation == "log_isotropic" else 2.0**s
+                    if matrix in ("q", "k") and construction.startswith("act_"):
+                        surplus = (excess or (lambda *a: 0.0))(pair, construction, cutoff, matrix)
+                        surplus = np.broadcast_to(np.asarray(surplus, float), (n_layers,))[:own]
+                        mechanical[p, :own, m, c, u] = s - surplus
         purity[p, own:] = np.nan
     return xr.Dataset(
         {
             "rsf": (("pair", "layer", "matrix", "construction", "cutoff", "normalisation"), rsf),
             "k": (("pair", "layer", "matrix", "construction", "cutoff"), ks),
+            "mechanical_reference": (("pair", "layer", "matrix", "construction", "cutoff"), mechanical),
             "gram_purity": (("pair", "layer", "matrix"), purity),
             "n_layers": ("pair", np.asarray([(layers or {}).get(p, n_layers) for p in pairs], dtype=np.int64)),
             "d_model": ("pair", np.full(len(pairs), d, dtype=np.int64)),
@@ -166,41 +177,36 @@ def test_claim_table_ids_and_verdict_names():
 
 def test_level_is_log2_ratio_minus_the_haar_reference_by_hand(planted):
     """Levels.level on a real results dataset equals, by hand, the mean over the matrices of
-    ``log2(isotropic ratio) − probes.haar_reference(k, d, purity)`` at each layer, from both
-    normalisations (``log_isotropic`` is already log2); reference() is that reference's mean."""
+    ``log2(isotropic ratio) − probes.haar_reference(k, d, spectrum)`` at each layer (the reference
+    exact from each delta's stored Gram spectrum), from both normalisations; reference() is that
+    reference's mean, and the spectrum's Σ g² is the stored purity."""
     results = planted["results"]
     lv = Levels(results, "read")
     d = int(results.d_model.sel(pair="read"))
+    spectra = results.gram_spectrum.sel(pair="read")
+    np.testing.assert_allclose(
+        (spectra**2).sum("eigen").values, results.gram_purity.sel(pair="read").values, rtol=1e-9
+    )
     for construction, cutoff in (("act_cov", "k=8"), ("unembed", "k=4")):
         cell = results.sel(pair="read", construction=construction, cutoff=cutoff)
         for matrices in (("q", "k"), ("o", "down"), ("q",)):
-            expected = []
+            expected, references = [], []
             for m in matrices:
                 ratio = cell.rsf.sel(matrix=m, normalisation="isotropic").values
-                k = cell.k.sel(matrix=m).values
                 reference = probes.haar_reference(
-                    "isotropic", k, d, cell.gram_purity.sel(matrix=m).values
-                )
+                    "isotropic", cell.k.sel(matrix=m).values, d,
+                    spectrum=spectra.sel(matrix=m).values[:, :d],
+                )  # fmt: skip
                 expected.append(np.log2(ratio) - reference)
+                references.append(reference)
             expected = np.mean(expected, axis=0)
             for normalisation in ("isotropic", "log_isotropic"):
                 got = lv.level((construction, cutoff, normalisation), matrices)
                 np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
-            references = [
-                probes.haar_reference(
-                    "isotropic",
-                    cell.k.sel(matrix=m).values,
-                    d,
-                    cell.gram_purity.sel(matrix=m).values,
-                )
-                for m in matrices
-            ]
             assert lv.reference((construction, cutoff, "log_isotropic"), matrices) == pytest.approx(
                 np.mean(references)
             )
-    assert np.all(
-        np.asarray(references) < 0
-    )  # the log is concave: a low-rank delta's reference is below 0
+            assert np.all(np.asarray(references) < 0)  # the log is concave: a negative reference
 
 
 def test_levels_cut_a_shorter_pair_and_refuse_results_without_gram_purity():
@@ -235,57 +241,164 @@ def test_eligible_cutoffs_need_k_at_most_d_over_8_at_every_layer():
 
 # ---------------------------------------------------------------------------- read_concentration
 
+HALF = ewc(PATTERN, 0.90)[1]  # the 90% EWC half-width of the noise pattern (0.064)
+
 
 @pytest.mark.parametrize(
-    "mean, verdict", [(0.6, "supported"), (-0.6, "contradicted"), (0.0, "inconclusive")]
+    "mean, verdict",
+    [
+        (0.5 + HALF + 0.01, "supported"),  # the 90% interval wholly above +0.5
+        (0.5 + HALF - 0.01, "inconclusive"),  # it straddles +0.5
+        (0.0, "contradicted"),  # wholly inside ±0.5: near-isotropic, not concentrated
+        (-1.0, "contradicted"),  # wholly below −0.5
+        (-0.5, "inconclusive"),  # straddles −0.5
+    ],
 )
-def test_read_concentration_one_sided_rule_against_the_closed_form(mean, verdict):
-    """H0: mean ℓ = 0 for the read set (q, k) on act_cov, one-sided at α = 0.05. The estimate,
-    interval and p-value equal the EWC test computed by hand from the per-layer level; the write
-    set's values and the unembedding construction do not enter."""
+def test_read_concentration_rule_with_the_margin_against_the_closed_form(mean, verdict):
+    """H0 of support: the level of each read matrix (q, k) on act_cov is at most +0.5, one-sided at
+    α = 0.05; contradiction: its 90% interval inside ±0.5 or below −0.5. The estimate, the interval
+    and the p-value equal the EWC test computed by hand from the per-layer level; the write set's
+    values and the unembedding construction do not enter."""
     read = mean + PATTERN
     results = hand_results(lambda p, c, u, m: read if (m in ("q", "k") and c == "act_cov") else 5.0)
     out = outcomes(results)["pair"]["read_concentration"]
-    estimate, half, _, _ = ewc(read, 0.95)
-    p_greater, _ = one_sided_p(read)
+    estimate, half, _, _ = ewc(read, 0.90)
     assert out.verdict == verdict
     assert out.estimate == pytest.approx(estimate, abs=1e-12)
     assert (out.ci_low, out.ci_high) == pytest.approx((estimate - half, estimate + half), abs=1e-12)
-    assert out.p_value == pytest.approx(p_greater, rel=1e-9)
+    assert out.ci_level == pytest.approx(0.90)
+    p_support = one_sided_p(read, 0.5)[0]
+    p_below, p_inside = (
+        one_sided_p(read, -0.5)[1],
+        max(one_sided_p(read, -0.5)[0], one_sided_p(read, 0.5)[1]),
+    )
+    assert out.decision.p_support == pytest.approx(p_support, rel=1e-9)
+    # Two equal parts (q, k): Holm's union of their contradiction p-values doubles the smaller.
+    assert out.decision.p_contradict == pytest.approx(
+        min(1.0, 2 * min(p_below, p_inside)), rel=1e-9
+    )
+    assert out.margin_needed == pytest.approx(estimate - half, abs=1e-12)
     assert out.n_specifications == 2  # k=4, k=8; isotropic and log_isotropic merged (one quantity)
     assert "act_cov/k=8/log_isotropic" in out.method
 
 
+def test_one_level_is_never_both_concentrated_and_near_isotropic():
+    """The case the old rules got wrong: read and write levels both +0.3 over 24 layers at d = 256.
+    With one margin, +0.3 inside ±0.5 contradicts concentration and supports isotropy: never both."""
+    level = 0.3 + 0.1 * np.resize(PATTERN, 24)
+    results = hand_results(lambda *a: level, n_layers=24, d=256, cutoffs=("k=8", "k=16"))
+    out = outcomes(results)["pair"]
+    assert out["write_isotropy"].verdict == "supported"
+    assert out["read_concentration"].verdict == "contradicted"
+    both = hand_results(lambda *a: 1.2 + 0.1 * np.resize(PATTERN, 24), n_layers=24, d=256,
+                        cutoffs=("k=8", "k=16"))  # fmt: skip
+    out = outcomes(both)["pair"]
+    assert out["read_concentration"].verdict == "supported"
+    assert out["write_isotropy"].verdict == "contradicted"
+
+
 def test_read_concentration_compares_with_the_reference_not_with_zero():
-    """A low-rank delta whose log2 ratio equals its (negative) Haar reference at every layer has level 0:
-    inconclusive, although every raw log2 ratio is below 0 (a test against 0 would contradict)."""
+    """A low-rank delta whose log2 ratio equals its (negative) Haar reference at every layer has
+    level 0, although every raw log2 ratio is below 0: the estimate is the level, not the ratio."""
     results = hand_results(lambda *a: PATTERN * 0.1)
-    assert np.all(results.rsf.sel(pair="pair", construction="act_cov", cutoff="k=4", normalisation="log_isotropic")
-                  .sel(matrix=["q", "k"]).values < 0)  # fmt: skip
-    assert outcomes(results)["pair"]["read_concentration"].verdict == "inconclusive"
+    raw = results.rsf.sel(
+        pair="pair", construction="act_cov", cutoff="k=8", normalisation="log_isotropic"
+    )
+    assert np.all(raw.sel(matrix=["q", "k"]).values < 0.005) and float(raw.mean()) < -0.01
+    out = outcomes(results)["pair"]["read_concentration"]
+    assert out.estimate == pytest.approx(0.0, abs=1e-12) and out.reference < -0.01
 
 
 def test_verdict_at_the_preferred_specification_and_robust_share():
     """The verdict is the preferred specification's (act_cov, k=8) even when another disagrees;
-    robust_share is the share of eligible specifications agreeing with it, the joint p-value is a
+    robust_share counts the decisive specifications agreeing with it (1 of 2), the joint p-value is a
     Monte Carlo p in (0, 1]."""
-    results = hand_results(lambda p, c, u, m: (0.6 if u == "k=8" else -0.6) + PATTERN)
+    results = hand_results(lambda p, c, u, m: (1.6 if u == "k=8" else -1.6) + PATTERN)
     out = outcomes(results)["pair"]["read_concentration"]
     assert out.verdict == "supported"
-    assert out.robust_share == 0.5 and out.n_specifications == 2
+    assert out.robust_share == 0.5 and out.robust_n == 2 and out.n_specifications == 2
     assert 1 / 200 <= out.p_joint <= 1
+
+
+def test_robust_share_counts_decisive_verdicts_only_and_does_not_grow_with_the_grid():
+    """Adding cutoffs whose verdict is inconclusive (k = 9, 10, 11 straddling the margin) leaves the
+    share and its denominator alone (it used to rise from 0.33 to 0.67, agreeing on 'inconclusive');
+    margin_needed, from the preferred specification alone, does not move either."""
+
+    def level(p, c, u, m):
+        return {"k=4": -1.6, "k=8": 1.6, "k=6": 1.6}.get(u, 0.5) + PATTERN
+
+    small = outcomes(hand_results(level, cutoffs=("k=4", "k=6", "k=8")))["pair"][
+        "read_concentration"
+    ]
+    large = outcomes(hand_results(level, cutoffs=("k=4", "k=6", "k=8", "k=9", "k=10", "k=11")))[
+        "pair"
+    ]["read_concentration"]
+    assert (small.robust_share, small.robust_n) == (pytest.approx(2 / 3), 3)
+    assert (large.robust_share, large.robust_n) == (pytest.approx(2 / 3), 3)
+    assert small.margin_needed == pytest.approx(large.margin_needed)
 
 
 def test_preferred_specification_found_in_an_isotropic_only_sweep():
     """A sweep with ``isotropic`` but no ``log_isotropic`` (the experiments' grid) holds the same log2
     ratio: the verdict is still taken at k=8, not at the first specification (k=4)."""
     results = hand_results(
-        lambda p, c, u, m: (0.6 if u == "k=8" else -0.6) + PATTERN, normalisations=("isotropic",)
+        lambda p, c, u, m: (1.6 if u == "k=8" else -1.6) + PATTERN, normalisations=("isotropic",)
     )
     out = outcomes(results)["pair"]
     assert out["read_concentration"].verdict == "supported"
     assert "act_cov/k=8/isotropic" in out["read_concentration"].method
     assert "unembed/k=8/isotropic" in out["write_isotropy"].method
+
+
+def test_a_missing_preferred_specification_is_not_tested_never_a_stand_in():
+    """No k=8 in the sweep: every level claim is not_tested, naming the specification, whatever the
+    order of the cutoffs in the file (before: the first cutoff stood in, so (k=4, k=16) gave
+    'supported' and (k=16, k=4) 'contradicted')."""
+
+    def level(p, c, u, m):
+        return 1.6 + PATTERN if u == "k=4" else -1.6 + PATTERN
+
+    for cutoffs in (("k=4", "k=16"), ("k=16", "k=4")):
+        out = outcomes(hand_results(level, cutoffs=cutoffs, d=256))["pair"]
+        for claim in ("read_concentration", "write_isotropy", "read_write_asymmetry"):
+            assert out[claim].verdict == "not_tested", claim
+            assert (
+                "k=8" in out[claim].reason
+                and "no other specification stands in" in out[claim].reason
+            )
+
+
+def test_verdicts_do_not_depend_on_the_order_of_any_coordinate():
+    """Every coordinate of the file permuted (pairs, layers, matrices, constructions, cutoffs,
+    normalisations): the same verdicts, estimates and p-values, claim by claim."""
+
+    def level(p, c, u, m):
+        base = {"q": 1.2, "k": 0.9, "o": 0.2, "down": -0.1}[m] + (0.3 if c == "act_cov" else 0.0)
+        return base + (0.2 if u == "k=8" else 0.0) + (0.1 if p == "b" else 0.0) + PATTERN
+
+    results = hand_results(
+        level, pairs=("a", "b"), phases=["align", "pretrain"], cutoffs=("k=4", "k=8", "k=6"),
+        excess=lambda p, c, u, m: 0.1 * PATTERN,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    shuffled = results.isel({dim: rng.permutation(results.sizes[dim])
+                             for dim in ("pair", "layer", "matrix", "construction", "cutoff",
+                                         "normalisation")})  # fmt: skip
+    first, second = outcomes(results), outcomes(shuffled)
+    for pair in ("a", "b"):
+        for claim, row in first[pair].items():
+            other = second[pair][claim]
+            assert (row.verdict, row.reason) == (other.verdict, other.reason), (pair, claim)
+            for name in (
+                "estimate",
+                "ci_low",
+                "ci_high",
+                "p_value",
+                "robust_share",
+                "margin_needed",
+            ):
+                np.testing.assert_allclose(getattr(row, name), getattr(other, name), rtol=1e-12)
 
 
 def test_joint_p_is_small_when_every_specification_is_strong_and_nan_for_one():
@@ -313,8 +426,8 @@ def test_too_few_layers_and_missing_constructions():
 def test_an_all_zero_write_delta_is_not_tested_not_a_crash():
     """A pair whose write matrices did not change (say a q, v adapter) has NaN write levels (an all-zero
     delta has no direction): write_isotropy and read_write_asymmetry are not_tested with that reason,
-    read_concentration still tested. (Before the fix: an IndexError and a wrong 'no k ≤ d/8' reason.)"""
-    results = hand_results(lambda *a: 0.6 + PATTERN)
+    read_concentration still tested."""
+    results = hand_results(lambda *a: 1.6 + PATTERN)
     rsf = results.rsf.values.copy()
     rsf[:, :, 2:] = np.nan  # o, down
     out = outcomes(results.assign(rsf=(results.rsf.dims, rsf)))["pair"]
@@ -324,49 +437,68 @@ def test_an_all_zero_write_delta_is_not_tested_not_a_crash():
         assert "undefined at some layer in every specification" in out[claim].reason
 
 
-# ---------------------------------------------------------------------------- write_isotropy (TOST)
+# ---------------------------------------------------------------------------- write_isotropy
 
 
-def test_write_isotropy_switches_exactly_where_the_90_interval_crosses_the_margin():
-    """Equivalence by two one-sided tests at α = 0.05: supported iff the 90% EWC interval of the
-    write level lies inside ±0.5, contradicted iff wholly outside, inconclusive otherwise. ω̂ does not
-    depend on the mean (the cosines are orthogonal to the constant), so shifting the level moves the
-    interval rigidly and the verdict must switch at the hand-computed means ±(margin − half),
-    ±(margin + half). The TOST p is the larger one-sided p against ±margin, = α at the boundary."""
-    margin, alpha = 0.5, 0.05
-    _, half, _, _ = ewc(PATTERN, 1 - 2 * alpha)
-    assert 0 < half < margin
-    inner, outer, eps = margin - half, margin + half, 1e-6
-    expected = [
-        (inner - eps, "supported"), (inner + eps, "inconclusive"), (-inner + eps, "supported"),
-        (-inner - eps, "inconclusive"), (outer - eps, "inconclusive"), (outer + eps, "contradicted"),
-        (-outer - eps, "contradicted"), (0.0, "supported"),
-    ]  # fmt: skip
-    for shift, verdict in expected:
-        write = shift + PATTERN
+def test_write_isotropy_is_equivalence_by_two_one_sided_tests():
+    """Equivalence at α = 0.05: supported iff each write matrix's 90% EWC interval lies inside ±0.5
+    and every layer's own level does too; contradicted iff an interval lies wholly outside (Holm
+    across the two matrices: just outside is not yet enough with two parts); the TOST
+    p is the larger one-sided p against ±margin (by hand), and it equals α where the interval's end
+    touches the margin."""
+    margin, alpha, noise = 0.5, 0.05, 0.2 * PATTERN
+    _, half, _, _ = ewc(noise, 1 - 2 * alpha)
+    for shift, verdict in ((0.0, "supported"), (0.35, "supported"), (-0.35, "supported"),
+                           (0.5, "inconclusive"), (margin + 3 * half, "contradicted"),
+                           (-margin - 3 * half, "contradicted")):  # fmt: skip
+        write = shift + noise
         results = hand_results(
             lambda p, c, u, m, w=write: w if (m in ("o", "down") and c == "unembed") else 9.0
         )
-        out = outcomes(results, isotropy_margin=margin, alpha=alpha)["pair"]["write_isotropy"]
+        out = outcomes(results, margin=margin, alpha=alpha)["pair"]["write_isotropy"]
         assert out.verdict == verdict, shift
         assert (out.ci_low, out.ci_high) == pytest.approx((shift - half, shift + half), abs=1e-9)
         p_tost = max(one_sided_p(write, -margin)[0], one_sided_p(write, margin)[1])
         assert out.p_value == pytest.approx(p_tost, rel=1e-7, abs=1e-12)
-        assert (out.p_value < alpha) == (verdict == "supported")
-    boundary = hand_results(lambda p, c, u, m: inner + PATTERN if m in ("o", "down") else 0.0)
+    inner = margin - half
+    boundary = hand_results(lambda p, c, u, m: inner + noise if m in ("o", "down") else 0.0)
     assert outcomes(boundary)["pair"]["write_isotropy"].p_value == pytest.approx(alpha, rel=1e-6)
+
+
+def test_equivalence_of_each_write_matrix_not_their_mean():
+    """o at +0.9 and down at −0.9 on every layer: their mean is 0 (the old rule said 'supported',
+    interval [−0.018, +0.006]); tested matrix by matrix, each lies wholly outside ±0.5: contradicted."""
+    results = hand_results(lambda p, c, u, m: {"o": 0.9, "down": -0.9}.get(m, 0.0) + 0.1 * PATTERN)
+    out = outcomes(results)["pair"]["write_isotropy"]
+    assert abs(out.estimate) < 0.01  # the mean is isotropic …
+    assert out.verdict == "contradicted"  # … the matrices are not
+    assert "o +0.900" in out.method and "down -0.900" in out.method
+
+
+def test_layers_that_depart_bar_support_though_the_mean_is_isotropic():
+    """A write level alternating ±1.5 between layers: the cosine long-run variance does not see the
+    alternation, so the mean's interval is tight around 0 (the old rule: 'supported'); each layer's
+    own level lies outside ±0.5, so the claim cannot be supported: inconclusive, naming the layers."""
+    alternating = np.resize([1.5, -1.5], 24)
+    results = hand_results(lambda p, c, u, m: alternating if m in ("o", "down") else 0.0,
+                           n_layers=24, d=256)  # fmt: skip
+    out = outcomes(results)["pair"]["write_isotropy"]
+    assert -0.5 < out.ci_low < out.ci_high < 0.5
+    assert out.verdict == "inconclusive"
+    assert "a layer's own level lies outside ±0.5: o at layer 0 (+1.50)" in out.reason
+    assert out.margin_needed == pytest.approx(1.5)
 
 
 def test_write_isotropy_margin_scales_the_verdict_and_a_wide_interval_is_not_support():
     """A level of 0.3 with a tight interval is supported at margin 0.5 and contradicted at 0.1; a noisy
-    level around 0 (not significantly different from 0) whose interval straddles ±0.5 is inconclusive:
-    a non-significant difference is never support."""
+    level around 0 whose interval straddles ±0.5 is inconclusive: a non-significant difference is
+    never support."""
     tight = hand_results(lambda p, c, u, m: 0.3 + 0.1 * PATTERN)
     assert outcomes(tight, isotropy_margin=0.5)["pair"]["write_isotropy"].verdict == "supported"
     assert outcomes(tight, isotropy_margin=0.1)["pair"]["write_isotropy"].verdict == "contradicted"
     wide = hand_results(lambda p, c, u, m: 12 * PATTERN)
     out = outcomes(wide)["pair"]["write_isotropy"]
-    assert one_sided_p(12 * PATTERN)[0] > 0.05 and out.ci_low < -0.5 < 0.5 < out.ci_high
+    assert out.ci_low < -0.5 < 0.5 < out.ci_high
     assert out.verdict == "inconclusive"
 
 
@@ -383,14 +515,27 @@ def test_write_isotropy_counts_only_eligible_cutoffs():
     assert only.verdict == "not_tested" and "k ≤ d/8 = 8" in only.reason
 
 
+def test_tost_equals_statsmodels_paired_tost_on_independent_layers():
+    """With every cosine kept (K = L − 1) the EWC statistic is the one-sample t statistic, so the
+    rule's TOST p-value on a series equals statsmodels' ttost_paired against ±margin."""
+    from statsmodels.stats.weightstats import ttost_paired
+
+    from robustness.rules import part
+
+    values = 0.15 + np.random.default_rng(3).normal(0, 0.3, 12)
+    ours = part("x", values, margin=0.5, alpha=0.05, k=len(values) - 1)
+    theirs = ttost_paired(values, np.zeros_like(values), -0.5, 0.5)[0]
+    assert ours.p_inside == pytest.approx(theirs, rel=1e-10)
+
+
 # ---------------------------------------------------------------------------- read_write_asymmetry
 
 
 def test_read_write_asymmetry_is_the_paired_difference_of_levels():
-    """H0: mean (read level on act_cov − write level on unembed) = 0, one-sided > 0. Read 1.0 and
-    write 0.4 at the matched cutoff give the difference 0.6 with the hand-computed interval; each
-    side against its own reference (read 1.0 on unembed or write 0.4 on act_cov do not enter)."""
-    read, write = 1.0 + PATTERN, 0.4 - PATTERN[::-1]
+    """The per-layer difference (read level on act_cov − write level on unembed) against +0.5. Read
+    1.5 and write 0.4 at the matched cutoff give the difference 1.1 with the hand-computed interval;
+    each side against its own reference (read on unembed or write on act_cov do not enter)."""
+    read, write = 1.5 + PATTERN, 0.4 - PATTERN[::-1]
 
     def level(p, c, u, m):
         if m in ("q", "k"):
@@ -398,54 +543,75 @@ def test_read_write_asymmetry_is_the_paired_difference_of_levels():
         return write if c == "unembed" else 7.0
 
     out = outcomes(hand_results(level))["pair"]["read_write_asymmetry"]
-    estimate, half, _, _ = ewc(read - write, 0.95)
+    estimate, half, _, _ = ewc(read - write, 0.90)
     assert out.verdict == "supported"
-    assert out.estimate == pytest.approx(0.6, abs=1e-12) and out.reference == 0.0
+    assert out.estimate == pytest.approx(1.1, abs=1e-12) and out.reference == 0.0
     assert (out.ci_low, out.ci_high) == pytest.approx((estimate - half, estimate + half), abs=1e-9)
-    assert out.p_value == pytest.approx(one_sided_p(read - write)[0], rel=1e-7)
-    flipped = outcomes(hand_results(lambda p, c, u, m: -level(p, c, u, m)))["pair"][
-        "read_write_asymmetry"
-    ]
-    assert flipped.verdict == "contradicted"
+    assert out.p_value == pytest.approx(one_sided_p(read - write, 0.5)[0], rel=1e-7)
+    flipped = outcomes(hand_results(lambda p, c, u, m: -level(p, c, u, m)))["pair"]
+    assert flipped["read_write_asymmetry"].verdict == "contradicted"
+
+
+def test_specifications_whose_read_and_write_ranks_differ_more_than_fourfold_are_left_out():
+    """A var cutoff that picks k = 1 on the write side and k = 40 on the read side compares a direction
+    with a subspace: it is left out of robust_share (and said so), as the statistics leave it out of
+    the specification curve."""
+    ks = {"var=0.9": np.full(8, 40)}
+    results = hand_results(lambda p, c, u, m: 1.6 + PATTERN if m in ("q", "k") else 0.0,
+                           cutoffs=("k=8", "var=0.9"), k_values=ks, d=512)  # fmt: skip
+    k = results.k.values.copy()
+    write = [list(results.matrix.values).index(m) for m in ("o", "down")]
+    k[:, :, write, list(results.construction.values).index("unembed"),
+      list(results.cutoff.values).index("var=0.9")] = 1  # fmt: skip
+    out = outcomes(results.assign(k=(results.k.dims, k)))["pair"]["read_write_asymmetry"]
+    assert out.n_specifications == 1 and out.robust_n == 1
+    assert "more than 4-fold apart" in out.reason
 
 
 # ---------------------------------------------------------------------------- pretraining, objective
 
 
-def two_phases(pretrain_write, align_write, *, pretrain_read=0.6, layers=None):
+def two_phases(pretrain_write, align_write, *, pretrain_read=1.6, layers=None, excess=0.0):
     def level(pair, c, u, m):
         if m in ("q", "k"):
-            return pretrain_read + PATTERN if pair == "pre" else 0.6 + PATTERN
+            return pretrain_read + PATTERN if pair == "pre" else 1.6 + PATTERN
         return (
             pretrain_write + 0.5 * PATTERN if pair == "pre" else align_write + 0.5 * PATTERN[::-1]
         )
 
-    return hand_results(level, pairs=("dpo", "pre"), phases=["align", "pretrain"], layers=layers)
+    def surplus(pair, c, u, m):
+        return (excess if pair == "pre" else 0.0) + 0.2 * PATTERN
+
+    return hand_results(level, pairs=("dpo", "pre"), phases=["align", "pretrain"], layers=layers,
+                        excess=surplus)  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "pretrain_write, align_write, verdict",
     [
-        (1.0, 0.0, "supported"),
-        (1.0, 2.0, "contradicted"),
-        (-1.0, -2.0, "contradicted"),
-        (0.05, 0.0, "inconclusive"),
+        (2.0, 0.0, "supported"),
+        (1.0, 2.0, "contradicted"),  # below the alignment pair's
+        (-1.0, -2.0, "contradicted"),  # the pretrain level below −0.5
+        (0.05, 0.0, "contradicted"),  # the pretrain level inside ±0.5: no prediction geometry
+        (0.52, -0.5, "inconclusive"),  # its interval straddles +0.5
     ],
 )
-def test_pretraining_writes_prediction_needs_both_one_sided_tests(
+def test_pretraining_writes_prediction_is_concentration_of_each_write_matrix(
     pretrain_write, align_write, verdict
 ):
-    """Two one-sided EWC tests: the pretrain pair's write level on unembed/k=8 > 0 and its excess
-    over the alignment pair's, paired over layers, > 0. Supported when both reject, contradicted when
-    either opposite test does (the pretrain level below 0, or below the alignment pair's). Stored on
-    the alignment pair; the estimate is the paired difference, p the larger one-sided p."""
+    """Concentration parts, each against +0.5: the pretrain pair's level of o and of down on
+    unembed/k=8, and its excess over the alignment pair's, paired over layers. Supported when every
+    part is, contradicted when some part's interval lies inside ±0.5 or below −0.5 (Holm). Stored on
+    the alignment pair; the estimate is the paired difference of the write set."""
     out = outcomes(two_phases(pretrain_write, align_write))
     row = out["dpo"]["pretraining_writes_prediction"]
     assert row.verdict == verdict
     assert row.estimate == pytest.approx(pretrain_write - align_write, abs=1e-12)
     own = pretrain_write + 0.5 * PATTERN
     paired = own - (align_write + 0.5 * PATTERN[::-1])
-    assert row.p_value == pytest.approx(max(one_sided_p(own)[0], one_sided_p(paired)[0]))
+    assert row.decision.p_support == pytest.approx(
+        max(one_sided_p(own, 0.5)[0], one_sided_p(paired, 0.5)[0])
+    )
     assert "'pre'" in row.method
     assert out["pre"]["pretraining_writes_prediction"].verdict == "not_tested"
     assert (
@@ -457,7 +623,7 @@ def test_pretraining_writes_prediction_needs_both_one_sided_tests(
 def test_pretraining_claim_without_a_comparable_pretrain_pair():
     """No pretrain pair: not_tested, saying how to add one. A pretrain pair with other layers cannot be
     paired over layers: not_tested, naming its layers (not 'needs a pair with phase = pretrain');
-    read_objective_agnostic still compares its verdict (every phase present)."""
+    read_objective_agnostic still compares its phases."""
     alone = outcomes(hand_results(lambda *a: 0.0))["pair"]
     assert alone["pretraining_writes_prediction"].verdict == "not_tested"
     assert "needs a pair with phase = pretrain" in alone["pretraining_writes_prediction"].reason
@@ -465,7 +631,7 @@ def test_pretraining_claim_without_a_comparable_pretrain_pair():
         "needs a pair with phase = pretrain or a contrastive dataset"
         in alone["read_objective_agnostic"].reason
     )
-    other = outcomes(two_phases(1.0, 0.0, layers={"pre": 6}))["dpo"]
+    other = outcomes(two_phases(2.0, 0.0, layers={"pre": 6}))["dpo"]
     assert other["pretraining_writes_prediction"].verdict == "not_tested"
     assert (
         "no pretrain pair with this pair's 8 layers (pretrain: pre (6))"
@@ -475,36 +641,94 @@ def test_pretraining_claim_without_a_comparable_pretrain_pair():
 
 
 @pytest.mark.parametrize(
-    "pretrain_read, verdict", [(0.6, "supported"), (-0.6, "contradicted"), (0.0, "inconclusive")]
+    "pretrain_read, excess, verdict",
+    [
+        (1.6, 0.0, "supported"),  # concentrated in both phases, at the mechanism's level
+        (0.0, 0.0, "contradicted"),  # not concentrated in pretraining
+        (1.6, 1.2, "contradicted"),  # concentrated beyond the mechanism in pretraining
+        (1.6, 0.5, "inconclusive"),  # its excess straddles the margin
+    ],
 )
-def test_read_objective_agnostic_combines_the_phases(pretrain_read, verdict):
-    """read_concentration's rule in both phases: supported in both → supported; contradicted in any →
-    contradicted; otherwise inconclusive. The reason lists each phase's verdict."""
-    row = outcomes(two_phases(1.0, 0.0, pretrain_read=pretrain_read))["dpo"][
+def test_read_objective_agnostic_needs_concentration_at_the_mechanisms_level(
+    pretrain_read, excess, verdict
+):
+    """In every phase: read concentration supported and the excess over the mechanical reference
+    equivalent to 0 within ±0.5; contradicted where either fails decisively in some phase (Holm).
+    The reason lists each phase's concentration and excess."""
+    row = outcomes(two_phases(2.0, 0.0, pretrain_read=pretrain_read, excess=excess))["dpo"][
         "read_objective_agnostic"
     ]
     assert row.verdict == verdict
-    assert row.reason.startswith("align: supported; pretrain: ")
+    assert row.reason.startswith("align: concentration supported, excess ")
     assert row.n_specifications == 2
 
 
 def test_agnostic_claim_with_contrastive_variants():
-    """The variants (robustness.claims_mechanism.variant_read_levels) count as phases: one inconclusive
-    variant makes it inconclusive, one contradicted one contradicted."""
-    ok = claims.Outcome("supported")
-    assert claims._agnostic_claim({"align": ok}, {"variant lam=0": ok}).verdict == "supported"
+    """The variants count as phases: one whose concentration is not decided makes the claim
+    inconclusive at most, one whose excess lies outside the margin contradicts it; without a
+    mechanical reference the claim is not_tested, saying why."""
+    from robustness.rules import Decision, Part
+
+    def phase(verdict, p_support, p_contradict, excess):
+        e = Part("excess", excess, excess - 0.05, excess + 0.05, 1.0, 1.0, 0.001 if abs(excess) < 0.4 else 0.9,
+                 1.0)  # fmt: skip
+        if abs(excess) > 0.6:
+            e = Part("excess", excess, excess - 0.05, excess + 0.05, 0.001, 0.9, 0.9, 0.9)
+        return claims.Outcome(verdict, decision=Decision(verdict, p_support, p_contradict, 0.0),
+                              excess_part=e, excess=excess)  # fmt: skip
+
+    ok = phase("supported", 0.001, 0.9, 0.0)
+    rules = {"margin": 0.5, "alpha": 0.05}
     assert (
-        claims._agnostic_claim(
-            {"align": ok}, {"variant lam=0": claims.Outcome("inconclusive")}
-        ).verdict
+        claims.agnostic_claim({"align": ok}, {"variant lam=0": ok}, **rules).verdict == "supported"
+    )
+    unsure = phase("inconclusive", 0.2, 0.4, 0.0)
+    assert (
+        claims.agnostic_claim({"align": ok}, {"variant lam=0": unsure}, **rules).verdict
         == "inconclusive"
     )
-    mixed = {
-        "variant lam=0": claims.Outcome("inconclusive"),
-        "variant lam=1": claims.Outcome("contradicted"),
-    }
-    assert claims._agnostic_claim({"align": ok}, mixed).verdict == "contradicted"
-    assert claims._agnostic_claim({"align": ok}).verdict == "not_tested"
+    beyond = phase("supported", 0.001, 0.9, 1.2)
+    assert (
+        claims.agnostic_claim({"align": ok}, {"variant lam=1": beyond}, **rules).verdict
+        == "contradicted"
+    )
+    assert claims.agnostic_claim({"align": ok}, **rules).verdict == "not_tested"
+    bare = claims.Outcome("supported", decision=Decision("supported", 0.001, 0.9, 0.0))
+    assert (
+        "no mechanical reference"
+        in claims.agnostic_claim({"align": ok, "pretrain": bare}, **rules).reason
+    )
+
+
+# ---------------------------------------------------------------------------- the family
+
+
+def test_holm_across_a_pairs_claims_matches_statsmodels(planted):
+    """The claims tested on a pair form one family: their p-values of support are Holm-adjusted
+    together (statsmodels' multipletests), as are their p-values of contradiction, and a claim is
+    supported (contradicted) only when its adjusted p-value is below α. Intervals are at 1 − 2α."""
+    from statsmodels.stats.multitest import multipletests
+
+    from robustness.paper import paper_claims
+
+    results = planted["results"]
+    ds = paper_claims(results, n_resamples=99)
+    unadjusted = level_claims(results, n_resamples=99)
+    for pair in ds.pair.values:
+        decided = {
+            c: o.decision for c, o in unadjusted[str(pair)].items() if o.decision is not None
+        }
+        names = list(decided)
+        support = multipletests([decided[c].p_support for c in names], method="holm")[1]
+        contradict = multipletests([decided[c].p_contradict for c in names], method="holm")[1]
+        for claim, ps, pc in zip(names, support, contradict, strict=True):
+            row = ds.sel(pair=pair, claim=claim)
+            verdict = str(row.verdict.values)
+            expected = pc if verdict == "contradicted" else ps
+            assert float(row.p_adjusted) == pytest.approx(expected, rel=1e-12), (pair, claim)
+            assert verdict == ("supported" if ps < 0.05 else "contradicted" if pc < 0.05
+                               else "inconclusive") or "layer's own level" in str(row.reason.values)  # fmt: skip
+            assert float(row.ci_level) == pytest.approx(0.90)
 
 
 # ---------------------------------------------------------------------------- planted pairs
@@ -515,15 +739,18 @@ def _plant_deltas(base, ids, kind: str, seed: int):
 
     ``read``: q and k get ``ΔW = D X_rᵀ/T`` with ``X_r`` the activations the matrix reads (hooked in
     the base model on the probe corpus), centred and projected on their covariance's top 4
-    eigenvectors, ``D`` Gaussian; ``write``: o and down get ``ΔW = U_r Dᵀ`` with ``U_r`` the top 4
-    unembedding directions (probes.prediction_subspaces) on the output side; every other matrix
-    (and every matrix of ``null``) a Gaussian delta.
+    eigenvectors, ``D`` Gaussian; ``mechanism``: the same with every direction kept (``Σ_t δ_t a_tᵀ``
+    with isotropic ``δ_t`` independent of the centred ``a_t``: what the outer-product mechanism
+    alone writes); ``lowest``: projected on the 4 eigenvectors of least variance; ``write``: o and
+    down get ``ΔW = U_r Dᵀ`` with ``U_r`` the top 4 unembedding directions
+    (probes.prediction_subspaces) on the output side; every other matrix (and every matrix of
+    ``null``) a Gaussian delta.
     """
     generator = torch.Generator().manual_seed(seed)
     weights = probes.canonical_weights(base)
     n_layers = probes.model_dims(base).n_layers
     seen = {}
-    if kind == "read":
+    if kind in ("read", "mechanism", "lowest"):
         keys = [(layer, "attn_in") for layer in range(n_layers)]
 
         def keep(key, tensor):
@@ -534,12 +761,12 @@ def _plant_deltas(base, ids, kind: str, seed: int):
     unembed = torch.as_tensor(probes.prediction_subspaces(base)["unembed"].basis[:, :4])
     deltas = {}
     for (layer, matrix), w in weights.items():
-        if kind == "read" and matrix in ("q", "k"):
+        if kind in ("read", "mechanism", "lowest") and matrix in ("q", "k"):
             x = torch.cat(seen[(layer, "attn_in")])
             x = x - x.mean(dim=0)
-            _, vectors = torch.linalg.eigh(x.T @ x / x.shape[0])
-            top = vectors[:, -4:]
-            x_r = x @ top @ top.T  # [T, d]
+            _, vectors = torch.linalg.eigh(x.T @ x / x.shape[0])  # ascending
+            kept = {"read": vectors[:, -4:], "lowest": vectors[:, :4]}.get(kind)
+            x_r = x if kept is None else x @ kept @ kept.T  # [T, d]
             delta = (
                 torch.randn((w.shape[0], x.shape[0]), generator=generator, dtype=torch.float64)
                 @ x_r
@@ -565,22 +792,26 @@ def _with(model, deltas, sign=1.0):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, one_thread):
-    """Four pairs on one tiny llama base (d = 64, 8 layers), swept by `rsf sweep --config` over
-    act_cov, unembed, random × k=4, k=8 × log_isotropic, isotropic on a pre-tokenised corpus:
-    ``read`` (read plant), ``write`` (write plant), ``null`` (every delta Gaussian), and ``pre``
-    (phase = "pretrain": from base − another write plant to the base, so the trained side is the base).
+    """Six pairs on one tiny llama base (d = 64, 8 layers), swept by `rsf sweep --config` over
+    act_cov, unembed, random × k=4, k=8 × log_isotropic, isotropic on a pre-tokenised corpus of
+    1024 tokens: ``read`` (read plant), ``mechanism`` and ``lowest`` (the outer-product mechanism
+    alone, and along the least-variance directions), ``write`` (write plant), ``null`` (every delta
+    Gaussian), and ``pre`` (phase = "pretrain": from base − another write plant to the base, so the
+    trained side is the base).
     ``{"results", "claims"}``.
     """
     root = tmp_path_factory.mktemp("planted")
     base = random_model("llama", 3, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
                         intermediate_size=96, num_hidden_layers=8)  # fmt: skip
-    ids = np.random.default_rng(0).integers(0, VOCAB, (16, 16))
+    ids = np.random.default_rng(0).integers(0, VOCAB, (64, 16))
     np.save(root / "ids.npy", ids)
     models = {
         "base": base,
         "read": _with(base, _plant_deltas(base, ids, "read", seed=1)),
         "write": _with(base, _plant_deltas(base, ids, "write", seed=2)),
         "null": _with(base, _plant_deltas(base, ids, "null", seed=3)),
+        "mechanism": _with(base, _plant_deltas(base, ids, "mechanism", seed=5)),
+        "lowest": _with(base, _plant_deltas(base, ids, "lowest", seed=6)),
         "init": _with(base, _plant_deltas(base, ids, "write", seed=4), sign=-1.0),
     }
     dirs = {}
@@ -589,7 +820,8 @@ def planted(tmp_path_factory, one_thread):
         model.save_pretrained(dirs[name])
         char_tokenizer().save_pretrained(dirs[name])
     pairs = [("read", "base", "read", "align"), ("write", "base", "write", "align"),
-             ("null", "base", "null", "align"), ("pre", "init", "base", "pretrain")]  # fmt: skip
+             ("null", "base", "null", "align"), ("mechanism", "base", "mechanism", "align"),
+             ("lowest", "base", "lowest", "align"), ("pre", "init", "base", "pretrain")]  # fmt: skip
     config = "".join(
         f'[[pair]]\nlabel = "{label}"\nbase = "{dirs[b]}"\naligned = "{dirs[a]}"\nphase = "{phase}"\n'
         for label, b, a, phase in pairs
@@ -637,16 +869,38 @@ def test_isotropic_null_does_not_support_read_concentration(planted):
     assert out["write_isotropy"].verdict == "supported"
 
 
+def test_the_mechanism_alone_has_no_excess_and_the_lowest_directions_a_negative_one(planted):
+    """H0 of the mechanical reference: ``ΔW = Σ δ aᵀ`` with isotropic δ independent of the (centred)
+    activations has, on act_cov, the activations' own top-k share, so its log2 ratio equals the
+    mechanical reference up to sampling: the excess lies within ±0.1 of 0 (1024 tokens, d = 64). A
+    delta along the activations' least-variance directions sits far below it: a negative excess.
+    The read plant, projected on the top 4 directions, concentrates beyond the mechanism."""
+    out = planted["claims"]
+    mechanism = out["mechanism"]["read_concentration"]
+    assert abs(mechanism.excess) < 0.1 and mechanism.excess_part.ci_low > -0.5
+    assert mechanism.mechanical_reference > 0.2  # the activations are anisotropic at all
+    lowest = out["lowest"]["read_concentration"]
+    assert lowest.excess < -1.0 and lowest.verdict == "contradicted"
+    read = out["read"]["read_concentration"]
+    assert read.excess > 0.5 and read.verdict == "supported"
+    assert np.isfinite(
+        planted["results"].mechanical_reference.sel(matrix=["q", "k"], construction="act_cov")
+    ).all()
+    assert bool(planted["results"].mechanical_reference.sel(matrix=["o", "down"]).isnull().all())
+
+
 def test_pretrain_pair_makes_pretraining_writes_prediction_tested(planted):
     """With a pair of phase = "pretrain" (its write delta along the prediction subspace) the claim is
     tested on the alignment pairs: supported where the alignment write delta is isotropic. Without
     that pair the same results leave it not_tested with the reason."""
     out = planted["claims"]
-    for pair in ("read", "null"):
+    for pair in ("read", "null", "mechanism", "lowest"):
         row = out[pair]["pretraining_writes_prediction"]
         assert row.verdict == "supported" and row.estimate > 2.0
     assert out["pre"]["pretraining_writes_prediction"].verdict == "not_tested"
     results = planted["results"]
-    align_only = level_claims(results.sel(pair=["read", "write", "null"]), n_resamples=99)
+    align_only = level_claims(
+        results.sel(pair=["read", "write", "null", "mechanism"]), n_resamples=99
+    )
     row = align_only["read"]["pretraining_writes_prediction"]
     assert row.verdict == "not_tested" and "needs a pair with phase = pretrain" in row.reason

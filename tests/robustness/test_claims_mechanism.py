@@ -30,7 +30,7 @@ def ewc_half(values, confidence_level):
     """Half-width of the EWC interval of the layer mean, from the definition (K = max(2, L//8))."""
     d = np.asarray(values, dtype=np.float64)
     n = d.size
-    k = max(2, n // 8)
+    k = max(2, round(0.4 * n ** (2 / 3)))
     position = (np.arange(1, n + 1) - 0.5) / n
     z = [math.sqrt(2 / n) * np.sum(d * np.cos(math.pi * j * position)) for j in range(1, k + 1)]
     omega = math.sqrt(np.mean(np.square(z)))
@@ -65,12 +65,12 @@ def gradients(o_diff, down_diff, *, checkpoints=None, objectives=("ce", "dpo")):
 
 
 def test_gradient_anisotropy_supported_when_dpo_minus_ce_is_above_zero_at_both_sites():
-    """H0 per site: mean over layers of rank(DPO) − rank(CE) = 0; supported when the 95% EWC interval
-    lies above 0 at o_out and at down_out (CE's δ_t lower-rank). Estimate and interval: o_out's, from
-    the definition; the read sites (a large negative difference) do not enter."""
+    """H0 per site: mean over layers of rank(DPO) − rank(CE) ≤ 0, one-sided at α; supported when the
+    90% EWC interval lies above 0 at o_out and at down_out (CE's δ_t lower-rank). Estimate and
+    interval: o_out's, from the definition; the read sites (a large negative difference) do not enter."""
     o, down = 2.0 + PATTERN, 1.0 - PATTERN
-    out = mechanism.gradient_claim(gradients(o, down), alpha=0.05, confidence_level=0.95)
-    half, _, _ = ewc_half(o, 0.95)
+    out = mechanism.gradient_claim(gradients(o, down), alpha=0.05)
+    half, _, _ = ewc_half(o, 0.90)
     assert out.verdict == "supported"
     assert out.estimate == pytest.approx(2.0, abs=1e-12)
     assert (out.ci_low, out.ci_high) == pytest.approx((2.0 - half, 2.0 + half), abs=1e-9)
@@ -81,50 +81,39 @@ def test_gradient_anisotropy_switches_where_the_interval_crosses_zero():
     """At both sites the same series shifted by the hand-computed half-width ± ε: the interval's lower
     end crosses 0 there, and the verdict switches between inconclusive and supported (and, mirrored,
     contradicted)."""
-    half, _, _ = ewc_half(PATTERN, 0.95)
+    half, _, _ = ewc_half(PATTERN, 0.90)
     for shift, verdict in ((half + 1e-6, "supported"), (half - 1e-6, "inconclusive"),
                            (-half - 1e-6, "contradicted"), (-half + 1e-6, "inconclusive")):  # fmt: skip
         series = shift + PATTERN
-        assert (
-            mechanism.gradient_claim(
-                gradients(series, series), alpha=0.05, confidence_level=0.95
-            ).verdict
-            == verdict
-        )
+        assert mechanism.gradient_claim(gradients(series, series), alpha=0.05).verdict == verdict
 
 
 def test_gradient_anisotropy_needs_both_sites_and_both_objectives():
     """Above 0 at o_out only: inconclusive (both sites are required); below at both: contradicted;
     no dpo objective: not_tested with the command that measures it."""
-    assert (
-        mechanism.gradient_claim(
-            gradients(2.0 + PATTERN, PATTERN), alpha=0.05, confidence_level=0.95
-        ).verdict
-        == "inconclusive"
+    assert mechanism.gradient_claim(gradients(2.0 + PATTERN, PATTERN), alpha=0.05).verdict == (
+        "inconclusive"
     )
-    assert (
-        mechanism.gradient_claim(
-            gradients(-2.0 + PATTERN, -1.0 + PATTERN), alpha=0.05, confidence_level=0.95
-        ).verdict
-        == "contradicted"
-    )
+    assert mechanism.gradient_claim(
+        gradients(-2.0 + PATTERN, -1.0 + PATTERN), alpha=0.05
+    ).verdict == ("contradicted")
     out = mechanism.gradient_claim(
-        gradients(PATTERN, PATTERN, objectives=("ce", "lam=0.5")), alpha=0.05, confidence_level=0.95
+        gradients(PATTERN, PATTERN, objectives=("ce", "lam=0.5")), alpha=0.05
     )
     assert out.verdict == "not_tested" and "--objective ce,dpo" in out.reason
 
 
 def test_gradient_anisotropy_over_checkpoints():
     """With a checkpoint dimension: supported when supported at every checkpoint; one contradicted
-    checkpoint contradicts; one inconclusive (the rest supported) is inconclusive. The reason says
-    where it holds; the estimate is o_out at the last checkpoint."""
+    checkpoint contradicts (Holm across the checkpoints); one inconclusive (the rest supported) is
+    inconclusive. The reason says where it holds; the estimate is o_out at the last checkpoint."""
     up, flat, down = 2.0 + PATTERN, PATTERN, -2.0 + PATTERN
     every = mechanism.gradient_claim(
-        gradients([up, up + 1], [up, up], checkpoints=["a", "b"]), alpha=0.05, confidence_level=0.95
+        gradients([up, up + 1], [up, up], checkpoints=["a", "b"]), alpha=0.05
     )
     assert every.verdict == "supported" and every.estimate == pytest.approx(3.0)
     one_bad = mechanism.gradient_claim(
-        gradients([up, down], [up, down], checkpoints=["a", "b"]), alpha=0.05, confidence_level=0.95
+        gradients([up, down], [up, down], checkpoints=["a", "b"]), alpha=0.05
     )
     assert (
         one_bad.verdict == "contradicted"
@@ -132,7 +121,7 @@ def test_gradient_anisotropy_over_checkpoints():
         and "b: contradicted" in one_bad.reason
     )
     one_flat = mechanism.gradient_claim(
-        gradients([up, flat], [up, flat], checkpoints=["a", "b"]), alpha=0.05, confidence_level=0.95
+        gradients([up, flat], [up, flat], checkpoints=["a", "b"]), alpha=0.05
     )
     assert one_flat.verdict == "inconclusive"
 
@@ -140,51 +129,59 @@ def test_gradient_anisotropy_over_checkpoints():
 # ---------------------------------------------------------------------------- trajectory_consistent
 
 
-def trajectory(low, high, *, normalisations=("log_isotropic", "isotropic")):
-    """asymmetry(_ci_low/_ci_high)(reference, checkpoint, construction, cutoff, normalisation) as the
-    trajectory writer lays them out; the given intervals at start/act_cov/k=8 (both normalisations),
-    a contradicting interval everywhere else (previous reference, other specifications)."""
-    low, high = np.asarray(low, float), np.asarray(high, float)
-    n = low.size
-    shape = (2, n, 2, 2, len(normalisations))
-    lows, highs = np.full(shape, -3.0), np.full(shape, -2.0)
-    lows[0, :, 0, 1, :] = low[:, None]
-    highs[0, :, 0, 1, :] = high[:, None]
-    dims = ("reference", "checkpoint", "construction", "cutoff", "normalisation")
+def trajectory(shifts, *, normalisations=("log_isotropic", "isotropic"), n_layers=L):
+    """read_rsf_layer and write_rsf_layer(reference, checkpoint, layer, construction, cutoff,
+    normalisation) as the trajectory writer lays them out (per-layer pathway means on the statistics'
+    scale): at start/act_cov/k=8 (both normalisations) their difference is ``shift_c + pattern`` at
+    checkpoint c; everywhere else (the previous reference, other specifications) a contradicting −3."""
+    shifts = np.asarray(shifts, float)
+    pattern = np.resize(PATTERN, n_layers)
+    shape = (2, shifts.size, n_layers, 2, 2, len(normalisations))
+    write = np.full(shape, 1.0)
+    read = write - 3.0
+    read[0, :, :, 0, 1, :] = 1.0 + shifts[:, None, None] + pattern[None, :, None]
+    dims = ("reference", "checkpoint", "layer", "construction", "cutoff", "normalisation")
     return xr.Dataset(
-        {"asymmetry": (dims, (lows + highs) / 2), "asymmetry_ci_low": (dims, lows), "asymmetry_ci_high": (dims, highs)},
-        coords={"reference": ["start", "previous"], "checkpoint": [f"step-{i}" for i in range(n)],
-                "construction": ["act_cov", "unembed"], "cutoff": ["k=4", "k=8"], "normalisation": list(normalisations)},
+        {"read_rsf_layer": (dims, read), "write_rsf_layer": (dims, write)},
+        coords={"reference": ["start", "previous"], "checkpoint": [f"step-{i}" for i in range(shifts.size)],
+                "layer": np.arange(n_layers), "construction": ["act_cov", "unembed"], "cutoff": ["k=4", "k=8"],
+                "normalisation": list(normalisations)},
         attrs={"kind": "trajectory"},
     )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "low, high, verdict",
-    [([0.1, 0.2, 0.05], [0.5, 0.6, 0.3], "supported"), ([0.1, -0.1, 0.05], [0.5, 0.2, 0.3], "inconclusive"),
-     ([0.1, -0.6, 0.05], [0.5, -0.1, 0.3], "contradicted")],
+    "shifts, verdict",
+    [([1.2, 1.5, 0.9], "supported"), ([1.2, 0.5, 0.9], "inconclusive"), ([1.2, 0.0, 0.9], "contradicted"),
+     ([1.2, -1.5, 0.9], "contradicted")],
 )  # fmt: skip
-def test_trajectory_consistent_rule(low, high, verdict):
-    """Against the start at the trajectory's specification (act_cov, k=8, log_isotropic): supported when
-    the interval is above 0 at every checkpoint, contradicted when below 0 at any, else inconclusive.
-    The estimate is the last checkpoint's; the previous reference and other specifications (all
-    below 0) do not enter."""
-    out = mechanism.trajectory_claim(trajectory(low, high))
+def test_trajectory_consistent_rule(shifts, verdict):
+    """Against the start at the trajectory's specification (act_cov, k=8, log_isotropic), the per-layer
+    asymmetry a concentration part per checkpoint: supported when its 90% EWC interval lies above +0.5
+    at every checkpoint, contradicted when inside ±0.5 or below −0.5 at some (Holm across the
+    checkpoints), else inconclusive. The estimate and interval are the last checkpoint's, by hand; the
+    previous reference and other specifications (all −3) do not enter."""
+    out = mechanism.trajectory_claim(trajectory(shifts), margin=0.5, alpha=0.05)
+    half, _, _ = ewc_half(PATTERN, 0.90)
     assert out.verdict == verdict
-    assert (out.ci_low, out.ci_high) == (low[-1], high[-1])
-    assert out.estimate == pytest.approx((low[-1] + high[-1]) / 2)
+    assert (out.ci_low, out.ci_high) == pytest.approx(
+        (shifts[-1] - half, shifts[-1] + half), abs=1e-9
+    )
+    assert out.estimate == pytest.approx(shifts[-1])
     assert out.n_specifications == 3 and "act_cov/k=8/log_isotropic" in out.method
 
 
-def test_trajectory_falls_back_to_isotropic_and_an_undefined_interval_is_inconclusive():
+def test_trajectory_reads_isotropic_without_log_isotropic_and_needs_k8_and_four_layers():
     """A trajectory swept with ``isotropic`` only (the experiments' grid) is read at that normalisation
-    (the same log2 ratio); a NaN interval (fewer than 4 layers) is inconclusive with the reason."""
-    out = mechanism.trajectory_claim(
-        trajectory([0.1, 0.2], [0.4, 0.5], normalisations=("isotropic",))
-    )
+    (the same log2 ratio); one without k=8 is not_tested (no other cutoff stands in); three layers
+    are too few for the test over layers."""
+    out = mechanism.trajectory_claim(trajectory([1.2, 1.4], normalisations=("isotropic",)),
+                                     margin=0.5, alpha=0.05)  # fmt: skip
     assert out.verdict == "supported" and "act_cov/k=8/isotropic" in out.method
-    undefined = mechanism.trajectory_claim(trajectory([np.nan, 0.2], [np.nan, 0.5]))
-    assert undefined.verdict == "inconclusive" and "fewer than 4 layers" in undefined.reason
+    no_k8 = trajectory([1.2, 1.4]).sel(cutoff=["k=4"])
+    assert mechanism.trajectory_claim(no_k8, margin=0.5, alpha=0.05).verdict == "not_tested"
+    short = mechanism.trajectory_claim(trajectory([1.2, 1.4], n_layers=3), margin=0.5, alpha=0.05)
+    assert short.verdict == "inconclusive" and "needs at least 4 layers" in short.reason
 
 
 # ---------------------------------------------------------------------------- graded_control
@@ -264,16 +261,16 @@ def test_graded_control_switches_where_the_upper_bound_crosses_the_margin():
         assert out.p_value == pytest.approx(stats.t.cdf(t, k), rel=1e-6, abs=1e-12)
 
 
-def test_graded_control_subtracts_the_haar_reference_when_purity_is_known():
-    """With gram_purity the slope is of the level against the reference (= c); a file without it
-    (written before the references) slopes the raw log2 ratio, which here differs, since the
-    purities and so the references change with λ: the test would notice a skipped reference."""
+def test_graded_control_subtracts_the_haar_reference_and_needs_what_it_is_made_from():
+    """The slope is of the level against the Haar reference (= c; the purities and so the references
+    change with λ, so a skipped reference would show another slope); a file with neither the
+    spectra nor the purities (written before the references) is not_tested, never the raw ratio."""
     with_ref = mechanism.graded_claim(contrastive(0.1 + PATTERN), margin=0.25, alpha=0.05)
-    raw = mechanism.graded_claim(
+    assert with_ref.estimate == pytest.approx(0.1, abs=1e-9)
+    bare = mechanism.graded_claim(
         contrastive(0.1 + PATTERN).drop_vars("gram_purity"), margin=0.25, alpha=0.05
     )
-    assert with_ref.estimate == pytest.approx(0.1, abs=1e-9)
-    assert abs(raw.estimate - 0.1) > 0.01
+    assert bare.verdict == "not_tested" and "re-run rsf experiment contrastive" in bare.reason
 
 
 def test_graded_control_prefers_log_isotropic_at_k8():
@@ -285,34 +282,39 @@ def test_graded_control_prefers_log_isotropic_at_k8():
 
 
 def test_variant_read_levels_one_verdict_per_lambda():
-    """Each variant's read level (q, k on act_cov, against the reference) tested one-sided > 0 over
-    layers: +0.6 supported, 0 inconclusive, −0.6 contradicted, keyed by the variant's label."""
-    ds = contrastive(PATTERN, read_levels=[0.6 + PATTERN, PATTERN, -0.6 + PATTERN])
-    out = mechanism.variant_read_levels(ds, alpha=0.05, confidence_level=0.95)
+    """Each variant's read concentration (q and k on act_cov, against the reference, each against
+    +0.5): 1.6 supported, 0.5 inconclusive (its interval straddles the margin), −1.6 contradicted,
+    keyed by the variant's label."""
+    ds = contrastive(PATTERN, read_levels=[1.6 + PATTERN, 0.5 + PATTERN, -1.6 + PATTERN])
+    out = mechanism.variant_read_levels(ds, margin=0.5, alpha=0.05)
     assert {k: v.verdict for k, v in out.items()} == {
         "variant lam=0": "supported", "variant lam=0.5": "inconclusive", "variant lam=1": "contradicted",
     }  # fmt: skip
-    assert out["variant lam=0"].estimate == pytest.approx(0.6)
+    assert out["variant lam=0"].excess_part is None  # no mechanical reference in this file
 
 
 # ---------------------------------------------------------------------------- rank1_causal
 
 
-def rank1(read_p, *, write_p=(0.01, 0.01), roles=("read", "write")):
+def rank1(read_p, *, write_p=(0.01, 0.01), roles=("read", "write"), controls=1):
     """rank1.nc's layout: p_margin/p_kl(matrix, control), role(matrix), margin_change and its interval
-    (matrix, intervention). `read_p` = (p_margin, p_kl) at control "all" of the read matrix; the
-    random/matched controls and the write matrix carry other p-values the rule must ignore."""
+    (matrix, intervention), with `controls` random and `controls` matched directions. `read_p` =
+    (p_margin, p_kl) at control "all" of the read matrix; the random/matched controls and the write
+    matrix carry other p-values the rule must ignore."""
     p_margin = np.array([[0.5, 0.5, read_p[0]], [0.01, 0.01, write_p[0]]])
     p_kl = np.array([[0.5, 0.5, read_p[1]], [0.01, 0.01, write_p[1]]])
-    names = ["principal", "random-00", "matched-00"]
-    change = np.array([[0.3, 0.01, 0.02], [0.9, 0.0, 0.0]])
+    names = ["principal", *[f"random-{i:02d}" for i in range(controls)],
+             *[f"matched-{i:02d}" for i in range(controls)]]  # fmt: skip
+    change = np.zeros((2, len(names)))
+    change[:, 0] = (0.3, 0.9)
     return xr.Dataset(
         {"p_margin": (("matrix", "control"), p_margin), "p_kl": (("matrix", "control"), p_kl),
          "margin_change": (("matrix", "intervention"), change),
          "margin_change_ci_low": (("matrix", "intervention"), change - 0.1),
          "margin_change_ci_high": (("matrix", "intervention"), change + 0.1)},
         coords={"matrix": ["q", "o"], "role": ("matrix", list(roles)), "intervention": names,
-                "family": ("intervention", ["principal", "random", "matched"]), "control": ["random", "matched", "all"]},
+                "family": ("intervention", ["principal", *["random"] * controls, *["matched"] * controls]),
+                "control": ["random", "matched", "all"]},
         attrs={"kind": "rank1", "layer": 2},
     )  # fmt: skip
 
@@ -320,17 +322,25 @@ def rank1(read_p, *, write_p=(0.01, 0.01), roles=("read", "write")):
 @pytest.mark.parametrize(
     "p, verdict",
     [((0.01, 0.02), "supported"), ((0.01, 0.5), "inconclusive"), ((0.05, 0.01), "inconclusive"),
-     ((0.95, 0.97), "contradicted"), ((0.95, 0.94), "inconclusive")],
+     ((0.99, 0.995), "contradicted"), ((0.99, 0.94), "inconclusive")],
 )  # fmt: skip
 def test_rank1_causal_rule_at_its_boundaries(p, verdict):
-    """The read intervention against the pooled controls: both p < α supported (p = α exactly is not),
-    both p ≥ 1 − α contradicted (the principal direction below nearly every control), else
-    inconclusive. The write matrix's p-values (always small here) never enter; the estimate is the
-    read principal direction's Δmargin with its interval, p the larger p."""
-    out = mechanism.rank1_claim(rank1(p), alpha=0.05)
+    """The read intervention against 198 pooled controls: both upper-tail p < α supported (p = α
+    exactly is not); both lower-tail p-values, 1 − p + 1/(1 + B), below α contradicted (the
+    principal direction below nearly every control), else inconclusive. The write matrix's p-values
+    (always small here) never enter; the estimate is the read principal direction's Δmargin with
+    its interval, p the p the verdict rests on."""
+    out = mechanism.rank1_claim(rank1(p, controls=99), alpha=0.05)
     assert out.verdict == verdict
     assert (out.estimate, out.ci_low, out.ci_high) == pytest.approx((0.3, 0.2, 0.4))
-    assert out.p_value == max(p)
+    lower = max(1 - q + 1 / 199 for q in p)
+    assert out.decision.p_support == max(p) and out.decision.p_contradict == pytest.approx(lower)
+
+
+def test_rank1_with_few_controls_cannot_be_decided_either_way():
+    """With two controls neither tail's p can fall below 1/3: inconclusive, and the reason says so."""
+    out = mechanism.rank1_claim(rank1((0.99, 0.995)), alpha=0.05)
+    assert out.verdict == "inconclusive" and "raise --controls" in out.reason
     assert "'q' at layer 2" in out.method
 
 

@@ -101,3 +101,23 @@ def test_variance_shares_on_a_complete_grid_are_the_balanced_anova_and_sum_to_on
         shares
     )
     assert shares["residual"] > 0
+
+
+def test_specifications_with_unmatched_read_and_write_ranks_are_not_counted():
+    """A cutoff choosing k = 1 on the write side (a massive activation direction) and k = 40 on the
+    read side at one layer compares a direction with a subspace: not counted, with the reason; a
+    4-fold difference is still matched, undefined ranks (−1) are ignored."""
+    k = np.full((3, 4, 3), 8)  # [layer, matrix (q, k, o, down), specification]
+    k[1, 2:, 1] = 1  # spec 1: write k = 1 at layer 1
+    k[1, :2, 1] = 40
+    k[0, 2:, 2] = 2  # spec 2: read 8, write 2: exactly 4-fold
+    k[2, 3, 2] = -1
+    mask, reasons = curve.matched_k(k, [0, 1], [2, 3])
+    assert mask.tolist() == [True, False, True]
+    assert reasons[1] == (
+        "read and write ranks differ 40-fold at layer 1 (read k = 40–40, write k = 1–1): more than "
+        "4-fold, unlike subspaces"
+    )
+    specs = [("act_cov", "k=8", "log_isotropic"), ("act_cov", "var=0.9", "log_isotropic"),
+             ("random", "k=8", "log_isotropic")]  # fmt: skip
+    assert curve.counted_mask(specs, ["", "", ""], mask).tolist() == [True, False, False]

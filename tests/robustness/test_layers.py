@@ -30,7 +30,10 @@ from robustness.pairs import pair_model
 
 
 def test_the_number_of_projections_and_their_orthonormality():
-    assert [projections_for(n) for n in (4, 8, 12, 16, 24, 32, 80)] == [2, 2, 2, 2, 3, 4, 10]
+    # K = max(2, round(0.4 L^(2/3))) (Lazarus, Lewis, Stock & Watson 2018), at least 2.
+    assert [projections_for(n) for n in (4, 8, 12, 15, 16, 24, 30, 64, 80, 128)] == [
+        2, 2, 2, 2, 3, 3, 4, 6, 7, 10,
+    ]  # fmt: skip
     for n_layers, k in ((4, 2), (12, 2), (24, 3)):
         basis = cosine_projections(n_layers, k)
         np.testing.assert_allclose(basis @ basis.T, np.eye(k + 1), atol=1e-12)
@@ -88,10 +91,11 @@ def test_the_rotation_null_has_the_t_law_for_every_column():
     rng = np.random.default_rng(3)
     d = rng.standard_normal((16, 3))
     z = layer_test(d).projections
-    null = RotationNull.draw(2, 16, n_resamples=20000, rng=rng)
+    k = projections_for(16)
+    null = RotationNull.draw(k, 16, n_resamples=20000, rng=rng)
     # For a fixed Z the rotated z_0* is ‖Z_j‖ u_1-like: its t has the t_K law whatever Z is.
     for j in range(3):
-        assert stats.kstest(null.t(z)[:, j], stats.t(2).cdf).pvalue > 0.001
+        assert stats.kstest(null.t(z)[:, j], stats.t(k).cdf).pvalue > 0.001
     # The series' mean and norm: A* = z_0*/√L; ‖d‖² keeps the rotated d_z finite.
     np.testing.assert_allclose(null.asymmetry(z), null.z0(z) / 4)
     assert np.isfinite(null.effect_size(z, np.sum(d**2, axis=0))).all()
@@ -143,11 +147,11 @@ def test_the_pair_model_f_test_is_the_squared_t_for_two_pairs_and_holds_its_leve
     assert model["difference"]["F"] == pytest.approx(float(contrast.t[0]) ** 2)
     assert model["difference"]["p_value"] == pytest.approx(float(contrast.p_value[0]))
     assert model["overall"]["estimate"] == pytest.approx(d.mean())
-    # Three pairs, K = 2 projections: F(2, 1).
-    three = pair_model(rng.standard_normal((16, 3)), ["a", "b", "c"], confidence_level=0.95)
+    # Three pairs, K = 2 projections (12 layers): F(2, 1).
+    three = pair_model(rng.standard_normal((12, 3)), ["a", "b", "c"], confidence_level=0.95)
     assert three["difference"]["df"] == [2, 1] and np.isfinite(three["difference"]["F"])
-    # Four pairs need three projections; 16 layers give two: NaN and a note.
-    four = pair_model(rng.standard_normal((16, 4)), list("abcd"), confidence_level=0.95)
+    # Four pairs need three projections; 12 layers give two: NaN and a note.
+    four = pair_model(rng.standard_normal((12, 4)), list("abcd"), confidence_level=0.95)
     assert (
         math.isnan(four["difference"]["p_value"])
         and "need at least 3" in four["difference"]["note"]

@@ -33,17 +33,21 @@ PHASES = ("align", "align", "pretrain")
 
 def results(shift=0.0):
     """Three pairs (two alignment, one pretrain) of eight layers over act_cov, unembed × k=4, k=8 ×
-    log_isotropic; read level 0.6, write level 0 (+ a pattern), every hash distinct by pair and role."""
+    log_isotropic; read level 1.6, write level 0 (+ a pattern), the read matrices at their
+    mechanical reference (excess 0 + a small pattern), every hash distinct by pair and role."""
     shape = (len(PAIRS), L, len(MATRICES), 2, 2, 1)
     purity = np.full(shape[:3], 0.2)
     ks = np.broadcast_to(np.array([4, 8]), shape[:5]).astype(np.int64)
     reference = probes.haar_reference("log_isotropic", ks, D, purity[..., None, None])
     level = np.zeros(shape[:5]) + PATTERN[None, :, None, None, None]
-    level[:, :, :2] += 0.6 + shift
+    level[:, :, :2] += 1.6 + shift
     rsf = (level + reference)[..., None]
+    mechanical = np.full(shape[:5], np.nan)
+    mechanical[:, :, :2, 0] = rsf[:, :, :2, 0, :, 0] - 0.1 * PATTERN[None, :, None, None]
     return xr.Dataset(
         {"rsf": (("pair", "layer", "matrix", "construction", "cutoff", "normalisation"), rsf),
          "k": (("pair", "layer", "matrix", "construction", "cutoff"), ks),
+         "mechanical_reference": (("pair", "layer", "matrix", "construction", "cutoff"), mechanical),
          "gram_purity": (("pair", "layer", "matrix"), purity),
          "n_layers": ("pair", np.full(3, L)), "d_model": ("pair", np.full(3, D)),
          **{f"{role}_{what}": ("pair", np.asarray([f"{'sha256:' if what == 'hash' else ''}{role}-{p}" for p in PAIRS],
@@ -73,20 +77,23 @@ def gradients(model_hash):
 
 
 def trajectory(start_hash, end_hash):
-    dims = ("reference", "checkpoint", "construction", "cutoff", "normalisation")
-    shape = (2, 1, 1, 1, 1)
+    """Per-layer pathway means (the statistics' scale): read − write = 1.2 + a pattern against the start."""
+    dims = ("reference", "checkpoint", "layer", "construction", "cutoff", "normalisation")
+    shape = (2, 1, L, 1, 1, 1)
+    read = np.zeros(shape) + 1.2 + PATTERN[None, None, :, None, None, None]
     return xr.Dataset(
-        {"asymmetry": (dims, np.full(shape, 0.5)), "asymmetry_ci_low": (dims, np.full(shape, 0.2)),
-         "asymmetry_ci_high": (dims, np.full(shape, 0.8)),
+        {"read_rsf_layer": (dims, read), "write_rsf_layer": (dims, np.zeros(shape)),
          "base_hash": (("reference", "checkpoint"), np.full((2, 1), start_hash, dtype=object)),
          "aligned_hash": (("reference", "checkpoint"), np.full((2, 1), end_hash, dtype=object))},
-        coords={"reference": ["start", "previous"], "checkpoint": ["end"], "construction": ["act_cov"],
-                "cutoff": ["k=8"], "normalisation": ["isotropic"]},
+        coords={"reference": ["start", "previous"], "checkpoint": ["end"], "layer": np.arange(L),
+                "construction": ["act_cov"], "cutoff": ["k=8"], "normalisation": ["isotropic"]},
         attrs={"kind": "trajectory"},
     )  # fmt: skip
 
 
-def contrastive(base_hash, read=0.6):
+def contrastive(base_hash, read=1.6):
+    """Three variants: read level `read` on act_cov (at its mechanical reference), write level
+    λ·(pattern − 0.2) on unembed (a slope of −0.2 per unit λ), log_isotropic at k = 8 with purities."""
     lams = np.array([0.0, 0.5, 1.0])
     shape = (3, L, len(MATRICES), 2, 1, 1)
     level = np.zeros(shape) + PATTERN[None, :, None, None, None, None]
@@ -94,12 +101,21 @@ def contrastive(base_hash, read=0.6):
     level[:, :, 2:] += (
         lams[:, None, None, None, None, None] * (PATTERN - 0.2)[None, :, None, None, None, None]
     )
+    purity = np.full(shape[:3], 0.2)
+    reference = probes.haar_reference(
+        "log_isotropic", np.full(shape[:5], 8), D, purity[..., None, None]
+    )
+    rsf = level + reference[..., None]
+    mechanical = np.full(shape[:5], np.nan)
+    mechanical[:, :, :2, 0] = rsf[:, :, :2, 0, :, 0]
     return xr.Dataset(
-        {"rsf": (("lam_label", "layer", "matrix", "construction", "cutoff", "normalisation"), level),
-         "k": (("lam_label", "layer", "matrix", "construction", "cutoff"), np.full(shape[:5], 8))},
+        {"rsf": (("lam_label", "layer", "matrix", "construction", "cutoff", "normalisation"), rsf),
+         "k": (("lam_label", "layer", "matrix", "construction", "cutoff"), np.full(shape[:5], 8)),
+         "gram_purity": (("lam_label", "layer", "matrix"), purity),
+         "mechanical_reference": (("lam_label", "layer", "matrix", "construction", "cutoff"), mechanical)},
         coords={"lam_label": [f"lam={x:g}" for x in lams], "lam": ("lam_label", lams), "layer": np.arange(L),
                 "matrix": list(MATRICES), "construction": ["act_cov", "unembed"], "cutoff": ["k=8"],
-                "normalisation": ["null_z"]},
+                "normalisation": ["log_isotropic"]},
         attrs={"kind": "contrastive", "base_hash": base_hash, "write_set": "o,down", "read_set": "q,k",
                "write_construction": "unembed", "read_construction": "act_cov", "d_model": D,
                "inputs": json.dumps({"base": base_hash, "lam=0": "sha256:variant-0"})},
@@ -173,7 +189,7 @@ def test_extras_of_unknown_kind_twice_the_same_kind_or_without_hashes_are_refuse
 def test_margins_must_be_positive_and_alpha_below_one_half(name, value):
     """A margin ≤ 0 (or NaN) makes equivalence / non-inferiority meaningless: a ValueError naming it;
     α must lie in (0, 0.5) (the equivalence interval is 1 − 2α)."""
-    with pytest.raises(ValueError, match=f"`{name}` must be positive"):
+    with pytest.raises(ValueError, match=f"`{name}` must be (positive|a finite number)"):
         claims(**{name: value})
     for alpha in (0.0, 0.5, 1.2):
         with pytest.raises(ValueError, match="`alpha` must lie in"):
@@ -205,9 +221,8 @@ def test_extras_attach_to_the_alignment_pairs_whose_models_they_measured():
     # The contrastive variants join read_objective_agnostic: align, the pretrain pair and λ = 0, 0.5, 1.
     agnostic = dpo.sel(claim="read_objective_agnostic")
     assert int(agnostic.n_specifications) == 5
-    assert str(agnostic.reason.values).startswith(
-        "align: supported; pretrain: supported; variant lam=0: supported"
-    )
+    assert str(agnostic.reason.values).startswith("align: concentration supported, excess +0.000")
+    assert "variant lam=0: concentration supported" in str(agnostic.reason.values)
     assert str(agnostic.verdict.values) == "supported"
     assert float(dpo.estimate.sel(claim="graded_control")) == pytest.approx(-0.2)
     inputs = json.loads(out.attrs["inputs"])
@@ -218,9 +233,9 @@ def test_extras_attach_to_the_alignment_pairs_whose_models_they_measured():
 
 
 def test_a_contradicting_contrastive_variant_contradicts_read_objective_agnostic():
-    """read_concentration contradicted in one variant (read level −0.6 in every λ) contradicts the claim
+    """read_concentration contradicted in one variant (read level −1.6 in every λ) contradicts the claim
     on the pair the contrastive dataset measured, and only there."""
-    out = claims(extras=[contrastive("sha256:base-dpo", read=-0.6)])
+    out = claims(extras=[contrastive("sha256:base-dpo", read=-1.6)])
     assert (
         str(out.verdict.sel(pair="dpo", claim="read_objective_agnostic").values) == "contradicted"
     )
@@ -244,8 +259,9 @@ def test_claims_dataset_contract_round_trips_through_netcdf(tmp_path):
     assert dict(back.sizes) == {"pair": 3, "claim": len(CLAIM_IDS)}
     assert list(back.claim.values) == list(CLAIM_IDS) and list(back.pair.values) == list(PAIRS)
     assert list(back.phase.values) == list(PHASES)
-    numbers = ("estimate", "ci_low", "ci_high", "p_value", "reference", "robust_share", "p_joint")
-    for name in (*numbers, "verdict", "method", "reason", "n_specifications"):
+    numbers = ("estimate", "ci_low", "ci_high", "ci_level", "p_value", "p_adjusted", "reference",
+               "mechanical_reference", "excess", "margin_needed", "robust_share", "p_joint")  # fmt: skip
+    for name in (*numbers, "verdict", "method", "reason", "n_specifications", "robust_n"):
         assert back[name].dims == ("pair", "claim"), name
     for name in numbers:
         assert back[name].dtype == np.float64
@@ -257,7 +273,8 @@ def test_claims_dataset_contract_round_trips_through_netcdf(tmp_path):
     assert attrs["kind"] == "claims"
     assert set(json.loads(attrs["rules"])) == set(CLAIM_IDS)
     assert (attrs["isotropy_margin"], attrs["graded_margin"], attrs["alpha"]) == (0.4, 0.3, 0.1)
-    assert attrs["confidence_level"] == 0.95
+    assert attrs["confidence_level"] == pytest.approx(0.8)  # 1 − 2α: the decisions' intervals
+    assert attrs["margin"] == 0.5
     assert json.loads(attrs["inputs"]) == {
         "results": results_fingerprint(res),
         "stats": results_fingerprint(res),
