@@ -904,3 +904,20 @@ def test_pretrain_pair_makes_pretraining_writes_prediction_tested(planted):
     )
     row = align_only["read"]["pretraining_writes_prediction"]
     assert row.verdict == "not_tested" and "needs a pair with phase = pretrain" in row.reason
+
+
+def test_holm_equals_statsmodels_and_keeps_nan_out_of_the_family():
+    """The step-down adjustment against statsmodels' multipletests(method="holm"), ties and a NaN
+    (a claim not tested) included."""
+    from statsmodels.stats.multitest import multipletests
+
+    from robustness.rules import holm
+
+    rng = np.random.default_rng(4)
+    for _ in range(8):
+        p = rng.uniform(0, 0.2, rng.integers(1, 9))
+        p[rng.random(p.size) < 0.2] = p[0]  # ties
+        np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=1e-14)
+    got = holm([0.01, np.nan, 0.04])
+    assert np.isnan(got[1])
+    np.testing.assert_allclose(got[[0, 2]], multipletests([0.01, 0.04], method="holm")[1])
