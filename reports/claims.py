@@ -8,6 +8,8 @@ equivalence band for ``write_isotropy`` and its margin for ``graded_control``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 from markupsafe import Markup
@@ -63,7 +65,6 @@ def claims_table(claims: xr.Dataset, pair: str) -> Table:
                     "verdict": fmt.text(verdict.replace("_", " ")),
                     "estimate": fmt.signed(row.estimate),
                     "interval": fmt.Cell(interval, low.value),
-                    "level": fmt.share(_number(row, "ci_level")),
                     "reference": fmt.signed(row.reference),
                     "excess": fmt.signed(_number(row, "excess")),
                     "p_value": fmt.p_value(row.p_value),
@@ -78,25 +79,24 @@ def claims_table(claims: xr.Dataset, pair: str) -> Table:
         Column("claim", "claim", numeric=False),
         Column("verdict", "verdict", numeric=False),
         Column("estimate", "estimate"),
-        Column("interval", "interval", help="at the level the decision uses (next column)"),
-        Column("level", "level", help="confidence level of the interval: 1 − 2α for one-sided and "
-               "equivalence tests"),
+        Column("interval", "interval", help="at the level the decision uses: 1 − 2α (ci_level)"),
         Column("reference", "Haar ref.", help="the estimate's Haar reference (0 for differences)"),
         Column("excess", "excess", help="read claims: the log2 ratio over the mechanical reference "
                "(the level the outer-product mechanism alone predicts)"),
         Column("p_value", "p", help="the p-value of the test the verdict rests on"),
-        Column("p_adjusted", "p (Holm)", help="adjusted across the claims tested on this pair"),
-        Column("margin_needed", "margin needed", help="concentration: the largest margin still "
-               "supported; isotropy: the smallest margin that would support it"),
-        Column("robust_share", "robustness", help="share of the decisive eligible specifications "
+        Column("p_adjusted", "p Holm", help="adjusted across the claims tested on this pair"),
+        Column("margin_needed", "margin", help="the margin needed: for a concentration claim the "
+               "largest still supported; for isotropy the smallest that would support it"),
+        Column("robust_share", "robust", help="share of the decisive eligible specifications "
                "agreeing with the preferred one's verdict, of how many"),
     )  # fmt: skip
     caption = (
         f"Pair {pair}: each claim tested as stated at its preferred specification, decided for the family "
         f"of claims tested on the pair (Holm). Margin ±{claims.attrs.get('margin', claims.attrs['isotropy_margin']):g} "
         f"log2 (write isotropy ±{claims.attrs['isotropy_margin']:g}, graded control "
-        f"{claims.attrs['graded_margin']:+g} per unit λ); α = {claims.attrs['alpha']:g}. Open a claim's "
-        "method for what it says, its test and why."
+        f"{claims.attrs['graded_margin']:+g} per unit λ); α = {claims.attrs['alpha']:g}; intervals at "
+        f"{1 - 2 * claims.attrs['alpha']:.0%} (1 − 2α). Open a claim's method for what it says, its test "
+        "and why."
     )
     return Table(f"claims-{pair}", caption, columns, tuple(rows))
 
@@ -118,9 +118,10 @@ def claims_figure(claims: xr.Dataset, pair: str) -> SvgFigure | None:
             margin = float(claims.attrs["isotropy_margin"])
             axis.axvspan(-margin, margin, color=OKABE_ITO["sky_blue"], alpha=0.25, linewidth=0)
             reference = 0.0
-        elif claim in CONCENTRATION and "margin" in claims.attrs:
-            margin = float(claims.attrs["margin"])
-            axis.axvline(margin, color=OKABE_ITO["sky_blue"], linewidth=1.2, linestyle=":")
+        margin_line = math.nan
+        if claim in CONCENTRATION and "margin" in claims.attrs:
+            margin_line = float(claims.attrs["margin"])
+            axis.axvline(margin_line, color=OKABE_ITO["sky_blue"], linewidth=1.2, linestyle=":")
         if np.isfinite(reference):
             axis.axvline(reference, color="black", linewidth=0.8, linestyle="--")
         if np.isfinite(low) and np.isfinite(high):
@@ -133,7 +134,7 @@ def claims_figure(claims: xr.Dataset, pair: str) -> SvgFigure | None:
             markersize=6,
         )
         axis.set_yticks([0], [f"{claim}: {verdict.replace('_', ' ')}"])
-        span = [x for x in (value, low, high, reference) if np.isfinite(x)]
+        span = [x for x in (value, low, high, reference, margin_line) if np.isfinite(x)]
         pad = 0.15 * (max(span) - min(span) or 1.0)
         axis.set_xlim(min(span) - pad, max(span) + pad)
         axis.tick_params(axis="y", length=0)

@@ -121,8 +121,7 @@ def test_no_statistics_leaves_every_section_in_place_and_says_what_to_run(datase
 
 
 CLAIM_RULES = {"estimate": "signed", "reference": "signed", "excess": "signed", "margin_needed": "signed",
-               "p_value": "p", "p_adjusted": "p", "ci_level": "share"}  # fmt: skip
-CLAIM_COLUMNS = {"ci_level": "level"}  # a variable shown under another column key
+               "p_value": "p", "p_adjusted": "p"}  # fmt: skip
 
 
 def test_the_claims_table_shows_every_value_of_the_claims_dataset(page, datasets):
@@ -135,8 +134,7 @@ def test_the_claims_table_shows_every_value_of_the_claims_dataset(page, datasets
             cell = claims.sel(pair=pair, claim=claim)
             row = table[str(claim)]
             for name, rule in CLAIM_RULES.items():
-                column = CLAIM_COLUMNS.get(name, name)
-                assert row[column][0] == shown(float(cell[name]), rule), (pair, claim, name)
+                assert row[name][0] == shown(float(cell[name]), rule), (pair, claim, name)
             low, high = (shown(float(cell[n]), "signed") for n in ("ci_low", "ci_high"))
             assert row["interval"][0] == (f"[{low}, {high}]" if low != MISSING else MISSING)
             share = shown(float(cell.robust_share), "share")
