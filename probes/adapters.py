@@ -157,7 +157,26 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _llama_like(),
     "olmo": _llama_like(norm_gain="none", notes="non-parametric LayerNorm"),
     "olmo2": _llama_like(notes="no pre-norms: q, k, v read the raw residual"),
+    "gemma": _llama_like(norm_gain="one_plus_weight", notes="RMSNorm gain is 1 + w"),
     "gemma2": _llama_like(norm_gain="one_plus_weight", notes="RMSNorm gain is 1 + w"),
+    "gemma3_text": _llama_like(
+        norm_gain="one_plus_weight",
+        notes="RMSNorm gain is 1 + w; q and k are normed per head; sliding and global layers",
+    ),
+    "phi": Family(
+        layers="model.layers",
+        matrices={
+            "q": Source("self_attn.q_proj"),
+            "k": Source("self_attn.k_proj"),
+            "v": Source("self_attn.v_proj"),
+            "o": Source("self_attn.dense"),
+            "up": Source("mlp.fc1"),
+            "down": Source("mlp.fc2"),
+        },
+        final_norm="model.final_layernorm",
+        parallel=True,
+        notes="attention and MLP read one LayerNorm in parallel; lm_head's bias is not part of W_U",
+    ),
     "phi3": Family(
         layers="model.layers",
         matrices={

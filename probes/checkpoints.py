@@ -1,13 +1,16 @@
 """A checkpoint's stored tensors, read one at a time, and the one weights hash over them.
 
 A checkpoint is a directory written by ``save_pretrained`` (or a hub id,
-resolved to its local snapshot). Its tensors live in safetensors files
+resolved to its local snapshot), or a GGUF file (or a folder holding one:
+:mod:`probes.gguf`). A folder's tensors live in safetensors files
 (``model.safetensors``, or shards listed by ``model.safetensors.index.json``)
 or, in older checkpoints, PyTorch pickles (``pytorch_model.bin`` and its
 index). :class:`Checkpoint` maps every tensor name to its file and reads one
 tensor at a time (``safetensors.safe_open``; memory-mapped ``torch.load`` for
-pickles), in the dtype it was stored in, so nothing above it ever holds a
-whole model (the pattern of mergekit's lazy tensor loader).
+pickles; GGUF tensors dequantised to float32 one at a time), in the dtype it
+was stored in, so nothing above it ever holds a whole model (the pattern of
+mergekit's lazy tensor loader). Each tensor's storage type (``F32``, ``BF16``,
+``Q4_1``…) and grid steps (:mod:`probes.precision`) are read beside it.
 
 **The weights hash** is defined over the stored tensors only: for every
 tensor ``sha256(name | stored dtype | shape | bytes as saved)``, and for the
@@ -15,7 +18,8 @@ checkpoint ``sha256`` of the sorted ``name:digest`` lines. It does not depend
 on the dtype a model is later loaded in, nor on the order tensors are read
 in, so it can be computed while streaming (:meth:`Checkpoint.tensor_digest`
 as each tensor passes) and two datasets made from the same checkpoint at
-different dtypes carry the same hash.
+different dtypes carry the same hash. A GGUF file's tensors are hashed as
+stored too: its own tensor names, storage type, shape and quantised bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,11 @@ from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from .gguf import find_gguf, open_gguf
+from .precision import float_step, storage_of_dtype
 
 __all__ = ["Checkpoint", "looks_like_path", "resolve_checkpoint", "tensor_digest", "weights_hash"]
 
@@ -123,13 +131,26 @@ class Checkpoint:
         A ``save_pretrained`` directory or a hub id.
     """
 
-    def __init__(self, source: str | os.PathLike):
+    def __init__(self, source: str | os.PathLike, *, trust_remote_code: bool = False):
         self.source = str(source)
-        self.root = resolve_checkpoint(source)
+        path = find_gguf(source) if os.path.exists(os.path.expanduser(str(source))) else None
+        self.gguf = open_gguf(path, trust_remote_code=trust_remote_code) if path else None
+        self.root = path.parent if path else resolve_checkpoint(source)
+        self.trust_remote_code = trust_remote_code
         self._pickles: dict[Path, dict] = {}
+
+    def config(self):
+        """transformers' config of the model (from ``config.json``, or the GGUF file's metadata)."""
+        if self.gguf is not None:
+            return self.gguf.config
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.root, trust_remote_code=self.trust_remote_code)
 
     @cached_property
     def _layout(self) -> tuple[str, dict[str, Path]]:
+        if self.gguf is not None:
+            return "gguf", dict.fromkeys(self.gguf.names, self.gguf.path)
         for index, single, kind in (
             (SAFETENSORS_INDEX, SAFETENSORS_SINGLE, "safetensors"),
             (PICKLE_INDEX, PICKLE_SINGLE, "pickle"),
@@ -157,7 +178,7 @@ class Checkpoint:
 
     @property
     def format(self) -> str:
-        """``"safetensors"`` or ``"pickle"`` (PyTorch's ``pytorch_model.bin``)."""
+        """``"safetensors"``, ``"pickle"`` (PyTorch's ``pytorch_model.bin``) or ``"gguf"``."""
         return self._layout[0]
 
     @property
@@ -195,6 +216,8 @@ class Checkpoint:
         """One tensor, in its stored dtype, on the CPU."""
         if name not in self.files:
             raise KeyError(f"{self.source} has no tensor {name!r}")
+        if self.gguf is not None:
+            return self.gguf.get(name)
         path = self.files[name]
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -203,8 +226,32 @@ class Checkpoint:
                 return handle.get_tensor(name)
         return self._pickle(path)[name]
 
+    def storage(self, name: str) -> str:
+        """How a tensor is stored: ``F32``, ``F16``, ``BF16`` or a GGUF type (``Q4_1``, ``Q8_0``…)."""
+        if self.gguf is not None:
+            return self.gguf.storage(name)
+        path = self.files[name]
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with reading(path), safe_open(path, framework="pt") as handle:
+                return str(handle.get_slice(name).get_dtype())
+        return storage_of_dtype(self._pickle(path)[name].dtype)
+
+    def steps(self, name: str) -> np.ndarray | None:
+        """Each element's grid step as stored (:mod:`probes.precision`), shaped as :meth:`get`'s.
+
+        ``None`` where the storage type has no linear grid (GGUF's codebook types).
+        """
+        if self.gguf is not None:
+            return self.gguf.steps(name)
+        tensor = self.get(name)
+        return float_step(tensor.detach().to(torch.float32).numpy(), self.storage(name))
+
     def shape(self, name: str) -> tuple[int, ...]:
         """A tensor's stored shape, read from the file's header (no data for safetensors)."""
+        if self.gguf is not None:
+            return self.gguf.shape(name)
         path = self.files[name]
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -217,6 +264,8 @@ class Checkpoint:
         """The checkpoint's weights hash (see the module docstring), one tensor in memory at a time."""
         from tqdm.auto import tqdm
 
+        if self.gguf is not None:  # as stored: the quantised bytes under the file's own names
+            return combine_digests(self.gguf.digests())
         names = tqdm(
             self.names(),
             desc=f"hashing {self.source}",

@@ -51,12 +51,14 @@ from .adapters import (
     matrix_rows,
 )
 from .checkpoints import Checkpoint
+from .precision import REDUCED_STORAGE, float_step, storage_of_dtype
 
 __all__ = [
     "HIDDEN_IN_MEMORY",
     "LayerwiseModel",
     "NotStreamable",
     "layer_deltas",
+    "layer_precision",
     "layerwise_statistics",
 ]
 
@@ -73,7 +75,7 @@ def _dtype_of(config, dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        stored = getattr(config, "dtype", None)  # transformers ≥ 4.56 (torch_dtype before)
         if isinstance(stored, str):
             stored = DTYPES.get(stored)
         return stored if isinstance(stored, torch.dtype) else torch.float32
@@ -100,11 +102,18 @@ class LayerwiseModel:
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.family = family_of(model)
+        self.quantisation: str | None = None  # a loaded model dequantised from this method
 
     @classmethod
-    def loaded(cls, model) -> LayerwiseModel:
-        """Wrap a model already in memory: nothing is read or released."""
-        return cls(model, None, {}, next(model.parameters()).device)
+    def loaded(cls, model, *, quantisation: str | None = None) -> LayerwiseModel:
+        """Wrap a model already in memory: nothing is read or released.
+
+        `quantisation` names the method its weights were dequantised from
+        (transformers' ``quant_method``), for :meth:`storage`.
+        """
+        wrapped = cls(model, None, {}, next(model.parameters()).device)
+        wrapped.quantisation = quantisation
+        return wrapped
 
     @classmethod
     def from_checkpoint(
@@ -127,10 +136,19 @@ class LayerwiseModel:
         loads the model whole.
         """
         from accelerate import init_empty_weights
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        checkpoint = Checkpoint(source)
-        config = AutoConfig.from_pretrained(checkpoint.root, trust_remote_code=trust_remote_code)
+        checkpoint = Checkpoint(source, trust_remote_code=trust_remote_code)
+        config = checkpoint.config()
+        quantisation = getattr(config, "quantization_config", None)
+        if quantisation and checkpoint.format != "gguf":
+            method = (
+                quantisation.get("quant_method", "unnamed")
+                if isinstance(quantisation, dict)
+                else getattr(quantisation, "quant_method", "unnamed")
+            )
+            # Its stored tensors are codes and scales only transformers' quantizer can read.
+            raise NotStreamable(f"{checkpoint.source} is quantised with {method}")
         torch_dtype = _dtype_of(config, dtype)
         with init_empty_weights():  # parameters on meta, buffers (rotary tables) real
             model = AutoModelForCausalLM.from_config(
@@ -193,6 +211,33 @@ class LayerwiseModel:
     @property
     def streamed(self) -> bool:
         return self.checkpoint is not None
+
+    def storage(self, name: str) -> str:
+        """How parameter `name` is stored: its checkpoint's type, or a loaded model's dtype."""
+        if not self.streamed:
+            return self.quantisation or storage_of_dtype(self.model.get_parameter(name).dtype)
+        return self.checkpoint.storage(self._names[name])
+
+    def rounding_variance(self, name: str) -> np.ndarray | None:
+        """``step²/12`` for each element of parameter `name` (:mod:`probes.precision`).
+
+        The step is the coarser of the stored grid's and the run dtype's (a
+        float32 checkpoint run in bfloat16 is rounded again when it is read).
+        ``None`` where the storage type has no linear grid.
+        """
+        if self.quantisation is not None:
+            return None  # dequantised by transformers: its grid is the method's own
+        if not self.streamed:
+            values = self.model.get_parameter(name).detach().to("cpu", torch.float32).numpy()
+            steps = float_step(values, storage_of_dtype(self.dtype))
+        else:
+            stored = self._names[name]
+            steps = self.checkpoint.steps(stored)
+            run = storage_of_dtype(self.dtype)
+            if steps is not None and run in REDUCED_STORAGE:
+                values = self.checkpoint.get(stored).to(torch.float32).numpy()
+                steps = np.maximum(steps, float_step(values, run))
+        return None if steps is None else steps.astype(np.float64) ** 2 / 12
 
     def _params(self, prefixes: Iterable[str]) -> list[str]:
         prefixes = tuple(prefixes)
@@ -370,6 +415,57 @@ def layer_deltas(
                 weights[matrix] = sides[0][matrix]
         del sides
     return deltas, weights
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How one canonical matrix is stored on each side, and its delta's rounding floor.
+
+    ``floor`` is ``sqrt(Σ step²/12)`` over the matrix's elements, both sides
+    together (:mod:`probes.precision`): NaN where a side's type has no linear
+    grid, 0 for a LoRA adapter's delta (its own product ``s·BA``, no
+    difference of rounded weights).
+    """
+
+    base: str
+    aligned: str
+    floor: float
+
+
+def layer_precision(
+    base: LayerwiseModel, aligned: LayerwiseModel, layer: int, matrices: Iterable[str] = MATRICES
+) -> dict[str, Precision]:
+    """``{matrix: Precision}`` of one layer: each side's storage type and the delta's rounding floor.
+
+    Reads each module's stored tensor (a fused one once for all its matrices);
+    the steps are selected by the same rows as the canonical matrices.
+    """
+    wanted = [m for m in matrices if m in base.family.matrices]
+    if aligned.adapter is not None:
+        return {
+            m: Precision(base.storage(f"{base.module_prefix(layer, m)}weight"), "LoRA", 0.0)
+            for m in wanted
+        }
+    by_module: dict[str, list[str]] = {}
+    for matrix in wanted:
+        by_module.setdefault(f"{base.module_prefix(layer, matrix)}weight", []).append(matrix)
+    out = {}
+    for name, names in by_module.items():
+        storages = [side.storage(name) for side in (base, aligned)]
+        variances = [side.rounding_variance(name) for side in (base, aligned)]
+        for matrix in names:
+            module, rows, _ = matrix_rows(base.model, layer, matrix)
+            total = 0.0
+            for per_element in variances:
+                if per_element is None:
+                    total = float("nan")
+                    break
+                linear = torch.from_numpy(per_element)
+                linear = linear.T if isinstance(module, Conv1D) else linear  # Conv1D: [in, out]
+                total += float(_select(linear, rows).sum())
+            out[matrix] = Precision(storages[0], storages[1], float(np.sqrt(total)))
+        del variances
+    return out
 
 
 class HiddenStates:

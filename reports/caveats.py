@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robustness.diagnostics import MASSIVE_SHARE, SMALL_K, small_ranks
 from robustness.layers import MIN_LAYERS
 from robustness.specification import DEFAULT_PREFERRED
 from robustness.stats import SEQUENCE_REPLICATES_ADVISED
@@ -35,6 +36,10 @@ MONTE_CARLO_MIN = 999
 AUTOCORRELATION_STRONG = 0.5
 # Covariance bases from fewer tokens per residual dimension are noisy.
 TOKENS_PER_DIMENSION = 10
+# A delta less than 1/FLOOR_RATIO times its rounding floor is "not clearly above" it: its
+# rounding could then carry more than FLOOR_RATIO² (1%) of the delta's energy.
+FLOOR_RATIO = 0.1
+FLOAT_TYPES = {"F32", "F64", "F16", "BF16", "LoRA"}
 
 
 @dataclass(frozen=True)
@@ -251,16 +256,136 @@ def _corpus(ctx: ReportContext) -> list[Caveat]:
                 f"(fewer than {TOKENS_PER_DIMENSION} per dimension): the {', '.join(activation)} bases "
                 "are dominated by estimation noise.",
             ))  # fmt: skip
-    dtype = ctx.config.get("run", {}).get("dtype", "float32")
-    if dtype not in ("float32", "float64"):
-        out.append(Caveat(
-            "dtype",
-            f"Weights were loaded as {dtype}: deltas between nearly equal weights lose precision "
-            "before they are upcast.",
-        ))  # fmt: skip
     for note in json.loads(attrs.get("notes", "[]") or "[]"):
         out.append(Caveat("sweep-note", f"From the sweep: {note}", serious=False))
     return out
+
+
+def _stored(ctx: ReportContext, pair: str) -> dict[str, set[str]]:
+    """``{side: storage types}`` of one pair's matrices (empty for results without them)."""
+    if "quantisation" not in ctx.results:
+        return {}
+    return {
+        side: {
+            str(v) for v in ctx.results.quantisation.sel(pair=pair, side=side).values.ravel() if v
+        }
+        for side in ("base", "aligned")
+    }
+
+
+def _precision(ctx: ReportContext) -> list[Caveat]:
+    """Reduced precision or quantisation, and deltas not clearly above their rounding floor.
+
+    A pair stored and run in float32 gets nothing. Otherwise its storage is
+    named, with how close its deltas come to their rounding floor
+    (``quantisation_floor`` in results.nc): above FLOOR_RATIO somewhere is serious.
+    """
+    out = []
+    for pair in ctx.pairs:
+        stored = _stored(ctx, pair)
+        run = str(ctx.provenance(pair, "dtype", "float32"))
+        kinds = set().union(*stored.values()) if stored else set()
+        if not (kinds - {"F32", "F64", "LoRA"}) and run in ("float32", "float64"):
+            continue
+        said = "; ".join(f"{side} {', '.join(sorted(k))}" for side, k in stored.items())
+        said = f"stored as {said}; run in {run}" if said else f"run in {run}"
+        ratio = ctx.results.quantisation_floor.sel(pair=pair).values.ravel()
+        known = ratio[np.isfinite(ratio)]
+        quantised = [side for side, k in stored.items() if k - FLOAT_TYPES]
+        exact = (
+            f" Only the {quantised[0]} side is quantised: the delta is exact if the other side was "
+            "fine-tuned from its dequantised weights (then no floor applies), and carries the "
+            "rounding if both were rounded from float models."
+            if len(quantised) == 1
+            else ""
+        )
+        above = int(np.sum(known > FLOOR_RATIO))
+        if above:
+            out.append(Caveat(
+                f"quantisation-floor-{pair}",
+                f"Pair {pair} ({said}): at {above} of {ratio.size} matrices the delta is less than "
+                f"{1 / FLOOR_RATIO:.0f}× its rounding floor (largest floor/‖ΔW‖ {known.max():.2g}, "
+                "`quantisation_floor` in results.nc), so rounding to the stored grids could carry "
+                f"more than {FLOOR_RATIO**2:.0%} of those deltas' energy, and move their fractions.{exact}",
+                serious=len(quantised) != 1,  # one quantised side: exact when fine-tuned from it
+            ))  # fmt: skip
+            continue
+        unknown = ratio.size - known.size
+        if known.size:
+            floor = (
+                f"every delta whose floor is known is at least {1 / FLOOR_RATIO:.0f}× it (largest "
+                f"floor/‖ΔW‖ {known.max():.2g})"
+            )
+            floor += f"; {unknown} have none (a type without a linear grid)" if unknown else ""
+        else:
+            floor = "no rounding floor could be estimated (types without a linear grid)"
+        out.append(Caveat(
+            f"precision-{pair}",
+            f"Pair {pair} is stored or run in reduced precision ({said}): {floor}.{exact}",
+            serious=not known.size,
+        ))  # fmt: skip
+    return out
+
+
+def _massive(ctx: ReportContext) -> list[Caveat]:
+    """Sites where one direction carries at least half the variance (``massive_activation``)."""
+    if ctx.stats is None or "massive_activation" not in ctx.stats:
+        return []
+    out = []
+    for pair in ctx.pairs:
+        flags = ctx.stats.massive_activation.sel(pair=pair)
+        share = ctx.stats.top_direction_share.sel(pair=pair)
+        parts = []
+        for site in ctx.stats.site.values:
+            layers = [
+                int(layer) for layer in ctx.stats.layer.values if flags.sel(site=site, layer=layer)
+            ]
+            if layers:
+                top = float(share.sel(site=site).max())
+                parts.append(f"{site} at {len(layers)} of {ctx.n_layers(pair)} layers "
+                             f"({fmt_layers(layers)}; up to {top:.0%})")  # fmt: skip
+        if parts:
+            out.append(Caveat(
+                f"massive-activations-{pair}",
+                f"Pair {pair} has massive activations — one direction carrying at least "
+                f"{MASSIVE_SHARE:.0%} of a site's variance — at {'; '.join(parts)}. Spectral "
+                "cutoffs (var, pr, mp) then choose one or two directions there; a comparison of "
+                "read and write sides at such ranks measures the outlier direction, not a subspace.",
+            ))  # fmt: skip
+    return out
+
+
+def _small_ranks(ctx: ReportContext) -> list[Caveat]:
+    """Cutoffs that chose k ≤ SMALL_K anywhere (``k_range`` in stats.nc)."""
+    if ctx.stats is None:
+        return []
+    out = []
+    for pair in ctx.pairs:
+        found = small_ranks(ctx.stats, pair)
+        if found:
+            listed = ", ".join(
+                f"{c}/{k} on {pathway} (k = {low})" for c, k, pathway, low in found[:6]
+            )
+            more = f" and {len(found) - 6} more" if len(found) > 6 else ""
+            out.append(Caveat(
+                f"small-ranks-{pair}",
+                f"Pair {pair}: {len(found)} cutoff choice(s) keep at most {SMALL_K} directions at some "
+                f"layer: {listed}{more}. A fraction on one or two directions is a statement about "
+                "those directions only; the table below gives each cutoff's range of k per pathway.",
+            ))  # fmt: skip
+    return out
+
+
+def fmt_layers(layers: list[int]) -> str:
+    """``0–3, 7, 11–27``: consecutive layers as ranges."""
+    runs, start = [], None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            runs.append(f"{start}–{layer}" if layer > start else f"{layer}")
+            start = None
+    return ", ".join(runs)
 
 
 def _inputs(ctx: ReportContext) -> list[Caveat]:
@@ -316,6 +441,9 @@ def caveats(ctx: ReportContext) -> list[Caveat]:
         *_autocorrelation(ctx),
         *_resamples(ctx),
         *_null_control(ctx),
+        *_precision(ctx),
+        *_massive(ctx),
+        *_small_ranks(ctx),
         *_corpus(ctx),
         *_preferred(ctx),
         *_preferred_duplicate(ctx),

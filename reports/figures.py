@@ -87,11 +87,13 @@ def spec_curve(
     curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
     fig = figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
     grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
-    lows = [f["effect_ci_low"].min() for f in frames.values()]
-    highs = [f["effect_ci_high"].max() for f in frames.values()]
-    values = [f["effect_size"].min() for f in frames.values()] + [
-        f["effect_size"].max() for f in frames.values()
-    ]
+    # The scale is the counted specifications': a hollow control (weight_svd far below the
+    # rest, say) is drawn at the edge as an arrow rather than squashing them.
+    scaled = [f[f["role"] == "counted"] if (f["role"] == "counted").any() else f
+              for f in frames.values()]  # fmt: skip
+    lows = [f["effect_ci_low"].min() for f in scaled]
+    highs = [f["effect_ci_high"].max() for f in scaled]
+    values = [f["effect_size"].min() for f in scaled] + [f["effect_size"].max() for f in scaled]
     finite = [v for v in (*lows, *highs, *values) if np.isfinite(v)]
     span = (min(finite), max(finite)) if finite else (-1.0, 1.0)
     pad = 0.05 * (span[1] - span[0] or 1.0)
@@ -104,6 +106,7 @@ def spec_curve(
     alt_parts = []
     legend_done: set[str] = set()
     any_control = False
+    clipped = 0
     for index, (pair, frame) in enumerate(frames.items()):
         r, c = divmod(index, cols)
         top = fig.add_subplot(grid[2 * r, c])
@@ -125,9 +128,11 @@ def spec_curve(
                 if shown.any():
                     top.vlines(x[chosen][shown], low[shown], high[shown], color=colour,
                                linewidth=0.6, alpha=0.9)  # fmt: skip
+                above, below = effect > span[1] + pad, effect < span[0] - pad
+                inside = ~(above | below)
                 top.plot(
-                    x[chosen],
-                    effect,
+                    x[chosen][inside],
+                    effect[inside],
                     "D" if hollow else marker,
                     color=colour,
                     markerfacecolor="white" if hollow else colour,
@@ -136,6 +141,13 @@ def spec_curve(
                     linestyle="none",
                     label=label if not hollow and label not in legend_done else None,
                 )
+                for outside, edge, arrow in ((above, span[1] + 0.6 * pad, "^"),
+                                             (below, span[0] - 0.6 * pad, "v")):  # fmt: skip
+                    if outside.any():
+                        clipped += int(outside.sum())
+                        top.plot(x[chosen][outside], np.full(outside.sum(), edge), arrow,
+                                 color=colour, markerfacecolor="white", markersize=4,
+                                 linestyle="none")  # fmt: skip
                 if not hollow:
                     legend_done.add(label)
                 else:
@@ -223,7 +235,13 @@ def spec_curve(
         "weight_svd): shown, not counted in the joint tests. Duplicates (equal on the statistics' "
         "scale to a specification drawn) are left out. Bottom: the analytic choices of each "
         "specification (one tick per choice used). The shaded column and the triangle mark the "
-        "paper's preferred specification."
+        "paper's preferred specification. The vertical scale is the counted specifications'"
+        + (
+            f"; {plural(clipped, 'point')} beyond it (controls, usually) are drawn at the edge as "
+            "hollow arrows pointing the way they lie."
+            if clipped
+            else "."
+        )
     )
     return finish(fig, "fig-spec-curve", alt, caption)
 

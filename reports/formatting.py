@@ -189,6 +189,11 @@ def level_percent(ds) -> int:
     return int(round(100 * float(ds.attrs.get("confidence_level", 0.95))))
 
 
+def median_rank(x) -> Cell:
+    """A rank or the median of ranks: ``8``, ``12.5``."""
+    return _cell(x, "g")
+
+
 def integer(x) -> Cell:
     x = _finite(x)
     return Cell(MISSING if x is None else str(int(x)), x)

@@ -6,6 +6,10 @@ import json
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
+
+from robustness.diagnostics import MASSIVE_SHARE, SMALL_K, STATISTICS
+
 from . import formatting as fmt
 from .caveats import caveats
 from .context import ReportContext
@@ -13,7 +17,13 @@ from .registry import Section
 from .render import fragment
 from .tables import Column, Row, Table
 
-__all__ = ["caveat_section", "methods_section", "provenance_section", "provenance_tables"]
+__all__ = [
+    "caveat_section",
+    "methods_section",
+    "provenance_section",
+    "provenance_tables",
+    "rank_tables",
+]
 
 
 # ----------------------------------------------------------------------- (h) methods
@@ -95,6 +105,9 @@ def methods_section(ctx: ReportContext) -> Section:
 # ----------------------------------------------------------------------- (i) provenance
 
 
+LONG_FIELDS = ("base_id", "aligned_id", "base_hash", "aligned_hash")  # may break; numbers never
+
+
 def provenance_tables(ctx: ReportContext) -> list[Table]:
     files = Table(
         "data-files",
@@ -102,7 +115,7 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
         (
             Column("kind", "kind", numeric=False),
             Column("file", "file", numeric=False),
-            Column("sha256", "SHA-256", numeric=False),
+            Column("sha256", "SHA-256", numeric=False, breaks=True),
             Column("created", "created", numeric=False),
             Column("version", "written by", numeric=False),
         ),  # fmt: skip
@@ -126,10 +139,15 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
         ("d_model", "d"), ("n_heads", "heads"), ("n_kv_heads", "kv heads"), ("tied_embeddings", "tied embeddings"),
     ]  # fmt: skip
     fields = [(k, label) for k, label in fields if k in ctx.results]
+    if "quantisation" in ctx.results:
+        fields += [("base_storage", "base stored as"), ("aligned_storage", "aligned stored as")]
     rows = []
     for pair in ctx.pairs:
         cells = {"pair": fmt.text(pair)}
         for key, _ in fields:
+            if key.endswith("_storage"):
+                cells[key] = fmt.text(storage_summary(ctx.results, pair, key.split("_")[0]))
+                continue
             v = ctx.provenance(pair, key)
             cells[key] = fmt.text(("yes" if v else "no") if key == "tied_embeddings" else v)
         rows.append(Row(pair, cells))
@@ -138,12 +156,20 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
         "The models compared, with content hashes of their weights",
         (
             Column("pair", "pair", numeric=False),
-            *(Column(k, label, numeric=False) for k, label in fields),
+            *(Column(k, label, numeric=False, breaks=k in LONG_FIELDS) for k, label in fields),
         ),
         tuple(rows),
-        wrap=True,
     )
     return [files, models]
+
+
+def storage_summary(results, pair, side: str) -> str:
+    """How one side stores its canonical matrices: ``"F32"``, or ``"Q4_K 180, Q6_K 30"`` (counts)."""
+    values = [str(v) for v in results.quantisation.sel(pair=pair, side=side).values.ravel() if v]
+    counts = {kind: values.count(kind) for kind in sorted(set(values))}
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{kind} {count}" for kind, count in counts.items())
 
 
 def provenance_section(ctx: ReportContext) -> Section:
@@ -159,5 +185,65 @@ def provenance_section(ctx: ReportContext) -> Section:
 # ----------------------------------------------------------------------- (j) caveats
 
 
+def rank_tables(ctx: ReportContext) -> list[Table]:
+    """Per pair: the min / median / max k each cutoff chose on the read and on the write matrices,
+    and the sites with massive activations (``k_range``, ``top_direction_share`` in stats.nc)."""
+    if ctx.stats is None or "k_range" not in ctx.stats:
+        return []
+    tables = []
+    columns = [Column("construction", "construction", numeric=False),
+               Column("cutoff", "cutoff", numeric=False)]  # fmt: skip
+    for pathway in ("read", "write"):
+        columns += [Column(f"{pathway}_{s}", f"{pathway} k {s}") for s in STATISTICS]
+    for pair in ctx.pairs:
+        ranges = ctx.stats.k_range.sel(pair=pair)
+        rows = []
+        for c in ctx.stats.construction.values:
+            for k in ctx.stats.cutoff.values:
+                cell = ranges.sel(construction=c, cutoff=k)
+                if not np.isfinite(cell.values).any():
+                    continue  # the cutoff is undefined for this construction
+                cells = {"construction": fmt.text(c), "cutoff": fmt.text(k)}
+                for pathway in ("read", "write"):
+                    for s in STATISTICS:
+                        cells[f"{pathway}_{s}"] = fmt.median_rank(
+                            cell.sel(pathway=pathway, statistic=s)
+                        )
+                small = np.nanmin(cell.sel(statistic="min").values) <= SMALL_K
+                rows.append(Row(f"{c}-{k}", cells, "flagged" if small else ""))
+        tables.append(Table(
+            f"ranks-{pair}",
+            f"Pair {pair}: the ranks each cutoff chose over layers, on the read and on the write "
+            f"matrices (rows with k ≤ {SMALL_K} anywhere are marked)",
+            tuple(columns),
+            tuple(rows),
+        ))  # fmt: skip
+        share = ctx.stats.top_direction_share.sel(pair=pair)
+        if share.size and np.isfinite(share.values).any():
+            flags = ctx.stats.massive_activation.sel(pair=pair)
+            tables.append(Table(
+                f"massive-{pair}",
+                f"Pair {pair}: the share of each site's variance in its top direction over layers "
+                f"(a massive activation: {MASSIVE_SHARE:.0%} or more)",
+                (Column("site", "site", numeric=False), Column("median", "median share"),
+                 Column("max", "largest share"), Column("massive", "layers with a massive activation")),
+                tuple(
+                    Row(str(site), {
+                        "site": fmt.text(site),
+                        "median": fmt.share(float(share.sel(site=site).median())),
+                        "max": fmt.share(float(share.sel(site=site).max())),
+                        "massive": fmt.integer(int(flags.sel(site=site).sum())),
+                    })
+                    for site in ctx.stats.site.values
+                    if np.isfinite(share.sel(site=site).values).any()
+                ),
+            ))  # fmt: skip
+    return tables
+
+
 def caveat_section(ctx: ReportContext) -> Section:
-    return Section("caveats", "Caveats", fragment("sections/caveats.html.j2", caveats=caveats(ctx)))
+    return Section(
+        "caveats",
+        "Caveats",
+        fragment("sections/caveats.html.j2", caveats=caveats(ctx), tables=rank_tables(ctx)),
+    )

@@ -22,6 +22,7 @@ class Column:
     label: str
     numeric: bool = True
     help: str = ""
+    breaks: bool = False  # long text (hashes, paths) may break across lines; nothing else does
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,6 @@ class Table:
     columns: tuple[Column, ...]
     rows: tuple[Row, ...] = field(default_factory=tuple)
     scroll: bool = False
-    wrap: bool = False  # long text (hashes, paths) may break across lines
 
     def __post_init__(self):
         object.__setattr__(self, "id", element_id(self.id))  # ids from labels: never raw

@@ -283,7 +283,17 @@ def pair_trajectory(
     fig = figure(min(1.0 * len(pairs) + 2.5, 11), 2.6)
     axis = fig.subplots()
     x = np.arange(len(pairs))
-    axis.plot(x, values, "o-", color=OKABE_ITO["blue"], linewidth=1)
+    # Consecutive pairs of one phase are a trajectory and are joined; pairs of different phases
+    # (an alignment pair beside a pretraining pair) are not steps of one process.
+    runs = [[0]]
+    for i in range(1, len(pairs)):
+        if phases and phases[i] != phases[i - 1]:
+            runs.append([i])
+        else:
+            runs[-1].append(i)
+    for run in runs:
+        axis.plot(x[run], values[run], "o-" if len(run) > 1 else "o", color=OKABE_ITO["blue"],
+                  linewidth=1)  # fmt: skip
     shown = np.isfinite(lows) & np.isfinite(highs)
     if shown.any():
         axis.vlines(x[shown], lows[shown], highs[shown], color=OKABE_ITO["blue"], linewidth=1)
@@ -311,6 +321,7 @@ def pair_trajectory(
     caption = (
         f"The preferred specification ({'/'.join(preferred)}) pair by pair, in the order of the "
         f"results dataset, with {int(round(confidence_level * 100))}% EWC intervals over layers "
-        "(dependence-robust); hollow points have none (fewer layers than the test needs)."
+        "(dependence-robust); hollow points have none (fewer layers than the test needs). A line "
+        "joins consecutive pairs of the same phase only."
     )
     return finish(fig, "fig-trajectory", alt, caption)

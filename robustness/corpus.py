@@ -175,11 +175,22 @@ def _load_ids(spec: CorpusSpec) -> Corpus:
     return Corpus(np.ascontiguousarray(ids, dtype=np.int64), f"ids:{path.name}")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The tokenizer of a model folder, a hub id, or a GGUF file (its own, when its folder has none)."""
     from transformers import AutoTokenizer
 
+    import probes
+
+    path, extra = probes.pretrained_arguments(name_or_path)
+    if extra and any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        extra = {}  # the folder's own tokenizer files come first
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, **extra
+        )
     except (OSError, ValueError, TypeError) as error:
         raise ValueError(
             f"no tokenizer could be loaded from {name_or_path!r} ({type(error).__name__}): "

@@ -8,7 +8,10 @@ Layout (a contract, ``docs/design.md`` §4):
 - ``rsf(pair, layer, matrix, construction, cutoff, normalisation)``,
   ``k(pair, layer, matrix, construction, cutoff)`` (−1 where undefined),
   ``delta_fro(pair, layer, matrix)``, ``gram_purity(pair, layer, matrix)``
-  (``Σ g²``, for Haar moments without the deltas); provenance per pair (``base_id``,
+  (``Σ g²``, for Haar moments without the deltas), ``quantisation(pair, side,
+  layer, matrix)`` (each side's storage type), ``quantisation_floor(pair, layer,
+  matrix)`` (the delta's rounding floor over its norm), ``top_direction_share(pair,
+  layer, site)``; provenance per pair (``base_id``,
   ``aligned_id``, ``base_hash``, ``aligned_hash`` and the model's widths);
 - attrs: package versions, creation time, the full config as TOML, seed, corpus
   hash and source, token count and sequence length.
@@ -70,6 +73,9 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
     fro = np.full(shape[:3], np.nan)
     purity = np.full(shape[:3], np.nan)
     mechanical = np.full(shape, np.nan)
+    storage = np.full((len(results), 2, *shape[1:3]), "", dtype=object)
+    floor = np.full(shape[:3], np.nan)
+    top_share = np.full((len(results), n_layers, len(probes.SITES)), np.nan)
     width = max(r.gram_spectrum.shape[-1] for r in results)
     spectra = np.full((*shape[:3], width), np.nan)
     for p, result in enumerate(results):
@@ -83,6 +89,12 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
         own = result.gram_spectrum.shape[-1]
         spectra[p, :layers, columns, :own] = result.gram_spectrum.transpose(1, 0, 2)
         spectra[p, :layers, columns, own:] = 0.0
+        if result.storage is not None:
+            storage[p, :, :layers, columns] = result.storage.transpose(1, 2, 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                floor[p, :layers, columns] = (result.rounding_floor / result.delta_fro).T
+        if result.top_share is not None:
+            top_share[p, :layers] = result.top_share
     data_vars = {
         "rsf": (
             ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
@@ -124,6 +136,31 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
                 "constructions; NaN elsewhere)"
             },
         ),
+        "quantisation": (
+            ("pair", "side", "layer", "matrix"),
+            storage,
+            {
+                "long_name": "how each side stores the matrix: F32, F16, BF16, a GGUF type (Q8_0, "
+                "Q4_1, Q4_K, …), a transformers quantisation method, or LoRA"
+            },
+        ),
+        "quantisation_floor": (
+            ("pair", "layer", "matrix"),
+            floor,
+            {
+                "long_name": "rounding floor of the delta over its norm: sqrt(Σ step²/12) of both "
+                "sides' grids (the coarser of stored type and run dtype) / ‖ΔW‖_F; NaN where a "
+                "type has no linear grid"
+            },
+        ),
+        "top_direction_share": (
+            ("pair", "layer", "site"),
+            top_share,
+            {
+                "long_name": "λ₁ / tr of the site's activation covariance (act_cov, on the "
+                "construction side): the share of the variance in its top direction"
+            },
+        ),
     }
     for name in PROVENANCE:
         values = [result.provenance[name] for result in results]
@@ -161,6 +198,8 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
                 {"long_name": "training phase that produced the delta: align or pretrain"},
             ),
             "layer": ("layer", np.arange(n_layers, dtype=np.int64)),
+            "side": ("side", np.asarray(["base", "aligned"], dtype=object)),
+            "site": ("site", np.asarray(probes.SITES, dtype=object)),
             "matrix": ("matrix", np.asarray(matrices, dtype=object)),
             "pathway": ("matrix", np.asarray([probes.PATHWAY[m] for m in matrices], dtype=object)),
             "construction": ("construction", np.asarray(config.constructions, dtype=object)),

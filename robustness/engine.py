@@ -68,6 +68,9 @@ class PairResult:
     bootstrap: dict | None = None
     # Wall seconds of each stage: hashing, prediction_bases, statistics, grid (bootstrap included).
     timings: dict = field(default_factory=dict)
+    storage: np.ndarray | None = None  # [layer, matrix, side]: F32, BF16, Q4_1, … (base, aligned)
+    rounding_floor: np.ndarray | None = None  # [layer, matrix]: sqrt(Σ step²/12), both sides
+    top_share: np.ndarray | None = None  # [layer, site]: λ₁/tr of the site's covariance
 
 
 def _statistics_settings(config: SweepConfig, sites, device, dtype, chunk_size, layer) -> dict:
@@ -219,6 +222,7 @@ class _LayerJob:
         deltas, base_weights = probes.layer_deltas(
             base, aligned, layer, matrices, with_base=grid.need_w
         )
+        precision = probes.layer_precision(base, aligned, layer, matrices)
         zero = []
         if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
             zero = [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
@@ -231,9 +235,10 @@ class _LayerJob:
             # leaves as a d × d triangle.
             prepared.extend(grid.prepare((matrix,), [delta], [weight]))
             del delta, weight
+        top_share = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
-            grid.fill(layer, prepared, stats, rsf, ks, mechanical=mechanical)
+            grid.fill(layer, prepared, stats, rsf, ks, mechanical=mechanical, top_share=top_share)
         spectra = np.zeros((len(matrices), grid.d))
         for row, matrix in enumerate(prepared):
             spectra[row, : matrix.spectrum.size] = matrix.spectrum  # NaN stays NaN: a zero delta
@@ -245,6 +250,9 @@ class _LayerJob:
             "delta_fro": delta_fro,
             "purity": [matrix.purity for matrix in prepared],
             "zero": zero,
+            "storage": [[precision[m].base, precision[m].aligned] for m in matrices],
+            "floor": [precision[m].floor for m in matrices],
+            "top_share": [top_share.get(site, np.nan) for site in probes.SITES],
         }
         if self.weights_b is not None:
             # Replicates: the corpus-independent constructions keep their values; the
@@ -361,6 +369,9 @@ def sweep_pair(
     purity = np.full((n_layers, len(matrices)), np.nan)
     mechanical = np.full(shape, np.nan)
     spectra = np.full((n_layers, len(matrices), d), np.nan)
+    storage = np.full((n_layers, len(matrices), 2), "", dtype=object)
+    rounding_floor = np.full((n_layers, len(matrices)), np.nan)
+    top_share = np.full((n_layers, len(probes.SITES)), np.nan)
     resampled = [c for c in constructions if c in sources]
     weights_b = (
         _resampling_weights(config, corpus, bool(roles), hashes["base"])
@@ -400,6 +411,8 @@ def sweep_pair(
         rsf[layer], ks[layer] = out["rsf"], out["k"]
         mechanical[layer], spectra[layer] = out["mechanical"], out["spectrum"]
         delta_fro[layer], purity[layer] = out["delta_fro"], out["purity"]
+        storage[layer], rounding_floor[layer] = out["storage"], out["floor"]
+        top_share[layer] = out["top_share"]
         if boot is not None:
             boot[:, layer] = out["boot"]
         zero.extend(out["zero"])
@@ -455,6 +468,9 @@ def sweep_pair(
         notes,
         bootstrap,
         timings,
+        storage,
+        rounding_floor,
+        top_share,
     )
 
 

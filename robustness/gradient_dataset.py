@@ -104,6 +104,17 @@ def phase_checkpoints(
     ]
 
 
+def _check_finite(stats, checkpoint: str, objective: str) -> None:
+    """Refuse (and never cache) sums holding inf or NaN: a spectrum of them would be meaningless."""
+    for (layer, site), sums in sorted(stats.sites.items()):
+        if not (np.isfinite(sums.sum_x).all() and np.isfinite(sums.sum_xx).all()):
+            raise ValueError(
+                f"checkpoint {checkpoint} ({objective}): the {site} statistics of layer {layer} are "
+                "not finite on this corpus (an overflowing gradient, or a token whose residual "
+                "stream is exactly zero, such as an initialisation's zeroed padding embedding)"
+            )
+
+
 def check_checkpoints(checkpoints, *, trust_remote_code: bool = False) -> dict:
     """Configs only, before any forward pass: every checkpoint exists, is supported and has the same widths.
 
@@ -207,18 +218,22 @@ def gradient_dataset(
                 "weights": own_hash, "corpus": corpus.hash, "kind": "gradients",
                 "reference": None if lam is None else reference_hash, "objective": label,
                 "beta": settings.beta, "prompt_len": prompt_len, "batch_size": settings.batch_size,
-                "chunks": chunks, "dtype": dtype, "device_type": device.split(":")[0],
+                "chunks": chunks if settings.replicates else None, "dtype": dtype, "device_type": device.split(":")[0],
                 "pairs_seed": settings.seed,
             }  # fmt: skip
 
             def compute(
                 lam=lam, label=label, model=model, reference=reference, checkpoint=checkpoint
             ):
-                return measure_objective(
+                stats = measure_objective(
                     model, ids, lam=lam, pairs=pairs, reference=reference, beta=settings.beta,
                     batch_size=settings.batch_size, chunks=chunks, progress=progress,
                     description=f"gradients {checkpoint.label} ({label})",
+                    # per-chunk sums only for a bootstrap: each holds every layer's and site's d×d
+                    keep_chunks=bool(settings.replicates),
                 )  # fmt: skip
+                _check_finite(stats, checkpoint.label, label)
+                return stats
 
             stats = _cached(cache, parts, compute)
             n_examples = len(ids) if lam is None else len(pairs)

@@ -88,6 +88,7 @@ def measure_objective(
     beta: float = 0.1,
     batch_size: int = 8,
     chunks=None,
+    keep_chunks: bool = True,
     progress: bool = False,
     description: str = "gradients",
 ) -> probes.GradientStatistics:
@@ -95,7 +96,9 @@ def measure_objective(
 
     ``lam=None`` is next-token cross-entropy on `ids` ``[n_seq, seq_len]``;
     otherwise ``L_λ`` on `pairs` (one pair per sequence, so `chunks` index
-    both), with `reference` (default `model` itself) for the DPO term.
+    both), with `reference` (default `model` itself) for the DPO term. Batches
+    never straddle a chunk; each chunk's own sums are kept only with `keep_chunks`
+    (a bootstrap needs them; each holds every layer's and site's d × d sums).
     """
     device = next(model.parameters()).device
     n = len(ids) if lam is None else len(pairs)
@@ -126,7 +129,7 @@ def measure_objective(
         slices,
         loss_fn,
         sites=SITE_ORDER,
-        chunk_of=chunk_of,
+        chunk_of=chunk_of if keep_chunks else None,
         progress=progress,
         description=description,
     )

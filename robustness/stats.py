@@ -40,6 +40,7 @@ from scipy import stats as scipy_stats
 from . import curve
 from .asymmetry import spec_tests
 from .dataset import pair_phases
+from .diagnostics import MASSIVE_RULE, diagnostics
 from .layers import MIN_LAYERS, projections_for
 from .pairs import pair_model
 from .provenance import provenance_attrs
@@ -371,11 +372,15 @@ def compute_stats(
     for name, text in NULL_HYPOTHESES.items():
         if name in data_vars:
             data_vars[name] = (*data_vars[name][:2], {"null_hypothesis": text})
+    found = diagnostics(results)  # massive activations, the ranks each cutoff chose
+    data_vars.update(found["data_vars"])
     replicates = int(results.sizes.get("replicate", 0))
     ds = xr.Dataset(
         data_vars,
         coords={
             **{d: results[d].values for d in dims},
+            "layer": results.layer.values,
+            **found["coords"],
             "phase": ("pair", np.asarray(pair_phases(results), dtype=object)),
             "control": (
                 "construction",
@@ -417,6 +422,7 @@ def compute_stats(
             "main effects and two-way interactions, sequential (type I) in the order construction, cutoff, "
             "normalisation; on a complete grid the order does not matter",
             "null_hypotheses": json.dumps(NULL_HYPOTHESES),
+            "massive_rule": MASSIVE_RULE,
             "preferred_specification": ",".join(preferred),
             "preferred_note": preferred_note,
             "per_pair": json.dumps(per_pair),

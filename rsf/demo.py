@@ -8,6 +8,7 @@ report, and a one-paragraph verdict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -40,11 +41,12 @@ def add_parser(commands) -> None:
         description="Train (or reuse from the cache) a small Llama-style pair on Python's "
         "help topics, pretrained with cross-entropy and aligned with DPO; sweep it with a "
         "sequence bootstrap, test the read/write asymmetry and write the report. "
-        "Nothing is downloaded.",
+        "Nothing is downloaded. With --real, the same pipeline on a real model "
+        "(SmolLM2-135M-Instruct's GGUF from the installed `real` extra: `make demo-real`).",
     )
-    add_options(parser, Output, ("out",), defaults={"out": "rsf-demo"},
-                notes={"out": "a folder, default rsf-demo/: results.nc, stats.nc, claims.nc, "
-                       "gradients.nc, report.html"})  # fmt: skip
+    add_options(parser, Output, ("out",), defaults={"out": None},
+                notes={"out": "a folder, default rsf-demo/ (rsf-demo-real/ with --real): "
+                       "results.nc, stats.nc, claims.nc, gradients.nc, report.html"})  # fmt: skip
     add_options(parser, Output, ("mkdir",))
     add_options(parser, DemoOptions)
     add_options(parser, CacheOptions, ("cache_dir",))
@@ -54,22 +56,25 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     from robustness.demo import DemoSettings
+    from robustness.real_demo import RealSettings
 
     options = DemoOptions(**read_options(DemoOptions, args))
-    settings = DemoSettings() if options.seed is None else DemoSettings(seed=options.seed)
-    if options.full and settings != DemoSettings():
+    kind = RealSettings if options.real else DemoSettings
+    settings = kind() if options.seed is None else kind(seed=options.seed)
+    if options.full and (options.real or settings != DemoSettings()):
         raise ValueError(
-            "--full runs the experiments on the default demo pair: drop --seed (or run the "
-            "experiments one by one)"
+            "--full runs the experiments on the default toy pair: drop --seed and --real (or run "
+            "the experiments one by one)"
         )
     outcome = run_demo(
-        args.out,
+        args.out or ("rsf-demo-real" if options.real else "rsf-demo"),
         settings=settings,
         cache_root=args.cache_dir,
         retrain=options.retrain,
         full=options.full,
         progress=not args.quiet,
         mkdir=bool(args.mkdir),
+        real=options.real,
     )
     print(f"report: {outcome.report}")
     print(
@@ -115,8 +120,14 @@ def run_demo(
     full: bool = False,
     progress: bool = True,
     mkdir: bool = False,
+    real: bool = False,
 ) -> DemoOutcome:
     """Demo pair (trained or cached) → sweep with bootstrap → stats → gradients → claims → report, in `out`.
+
+    With `real`, the pairs of :mod:`robustness.real_demo` (SmolLM2-135M-Instruct's
+    GGUF against a short DPO run from it, and a seeded initialisation against
+    it) with its :class:`robustness.real_demo.RealGrid`; `settings` and `grid`
+    are then that module's.
 
     Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` and
     ``report.html`` in `out` (created when missing; its missing parents only
@@ -144,10 +155,24 @@ def run_demo(
     from robustness.engine import run_sweep
     from robustness.files import check_writable
     from robustness.paper import paper_claims
+    from robustness.real_demo import (
+        RealGrid,
+        RealSettings,
+        real_gradients,
+        real_is_cached,
+        real_model_file,
+        real_outputs,
+        real_pair,
+        real_probe_corpus,
+        real_sweep_config,
+    )
     from robustness.stats import compute_stats
 
-    settings = settings or DemoSettings()
-    grid = grid or DemoGrid()
+    if real:
+        gguf = real_model_file()  # first: without the package, nothing else is done
+        settings, grid = settings or RealSettings(), grid or RealGrid()
+    else:
+        settings, grid = settings or DemoSettings(), grid or DemoGrid()
     cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
     started = time.perf_counter()
     out = Path(out)
@@ -177,29 +202,47 @@ def run_demo(
     quiet = not progress
     timings = {}
 
-    cached = not retrain and demo_is_cached(settings, cache_root)
-    _stage(
-        "demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)", quiet
-    )
-    pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
+    if real:
+        cached = not retrain and real_is_cached(settings, gguf, cache_root)
+        _stage("real pairs: cached" if cached else "real pairs: dequantising, initialising and "
+               "running DPO from the real model", quiet)  # fmt: skip
+        pair = real_pair(settings, gguf, cache_root=cache_root, retrain=retrain, progress=progress)
+        config, corpus = real_sweep_config(pair, grid), real_probe_corpus(pair, grid)
+        # d = 576: the real model's matrices use both threads
+        threads = contextlib.nullcontext()
+    else:
+        cached = not retrain and demo_is_cached(settings, cache_root)
+        _stage("demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)",
+               quiet)  # fmt: skip
+        pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
+        config, corpus = demo_sweep_config(pair, grid), demo_probe_corpus(pair, grid)
+        # small matrices: a second thread only adds waiting on a busy machine
+        threads = single_threaded()
     timings["pair"] = time.perf_counter() - started
-    _stage(f"demo pair: {pair.root}", quiet)
+    _stage(f"{'real pairs' if real else 'demo pair'}: {pair.root}", quiet)
 
-    config = demo_sweep_config(pair, grid)
-    corpus = demo_probe_corpus(pair, grid)
     mark = time.perf_counter()
-    with single_threaded():  # small matrices: a second thread only adds waiting on a busy machine
-        results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
-    dataset = build_dataset(results, config, corpus)
+    stored = real_outputs(pair, grid) if real else None
+    if stored is not None and (stored / "results.nc").is_file():
+        _stage("sweep: the same grid on the same pairs, from the cache", quiet)
+        dataset = open_dataset(stored / "results.nc").load()
+    else:
+        with threads:
+            results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
+        dataset = build_dataset(results, config, corpus)
+    phases = [phase for phase in ("pretrain", "align") if phase in pair.manifest]
     dataset.attrs["demo_manifest"] = json.dumps(
-        {k: v for k, v in pair.manifest.items() if k not in ("pretrain", "align")}
+        {k: v for k, v in pair.manifest.items() if k not in phases}
         | {
             phase: {k: v for k, v in pair.manifest[phase].items() if k != "losses"}
-            for phase in ("pretrain", "align")
+            for phase in phases
         },
         sort_keys=True,
     )
     write_dataset(dataset, results_path)
+    if stored is not None and not (stored / "results.nc").is_file():
+        stored.mkdir(parents=True, exist_ok=True)
+        write_dataset(dataset, stored / "results.nc")
     timings["sweep"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -228,8 +271,15 @@ def run_demo(
         + " of each phase",
         quiet,
     )
-    with single_threaded():
-        gradients = demo_gradients(pair, grid, cache_root=cache_root, progress=progress)
+    if stored is not None and (stored / "gradients.nc").is_file():
+        gradients = open_dataset(stored / "gradients.nc").load()
+    elif real:
+        gradients = real_gradients(pair, grid, cache_root=cache_root, progress=progress)
+        stored.mkdir(parents=True, exist_ok=True)
+        write_dataset(gradients, stored / "gradients.nc")
+    else:
+        with single_threaded():
+            gradients = demo_gradients(pair, grid, cache_root=cache_root, progress=progress)
     write_dataset(gradients, extras["gradients"])
     timings["gradients"] = time.perf_counter() - mark
     if full:
@@ -264,7 +314,7 @@ def run_demo(
     )
     timings["report"] = time.perf_counter() - mark
 
-    verdict = verdict_paragraph(pair, stats, summary, claims)
+    verdict = verdict_paragraph(pair, stats, summary, claims, real=real)
     return DemoOutcome(
         pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings,
         claims_path, claim_lines(claims), extras,
@@ -280,26 +330,39 @@ def _run_command(argv: list[str]) -> None:
         raise ValueError(f"rsf {' '.join(argv)} failed")
 
 
-def verdict_paragraph(pair, stats, summary: str, claims=None) -> str:
+def verdict_paragraph(pair, stats, summary: str, claims=None, *, real: bool = False) -> str:
     """One paragraph: what the pair is, what training did, what the statistics say."""
     m = pair.manifest
     s = m["settings"]
     held = m["held_out"]
-    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
-    preferred = stats.attrs["preferred_specification"].split(",")
-    parts = [
-        f"The demo pair is a {s['n_layers']}-layer Llama-style model (d = {s['d_model']}, "
-        f"{m['n_parameters'] / 1e6:.1f}M parameters) pretrained here on Python's help topics "
-        f"(cross-entropy {m['pretrain']['first_loss']:.2f} → {m['pretrain']['final_loss']:.2f} "
-        f"over {s['pretrain_steps']} steps), then aligned with DPO for {s['align_steps']} steps; "
+    label = "align" if real else "demo"
+    preference = (
         f"on held-out passages the aligned model prefers the true continuation over a corrupted one "
         f"{held['aligned']['prefers_chosen']:.0%} of the time (base: {held['base']['prefers_chosen']:.0%}), "
         f"with a mean DPO margin of {held['aligned']['dpo_margin_mean']:+.2f}."
-    ]
+    )
+    if real:
+        intro = (
+            f"The real pair is SmolLM2-135M-Instruct ({m['model']}, {m['n_parameters'] / 1e6:.0f}M "
+            f"parameters, read from its 4-bit GGUF, sha256 {m['gguf']['sha256'][:12]}…) against "
+            f"itself after {s['align_steps']} DPO steps run here on Python's help topics (loss "
+            f"{m['align']['first_loss']:.3f} → {m['align']['final_loss']:.3f}); " + preference
+        )
+    else:
+        intro = (
+            f"The demo pair is a {s['n_layers']}-layer Llama-style model (d = {s['d_model']}, "
+            f"{m['n_parameters'] / 1e6:.1f}M parameters) pretrained here on Python's help topics "
+            f"(cross-entropy {m['pretrain']['first_loss']:.2f} → {m['pretrain']['final_loss']:.2f} "
+            f"over {s['pretrain_steps']} steps), then aligned with DPO for {s['align_steps']} steps; "
+            + preference
+        )
+    parts = [intro]
+    per_pair = json.loads(stats.attrs["per_pair"])[label]
+    preferred = stats.attrs["preferred_specification"].split(",")
     joint = per_pair.get("joint", {})
     if "median_effect" in joint:
         cell = stats.sel(
-            pair="demo",
+            pair=label,
             construction=preferred[0],
             cutoff=preferred[1],
             normalisation=preferred[2],
@@ -319,19 +382,23 @@ def verdict_paragraph(pair, stats, summary: str, claims=None) -> str:
             f"{expected.get('under_median_effect', float('nan')):.0%} if every specification had the "
             f"median effect."
         )
+    # the first pair's verdict: the alignment pair comes first in both demos' sweeps
     verdicts = [
         line.split("verdict:", 1)[1].strip() for line in summary.splitlines() if "verdict:" in line
     ]
     if verdicts:
         parts.append(f"Verdict: {verdicts[0]}.")
     if claims is not None:
-        cell = claims.sel(pair="demo")
+        cell = claims.sel(pair=label)
         named = "; ".join(
             f"{claim}: {str(cell.verdict.sel(claim=claim).values).replace('_', ' ')}"
             for claim in claims.claim.values
         )
         parts.append(f"The paper's claims on this pair: {named}.")
     parts.append(
-        "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
+        "The aligned side is a short DPO run here from a 4-bit-quantised model's weights, not the "
+        "published alignment: it shows the pipeline on a real model, not the paper's claim."
+        if real
+        else "This is a toy model trained for minutes; it shows the pipeline, not the paper's claim."
     )
     return " ".join(parts)

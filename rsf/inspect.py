@@ -1,4 +1,4 @@
-"""``rsf inspect M``: the adapter's view of a model, from its config alone (no weights read).
+"""``rsf inspect M``: the adapter's view of a model, from its config and headers alone (no weights read).
 
 `M` may also be a LoRA adapter directory (what ``rsf sweep --aligned`` takes):
 then its rank, scale and targeted modules are shown, as canonical matrices
@@ -19,7 +19,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands) -> None:
     parser = commands.add_parser("inspect", help="show the adapter's view of a model")
     parser.add_argument(
-        "model", help="a save_pretrained directory, a hub id or a LoRA adapter directory"
+        "model",
+        help="a save_pretrained directory, a hub id, a GGUF file or a LoRA adapter directory",
     )
     add_options(parser, RunOptions, ("trust_remote_code",))
     parser.set_defaults(run=run)
@@ -82,12 +83,13 @@ def _model_lines(model_id: str, trust: bool) -> int:
     from transformers import AutoModelForCausalLM
 
     import probes
-    from robustness.models import supported_config
+    from robustness.models import matrix_storage, supported_config
 
     config = supported_config(model_id, trust_remote_code=trust)
     with torch.device("meta"):  # shapes from the config alone: no weights are read
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     view = probes.describe(model)
+    storage = matrix_storage(model_id, model)
     print(f"model        {model_id}")
     print(f"family       {view['model_type']}" + (f"  ({view['notes']})" if view["notes"] else ""))
     print(f"layers       {view['n_layers']}")
@@ -106,8 +108,10 @@ def _model_lines(model_id: str, trust: bool) -> int:
     for m in view["matrices"]:
         fused = f" [fused {m['fused']}]" if m["fused"] else ""
         shape = "×".join(map(str, m["shape"]))
+        stored = f"  stored {storage[m['matrix']]}" if storage.get(m["matrix"]) else ""
         print(
-            f"  {m['matrix']:5s} {shape:>11s}  {m['pathway']:5s}  site {m['site']:10s} {m['module']}{fused}"
+            f"  {m['matrix']:5s} {shape:>11s}  {m['pathway']:5s}  site {m['site']:10s} "
+            f"{m['module']}{fused}{stored}"
         )
     print("hook sites")
     for site, where in view["sites"].items():

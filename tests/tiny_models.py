@@ -55,10 +55,23 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen3": dict(_GQA, head_dim=12),
     "olmo": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48),
     "olmo2": dict(_GQA),
+    "gemma": dict(_GQA, head_dim=8),
     "gemma2": dict(_GQA, head_dim=8),
+    # one sliding-window layer and one global one, the window shorter than the test sequences
+    "gemma3_text": dict(
+        _GQA, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"]
+    ),
+    "phi": dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        partial_rotary_factor=0.5,
+    ),
     "phi3": dict(_GQA, pad_token_id=0),
 }
 FAMILY_NAMES = tuple(TINY_CONFIGS)
+ONE_PLUS_WEIGHT = ("gemma", "gemma2", "gemma3_text")  # norms store w and scale by 1 + w
 
 
 def tiny_config(model_type: str, **overrides):
@@ -83,7 +96,7 @@ def random_model(model_type: str, seed: int = 0, **overrides):
                     if is_gain
                     and param.ndim == 1
                     and name.endswith("weight")
-                    and model_type != "gemma2"
+                    and model_type not in ONE_PLUS_WEIGHT
                     else 0.0
                 )
             )

@@ -151,6 +151,4 @@ def test_rsf_demo_full_runs_every_experiment_and_tests_every_claim(
 def test_rsf_demo_full_takes_the_default_pair_only(tmp_path, capsys):
     assert main(["demo", "--full", "--seed", "3", "--out", str(tmp_path), "--quiet"]) == 2
     error = capsys.readouterr().err
-    assert (
-        "--full runs the experiments on the default demo pair" in error and error.count("\n") == 1
-    )
+    assert "--full runs the experiments on the default toy pair" in error and error.count("\n") == 1

@@ -102,6 +102,18 @@ def folder(saved_pair, tmp_path_factory):
     (outside / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"lm_head.weight": "../elsewhere.safetensors"}})
     )
+    (root / "garbage.gguf").write_bytes(b"GGUF" + np.random.default_rng(2).bytes(3000))
+    twice = root / "twogguf"
+    twice.mkdir()
+    (twice / "a.gguf").write_bytes(b"GGUF")
+    (twice / "b.gguf").write_bytes(b"GGUF")
+    for method, settings in (
+        ("gptq", {"bits": 4, "group_size": 32}),
+        ("bitsandbytes", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}),
+    ):
+        (variant(method) / "config.json").write_text(json.dumps(
+            {**config, "quantization_config": {"quant_method": method, **settings}}
+        ))  # fmt: skip
     (root / "binary.txt").write_bytes(b"\x00\x01\x02" * 400)
     (root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 200)
     (root / "corpusdir").mkdir()
@@ -220,6 +232,13 @@ CASES = {
                                   "'model.layers.0.self_attn.q_proj.weight' is stored (31, 32)"),
     "shard outside its folder": (["sweep", "--base", "base", "--aligned", "outside", *SMALL, *OUT],
                                  "names a shard outside its folder"),
+    "garbage GGUF": (["sweep", "--base", "base", "--aligned", "garbage.gguf", *SMALL, *OUT],
+                     "garbage.gguf is not a readable GGUF file"),
+    "a folder of two GGUF files": (["inspect", "twogguf"], "holds 2 GGUF files"),
+    "GPTQ without its kernels": (["sweep", "--base", "base", "--aligned", "gptq", *SMALL, *OUT],
+                                 "gptq"),
+    "bitsandbytes without a GPU": (["sweep", "--base", "base", "--aligned", "bitsandbytes",
+                                    *SMALL, *OUT], "bitsandbytes"),
     # malformed configs
     "config.json not JSON (sweep)": (["sweep", "--base", "base", "--aligned", "badjson", *SMALL, *OUT],
                                      "badjson/config.json is not valid JSON"),
