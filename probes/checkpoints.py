@@ -1,7 +1,7 @@
 """A checkpoint's stored tensors, read one at a time, and the one weights hash over them.
 
-A checkpoint is a directory written by ``save_pretrained`` (or a hub id,
-resolved to its local snapshot), or a GGUF file (or a folder holding one:
+A checkpoint is a directory written by ``save_pretrained`` (or a hub id at
+a revision, resolved to its local snapshot by :mod:`probes.hub`), or a GGUF file (or a folder holding one:
 :mod:`probes.gguf`). A folder's tensors live in safetensors files
 (``model.safetensors``, or shards listed by ``model.safetensors.index.json``)
 or, in older checkpoints, PyTorch pickles (``pytorch_model.bin`` and its
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .gguf import find_gguf, open_gguf
+from .hub import looks_like_path, resolve_source
 from .precision import float_step, storage_of_dtype
 
 __all__ = ["Checkpoint", "looks_like_path", "resolve_checkpoint", "tensor_digest", "weights_hash"]
@@ -47,38 +48,13 @@ PICKLE_SINGLE = "pytorch_model.bin"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # a PEFT adapter's tensors (probes.lora)
 
 
-def looks_like_path(spec: str) -> bool:
-    """Whether `spec` is written as a path (so a missing one is a missing folder, not a hub id)."""
-    return spec.startswith(("/", "./", "../", "~")) or spec.endswith("/") or spec.count("/") > 1
-
-
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
-    """The local folder holding `spec`'s files: the directory itself, or a hub id's snapshot.
-
-    A hub id is resolved by ``huggingface_hub.snapshot_download`` (from its
-    cache when present), safetensors files first and pickles only when the
-    repository has no safetensors.
-    """
-    text = str(spec)
-    local = Path(os.path.expanduser(text))
-    if local.exists():
-        if not local.is_dir():
-            raise ValueError(f"{spec} is not a checkpoint directory")
-        return local
-    if looks_like_path(text):
-        raise FileNotFoundError(f"model directory not found: {spec}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        root = Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors"]))
-        if not any(root.glob("*.safetensors")):
-            root = Path(snapshot_download(text, allow_patterns=["*.json", "*.bin"]))
-    except Exception as error:  # the hub client raises many types; all mean "not reachable"
-        raise ValueError(
-            f"cannot read the weights of hub id {text!r} ({type(error).__name__}): "
-            "no network or no such model; pass a local directory written by save_pretrained"
-        ) from None
-    return root
+    """The local folder holding `spec`'s files: the directory itself, or a hub id's snapshot at its
+    revision (``org/name@rev``; :func:`probes.hub.resolve_source`)."""
+    source = resolve_source(spec)
+    if not source.path.is_dir():
+        raise ValueError(f"{spec} is not a checkpoint directory")
+    return source.path
 
 
 @contextmanager

@@ -69,8 +69,13 @@ def find_gguf(spec: str | Path) -> Path | None:
 def pretrained_arguments(spec: str) -> tuple[str, dict]:
     """``(path or id, keyword arguments)`` for transformers' ``from_pretrained`` on `spec`.
 
-    A GGUF input is its folder with ``gguf_file``; anything else passes unchanged.
+    A GGUF input is its folder with ``gguf_file``; a hub id (at a revision) is
+    its local snapshot (:func:`probes.hub.local_path`); a local folder passes
+    unchanged.
     """
+    from .hub import local_path
+
+    spec = local_path(spec)
     gguf = find_gguf(spec) if Path(spec).expanduser().exists() else None
     if gguf is None:
         return spec, {}

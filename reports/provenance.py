@@ -105,7 +105,24 @@ def methods_section(ctx: ReportContext) -> Section:
 # ----------------------------------------------------------------------- (i) provenance
 
 
-LONG_FIELDS = ("base_id", "aligned_id", "base_hash", "aligned_hash")  # may break; numbers never
+LONG_FIELDS = (
+    "base_id",
+    "aligned_id",
+    "base_hash",
+    "aligned_hash",
+    "base_commit",
+    "aligned_commit",
+)
+CORPUS_FIELDS = {  # results.nc attributes (robustness.provenance) and how the table names them
+    "corpus_source": "source",
+    "corpus_revision": "revision",
+    "corpus_split": "split",
+    "corpus_column": "column",
+    "chat_template": "chat template",
+    "corpus_hash": "token stream hash",
+    "n_tokens": "tokens",
+    "seq_len": "sequence length",
+}
 
 
 def provenance_tables(ctx: ReportContext) -> list[Table]:
@@ -133,8 +150,45 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
             for s in ctx.inputs.sources
         ),
     )
+    environment = Table(
+        "environment",
+        "Where each data file was made: the tool's commit, torch's build, threads, the command",
+        (
+            Column("kind", "kind", numeric=False),
+            Column("commit", "rsf commit", numeric=False),
+            Column("torch", "torch build", numeric=False, breaks=True),
+            Column("threads", "threads"),
+            Column("command", "command line", numeric=False, breaks=True),
+        ),
+        tuple(
+            Row(
+                s.kind,
+                {
+                    "kind": fmt.text(s.kind),
+                    "commit": fmt.text(s.dataset.attrs.get("rsf_commit", "not recorded")),
+                    "torch": fmt.text(s.dataset.attrs.get("torch_build", "not recorded")),
+                    "threads": fmt.text(s.dataset.attrs.get("threads", "–")),
+                    "command": fmt.text(s.dataset.attrs.get("command_line", "not recorded")),
+                },
+            )
+            for s in ctx.inputs.sources
+        ),
+    )
+    corpus_keys = [k for k in CORPUS_FIELDS if k in ctx.results.attrs]
+    corpus = Table(
+        "corpus",
+        "The corpus the activations were measured on",
+        (Column("field", "field", numeric=False), Column("value", "value", numeric=False, breaks=True)),
+        tuple(
+            Row(k, {"field": fmt.text(label), "value": fmt.text(ctx.results.attrs[k])})
+            for k, label in CORPUS_FIELDS.items()
+            if k in corpus_keys
+        ),
+    )  # fmt: skip
     fields = [
-        ("base_id", "base model"), ("base_hash", "base weights"), ("aligned_id", "aligned model"),
+        ("base_id", "base model"), ("base_revision", "base revision"), ("base_commit", "base commit"),
+        ("base_hash", "base weights"), ("aligned_id", "aligned model"),
+        ("aligned_revision", "aligned revision"), ("aligned_commit", "aligned commit"),
         ("aligned_hash", "aligned weights"), ("model_type", "family"), ("n_layers", "layers"),
         ("d_model", "d"), ("n_heads", "heads"), ("n_kv_heads", "kv heads"), ("tied_embeddings", "tied embeddings"),
     ]  # fmt: skip
@@ -160,7 +214,7 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
         ),
         tuple(rows),
     )
-    return [files, models]
+    return [files, environment, *([corpus] if corpus.rows else []), models]
 
 
 def storage_summary(results, pair, side: str) -> str:

@@ -168,8 +168,9 @@ class CorpusSpec:
     One ``.npy`` among `paths` is taken as `ids`.
     """
 
-    paths: tuple[str, ...] = option((), "text/JSONL files (a comma list), or one .npy of token "
-                                    "ids [n_seq, seq_len]", flag="--corpus", table="corpus",
+    paths: tuple[str, ...] = option((), "text, JSONL, parquet or arrow files or hf:org/name"
+                                    "[:config][@revision] datasets (a comma list), or one .npy "
+                                    "of token ids [n_seq, seq_len]", flag="--corpus", table="corpus",
                                     path=True, metavar="FILES")  # fmt: skip
     ids: str | None = option(None, "pre-tokenised ids, a .npy [n_seq, seq_len]", flag=None,
                              table="corpus", path=True)  # fmt: skip
@@ -178,6 +179,13 @@ class CorpusSpec:
                                  table="corpus", low=2)  # fmt: skip
     tokenizer: str | None = option(None, "tokenizer for text (default: the base model's)",
                                    table="corpus", path=True)  # fmt: skip
+    split: str = option("train", "split of a datasets corpus (hf:org/name, parquet, arrow)",
+                        table="corpus")  # fmt: skip
+    text_column: str = option("text", "column (or JSONL field) holding the text", table="corpus")
+    chat_template: str = option("auto", "conversations (a messages column, or prompt and "
+                                "response) rendered with the base's chat template (the aligned "
+                                "side's when the base has none): auto, or none to join their "
+                                "texts", choices=("auto", "none"), table="corpus")  # fmt: skip
 
     def __post_init__(self):
         validate(self)

@@ -3,7 +3,19 @@
 - Text files are tokenised with the base model's tokenizer (or ``--tokenizer``);
   documents are encoded without special tokens and joined by the tokenizer's
   end-of-text token where it has one.
-- JSONL files contribute the ``text`` field of every line.
+- JSONL files contribute the ``text`` field (``--text-column``) of every line.
+- Hugging Face datasets: ``hf:org/name[:config][@revision]`` (``--split``,
+  ``--text-column``; streamed, so only the documents used are read) and local
+  ``.parquet`` / ``.arrow`` files, read by the ``datasets`` library. A
+  streamed dataset is read in its own order until it holds twice the tokens
+  asked for (at least the whole split when it is smaller), then the
+  sequences are spread evenly over what was read, as for files.
+- **Conversations** (a ``messages`` list of ``{role, content}``, or
+  ``prompt`` and ``response`` columns) are rendered with the base model's
+  chat template, or the aligned model's when the base has none
+  (``--chat-template auto``; which one is recorded as ``chat_template``);
+  with ``--chat-template none``, or when neither has a template, their
+  contents are joined by blank lines (recorded too).
 - ``.npy`` files hold ids ``[n_seq, seq_len]`` used exactly as given: no BOS,
   no padding, every position counts.
 - With no corpus, the built-in one is the text of Python's own help topics
@@ -18,7 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +42,13 @@ __all__ = [
     "BUILTIN_CORPUS",
     "Corpus",
     "builtin_documents",
+    "conversation",
     "evenly_spaced",
     "load_corpus",
     "load_tokenizer",
+    "parse_hub_dataset",
+    "read_records",
+    "render_documents",
     "select_sequences",
     "tokenize",
 ]
@@ -41,10 +58,15 @@ BUILTIN_CORPUS = "builtin:pydoc_data.topics"
 
 @dataclass(frozen=True)
 class Corpus:
-    """Token ids ``[n_seq, seq_len]`` (int64), where they came from and their hash."""
+    """Token ids ``[n_seq, seq_len]`` (int64), where they came from and their hash.
+
+    `origin` holds what a datasets corpus or a chat template adds to the
+    provenance: ``revision``, ``split``, ``column``, ``chat_template``.
+    """
 
     ids: np.ndarray
     source: str
+    origin: dict = field(default_factory=dict)
 
     @property
     def n_tokens(self) -> int:
@@ -93,25 +115,146 @@ def read_text(path: Path) -> str:
         ) from None
 
 
-def read_documents(paths) -> list[str]:
-    documents = []
-    for raw in paths:
-        path = Path(raw)
-        text = read_text(path)
-        if path.suffix == ".jsonl":
-            for number, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number} is not valid JSON: {error.msg}") from None
-                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                    raise ValueError(f"{path}:{number} has no string `text` field")
-                documents.append(record["text"])
+DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+HUB_PREFIX = "hf:"
+STREAM_MARGIN = 2  # a streamed dataset is read until it holds this many times the tokens asked
+
+
+def parse_hub_dataset(spec: str) -> tuple[str, str | None, str | None]:
+    """``hf:org/name[:config][@revision]`` → ``(name, config, revision)``."""
+    text = spec[len(HUB_PREFIX) :]
+    text, _, revision = text.partition("@")
+    name, _, config = text.partition(":")
+    if not name or name.count("/") > 1 or (_ and not config):
+        raise ValueError(
+            f"{spec!r} is not a datasets corpus: write hf:org/name[:config][@revision]"
+        )
+    return name, config or None, revision or None
+
+
+def _dataset_records(raw: str, spec: CorpusSpec, budget: int | None):
+    """The records of a datasets corpus: a hub dataset (streamed) or a local parquet/arrow file."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - a dependency; kept for a broken install
+        raise ValueError("reading a datasets corpus needs the `datasets` package") from None
+    datasets.disable_progress_bars()
+    streaming = raw.startswith(HUB_PREFIX)
+    try:
+        if streaming:
+            name, config, revision = parse_hub_dataset(raw)
+            stream = datasets.load_dataset(
+                name, config, split=spec.split, revision=revision, streaming=True
+            )
+            origin = {"revision": revision or "main"}
         else:
-            documents.append(text)
-    return documents
+            path = Path(raw)
+            if not path.is_file():
+                raise FileNotFoundError(f"corpus file not found: {path}")
+            kind = DATASET_SUFFIXES[path.suffix.lower()]
+            stream = datasets.load_dataset(kind, data_files=str(path), split="train")
+            origin = {}
+        records, characters = [], 0
+        for record in stream:
+            records.append(record)
+            characters += sum(len(str(v)) for v in record.values())
+            if budget is not None and streaming and characters >= budget:  # enough: stop reading
+                break
+    except (FileNotFoundError, ValueError) as error:
+        if isinstance(error, FileNotFoundError) and str(error).startswith("corpus file"):
+            raise
+        raise ValueError(f"cannot read the corpus {raw}: {_first(error)}") from None
+    except Exception as error:  # datasets raises many types (hub, arrow, schema): one line each
+        raise ValueError(f"cannot read the corpus {raw} ({type(error).__name__}): "
+                         f"{_first(error)}") from None  # fmt: skip
+    return records, {**origin, "split": spec.split if raw.startswith(HUB_PREFIX) else "train"}
+
+
+def _first(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _jsonl_records(path: Path) -> list[tuple[str, dict]]:
+    records = []
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not valid JSON: {error.msg}") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number} is not a JSON object")
+        records.append((f"{path}:{number}", record))
+    return records
+
+
+def conversation(record: dict, column: str) -> list[dict] | None:
+    """A record's conversation as ``[{role, content}]``, or ``None`` when it holds plain text."""
+    if isinstance(record.get(column), str):
+        return None
+    messages = record.get("messages")
+    if isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        return messages
+    if isinstance(record.get("prompt"), str) and isinstance(record.get("response"), str):
+        return [{"role": "user", "content": record["prompt"]},
+                {"role": "assistant", "content": record["response"]}]  # fmt: skip
+    return None
+
+
+def read_records(spec: CorpusSpec, budget: int | None = None) -> tuple[list, str, dict]:
+    """Every record of the corpus files (a text file is one ``str``), its source and origin."""
+    records: list = []
+    origin: dict = {}
+    for raw in spec.paths:
+        raw = str(raw)
+        suffix = Path(raw).suffix.lower()
+        if raw.startswith(HUB_PREFIX) or suffix in DATASET_SUFFIXES:
+            found, origin = _dataset_records(raw, spec, budget)
+            records.extend((f"{raw} row {i}", r) for i, r in enumerate(found, 1))
+        elif suffix == ".jsonl":
+            records.extend(_jsonl_records(Path(raw)))
+        else:
+            records.append((raw, read_text(Path(raw))))
+    source = ",".join(p if str(p).startswith(HUB_PREFIX) else Path(p).name for p in spec.paths)
+    return records, source, origin
+
+
+def render_documents(records, spec: CorpusSpec, templates) -> tuple[list[str], str]:
+    """Each record's text: its text column, or its conversation rendered (module docstring).
+
+    `templates` is ``[(side, tokenizer), …]`` in order of preference; returns
+    the documents and what rendered the conversations (``"none"`` without any).
+    """
+    documents, used = [], "none"
+    template = None
+    if spec.chat_template == "auto":
+        template = next(((s, t) for s, t in templates if getattr(t, "chat_template", None)), None)
+    for where, record in records:
+        if isinstance(record, str):
+            documents.append(record)
+            continue
+        messages = conversation(record, spec.text_column)
+        if messages is None:
+            if not isinstance(record.get(spec.text_column), str):
+                raise ValueError(
+                    f"{where} has no string `{spec.text_column}` field and no conversation "
+                    "(messages, or prompt and response): name the text with --text-column"
+                )
+            documents.append(record[spec.text_column])
+        elif template is None:
+            documents.append("\n\n".join(m["content"] for m in messages))
+            used = "none: contents joined" + (
+                "" if spec.chat_template == "none" else " (neither tokenizer has a chat template)"
+            )
+        else:
+            side, tokenizer = template
+            documents.append(tokenizer.apply_chat_template(messages, tokenize=False))
+            used = side
+    return documents, used
 
 
 def tokenize(documents: list[str], tokenizer) -> np.ndarray:
@@ -200,20 +343,43 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
 
 
 def load_corpus(
-    spec: CorpusSpec, *, tokenizer_source: str, trust_remote_code: bool = False
+    spec: CorpusSpec,
+    *,
+    tokenizer_source: str,
+    trust_remote_code: bool = False,
+    template_source: str | None = None,
 ) -> Corpus:
-    """Read, tokenise and select the probe corpus described by `spec`."""
+    """Read, tokenise and select the probe corpus described by `spec`.
+
+    Conversations are rendered with `tokenizer_source`'s chat template, or
+    `template_source`'s (the aligned model) when it has none.
+    """
     if spec.ids is not None:
         return _load_ids(spec)
-    if spec.paths:
-        documents = read_documents(spec.paths)
-        source = ",".join(Path(p).name for p in spec.paths)
-    else:
-        documents = builtin_documents()
-        source = BUILTIN_CORPUS
+    tokens = spec.tokens if spec.tokens is not None else DEFAULT_TOKENS
+    origin: dict = {}
+    if spec.paths:  # read first: a missing file is named before any tokenizer is looked for
+        # A rough character budget for streaming: tokens are rarely longer than 16 characters.
+        records, source, origin = read_records(spec, budget=16 * STREAM_MARGIN * tokens)
     tokenizer = load_tokenizer(
         spec.tokenizer or tokenizer_source, trust_remote_code=trust_remote_code
     )
+    if spec.paths:
+        chats = any(not isinstance(r, str) and conversation(r, spec.text_column)
+                    for _, r in records)  # fmt: skip
+        templates = [(f"base ({tokenizer_source})", tokenizer)]
+        if chats and template_source is not None and not getattr(tokenizer, "chat_template", None):
+            with suppress(ValueError):  # an aligned side without a tokenizer (a LoRA adapter)
+                templates.append((f"aligned ({template_source})", load_tokenizer(
+                    template_source, trust_remote_code=trust_remote_code)))  # fmt: skip
+        documents, rendered = render_documents(records, spec, templates)
+        if chats:
+            origin["chat_template"] = rendered
+        if any(str(p).startswith(HUB_PREFIX) or Path(p).suffix.lower() in DATASET_SUFFIXES
+               for p in spec.paths):  # fmt: skip
+            origin["column"] = spec.text_column
+    else:
+        documents = builtin_documents()
+        source = BUILTIN_CORPUS
     stream = tokenize(documents, tokenizer)
-    tokens = spec.tokens if spec.tokens is not None else DEFAULT_TOKENS
-    return Corpus(select_sequences(stream, tokens, spec.length, source=source), source)
+    return Corpus(select_sequences(stream, tokens, spec.length, source=source), source, origin)

@@ -325,12 +325,15 @@ def sweep_pair(
         for role in ("base", "aligned")
     }
     timings = {"hashing": time.perf_counter() - clock}
+    origins = {role: probes.resolve_source(getattr(pair, role)) for role in ("base", "aligned")}
     provenance = {
         "base_id": pair.base,
         "aligned_id": pair.aligned,
         "phase": pair.phase,
         "base_hash": hashes["base"],
         "aligned_hash": hashes["aligned"],
+        **origins["base"].provenance("base"),
+        **origins["aligned"].provenance("aligned"),
         "model_type": dims.model_type,
         "n_layers": n_layers,
         "d_model": d,
@@ -387,10 +390,14 @@ def sweep_pair(
             yield from ((layer, {}) for layer in range(n_layers))
             return
         # A LoRA side's activations are those of the base with the adapter merged: both hashes.
+        # A hub revision's resolved commit is part of the key beside its weights hash.
         role_hashes = {
-            role: provenance[f"{role}_hash"]
-            if sides[role].adapter is None
-            else f"{provenance['base_hash']}+{provenance[f'{role}_hash']}"
+            role: (
+                provenance[f"{role}_hash"]
+                if sides[role].adapter is None
+                else f"{provenance['base_hash']}+{provenance[f'{role}_hash']}"
+            )
+            + (f"@{origins[role].commit}" if origins[role].commit else "")
             for role in roles
         }
         models = {role: sides[role] for role in roles}

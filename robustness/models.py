@@ -13,7 +13,6 @@ import os
 import torch
 
 import probes
-from probes.checkpoints import looks_like_path
 
 from .config import SweepConfig
 from .corpus import Corpus, load_corpus
@@ -61,43 +60,32 @@ def open_model_config(spec: str, *, trust_remote_code: bool = False):
     """
     from transformers import AutoConfig
 
-    if os.path.exists(os.path.expanduser(spec)):
-        path = os.path.expanduser(spec)
-        if probes.is_adapter(path):
-            raise ValueError(
-                f"{spec} is a LoRA adapter, not a model: give it as --aligned on its base "
-                "(rsf inspect reads the base it names)"
-            )
-        gguf = probes.find_gguf(path)
-        if gguf is not None:  # the config is the file's metadata
-            config = probes.open_gguf(gguf, trust_remote_code=trust_remote_code).config
-            check_widths(config, str(gguf))
-            return config
-        if not os.path.isdir(path):
-            raise ValueError(f"{spec} is neither a model directory nor a GGUF file")
-        config_file = os.path.join(path, "config.json")
-        if not os.path.isfile(config_file):
-            raise ValueError(
-                f"{spec} is not a model directory (no config.json, no GGUF file): use "
-                "save_pretrained"
-            )
-        check_widths(_read_config_json(config_file), config_file)
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{config_file}: {_first_line(error)}") from None
-        check_widths(config, config_file)
-        return config
-    if looks_like_path(spec):
-        raise FileNotFoundError(f"model directory not found: {spec}")
-    try:
-        config = AutoConfig.from_pretrained(spec, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
+    path = os.path.expanduser(spec)
+    if not os.path.exists(path):  # a hub id at its revision: its snapshot's configs only
+        path = str(probes.resolve_source(spec, weights=False).path)
+    if probes.is_adapter(path):
         raise ValueError(
-            f"cannot reach hub id {spec!r} ({type(error).__name__}): no network or no such model; "
-            "pass a local directory written by save_pretrained"
-        ) from None
-    check_widths(config, f"{spec}'s config")
+            f"{spec} is a LoRA adapter, not a model: give it as --aligned on its base "
+            "(rsf inspect reads the base it names)"
+        )
+    gguf = probes.find_gguf(path)
+    if gguf is not None:  # the config is the file's metadata
+        config = probes.open_gguf(gguf, trust_remote_code=trust_remote_code).config
+        check_widths(config, str(gguf))
+        return config
+    if not os.path.isdir(path):
+        raise ValueError(f"{spec} is neither a model directory nor a GGUF file")
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(
+            f"{spec} is not a model directory (no config.json, no GGUF file): use save_pretrained"
+        )
+    check_widths(_read_config_json(config_file), config_file)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{config_file}: {_first_line(error)}") from None
+    check_widths(config, config_file)
     return config
 
 
@@ -259,7 +247,10 @@ def prepare_corpus(config: SweepConfig, tokenizer_source: str) -> Corpus:
     """
     widths = preflight(config)
     corpus = load_corpus(
-        config.corpus, tokenizer_source=tokenizer_source, trust_remote_code=config.trust_remote_code
+        config.corpus,
+        tokenizer_source=tokenizer_source,
+        trust_remote_code=config.trust_remote_code,
+        template_source=config.pairs[0].aligned if config.pairs else None,
     )
     check_corpus(corpus, {f"pair {label!r}": w for label, w in widths.items()})
     return corpus
@@ -276,12 +267,18 @@ def check_vocabulary(corpus: Corpus, model) -> None:
     check_positions(corpus.seq_len, config_widths(model.config)["max_positions"], "the model")
 
 
+def local_model(spec: str) -> str:
+    """`spec` as a local path: a folder or file as given, a hub id (at its revision) as its snapshot."""
+    local = os.path.expanduser(spec)
+    return local if os.path.exists(local) else str(probes.resolve_source(spec).path)
+
+
 def load_model(
     spec: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False
 ):
     """A supported model from a directory or hub id, with one-line errors (no traceback)."""
     supported_config(spec, trust_remote_code=trust_remote_code)
-    path = os.path.expanduser(spec) if os.path.exists(os.path.expanduser(spec)) else spec
+    path = local_model(spec)
     try:
         return probes.load_model(
             path, dtype=dtype, device=device, trust_remote_code=trust_remote_code
@@ -308,7 +305,7 @@ def open_layerwise(
     names the matrices it targets.
     """
     supported_config(spec, trust_remote_code=trust_remote_code)
-    path = os.path.expanduser(spec) if os.path.exists(os.path.expanduser(spec)) else spec
+    path = local_model(spec)
     if adapter is not None:
         lora = probes.LoraAdapter(os.path.expanduser(adapter))
         try:

@@ -114,6 +114,21 @@ class Output:
 
 
 @dataclass(frozen=True)
+class ExportOptions:
+    """``rsf export``: the long table's format (:mod:`robustness.export`)."""
+
+    format: str = option("csv", "table format", choices=("csv", "parquet"))
+
+
+@dataclass(frozen=True)
+class RevisionsOptions:
+    """``rsf revisions``: which of a repository's branches to list."""
+
+    match: str | None = option(None, "keep the branches matching this glob ('step*')",
+                               metavar="GLOB")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Verbosity:
     quiet: int = option(0, "-q: no progress bars; -qq: no notes either", flag=("-q", "--quiet"),
                         count=True, low=0)  # fmt: skip

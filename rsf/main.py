@@ -19,12 +19,26 @@ import warnings
 
 from robustness import __version__
 
-from . import calibrate, claims, demo, experiment, gradients, inspect, report, stats, sweep
+from . import (
+    calibrate,
+    claims,
+    demo,
+    experiment,
+    export,
+    gradients,
+    inspect,
+    report,
+    revisions,
+    stats,
+    sweep,
+)
 from .options import Parser
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (sweep, stats, claims, calibrate, report, inspect, gradients, experiment, demo)
+COMMANDS = (
+    sweep, stats, claims, calibrate, report, inspect, revisions, export, gradients, experiment, demo,
+)  # fmt: skip
 
 
 def build_parser() -> Parser:
@@ -68,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print("rsf: error: a command is needed (see rsf --help)", file=sys.stderr)
         return 2
     quiet = getattr(args, "quiet", 0)
+    from robustness.provenance import recording_command  # standard library only
+
     try:
         if quiet:
             quiet_libraries()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), recording_command(sys.argv[1:] if argv is None else argv):
             if quiet > 1:
                 warnings.simplefilter("ignore")
             return args.run(args)

@@ -9,7 +9,7 @@ summaries and their intervals.
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,12 @@ from ..dataset import build_dataset
 from ..engine import run_sweep
 from ..provenance import provenance_attrs
 from ..resampling import percentile_interval
+from ..schema import OptionError, option, read_table, validate
 from ..specification import DEFAULT_READ, DEFAULT_WRITE
 from .summaries import pathway_summary
 
 __all__ = [
+    "TrajectorySpec",
     "checkpoint_label",
     "checkpoint_step",
     "trajectory_dataset",
@@ -65,9 +67,72 @@ def checkpoint_label(spec: str) -> str:
 
 
 def checkpoint_step(spec: str) -> int | None:
-    """The training step in a checkpoint's folder name (``step-00040``, ``checkpoint-40``), else ``None``."""
+    """The training step a checkpoint's name states, else ``None``.
+
+    A hub revision (``org/name@step1000``, ``@stage1-step140000-tokens294B``,
+    ``@step-001000-2BT``) by :func:`probes.revision_step`; a folder by its name
+    (``step-00040``, ``checkpoint-40``).
+    """
+    import probes
+
+    name, revision = probes.split_revision(spec)
+    if revision is not None:
+        return probes.revision_step(revision)
     match = re.search(r"(?:step|checkpoint)[-_]?(\d+)$", Path(spec.rstrip("/")).name)
     return int(match.group(1)) if match else None
+
+
+def _positive_every(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class TrajectorySpec:
+    """A trajectory's checkpoints: a list (folders or hub ids, each ``org/name@rev`` allowed), or
+    the revisions of one hub repository (listed, or every branch matching a glob, in training
+    order), thinned to every `every`-th with the last always kept."""
+
+    checkpoints: tuple[str, ...] | None = option(
+        None, "checkpoints in order: folders or hub ids (org/name@revision)", flag=None,
+        table="trajectory", path=True,
+    )  # fmt: skip
+    labels: tuple[str, ...] | None = option(None, "checkpoint labels", flag=None,
+                                            table="trajectory")  # fmt: skip
+    repo: str | None = option(None, "a hub repository whose revisions are the checkpoints",
+                              flag=None, table="trajectory")  # fmt: skip
+    revisions: tuple[str, ...] | None = option(
+        None, "the repository's revisions, in order (default: every branch matching `match`)",
+        flag=None, table="trajectory",
+    )  # fmt: skip
+    match: str = option("step*", "glob of the branches to list when `revisions` is not given",
+                        flag=None, table="trajectory")  # fmt: skip
+    every: int = option(1, "keep every n-th checkpoint (the last always kept)", flag=None,
+                        table="trajectory", check=_positive_every)  # fmt: skip
+
+    def __post_init__(self):
+        validate(self)
+        if (self.checkpoints is None) == (self.repo is None):
+            raise OptionError('[trajectory] needs `checkpoints = [...]` or `repo = "org/name"`')
+        if self.revisions is not None and self.repo is None:
+            raise OptionError("[trajectory] `revisions` needs `repo`")
+
+    def resolve(self) -> list[str]:
+        """The checkpoints, in order (hub revisions as ``org/name@rev``), thinned by `every`."""
+        import probes
+
+        if self.checkpoints is not None:
+            found = list(self.checkpoints)
+        elif self.revisions is not None:
+            found = [f"{self.repo}@{r}" for r in self.revisions]
+        else:
+            names, _ = probes.list_revisions(self.repo, match=self.match)
+            found = [f"{self.repo}@{r}" for r in names]
+        kept = found[:: self.every]
+        if found and kept[-1] != found[-1]:
+            kept.append(found[-1])
+        return kept
 
 
 def trajectory_dataset(
@@ -183,30 +248,27 @@ def trajectory_dataset(
 
 
 def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig]:
-    """``[trajectory] checkpoints = [...]`` (``labels`` optional) plus the sweep's tables."""
+    """``[trajectory]`` (:class:`TrajectorySpec`: ``checkpoints``, or ``repo`` with ``revisions``
+    or ``match``, ``every``, ``labels``) plus the sweep's tables."""
     path = Path(path)
     document = read_toml(path)
-    table = document.pop("trajectory", None)
-    if not isinstance(table, dict) or "checkpoints" not in table:
-        raise ValueError(f"{path} needs a [trajectory] table with `checkpoints = [...]`, in order")
-    unknown = set(table) - {"checkpoints", "labels"}
-    if unknown:
+    if not isinstance(document.get("trajectory"), dict):
         raise ValueError(
-            f"unknown key(s) {sorted(unknown)} in [trajectory]: valid are checkpoints, labels"
+            f"{path} needs a [trajectory] table with `checkpoints = [...]` in order, or "
+            '`repo = "org/name"` and its `revisions`'
         )
+    spec = TrajectorySpec(
+        **read_table(TrajectorySpec, document, "trajectory", source=str(path), root=path.parent)
+    )
+    document.pop("trajectory")
     if "pair" in document:
         raise ValueError(f"{path}: a trajectory config takes [trajectory], not [[pair]] tables")
-
-    def local(value: str) -> str:
-        candidate = path.parent / value
-        return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
-
-    checkpoints = [local(str(c)) for c in table["checkpoints"]]
+    checkpoints = spec.resolve()
     if len(checkpoints) < 2:
         raise ValueError(f"[trajectory] needs at least 2 checkpoints, got {len(checkpoints)}")
     document["pair"] = [{"label": "trajectory", "base": checkpoints[0], "aligned": checkpoints[1]}]
     config = config_from_document(document, path.parent, source=str(path))
-    labels = [str(x) for x in table["labels"]] if "labels" in table else None
+    labels = list(spec.labels) if spec.labels is not None else None
     return checkpoints, labels, config
 
 

@@ -165,7 +165,8 @@ def test_mismatched_pair_and_unreachable_hub_id(saved_pair, tmp_path, capsys, mo
         == 2
     )
     err = capsys.readouterr().err
-    assert "cannot reach hub id 'no-org/no-model'" in err and "pass a local directory" in err
+    # Online: no such model; offline (HF_HUB_OFFLINE): not in the local cache. Either way one line.
+    assert "no-org/no-model" in err and "pass a local directory" in err and err.count("\n") == 1
     assert main(["sweep", "--base", llama[0], "--aligned", llama[1], "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
 
@@ -187,3 +188,35 @@ def test_token_ids_outside_the_vocabulary_are_refused(saved_pair, tmp_path, caps
     ]
     assert main([*args, "--quiet", "--no-cache"]) == 2
     assert "token id 500, outside the vocabulary of pair" in capsys.readouterr().err
+
+
+def test_a_parquet_corpus_and_a_chat_corpus_sweep_and_say_so(saved_pair, tmp_path):
+    """Null: a datasets corpus is only another source of documents; the sweep records its split,
+    column and, for conversations, whose chat template rendered them (here the base's)."""
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    base, aligned = saved_pair("llama")
+    texts = [" ".join(f"w{i}{j}" for j in range(60)) for i in range(20)]
+    pq.write_table(pa.table({"body": texts}), tmp_path / "docs.parquet")
+    ds = sweep(tmp_path, base, aligned, "--corpus", str(tmp_path / "docs.parquet"),
+               "--text-column", "body", out="parquet.nc")  # fmt: skip
+    assert ds.attrs["corpus_source"] == "docs.parquet"
+    assert (ds.attrs["corpus_split"], ds.attrs["corpus_column"]) == ("train", "body")
+    chat_base = tmp_path / "chat-base"
+    shutil.copytree(base, chat_base)
+    tokenizer = AutoTokenizer.from_pretrained(chat_base)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    tokenizer.save_pretrained(chat_base)
+    (tmp_path / "chat.jsonl").write_text("\n".join(
+        json.dumps({"messages": [{"role": "user", "content": t[:200]},
+                                 {"role": "assistant", "content": t[200:]}]})
+        for t in texts
+    ))  # fmt: skip
+    chat = sweep(tmp_path, str(chat_base), aligned, "--corpus", str(tmp_path / "chat.jsonl"),
+                 out="chat.nc")  # fmt: skip
+    assert chat.attrs["chat_template"] == f"base ({chat_base})"

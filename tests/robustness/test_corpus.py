@@ -94,3 +94,110 @@ def test_select_sequences_never_overlaps():
     stream = np.arange(100)
     out = select_sequences(stream, 50, 10, source="test")
     assert len(np.unique(out)) == out.size == 50
+
+
+# ------------------------------------------------------- datasets corpora and chat templates
+#
+# Null hypothesis of each: reading a corpus through `datasets` (parquet, arrow) or rendering a
+# conversation changes nothing but where the text comes from, so the ids equal those of the same
+# documents tokenised by hand (the tokenizer's own apply_chat_template for conversations).
+# Assumption: the `datasets` library returns a local file's rows in file order.
+
+TEMPLATE = "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
+DOCS = ["ab cd", "ef gh", "ij kl"]
+CHAT = [
+    [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "cd"}],
+    [{"role": "user", "content": "ef"}, {"role": "assistant", "content": "gh"}],
+]
+
+
+def _ids(documents, tokens, seq_len=4):
+    stream = tokenize(documents, char_tokenizer())
+    return select_sequences(stream, tokens, seq_len, source="by hand")
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".arrow"])
+def test_parquet_and_arrow_files_read_their_text_column(tmp_path, tokenizer_dir, suffix):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"body": DOCS, "id": [0, 1, 2]})
+    path = tmp_path / f"docs{suffix}"
+    if suffix == ".parquet":
+        pq.write_table(table, path)
+    else:  # the Arrow IPC stream format `datasets` writes and reads as .arrow
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    spec = CorpusSpec(paths=(str(path),), tokens=12, seq_len=4, text_column="body")
+    corpus = load_corpus(spec, tokenizer_source=tokenizer_dir)
+    assert np.array_equal(corpus.ids, _ids(DOCS, 12))
+    assert corpus.origin == {"split": "train", "column": "body"}
+    with pytest.raises(ValueError, match=r"docs.* row 1 has no string `text` field"):
+        load_corpus(CorpusSpec(paths=(str(path),), tokens=12, seq_len=4),
+                    tokenizer_source=tokenizer_dir)  # fmt: skip
+
+
+def _chat_tokenizer(tmp_path, name="chat"):
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(tmp_path / name)
+    return str(tmp_path / name), tokenizer
+
+
+def test_conversations_are_rendered_with_the_base_template(tmp_path):
+    base, tokenizer = _chat_tokenizer(tmp_path)
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps({"messages": m}) for m in CHAT))
+    corpus = load_corpus(CorpusSpec(paths=(str(path),), tokens=8, seq_len=4), tokenizer_source=base)
+    rendered = [tokenizer.apply_chat_template(m, tokenize=False) for m in CHAT]
+    assert rendered[0] == "[user]ab[assistant]cd"
+    assert np.array_equal(corpus.ids, _ids(rendered, 8))
+    assert corpus.origin["chat_template"] == f"base ({base})"
+
+
+def test_the_aligned_template_serves_when_the_base_has_none(tmp_path, tokenizer_dir):
+    aligned, tokenizer = _chat_tokenizer(tmp_path, "aligned")
+    path = tmp_path / "pairs.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"prompt": ["ab", "ef"], "response": ["cd", "gh"]}), path)
+    corpus = load_corpus(CorpusSpec(paths=(str(path),), tokens=8, seq_len=4),
+                         tokenizer_source=tokenizer_dir, template_source=aligned)  # fmt: skip
+    rendered = [tokenizer.apply_chat_template(m, tokenize=False) for m in CHAT]
+    assert np.array_equal(corpus.ids, _ids(rendered, 8))
+    assert corpus.origin["chat_template"] == f"aligned ({aligned})"
+    plain = load_corpus(CorpusSpec(paths=(str(path),), tokens=8, seq_len=4, chat_template="none"),
+                        tokenizer_source=tokenizer_dir, template_source=aligned)  # fmt: skip
+    assert np.array_equal(plain.ids, _ids(["ab\n\ncd", "ef\n\ngh"], 8))
+    assert plain.origin["chat_template"] == "none: contents joined"
+
+
+def test_a_hub_dataset_is_streamed_at_its_revision_and_split(tmp_path, tokenizer_dir, monkeypatch):
+    """The call `datasets` receives (no network: its loader is replaced by a recorder)."""
+    import datasets
+
+    calls, pulled = [], []
+
+    def rows():
+        for document in DOCS * 100:
+            pulled.append(document)
+            yield {"text": document}
+
+    def load_dataset(name, config=None, **kwargs):
+        calls.append((name, config, kwargs))
+        return rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    spec = CorpusSpec(paths=("hf:org/corpus:en@v2",), tokens=12, seq_len=4, split="validation")
+    corpus = load_corpus(spec, tokenizer_source=tokenizer_dir)
+    assert calls == [("org/corpus", "en", {"split": "validation", "revision": "v2",
+                                           "streaming": True})]  # fmt: skip
+    assert corpus.source == "hf:org/corpus:en@v2"
+    assert corpus.origin == {"revision": "v2", "split": "validation", "column": "text"}
+    # Streaming stops once the text read reaches twice the tokens at 16 characters a token:
+    # 384 characters, 77 rows of 5 (of the 300 offered).
+    assert len(pulled) == 77 and corpus.ids.shape == (3, 4)
+    assert np.array_equal(corpus.ids, _ids((DOCS * 100)[:77], 12))
+    with pytest.raises(ValueError, match="not a datasets corpus"):
+        load_corpus(CorpusSpec(paths=("hf:a/b/c",)), tokenizer_source=tokenizer_dir)
