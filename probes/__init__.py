@@ -30,6 +30,7 @@ _HOMES = {
     "ChunkStatistics": "activations",
     "SiteStatistics": "activations",
     "collect_statistics": "activations",
+    "expert_load_hooks": "activations",
     "site_hooks": "activations",
     # adapters
     "FAMILIES": "adapters",
@@ -42,6 +43,7 @@ _HOMES = {
     "layer_modules": "adapters",
     "matrix_rows": "adapters",
     "model_dims": "adapters",
+    "n_experts": "adapters",
     "tied_embeddings": "adapters",
     "unembedding": "adapters",
     # checkpoints
@@ -157,6 +159,7 @@ __all__ = [
     "ChunkStatistics",
     "collect_gradient_statistics",
     "collect_statistics",
+    "expert_load_hooks",
     "construction_rng",
     "covariance_subspace",
     "covariance_subspaces",
@@ -193,6 +196,7 @@ __all__ = [
     "LoraAdapter",
     "matrix_rows",
     "model_dims",
+    "n_experts",
     "normalise",
     "NotStreamable",
     "open_gguf",

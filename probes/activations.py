@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import SITES, layer_modules, model_dims, site_modules
+from .adapters import SITES, family_of, layer_modules, model_dims, n_experts, site_modules
 from .subspaces import Subspace, covariance_subspace
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ChunkStatistics",
     "SiteStatistics",
     "collect_statistics",
+    "expert_load_hooks",
     "site_hooks",
     "statistics_batches",
 ]
@@ -156,6 +157,8 @@ class ActivationStatistics:
     n_tokens: int = 0
     n_sequences: int = 0
     chunk_sequences: list[tuple[int, int]] = field(default_factory=list)
+    # A mixture-of-experts model: per layer, each expert's summed routing weight over the tokens.
+    expert_load: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @contextmanager
@@ -194,6 +197,44 @@ def site_hooks(model, keys: Iterable[SiteKey], callback: Callable[[SiteKey, torc
                 )
             else:
                 handles.append(module.register_forward_hook(output_hook((layer, site))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def expert_load_hooks(model, layers: Iterable[int], loads: dict[int, torch.Tensor]):
+    """Add each token's routing weights into ``loads[layer]`` (``[E]`` float64), per expert.
+
+    The hook reads what the router hands the experts (``top_k_index``,
+    ``top_k_weights``), so the load is the routing the forward pass used: an
+    expert's share of it is ``loads[layer][e] / loads[layer].sum()``. Nothing
+    is hooked for a dense family.
+    """
+    family = family_of(model)
+    if family.experts is None:
+        yield
+        return
+    count = n_experts(model)
+    handles = []
+
+    def hook(layer):
+        def pre(module, args, kwargs):
+            index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            weights = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+            # Index `count` (if any) is the experts' padding slot, not an expert: dropped.
+            found = torch.bincount(index.reshape(-1), weights=weights.reshape(-1).double(),
+                                   minlength=count + 1)  # fmt: skip
+            loads[layer] += found[:count].to(loads[layer].device)
+
+        return pre
+
+    try:
+        for layer in layers:
+            module = layer_modules(model)[layer].get_submodule(family.matrices["up"].module)
+            loads.setdefault(layer, torch.zeros(count, dtype=torch.float64))
+            handles.append(module.register_forward_pre_hook(hook(layer), with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -332,8 +373,13 @@ def collect_statistics(
         disable=not progress,
         leave=False,
     )
+    loads: dict[int, torch.Tensor] = {}
     try:
-        with torch.inference_mode(), site_hooks(model, keys, accumulate):
+        with (
+            torch.inference_mode(),
+            site_hooks(model, keys, accumulate),
+            expert_load_hooks(model, sorted({layer for layer, _ in keys}), loads),
+        ):
             for chunk in chunks:
                 for lo, hi in chunk:
                     batch = ids[lo:hi].to(device)
@@ -355,4 +401,5 @@ def collect_statistics(
         n_tokens=int(ids.numel()),
         n_sequences=int(n_seq),
         chunk_sequences=chunk_bounds if chunked else [],
+        expert_load={layer: load.numpy() for layer, load in loads.items()},
     )

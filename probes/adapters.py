@@ -12,6 +12,13 @@ Every supported causal LM is seen through the same canonical matrices
 Because a split is a set of rows, the same index selects a fused bias and the
 matching slice of a fused module's output, which is how the tests check it.
 
+**Mixture-of-experts** (Mixtral, OLMoE, Qwen3-MoE): each expert's up, gate and
+down live in transformers' fused 3-D tensors (``gate_up_proj [E, 2I, d]``,
+gate then up; ``down_proj [E, d, I]``), so their canonical weight is the stack
+``[E, n_out, n_in]`` of the experts' Linear-layout matrices, split by rows
+along its second axis; the router ``[E, d]`` is its own read matrix. All
+experts and the router read one input, the MLP's (``mlp_in``).
+
 Read matrices (q, k, v, up, gate) read the residual stream through the tensor
 entering their module, which the adapter hooks directly: llama-like attention
 receives ``hidden_states`` as a keyword, and OLMo-2 reads the raw residual (it
@@ -47,6 +54,7 @@ __all__ = [
     "layer_modules",
     "matrix_rows",
     "model_dims",
+    "n_experts",
     "site_modules",
     "tied_embeddings",
     "unembedding",
@@ -59,6 +67,8 @@ class Source:
 
     module: str
     fused: str | None = None  # "qkv", "qkv_interleaved" or "gate_up"
+    parameter: str = "weight"  # the module's parameter holding it
+    experts: bool = False  # a stack [E, n_out, n_in] of the experts' matrices
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Family:
     parallel: bool = False
     unembed_projection: str | None = None  # OPT's optional project_out
     notes: str = ""
+    experts: str | None = None  # the config's expert count (a mixture-of-experts family)
 
 
 def _llama_like(**kw) -> Family:
@@ -94,6 +105,26 @@ def _llama_like(**kw) -> Family:
             "down": Source(f"{mlp}.down_proj"),
         },
         final_norm="model.norm",
+        **kw,
+    )
+
+
+def _mixture_of_experts(experts: str, **kw) -> Family:
+    attn, mlp = "self_attn", "mlp"
+    return Family(
+        layers="model.layers",
+        matrices={
+            "q": Source(f"{attn}.q_proj"),
+            "k": Source(f"{attn}.k_proj"),
+            "v": Source(f"{attn}.v_proj"),
+            "o": Source(f"{attn}.o_proj"),
+            "gate": Source(f"{mlp}.experts", "gate_up", "gate_up_proj", experts=True),
+            "up": Source(f"{mlp}.experts", "gate_up", "gate_up_proj", experts=True),
+            "down": Source(f"{mlp}.experts", None, "down_proj", experts=True),
+            "router": Source(f"{mlp}.gate"),
+        },
+        final_norm="model.norm",
+        experts=experts,
         **kw,
     )
 
@@ -177,6 +208,9 @@ FAMILIES: dict[str, Family] = {
         parallel=True,
         notes="attention and MLP read one LayerNorm in parallel; lm_head's bias is not part of W_U",
     ),
+    "mixtral": _mixture_of_experts("num_local_experts", notes="experts fused as gate_up | down"),
+    "olmoe": _mixture_of_experts("num_experts", notes="experts fused; q and k normed"),
+    "qwen3_moe": _mixture_of_experts("num_experts", notes="experts fused; q and k normed per head"),
     "phi3": Family(
         layers="model.layers",
         matrices={
@@ -206,10 +240,12 @@ class ModelDims:
     n_kv_heads: int
     head_dim: int
     vocab_size: int
-    matrix_shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    matrix_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    n_experts: int = 1
 
     def comparable(self) -> tuple:
         return (
+            self.n_experts,
             self.model_type,
             self.n_layers,
             self.d_model,
@@ -242,10 +278,16 @@ def _heads(config) -> tuple[int, int]:
     return n_heads, int(n_kv)
 
 
-def _linear_weight(module: torch.nn.Module) -> torch.Tensor:
-    """The module's weight in Linear layout ``[out, in]`` (a view, no copy)."""
-    weight = module.weight.detach()
+def _linear_weight(module: torch.nn.Module, parameter: str = "weight") -> torch.Tensor:
+    """The module's weight in Linear layout ``[out, in]`` (``[E, out, in]`` for experts; a view)."""
+    weight = getattr(module, parameter).detach()
     return weight.T if isinstance(module, Conv1D) else weight
+
+
+def n_experts(model) -> int:
+    """The experts of each MLP (1 for a dense family)."""
+    attribute = family_of(model).experts
+    return int(getattr(model.config, attribute)) if attribute else 1
 
 
 def _rows(source: Source, name: str, fused_rows: int, config) -> slice | torch.Tensor:
@@ -283,14 +325,15 @@ def matrix_rows(
         raise ValueError(f"{model.config.model_type} has no matrix {matrix!r}")
     source = family.matrices[matrix]
     module = layer_modules(model)[layer].get_submodule(source.module)
-    fused_rows = _linear_weight(module).shape[0]
+    fused_rows = _linear_weight(module, source.parameter).shape[-2]
     return module, _rows(source, matrix, fused_rows, model.config), fused_rows
 
 
 def _select(tensor: torch.Tensor, rows) -> torch.Tensor:
+    """Rows of a Linear-layout weight (or output), along the second-last axis (experts' stacks)."""
     if isinstance(rows, slice):
-        return tensor[rows]
-    return tensor.index_select(0, rows.to(tensor.device))
+        return tensor[..., rows, :] if tensor.ndim == 3 else tensor[rows]
+    return tensor.index_select(tensor.ndim - 2 if tensor.ndim == 3 else 0, rows.to(tensor.device))
 
 
 def _check_finite(tensor: torch.Tensor, name: str) -> None:
@@ -314,19 +357,22 @@ def _canonical(model, attribute: str, matrices, layers) -> dict[tuple[int, str],
             source = family.matrices[name]
             module = layer.get_submodule(source.module)
             if attribute == "weight":
-                full = _linear_weight(module)
-                _check_finite(full, f"{family.layers}.{index}.{source.module}.weight")
+                full = _linear_weight(module, source.parameter)
+                _check_finite(full, f"{family.layers}.{index}.{source.module}.{source.parameter}")
             else:
-                full = getattr(module, "bias", None)
+                full = getattr(module, "bias", None) if not source.experts else None
                 if full is None:
                     continue
                 full = full.detach()
-            out[(index, name)] = _select(full, _rows(source, name, full.shape[0], model.config))
+            rows = _rows(source, name, full.shape[-2] if full.ndim == 3 else full.shape[0],
+                         model.config)  # fmt: skip
+            out[(index, name)] = _select(full, rows)
     return out
 
 
 def canonical_weights(model, *, matrices=None, layers=None) -> dict[tuple[int, str], torch.Tensor]:
-    """``{(layer, matrix): W}`` in Linear layout ``[n_out, n_in]``.
+    """``{(layer, matrix): W}`` in Linear layout ``[n_out, n_in]`` (``[E, n_out, n_in]`` for the
+    experts of a mixture-of-experts MLP).
 
     Tensors share storage with the model where they can (transposes and
     contiguous splits are views); a NaN or Inf is a ValueError naming the tensor.
@@ -410,6 +456,7 @@ def model_dims(model) -> ModelDims:
         head_dim=head_dim,
         vocab_size=int(model.get_output_embeddings().weight.shape[0]),
         matrix_shapes=shapes,
+        n_experts=n_experts(model),
     )
 
 
@@ -421,7 +468,8 @@ def describe(model) -> dict:
     matrices = [
         {
             "matrix": name,
-            "module": f"{layer_path}.{source.module}",
+            "module": f"{layer_path}.{source.module}"
+            + ("" if source.parameter == "weight" else f".{source.parameter}"),
             "fused": source.fused or "",
             "shape": list(dims.matrix_shapes[name]),
             "pathway": PATHWAY[name],
@@ -444,6 +492,7 @@ def describe(model) -> dict:
         "n_kv_heads": dims.n_kv_heads,
         "head_dim": dims.head_dim,
         "vocab_size": dims.vocab_size,
+        "n_experts": dims.n_experts,
         "tied_embeddings": tied_embeddings(model),
         "parallel_attention_mlp": family.parallel,
         "final_norm": family.final_norm,

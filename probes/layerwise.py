@@ -40,7 +40,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from .activations import Accumulator, ActivationStatistics, site_hooks, statistics_batches
+from .activations import (
+    Accumulator,
+    ActivationStatistics,
+    expert_load_hooks,
+    site_hooks,
+    statistics_batches,
+)
 from .adapters import (
     MATRICES,
     _linear_weight,
@@ -298,6 +304,10 @@ class LayerwiseModel:
     def module_prefix(self, layer: int, matrix: str) -> str:
         return f"{self.layer_prefix(layer)}{self.family.matrices[matrix].module}."
 
+    def parameter_name(self, layer: int, matrix: str) -> str:
+        """The parameter holding `matrix` of `layer` (``….weight``; experts: ``….gate_up_proj``)."""
+        return f"{self.module_prefix(layer, matrix)}{self.family.matrices[matrix].parameter}"
+
 
 def _check_layer_count(model, checkpoint: Checkpoint) -> None:
     """Refuse a checkpoint holding more decoder layers than its config builds (never sweep fewer)."""
@@ -443,12 +453,11 @@ def layer_precision(
     wanted = [m for m in matrices if m in base.family.matrices]
     if aligned.adapter is not None:
         return {
-            m: Precision(base.storage(f"{base.module_prefix(layer, m)}weight"), "LoRA", 0.0)
-            for m in wanted
+            m: Precision(base.storage(base.parameter_name(layer, m)), "LoRA", 0.0) for m in wanted
         }
     by_module: dict[str, list[str]] = {}
     for matrix in wanted:
-        by_module.setdefault(f"{base.module_prefix(layer, matrix)}weight", []).append(matrix)
+        by_module.setdefault(base.parameter_name(layer, matrix), []).append(matrix)
     out = {}
     for name, names in by_module.items():
         storages = [side.storage(name) for side in (base, aligned)]
@@ -664,9 +673,10 @@ def _run_layer(lw: LayerwiseModel, layer: int, state: HiddenStates, calls, chunk
     def accumulate(key, tensor):
         accumulators[key].add(tensor)
 
+    loads: dict[int, torch.Tensor] = {}
     with torch.inference_mode(), lw.parts(lw.layer_prefix(layer)) as model:
         block = layer_modules(model)[layer]
-        with site_hooks(model, keys, accumulate):
+        with site_hooks(model, keys, accumulate), expert_load_hooks(model, [layer], loads):
             for chunk in chunks:
                 for lo, hi in chunk:
                     hidden = state.tensor[lo:hi].to(lw.device)
@@ -674,7 +684,9 @@ def _run_layer(lw: LayerwiseModel, layer: int, state: HiddenStates, calls, chunk
                     state.tensor[lo:hi] = call.run(block, hidden).to("cpu", state.tensor.dtype)
                 for accumulator in accumulators.values():
                     accumulator.end_chunk()
-    statistics = ActivationStatistics(sites={})
+    statistics = ActivationStatistics(
+        sites={}, expert_load={k: load.numpy() for k, load in loads.items()}
+    )
     for key, accumulator in accumulators.items():
         statistics.sites[key], chunk_stats = accumulator.result()
         if chunk_stats is not None:

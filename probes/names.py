@@ -22,7 +22,8 @@ __all__ = [
     "SITE_OF",
 ]
 
-MATRICES = ("q", "k", "v", "o", "up", "gate", "down")
+# ``router``: a mixture-of-experts layer's router (it reads the MLP's input, like up and gate).
+MATRICES = ("q", "k", "v", "o", "up", "gate", "down", "router")
 PATHWAYS = ("read", "write")
 PATHWAY = {
     "q": "read",
@@ -30,6 +31,7 @@ PATHWAY = {
     "v": "read",
     "up": "read",
     "gate": "read",
+    "router": "read",
     "o": "write",
     "down": "write",
 }
@@ -41,6 +43,7 @@ SITE_OF = {
     "v": "attn_in",
     "up": "mlp_in",
     "gate": "mlp_in",
+    "router": "mlp_in",
     "o": "resid_post",
     "down": "resid_post",
 }

@@ -376,6 +376,27 @@ def _small_ranks(ctx: ReportContext) -> list[Caveat]:
     return out
 
 
+def _experts(ctx: ReportContext) -> list[Caveat]:
+    """A mixture-of-experts pair: its MLP matrices are a load-weighted mean over experts."""
+    if "expert_load" not in ctx.results:
+        return []
+    found = []
+    for pair in ctx.pairs:
+        load = ctx.results.expert_load.sel(pair=pair).values
+        if not np.isfinite(load).any():
+            continue
+        n = int(np.isfinite(load).any(axis=0).sum())
+        found.append(Caveat(
+            f"experts-{pair}",
+            f"Pair {pair} is a mixture of {n} experts: its up, gate and down are the mean of the "
+            f"experts' values weighted by their routing shares on the corpus (from "
+            f"{np.nanmin(load):.1%} to {np.nanmax(load):.1%} of a layer's routing), each expert "
+            "measured alone; `rsf stats --experts each` tests every expert as a pair of its own.",
+            serious=False,
+        ))  # fmt: skip
+    return found
+
+
 def fmt_layers(layers: list[int]) -> str:
     """``0–3, 7, 11–27``: consecutive layers as ranges."""
     runs, start = [], None
@@ -444,6 +465,7 @@ def caveats(ctx: ReportContext) -> list[Caveat]:
         *_precision(ctx),
         *_massive(ctx),
         *_small_ranks(ctx),
+        *_experts(ctx),
         *_corpus(ctx),
         *_preferred(ctx),
         *_preferred_duplicate(ctx),

@@ -1,5 +1,14 @@
-"""Sweeps, statistics, calibration and the command line, built on :mod:`probes`."""
+"""Sweeps, statistics, claims and calibration of the RSF probe, built on :mod:`probes`.
 
+The pipeline as functions (:mod:`robustness.api`), loaded when first used so
+that importing the package stays light::
+
+    results = robustness.sweep(base, aligned)              # results.nc
+    stats = robustness.statistics(results)                 # stats.nc
+    claims = robustness.paper_claims(results, stats=stats)  # claims.nc
+"""
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -7,4 +16,14 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "paper_claims", "statistics", "sweep"]
+
+_API = ("paper_claims", "statistics", "sweep")
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'robustness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(".api", __name__), name)
+    globals()[name] = value
+    return value

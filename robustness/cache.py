@@ -69,6 +69,8 @@ def _to_arrays(stats) -> dict[str, np.ndarray]:
         **_totals(stats),
     }
     arrays: dict[str, np.ndarray] = {"meta": np.asarray(json.dumps(meta))}
+    for layer, load in getattr(stats, "expert_load", {}).items():
+        arrays[f"load_{layer}"] = np.asarray(load, dtype=np.float64)
     for i, key in enumerate(keys):
         site = stats.sites[key]
         arrays[f"n_{i}"] = np.asarray(site.n, dtype=np.int64)
@@ -106,6 +108,11 @@ def _from_arrays(arrays):
         n_tokens=meta["n_tokens"],
         n_sequences=meta["n_sequences"],
         chunk_sequences=[tuple(b) for b in meta["chunk_sequences"]],
+        expert_load={
+            int(name.removeprefix("load_")): arrays[name]
+            for name in arrays
+            if name.startswith("load_")
+        },
     )
 
 

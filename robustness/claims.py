@@ -65,6 +65,7 @@ import probes
 from .asymmetry import stouffer
 from .curve import ranks_matched
 from .dataset import pair_phases
+from .experts import ExpertSpectra
 from .layers import MIN_LAYERS, RotationNull, layer_test, monte_carlo_p
 from .rules import Decision, Part, concentration, isotropy, part, union_p, verdict_of
 from .specification import DEFAULT_READ, DEFAULT_WRITE, probe_scale
@@ -216,6 +217,7 @@ class Levels:
             if "gram_spectrum" in results
             else None
         )
+        self.experts = ExpertSpectra.of(results, pair, n_layers, self.d)
         self.mechanical_ref = (
             results.mechanical_reference.sel(pair=pair).isel(cut)
             if "mechanical_reference" in results
@@ -253,6 +255,8 @@ class Levels:
                 )
             else:
                 value = probes.haar_reference(normalisation, k, self.d, self.purity[:, columns])
+            if self.experts is not None:  # an expert mean's reference: the mean of the experts'
+                value = self.experts.override(np.asarray(value), normalisation, k, self.d, columns)
             self._references[key] = np.asarray(value)
         return self._references[key]
 

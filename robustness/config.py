@@ -211,6 +211,11 @@ class CorpusSpec:
         return self.seq_len if self.seq_len is not None else DEFAULT_SEQ_LEN
 
 
+def default_label(aligned: str) -> str:
+    """A pair's label when none is given: the aligned model's folder name (or its hub id's)."""
+    return Path(str(aligned).rstrip("/")).name or "pair"
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """Everything a sweep needs besides the models' weights; see the module docstring."""

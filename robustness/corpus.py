@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,8 +139,13 @@ def _dataset_records(raw: str, spec: CorpusSpec, budget: int | None):
         import datasets
     except ImportError:  # pragma: no cover - a dependency; kept for a broken install
         raise ValueError("reading a datasets corpus needs the `datasets` package") from None
-    datasets.disable_progress_bars()
     streaming = raw.startswith(HUB_PREFIX)
+    # While reading, the library is quiet (its errors become our one line, not a log; no bars of
+    # its own); its settings are restored after.
+    library_log = logging.getLogger("datasets")
+    level, bars = library_log.level, not datasets.are_progress_bars_disabled()
+    library_log.setLevel(logging.CRITICAL)
+    datasets.disable_progress_bars()
     try:
         if streaming:
             name, config, revision = parse_hub_dataset(raw)
@@ -167,6 +173,10 @@ def _dataset_records(raw: str, spec: CorpusSpec, budget: int | None):
     except Exception as error:  # datasets raises many types (hub, arrow, schema): one line each
         raise ValueError(f"cannot read the corpus {raw} ({type(error).__name__}): "
                          f"{_first(error)}") from None  # fmt: skip
+    finally:
+        library_log.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
     return records, {**origin, "split": spec.split if raw.startswith(HUB_PREFIX) else "train"}
 
 

@@ -137,6 +137,7 @@ def references(
     write: list[int],
     d: int,
     spectrum: np.ndarray | None = None,
+    experts=None,
 ) -> np.ndarray:
     """``[L, J]``: each specification's reference for ``D_l`` (0 except for ``random``).
 
@@ -144,12 +145,16 @@ def references(
     specification; `purity` ``[L, M]`` the deltas' Gram purity and `spectrum`
     ``[L, M, r]`` their normalised Gram spectra, from which the Haar reference
     is exact (:func:`probes.haar_reference`; without them, its Beta law).
+    `experts` (:class:`robustness.experts.ExpertSpectra`) gives the expert
+    matrices of a mixture-of-experts pair the reference of their mean.
     """
     out = np.zeros((k.shape[0], len(specs)))
     for j, (construction, _, normalisation) in enumerate(specs):
         if construction != "random":
             continue
         ref = probes.haar_reference(normalisation, k[..., j], d, purity, spectrum=spectrum)
+        if experts is not None:
+            ref = experts.override(np.asarray(ref), normalisation, k[..., j], d)
         out[:, j] = ref[:, read].mean(axis=1) - ref[:, write].mean(axis=1)
     return out
 

@@ -166,6 +166,7 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             },
         ),
     }
+    data_vars.update(_expert_variables(results, matrices, n_layers, width, config))
     for name in PROVENANCE:
         values = [result.provenance[name] for result in results]
         data_vars[name] = (
@@ -229,6 +230,56 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "notes": json.dumps(notes),
         },
     )
+
+
+def _expert_variables(results, matrices, n_layers, width, config) -> dict:
+    """A mixture-of-experts sweep's per-expert values and routing shares (robustness.experts)."""
+    with_experts = [r for r in results if r.experts is not None]
+    if not with_experts:
+        return {}
+    n_experts = max(r.experts["expert_load"].shape[1] for r in with_experts)
+    grid = (len(config.constructions), len(config.cutoffs), len(config.normalisations))
+    shape = (len(results), n_layers, len(matrices), n_experts)
+    rsf = np.full((*shape, *grid), np.nan)
+    spectra = np.full((*shape, width), np.nan)
+    purity = np.full(shape, np.nan)
+    load = np.full((len(results), n_layers, n_experts), np.nan)
+    for p, result in enumerate(results):
+        if result.experts is None:
+            continue
+        columns = [matrices.index(m) for m in result.matrices]
+        layers, own = result.rsf.shape[0], result.experts["expert_load"].shape[1]
+        rsf[p, :layers, columns, :own] = result.experts["rsf"].transpose(1, 0, 2, 3, 4, 5)
+        found = result.experts["spectrum"].transpose(1, 0, 2, 3)
+        spectra[p, :layers, columns, :own, : found.shape[-1]] = found
+        purity[p, :layers, columns, :own] = result.experts["purity"].transpose(1, 0, 2)
+        load[p, :layers, :own] = result.experts["expert_load"]
+    matrix_dims = ("pair", "layer", "matrix", "expert")
+    return {
+        "rsf_expert": (
+            (*matrix_dims, "construction", "cutoff", "normalisation"),
+            rsf,
+            {"long_name": "each expert's relative subspace fraction, normalised (rsf is their "
+             "mean weighted by expert_load; NaN for matrices without experts)"},
+        ),
+        "gram_spectrum_expert": (
+            (*matrix_dims, "eigen"),
+            spectra,
+            {"long_name": "each expert's delta's normalised Gram spectrum (its exact Haar "
+             "reference; gram_spectrum is NaN for these matrices)"},
+        ),
+        "gram_purity_expert": (
+            matrix_dims,
+            purity,
+            {"long_name": "Σ g_i² of each expert's delta's Gram spectrum"},
+        ),
+        "expert_load": (
+            ("pair", "layer", "expert"),
+            load,
+            {"long_name": "each expert's routing share on the probe corpus: its summed routing "
+             "weights over all experts' (the weights of the mean over experts)"},
+        ),
+    }  # fmt: skip
 
 
 def write_dataset(dataset: xr.Dataset, path: str | Path) -> Path:

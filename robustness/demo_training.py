@@ -32,7 +32,13 @@ import torch
 
 from . import __version__
 from .corpus import BUILTIN_CORPUS, builtin_documents, tokenize
-from .preferences import continuation_logprobs, preference_margin, preference_pairs
+from .preferences import (
+    chat_frame,
+    continuation_logprobs,
+    framed,
+    preference_margin,
+    preference_pairs,
+)
 from .provenance import package_versions
 from .training import align as align_model
 from .training import pretrain, save_pretrained
@@ -181,12 +187,13 @@ def train_pair(settings, out: Path, *, progress: bool) -> dict:
             f"seq_len {settings.seq_len} and batch {settings.pretrain_batch}"
         )
     rng = np.random.default_rng(settings.seed)
-    train_pairs = preference_pairs(
+    frame = chat_frame(tokenizer)  # the demo's own BPE has no chat template: prompts as they are
+    train_pairs = framed(preference_pairs(
         token_windows(train_stream, pair_len), prompt_len=settings.prompt_len, rng=rng
-    )
-    held_pairs = preference_pairs(
+    ), frame)  # fmt: skip
+    held_pairs = framed(preference_pairs(
         token_windows(held_stream, pair_len), prompt_len=settings.prompt_len, rng=rng
-    )
+    ), frame)  # fmt: skip
 
     config = _model_config(settings, len(tokenizer), eos_id)
     with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state

@@ -37,6 +37,7 @@ from probes.cutoffs import UNDEFINED
 from .cache import StatisticsCache
 from .config import PairSpec, SweepConfig
 from .corpus import Corpus
+from .experts import collapse, routing_shares, rows_mean
 from .grid import ACTIVATION_SOURCE, TRAINED_SIDE_SOURCE, Grid, as_numpy, fill_replicates
 from .models import open_layerwise, resolve_device, select_matrices, targeted_matrices
 from .resampling import (
@@ -71,6 +72,10 @@ class PairResult:
     storage: np.ndarray | None = None  # [layer, matrix, side]: F32, BF16, Q4_1, … (base, aligned)
     rounding_floor: np.ndarray | None = None  # [layer, matrix]: sqrt(Σ step²/12), both sides
     top_share: np.ndarray | None = None  # [layer, site]: λ₁/tr of the site's covariance
+    # A mixture-of-experts pair: "rsf" [layer, matrix, expert, c, k, n], "spectrum"
+    # [layer, matrix, expert, d], "purity" [layer, matrix, expert] (NaN for matrices without
+    # experts) and "expert_load" [layer, expert] (routing shares); robustness.experts.
+    experts: dict | None = None
 
 
 def _statistics_settings(config: SweepConfig, sites, device, dtype, chunk_size, layer) -> dict:
@@ -202,12 +207,13 @@ class _LayerJob:
     grid: Grid
     weights_b: np.ndarray | None
     resampled: list[str]
+    load_role: str = "base"  # whose statistics carry a mixture-of-experts layer's routing
     sides: dict | None = None
 
     def portable(self) -> _LayerJob:
         return _LayerJob(
             self.pair, self.config, self.device, self.matrices, self.grid, self.weights_b,
-            self.resampled,
+            self.resampled, self.load_role,
         )  # fmt: skip
 
     def run(self, layer: int, stats: dict, *, progress: bool = False) -> dict:
@@ -215,10 +221,6 @@ class _LayerJob:
             self.sides = _open_pair(self.pair, self.config, self.device, False, [])
         base, aligned = self.sides["base"], self.sides["aligned"]
         grid, matrices = self.grid, self.matrices
-        shape = (len(matrices), len(self.config.constructions), len(self.config.cutoffs))
-        rsf = np.full((*shape, len(self.config.normalisations)), np.nan)
-        ks = np.full(shape, UNDEFINED, dtype=np.int64)
-        mechanical = np.full(shape, np.nan)
         deltas, base_weights = probes.layer_deltas(
             base, aligned, layer, matrices, with_base=grid.need_w
         )
@@ -226,38 +228,58 @@ class _LayerJob:
         zero = []
         if aligned.adapter is None:  # an adapter's untargeted matrices are said in its note
             zero = [f"layer {layer} {m}" for m in matrices if not torch.any(deltas[m])]
-        prepared, delta_fro = [], []
-        for matrix in matrices:  # one float64 delta at a time
+        # One row per matrix, or per expert of a mixture-of-experts MLP matrix (robustness.experts).
+        prepared, delta_fro, rows = [], [], []
+        for mi, matrix in enumerate(matrices):  # one float64 delta at a time
             delta = as_numpy(deltas.pop(matrix))
             weight = as_numpy(base_weights.pop(matrix)) if grid.need_w else None
             delta_fro.append(np.linalg.norm(delta))
-            # Only residual factors are kept: a wide matrix's delta (470 MB at 8B shapes)
-            # leaves as a d × d triangle.
-            prepared.extend(grid.prepare((matrix,), [delta], [weight]))
-            del delta, weight
+            stack = delta if delta.ndim == 3 else delta[None]
+            weights = None if weight is None else weight if weight.ndim == 3 else weight[None]
+            for expert in range(stack.shape[0]):
+                # Only residual factors are kept: a wide matrix's delta (470 MB at 8B shapes)
+                # leaves as a d × d triangle.
+                w = None if weights is None else weights[expert]
+                prepared.extend(grid.prepare((matrix,), [stack[expert]], [w]))
+                rows.append((mi, expert))
+            del delta, weight, stack, weights
+        shape = (len(rows), len(self.config.constructions), len(self.config.cutoffs))
+        per_row = {
+            "rsf": np.full((*shape, len(self.config.normalisations)), np.nan),
+            "k": np.full(shape, UNDEFINED, dtype=np.int64),
+            "mechanical": np.full(shape, np.nan),
+            "spectrum": np.zeros((len(rows), grid.d)),
+            "purity": np.asarray([matrix.purity for matrix in prepared], dtype=np.float64),
+        }
         top_share = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # zero deltas: noted once
-            grid.fill(layer, prepared, stats, rsf, ks, mechanical=mechanical, top_share=top_share)
-        spectra = np.zeros((len(matrices), grid.d))
+            grid.fill(layer, prepared, stats, per_row["rsf"], per_row["k"],
+                      mechanical=per_row["mechanical"], top_share=top_share)  # fmt: skip
         for row, matrix in enumerate(prepared):
-            spectra[row, : matrix.spectrum.size] = matrix.spectrum  # NaN stays NaN: a zero delta
+            per_row["spectrum"][row, : matrix.spectrum.size] = matrix.spectrum  # NaN: a zero delta
         out = {
-            "rsf": rsf,
-            "k": ks,
-            "mechanical": mechanical,
-            "spectrum": spectra,
             "delta_fro": delta_fro,
-            "purity": [matrix.purity for matrix in prepared],
             "zero": zero,
             "storage": [[precision[m].base, precision[m].aligned] for m in matrices],
             "floor": [precision[m].floor for m in matrices],
             "top_share": [top_share.get(site, np.nan) for site in probes.SITES],
         }
+        shares = None
+        if len(rows) == len(matrices):  # no experts: a row is a matrix
+            out.update(per_row)
+        else:
+            shares = routing_shares(stats[self.load_role].expert_load[layer])
+            out.update({name: np.empty((len(matrices), *v.shape[1:]), v.dtype)
+                        for name, v in per_row.items()})  # fmt: skip
+            out["experts"] = collapse(rows, len(matrices), shares, out, per_row)
+            out["expert_load"] = shares
         if self.weights_b is not None:
             # Replicates: the corpus-independent constructions keep their values; the
             # activation ones are recomputed from reweighted chunk statistics.
-            boot = np.broadcast_to(rsf, (len(self.weights_b), *rsf.shape)).copy()
+            boot = np.broadcast_to(
+                per_row["rsf"], (len(self.weights_b), *per_row["rsf"].shape)
+            ).copy()
             if self.resampled:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -265,6 +287,8 @@ class _LayerJob:
                         grid, layer, prepared, stats, self.weights_b, boot, self.resampled,
                         progress=progress, label=f"bootstrap {self.pair.label} layer {layer}",
                     )  # fmt: skip
+            if shares is not None:  # each replicate's expert mean, with the corpus's shares
+                boot = np.stack([rows_mean(b, rows, len(matrices), shares) for b in boot])
             out["boot"] = boot
         return out
 
@@ -349,6 +373,9 @@ def sweep_pair(
     sources = TRAINED_SIDE_SOURCE if pair.phase == "pretrain" else ACTIVATION_SOURCE
     provenance["construction_side"] = "aligned" if pair.phase == "pretrain" else "base"
     roles = sorted({sources[c] for c in constructions if c in sources})
+    load_role = provenance["construction_side"]
+    if dims.n_experts > 1 and load_role not in roles:  # the routing shares need a forward pass
+        roles = sorted({*roles, load_role})
     pair_bases = {}
     clock = time.perf_counter()
     if any(c.startswith("unembed") for c in constructions):
@@ -407,14 +434,27 @@ def sweep_pair(
             passes["ran"] = passes["ran"] or ran
             yield layer, stats
 
-    job = _LayerJob(pair, config, device, matrices, grid, weights_b, resampled)
+    job = _LayerJob(pair, config, device, matrices, grid, weights_b, resampled, load_role)
     job.sides = sides
     zero = []
     timings["statistics"] = timings["grid"] = 0.0
     layers = iter(statistics())
     bar = tqdm(total=n_layers, desc=f"layers {pair.label}", disable=not progress, leave=False)
 
+    experts = None
+    if dims.n_experts > 1:
+        experts = {
+            "rsf": np.full((n_layers, len(matrices), dims.n_experts, *rsf.shape[2:]), np.nan),
+            "spectrum": np.full((n_layers, len(matrices), dims.n_experts, d), np.nan),
+            "purity": np.full((n_layers, len(matrices), dims.n_experts), np.nan),
+            "expert_load": np.full((n_layers, dims.n_experts), np.nan),
+        }
+
     def keep(layer, out):
+        if experts is not None:
+            for name in ("rsf", "spectrum", "purity"):
+                experts[name][layer] = out["experts"][name]
+            experts["expert_load"][layer] = out["expert_load"]
         rsf[layer], ks[layer] = out["rsf"], out["k"]
         mechanical[layer], spectra[layer] = out["mechanical"], out["spectrum"]
         delta_fro[layer], purity[layer] = out["delta_fro"], out["purity"]
@@ -478,6 +518,7 @@ def sweep_pair(
         storage,
         rounding_floor,
         top_share,
+        experts,
     )
 
 

@@ -353,7 +353,7 @@ def matrix_storage(spec: str, model) -> dict[str, str]:
     n_layers = len(probes.layer_modules(model))
     out = {}
     for matrix, source in family.matrices.items():
-        names = [f"{family.layers}.{i}.{source.module}.weight" for i in range(n_layers)]
+        names = [f"{family.layers}.{i}.{source.module}.{source.parameter}" for i in range(n_layers)]
         types = [checkpoint.storage(name) for name in names if name in checkpoint]
         counts = {kind: types.count(kind) for kind in dict.fromkeys(types)}
         out[matrix] = ", ".join(

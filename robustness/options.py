@@ -189,6 +189,12 @@ class Sources:
 # ----------------------------------------------------------------- statistics and claims
 
 
+def _experts_option():
+    return option("mean", "mixture-of-experts up, gate and down: mean (over experts, weighted by "
+                  "their routing shares) or each (every expert a pair of its own)",
+                  choices=("mean", "each"))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StatsOptions:
     """The tests of ``rsf stats`` (:func:`robustness.stats.compute_stats`)."""
@@ -207,6 +213,7 @@ class StatsOptions:
     preferred: tuple[str, ...] = option(DEFAULT_PREFERRED, "the paper's specification: "
                                         "construction,cutoff,normalisation",
                                         check=_specification)  # fmt: skip
+    experts: str = _experts_option()
 
     def __post_init__(self):
         validate(self)
@@ -228,6 +235,7 @@ class ClaimsOptions:
     alpha: float = _alpha_option(high=0.5)  # one-sided and equivalence tests at α
     n_resamples: int = _positive_count("rotations of the joint tests", 9999, flag="--resamples")
     seed: int = _seed_option("seed of the rotations")
+    experts: str = _experts_option()
 
     def __post_init__(self):
         validate(self)

@@ -31,6 +31,7 @@ import xarray as xr
 from . import claims_mechanism as mechanism
 from .claims import CLAIM_IDS, CLAIMS, Outcome, agnostic_claim, level_claims, pretrain_partner
 from .dataset import pair_phases
+from .experts import each_expert
 from .provenance import provenance_attrs
 from .rules import family
 from .stats import results_fingerprint
@@ -79,7 +80,8 @@ def _check_inputs(results: xr.Dataset, stats, extras) -> dict:
         if recorded != fingerprint:
             raise ValueError(
                 f"the statistics were made from other results (stats {recorded or 'without a fingerprint'} "
-                f"vs results {fingerprint}): re-run rsf stats on these results"
+                f"vs results {fingerprint}): re-run rsf stats on these results (with the same "
+                "--experts)"
             )
     by_kind = {}
     model_hashes = {str(h) for name in ("base_hash", "aligned_hash") for h in results[name].values}
@@ -113,19 +115,24 @@ def paper_claims(
     alpha: float = 0.05,
     n_resamples: int = 9999,
     seed: int = 0,
+    experts: str = "mean",
 ) -> xr.Dataset:
     """The claims dataset (see the module docstring); every input problem is a one-line ``ValueError``.
 
     `margin` is the one margin of the concentration and isotropy rules (log2
     units); `isotropy_margin` (write_isotropy) and `graded_margin`
-    (graded_control, log2 per unit λ) default to it.
+    (graded_control, log2 per unit λ) default to it. `experts` as in
+    :func:`robustness.stats.compute_stats` (the statistics must have been made
+    the same way).
     """
     from .options import ClaimsOptions
 
     options = ClaimsOptions(
         margin=margin, isotropy_margin=isotropy_margin, graded_margin=graded_margin, alpha=alpha,
-        n_resamples=n_resamples, seed=seed,
+        n_resamples=n_resamples, seed=seed, experts=experts,
     )  # fmt: skip
+    if options.experts == "each":
+        results = each_expert(results)
     margins = options.margins()
     results = results.sortby("layer")
     by_kind = _check_inputs(results, stats, extras)

@@ -5,6 +5,10 @@
   **chosen** continuation is the true rest of that sequence, the **rejected**
   one a corrupted version of it (its tokens shuffled, or the continuation of
   another passage).
+- :func:`chat_frame` and :func:`framed`: where the tokenizer has a chat
+  template, each prompt is put in a user turn and followed by the assistant's
+  header (the template's own tokens around it), so the chosen and rejected
+  continuations are the assistant's answer, as in chat alignment data.
 - :func:`continuation_logprobs` is ``log π(continuation | prompt)``, summed
   over the continuation's tokens, differentiable.
 - :func:`dpo_loss` is the DPO loss of Rafailov et al. (2023), "Direct
@@ -35,6 +39,8 @@ import torch.nn.functional as F
 __all__ = [
     "CORRUPTIONS",
     "PreferencePairs",
+    "chat_frame",
+    "framed",
     "continuation_logprobs",
     "dpo_loss",
     "model_device",
@@ -157,6 +163,39 @@ def preference_pairs(
             "the chosen one: the sequences repeat; deduplicate `ids` or lengthen the continuation"
         )
     return PreferencePairs(prompt, chosen, rejected)
+
+
+MARKER = "\ue000"  # a private-use character: no template writes it, so it marks the prompt
+
+
+def chat_frame(tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ids the tokenizer's chat template puts before a user's prompt and after it, through
+    the assistant's header (``None`` without a template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": MARKER}], add_generation_prompt=True, tokenize=False
+    )
+    if text.count(MARKER) != 1:
+        raise ValueError("the tokenizer's chat template does not show the user's prompt once")
+    before, after = text.split(MARKER)
+
+    def encode(part: str) -> np.ndarray:
+        return np.asarray(tokenizer(part, add_special_tokens=False)["input_ids"], dtype=np.int64)
+
+    return encode(before), encode(after)
+
+
+def framed(pairs: PreferencePairs, frame) -> PreferencePairs:
+    """`pairs` with every prompt inside the chat `frame` (:func:`chat_frame`; ``None``: as is)."""
+    if frame is None:
+        return pairs
+    before, after = frame
+    n = len(pairs)
+    prompt = np.concatenate(
+        [np.tile(before, (n, 1)), pairs.prompt, np.tile(after, (n, 1))], axis=1
+    ).astype(np.int64)
+    return PreferencePairs(prompt, pairs.chosen, pairs.rejected)
 
 
 # ---------------------------------------------------------------------------- losses

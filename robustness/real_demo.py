@@ -94,10 +94,11 @@ class RealSettings:
     beta: float = 0.1
     held_out_every: int = 10  # every 10th document is held out (as in the toy demo)
     held_out_pairs: int = 64  # held-out preference pairs for the before/after metrics
+    chat_template: bool = True  # prompts in the tokenizer's chat template, where it has one
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if name != "seed" and not value > 0:
+            if name not in ("seed", "chat_template") and not value > 0:
                 raise ValueError(f"`{name}` must be positive, got {value}")
 
     def key(self, sha256: str) -> str:
@@ -233,7 +234,7 @@ def _build(settings: RealSettings, gguf: Path, out: Path, *, progress: bool) -> 
     from probes import load_model
 
     from .demo_training import _preference_metrics, split_documents, token_windows
-    from .preferences import preference_pairs
+    from .preferences import chat_frame, framed, preference_pairs
     from .training import align, save_pretrained
 
     started = time.perf_counter()
@@ -246,14 +247,17 @@ def _build(settings: RealSettings, gguf: Path, out: Path, *, progress: bool) -> 
         train_docs, held_docs = split_documents(documents, settings.held_out_every)
         length = settings.prompt_len + settings.continuation_len
         rng = np.random.default_rng(settings.seed)
-        train_pairs = preference_pairs(
+        # SmolLM2-Instruct's chat template: each prompt a user turn, the continuations the
+        # assistant's answer (chat_frame; none for a tokenizer without a template).
+        frame = chat_frame(tokenizer) if settings.chat_template else None
+        train_pairs = framed(preference_pairs(
             token_windows(tokenize(train_docs, tokenizer), length),
             prompt_len=settings.prompt_len, rng=rng,
-        )  # fmt: skip
-        held_pairs = preference_pairs(
+        ), frame)  # fmt: skip
+        held_pairs = framed(preference_pairs(
             token_windows(tokenize(held_docs, tokenizer), length),
             prompt_len=settings.prompt_len, rng=rng,
-        ).subset(slice(0, settings.held_out_pairs))  # fmt: skip
+        ).subset(slice(0, settings.held_out_pairs)), frame)  # fmt: skip
 
         with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state
             torch.manual_seed(settings.seed)
@@ -292,6 +296,12 @@ def _build(settings: RealSettings, gguf: Path, out: Path, *, progress: bool) -> 
             "train_pairs": len(train_pairs),
             "held_out_pairs": len(held_pairs),
             "rejected": "the continuation's tokens shuffled, or another passage's continuation (half each)",
+            "chat_template": (
+                f"prompts in the tokenizer's chat template ({len(frame[0])} tokens before, "
+                f"{len(frame[1])} after)"
+                if frame is not None
+                else "none"
+            ),
         },
         "align": {
             "objective": "DPO (Rafailov et al. 2023), reference frozen",

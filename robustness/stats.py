@@ -41,6 +41,7 @@ from . import curve
 from .asymmetry import spec_tests
 from .dataset import pair_phases
 from .diagnostics import MASSIVE_RULE, diagnostics
+from .experts import ExpertSpectra, each_expert
 from .layers import MIN_LAYERS, projections_for
 from .pairs import pair_model
 from .provenance import provenance_attrs
@@ -210,9 +211,14 @@ def compute_stats(
     alpha: float = 0.05,
     seed: int = 0,
     preferred=None,
+    experts: str = "mean",
     progress: bool = False,
 ) -> xr.Dataset:
     """The statistics dataset for every pair and specification of `results`.
+
+    `experts` ``"each"`` makes every expert of a mixture-of-experts pair a pair
+    of its own (:func:`robustness.experts.each_expert`); ``"mean"`` tests the
+    load-weighted mean the results hold.
 
     `n_resamples` is the number of Monte Carlo null draws (rotations, sign
     flips and permutations) where exact enumeration is too large. `preferred`
@@ -230,7 +236,10 @@ def compute_stats(
         read=tuple(read), write=tuple(write), confidence_level=confidence_level,
         n_resamples=n_resamples, alpha=alpha, seed=seed,
         preferred=tuple(preferred) if preferred is not None else DEFAULT_PREFERRED,
+        experts=experts,
     )  # fmt: skip
+    if options.experts == "each":
+        results = each_expert(results)
     read, write = _validate_sets(results, options.read, options.write)
     preferred, preferred_note = _preferred(results, options.preferred, given=preferred is not None)
     matrices = list(results.matrix.values)
@@ -481,7 +490,10 @@ def _references(results, pair, n_layers, specs, read_idx, write_idx) -> np.ndarr
         if "gram_spectrum" in results
         else None  # results written before the spectra: the Beta law from the purity
     )
-    return curve.references(k, purity, specs, read_idx, write_idx, d, spectrum=spectrum)
+    experts = ExpertSpectra.of(results, pair, n_layers, d)
+    return curve.references(
+        k, purity, specs, read_idx, write_idx, d, spectrum=spectrum, experts=experts
+    )
 
 
 def expected_shares(k: int, n_layers: int, alpha: float, standardised: float) -> dict:

@@ -27,9 +27,9 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
+    import robustness
     from robustness.dataset import open_dataset
     from robustness.files import check_writable
-    from robustness.paper import paper_claims
 
     options = ClaimsOptions(**read_options(ClaimsOptions, args))
     extra = read_options(Inputs, args, ("extra",)).get("extra", ())
@@ -38,10 +38,11 @@ def run(args) -> int:
     results = open_dataset(args.results, "results")
     stats = open_dataset(args.stats, "stats") if args.stats else None
     extras = [open_dataset(path) for path in extra]
-    claims = paper_claims(
-        results, stats=stats, extras=extras, margin=options.margin,
+    claims = robustness.paper_claims(
+        results, stats=stats, extra=extras, margin=options.margin,
         isotropy_margin=options.isotropy_margin, graded_margin=options.graded_margin,
         alpha=options.alpha, n_resamples=options.n_resamples, seed=options.seed,
+        experts=options.experts,
     )  # fmt: skip
     return publish(claims, out, claim_lines(claims), quiet=args.quiet)
 

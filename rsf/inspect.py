@@ -93,6 +93,8 @@ def _model_lines(model_id: str, trust: bool) -> int:
     print(f"model        {model_id}")
     print(f"family       {view['model_type']}" + (f"  ({view['notes']})" if view["notes"] else ""))
     print(f"layers       {view['n_layers']}")
+    if view["n_experts"] > 1:
+        print(f"experts      {view['n_experts']} per MLP (up, gate, down: one matrix per expert)")
     print(
         f"widths       d_model={view['d_model']} heads={view['n_heads']} "
         f"kv_heads={view['n_kv_heads']} head_dim={view['head_dim']} vocab={view['vocab_size']}"
@@ -110,7 +112,7 @@ def _model_lines(model_id: str, trust: bool) -> int:
         shape = "×".join(map(str, m["shape"]))
         stored = f"  stored {storage[m['matrix']]}" if storage.get(m["matrix"]) else ""
         print(
-            f"  {m['matrix']:5s} {shape:>11s}  {m['pathway']:5s}  site {m['site']:10s} "
+            f"  {m['matrix']:6s} {shape:>11s}  {m['pathway']:5s}  site {m['site']:10s} "
             f"{m['module']}{fused}{stored}"
         )
     print("hook sites")

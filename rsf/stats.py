@@ -15,22 +15,22 @@ def add_parser(commands) -> None:
     parser = commands.add_parser("stats", help="test the read/write asymmetry in a results dataset")
     add_options(parser, Inputs, ("results",))
     add_options(parser, StatsOptions, ("read", "write"), title="pathway sets")
-    add_options(parser, StatsOptions, ("confidence_level", "n_resamples", "alpha", "seed", "preferred"),
-                title="tests")  # fmt: skip
+    add_options(parser, StatsOptions, ("confidence_level", "n_resamples", "alpha", "seed", "preferred",
+                                       "experts"), title="tests")  # fmt: skip
     add_options(parser, Verbosity)
     add_options(parser, Output, title="output", defaults={"out": "stats.nc"})
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    import robustness
     from robustness.dataset import open_dataset, write_dataset
     from robustness.files import check_writable
-    from robustness.stats import compute_stats
 
     options = StatsOptions(**read_options(StatsOptions, args))
     out = check_writable(args.out, inputs=[args.results], mkdir=bool(args.mkdir))
     results = open_dataset(args.results, kind="results")
-    stats = compute_stats(
+    stats = robustness.statistics(
         results,
         read=options.read,
         write=options.write,
@@ -39,6 +39,7 @@ def run(args) -> int:
         alpha=options.alpha,
         seed=options.seed,
         preferred=options.preferred if args.preferred is not None else None,
+        experts=options.experts,
         progress=not args.quiet,
     )
     write_dataset(stats, out)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
-from robustness.config import CorpusSpec, PairSpec, SweepConfig
+from robustness.config import CorpusSpec, PairSpec, SweepConfig, default_label
 from robustness.options import CacheOptions, ClusterOptions, ConfigFile, Output, Verbosity
 
 from .options import add_options, cache_root, note, read_options, sweep_config
@@ -48,7 +48,7 @@ def config_from_args(args) -> SweepConfig:
 
         config = load_config(args.config)
     elif "base" in pair and "aligned" in pair:
-        pair.setdefault("label", Path(pair["aligned"].rstrip("/")).name or "pair")
+        pair.setdefault("label", default_label(pair["aligned"]))
         config = SweepConfig(pairs=(PairSpec(**pair),))
     else:
         raise ValueError("rsf sweep needs --base and --aligned, or --config FILE.toml")
@@ -56,30 +56,26 @@ def config_from_args(args) -> SweepConfig:
 
 
 def run(args) -> int:
-    from robustness.dataset import build_dataset, write_dataset
-    from robustness.engine import run_sweep
+    import robustness
+    from robustness.dataset import write_dataset
     from robustness.files import check_writable
-    from robustness.models import prepare_corpus
 
     config = config_from_args(args)
     cluster = ClusterOptions(**read_options(ClusterOptions, args))
     inputs = [args.config, *config.corpus.paths, config.corpus.ids]
     inputs += [side for pair in config.pairs for side in (pair.base, pair.aligned)]
     out = check_writable(args.out, inputs=[p for p in inputs if p], mkdir=bool(args.mkdir))
-    # Configs only: bad ids, mismatched pairs and k > d fail before any load.
-    corpus = prepare_corpus(config, config.pairs[0].base)
-    results = run_sweep(
+    results = robustness.sweep(
         config,
-        corpus,
-        cache_root=cache_root(args),
+        cache_dir=cache_root(args),
         progress=not args.quiet,
         workers=cluster.workers,
         scheduler=cluster.scheduler,
     )
-    write_dataset(build_dataset(results, config, corpus), out)
-    for result in results:
-        for line in result.notes:
-            note(args, f"note: {result.label}: {line}")
+    write_dataset(results, out)
+    for label, lines in json.loads(results.attrs["notes"]).items():
+        for line in lines:
+            note(args, f"note: {label}: {line}")
     if not args.quiet:
-        print(f"wrote {out} ({len(results)} pair(s), {corpus.n_tokens} tokens)")
+        print(f"wrote {out} ({results.sizes['pair']} pair(s), {results.attrs['n_tokens']} tokens)")
     return 0

@@ -69,7 +69,20 @@ TINY_CONFIGS: dict[str, dict] = {
         partial_rotary_factor=0.5,
     ),
     "phi3": dict(_GQA, pad_token_id=0),
+    # mixture-of-experts: 4 experts, 2 per token, every layer sparse
+    "mixtral": dict(_GQA, num_local_experts=4, num_experts_per_tok=2),
+    "olmoe": dict(_GQA, num_experts=4, num_experts_per_tok=2),
+    "qwen3_moe": dict(
+        _GQA,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=40,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    ),  # fmt: skip
 }
+MIXTURE_OF_EXPERTS = ("mixtral", "olmoe", "qwen3_moe")
 FAMILY_NAMES = tuple(TINY_CONFIGS)
 ONE_PLUS_WEIGHT = ("gemma", "gemma2", "gemma3_text")  # norms store w and scale by 1 + w
 

@@ -113,10 +113,10 @@ class TrajectorySpec:
 
     def __post_init__(self):
         validate(self)
+        if self.revisions is not None and self.repo is None:
+            raise OptionError('[trajectory] `revisions` needs `repo = "org/name"`')
         if (self.checkpoints is None) == (self.repo is None):
             raise OptionError('[trajectory] needs `checkpoints = [...]` or `repo = "org/name"`')
-        if self.revisions is not None and self.repo is None:
-            raise OptionError("[trajectory] `revisions` needs `repo`")
 
     def resolve(self) -> list[str]:
         """The checkpoints, in order (hub revisions as ``org/name@rev``), thinned by `every`."""
@@ -257,9 +257,11 @@ def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig
             f"{path} needs a [trajectory] table with `checkpoints = [...]` in order, or "
             '`repo = "org/name"` and its `revisions`'
         )
-    spec = TrajectorySpec(
-        **read_table(TrajectorySpec, document, "trajectory", source=str(path), root=path.parent)
-    )
+    values = read_table(TrajectorySpec, document, "trajectory", source=str(path), root=path.parent)
+    try:
+        spec = TrajectorySpec(**values)
+    except OptionError as error:
+        raise OptionError(f"{path}: {error}") from None
     document.pop("trajectory")
     if "pair" in document:
         raise ValueError(f"{path}: a trajectory config takes [trajectory], not [[pair]] tables")

@@ -118,6 +118,8 @@ def folder(saved_pair, tmp_path_factory):
     (root / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 200)
     (root / "corpusdir").mkdir()
     (root / "bad.jsonl").write_text('{"text": "fine"}\n{"text": 3}\n')
+    (root / "bad.parquet").write_text("not a parquet file\n")
+    (root / "revisions.toml").write_text('[trajectory]\nrevisions = ["step1", "step2"]\n')
     np.save(root / "ids64.npy", np.random.default_rng(1).integers(0, 50, (8, 64)))
     os.mkfifo(root / "fifo")
     os.symlink(root / "link-target.nc", root / "link.nc")
@@ -299,6 +301,18 @@ CASES = {
     "corpus directory": (["sweep", *PAIR, "--corpus", "corpusdir", *SMALL, *OUT], "is a directory"),
     "corpus missing": (["sweep", *PAIR, "--corpus", "absent.txt", *SMALL, *OUT], "corpus file not found: absent.txt"),
     "JSONL without text": (["sweep", *PAIR, "--corpus", "bad.jsonl", *SMALL, *OUT], "bad.jsonl:2 has no string"),
+    "garbage parquet corpus": (["sweep", *PAIR, "--corpus", "bad.parquet", *SMALL, *OUT],
+                               "cannot read the corpus bad.parquet"),
+    "malformed hub dataset": (["sweep", *PAIR, "--corpus", "hf:a/b/c", *SMALL, *OUT],
+                              "is not a datasets corpus"),
+    "revisions of a path": (["revisions", "a/b/c"], "is not a hub repository"),
+    "a revision on a path": (["revisions", "org/name@main"], "is not a hub repository"),
+    "export format": (["export", "binary.txt", "--format", "xlsx", "--out", "t.csv"], "--format"),
+    "export of a non-dataset": (["export", "binary.txt", "--out", "t.csv"],
+                                "not a readable netCDF dataset"),
+    "experts mode": (["stats", "results.nc", "--experts", "some", *OUT], "--experts"),
+    "trajectory revisions without a repo": (["experiment", "trajectory", "--config",
+                                             "revisions.toml", *OUT], "revisions.toml: [trajectory] `revisions` needs `repo"),
     "results not netCDF": (["claims", "binary.txt", *OUT], "not a readable netCDF dataset"),
     "unknown flag": (["stats", "results.nc", "--colour", "red"], "unrecognized arguments"),
 }  # fmt: skip

@@ -19,7 +19,7 @@ def test_inspect_prints_the_adapters_view(model_type, saved_pair, capsys):
     assert f"family       {model_type}" in out
     model = AutoModelForCausalLM.from_pretrained(base)
     for name, shape in probes.model_dims(model).matrix_shapes.items():
-        assert f"  {name:5s} {'×'.join(map(str, shape)):>11s}" in out
+        assert f"  {name:6s} {'×'.join(map(str, shape)):>11s}" in out
     assert "attn_in" in out and "resid_post" in out and "final norm" in out
     # The embeddings line, exactly: "untied" contains "tied", so a substring check cannot fail.
     tying = "tied: unembed is the embedding subspace" if probes.tied_embeddings(model) else "untied"

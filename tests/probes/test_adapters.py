@@ -12,8 +12,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tiny_models import FAMILY_NAMES, random_model, tiny_config
+from tiny_models import FAMILY_NAMES, MIXTURE_OF_EXPERTS, random_model, tiny_config
 from transformers import AutoModelForCausalLM
+from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
 import probes
@@ -55,6 +56,18 @@ def model_split(model, name: str, output: torch.Tensor) -> torch.Tensor:
 def plant(model, layer: int, name: str, delta: torch.Tensor) -> None:
     """Add `delta` (Linear layout) to the stored parameter the model uses as `name`."""
     config, model_type = model.config, model.config.model_type
+    if model_type in MIXTURE_OF_EXPERTS and name in ("up", "gate", "down"):
+        # The experts' modelling code: gate, up = linear(x, gate_up_proj[e]).chunk(2, -1);
+        # linear(h, down_proj[e]). `delta` is [E, out, in].
+        experts = layer_modules(model)[layer].mlp.experts
+        with torch.no_grad():
+            if name == "down":
+                experts.down_proj += delta
+            else:
+                half = experts.gate_up_proj.shape[1] // 2
+                start = 0 if name == "gate" else half
+                experts.gate_up_proj[:, start : start + half] += delta
+        return
     source = FAMILIES[model_type].matrices[name]
     module = layer_modules(model)[layer].get_submodule(source.module)
     weight = module.weight
@@ -93,6 +106,8 @@ def capture_io(model, ids):
 
             def hook(mod, args, kwargs, output, key=(index, name)):
                 x = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+                if isinstance(output, tuple):  # an MoE router: (logits, top-k weights, indices)
+                    output = output[0]
                 ios[key] = (x.detach().clone(), output.detach().clone())
 
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
@@ -124,12 +139,41 @@ def test_extracted_matrices_reproduce_module_outputs(model_type, saved_models, i
     expected_names = set(FAMILIES[model_type].matrices)
     assert {name for _, name in weights} == expected_names
     for (layer, name), weight in weights.items():
+        if weight.ndim == 3:  # the experts' stacks: test_experts_reproduce_the_moe_output
+            continue
         x, output = ios[(layer, name)]
         bias = biases.get((layer, name), 0.0)
         reproduced = x @ weight.T + bias
         torch.testing.assert_close(
             reproduced, model_split(model, name, output), rtol=1e-5, atol=1e-5
         )
+
+
+@pytest.mark.parametrize("model_type", MIXTURE_OF_EXPERTS)
+def test_experts_reproduce_the_moe_output(model_type, saved_models, ids):
+    """The experts' canonical up, gate and down, combined as the modelling code does
+    (``Σ_e w_e · down_e(act(gate_e x) ⊙ up_e x)`` over the router's top-k), give the experts'
+    output; the router's canonical matrix gives its logits. A swapped gate and up fail (the
+    activation is not linear)."""
+    model = probes.load_model(saved_models(model_type))
+    weights = probes.canonical_weights(model)
+    ios, _, _ = capture_io(model, ids)
+    act = ACT2FN[model.config.hidden_act]
+    assert probes.n_experts(model) == 4
+    for layer, block in enumerate(layer_modules(model)):
+        x, output = ios[(layer, "up")]
+        up, gate, down = (weights[(layer, m)] for m in ("up", "gate", "down"))
+        assert up.shape[0] == 4 and down.shape[0] == 4
+        with torch.no_grad():
+            logits, top_weights, top_index = block.mlp.gate(x)
+        torch.testing.assert_close(x @ weights[(layer, "router")].T, logits, rtol=1e-5, atol=1e-5)
+        expected = torch.zeros_like(x)
+        for token in range(x.shape[0]):
+            for slot in range(top_index.shape[1]):
+                e = int(top_index[token, slot])
+                hidden = act(gate[e] @ x[token]) * (up[e] @ x[token])
+                expected[token] += top_weights[token, slot] * (down[e] @ hidden)
+        torch.testing.assert_close(expected, output, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", FAMILY_NAMES)

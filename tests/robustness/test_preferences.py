@@ -153,3 +153,31 @@ def test_preference_margin_is_zero_for_identical_models_and_restores_modes():
     assert margin.shape == (7,) and margin.dtype == np.float64
     np.testing.assert_allclose(margin, 0.0, atol=1e-6)
     assert policy.training and not reference.training
+
+
+def test_prompts_go_inside_the_chat_template_where_the_tokenizer_has_one():
+    """Null: framing changes the prompts only, by the template's own tokens before and after the
+    user's text (rendered here by the template itself), the same for every pair; a tokenizer
+    without a template leaves the pairs as they are."""
+    from tiny_models import char_tokenizer
+
+    from robustness.preferences import chat_frame, framed
+
+    tokenizer = char_tokenizer()
+    ids = np.asarray([tokenizer("abcdefgh")["input_ids"], tokenizer("ijklmnop")["input_ids"]])
+    pairs = preference_pairs(ids, prompt_len=4, rng=np.random.default_rng(0), corruption="swap")
+    assert chat_frame(tokenizer) is None and framed(pairs, None) is pairs
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    before, after = chat_frame(tokenizer)
+    assert before.tolist() == tokenizer("<user>", add_special_tokens=False)["input_ids"]
+    assert after.tolist() == tokenizer("<assistant>", add_special_tokens=False)["input_ids"]
+    chat = framed(pairs, (before, after))
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "abcd"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat.prompt[0].tolist() == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    np.testing.assert_array_equal(chat.chosen, pairs.chosen)
+    np.testing.assert_array_equal(chat.rejected, pairs.rejected)
