@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .gguf import find_gguf, open_gguf
+from .gguf import FLOAT_DTYPES, find_gguf, open_gguf
 from .hub import looks_like_path, resolve_source
 from .precision import float_step, storage_of_dtype
 
@@ -90,6 +90,29 @@ def tensor_digest(name: str, tensor: torch.Tensor) -> str:
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     digest.update(flat.view(torch.uint8).numpy())  # the buffer itself: no copy of a 1 GB embedding
     return digest.hexdigest()
+
+
+def gguf_digests(file) -> dict[str, str]:
+    """Every tensor's digest in a GGUF `file` (:class:`probes.gguf.GGUFFile`), under its parameter
+    name (the file's own name where it has none).
+
+    A float tensor's is :func:`tensor_digest` of its values in
+    Hugging Face layout (a GGUF F32 file and its safetensors twin hash alike); a
+    quantised one's is ``sha256(name | type | shape | bytes as stored)``.
+    """
+    to_hf = {stored: hf for hf, stored in file.names.items()}
+    out = {}
+    for tensor in file.reader.tensors:
+        name = to_hf.get(tensor.name, tensor.name)
+        if name in file.names and tensor.tensor_type.name in FLOAT_DTYPES:
+            out[name] = tensor_digest(name, file.get(name))
+            continue
+        digest = hashlib.sha256(
+            f"{name}|{tensor.tensor_type.name}|{tuple(tensor.shape.tolist())}|".encode()
+        )
+        digest.update(np.ascontiguousarray(tensor.data).view(np.uint8))
+        out[name] = digest.hexdigest()
+    return out
 
 
 def combine_digests(digests: dict[str, str]) -> str:
@@ -241,7 +264,7 @@ class Checkpoint:
         from tqdm.auto import tqdm
 
         if self.gguf is not None:  # as stored: the quantised bytes under the file's own names
-            return combine_digests(self.gguf.digests())
+            return combine_digests(gguf_digests(self.gguf))
         names = tqdm(
             self.names(),
             desc=f"hashing {self.source}",

@@ -30,7 +30,6 @@ step is given.
 from __future__ import annotations
 
 import functools
-import hashlib
 from functools import cached_property
 from pathlib import Path
 from unittest import mock
@@ -221,26 +220,3 @@ class GGUFFile:
         if moved.size != values.size or not np.array_equal(np.sort(flat), index.ravel()):
             return None  # the processor changed values, not positions
         return steps.ravel()[flat.astype(np.int64)].reshape(moved.shape)
-
-    def digests(self) -> dict[str, str]:
-        """Every tensor's digest, under its parameter name (the file's own name where it has none).
-
-        A float tensor's is :func:`probes.checkpoints.tensor_digest` of its values in
-        Hugging Face layout (a GGUF F32 file and its safetensors twin hash alike); a
-        quantised one's is ``sha256(name | type | shape | bytes as stored)``.
-        """
-        from .checkpoints import tensor_digest
-
-        to_hf = {gguf: hf for hf, gguf in self.names.items()}
-        out = {}
-        for tensor in self.reader.tensors:
-            name = to_hf.get(tensor.name, tensor.name)
-            if name in self.names and tensor.tensor_type.name in FLOAT_DTYPES:
-                out[name] = tensor_digest(name, self.get(name))
-                continue
-            digest = hashlib.sha256(
-                f"{name}|{tensor.tensor_type.name}|{tuple(tensor.shape.tolist())}|".encode()
-            )
-            digest.update(np.ascontiguousarray(tensor.data).view(np.uint8))
-            out[name] = digest.hexdigest()
-        return out

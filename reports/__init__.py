@@ -1,7 +1,8 @@
 """The reviewer-facing HTML report: one self-contained file from the sweep's datasets.
 
-``write_report(results_path, out_path, *, stats_path=None, calibration_path=None)``
-is the entry point (``rsf report`` calls it). Sections for other kinds of
+``write_report(results_path, out_path, *, stats_path=None, calibration_path=None,
+extra_paths=(), claims_path=None, mkdir=False)`` is the entry point (``rsf
+report`` calls it). Sections for other kinds of
 dataset plug in with :func:`register_section`. This package reads datasets
 only, never models; it is the one place numbers are rounded
 (:mod:`reports.formatting`).

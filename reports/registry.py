@@ -1,6 +1,6 @@
 """Report sections: the :class:`Section` record and the registry for sections of other datasets.
 
-Datasets beyond the core three (results, statistics, calibration) add a
+Datasets beyond the core ones (results, statistics, claims, calibration) add a
 section through :func:`register_section`, keyed by the dataset's ``kind``
 attribute::
 

@@ -2,11 +2,13 @@
 
 A builder takes the :class:`~reports.context.ReportContext` and returns a
 :class:`~reports.registry.Section`. The core sections always appear, in a
-fixed order (an empty one says what input it needs): (a) the verdict
-(:mod:`reports.verdict`), (b)–(f) the evidence (:mod:`reports.evidence`), (g)
-calibration (:mod:`reports.calibration`), then the sections registered for
-extra datasets (:mod:`reports.registry`), then (h)–(j) methods, provenance and
-caveats (:mod:`reports.provenance`).
+fixed order (an empty one says what input it needs; :data:`CORE_BEFORE`):
+the paper's claims (:mod:`reports.claims`), the verdict
+(:mod:`reports.verdict`), the evidence — specification curve, RSF against
+the cutoff, heatmaps, null distributions, variance decomposition —
+(:mod:`reports.evidence`) and calibration (:mod:`reports.calibration`); then
+the sections registered for extra datasets (:mod:`reports.registry`); then
+methods, provenance and caveats (:mod:`reports.provenance`).
 """
 
 from __future__ import annotations

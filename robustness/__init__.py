@@ -16,9 +16,28 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "paper_claims", "statistics", "sweep"]
+__all__ = [
+    "__version__",
+    "calibrate",
+    "contrastive",
+    "measure_gradients",
+    "paper_claims",
+    "rank1",
+    "statistics",
+    "sweep",
+    "trajectory",
+]
 
-_API = ("paper_claims", "statistics", "sweep")
+_API = (
+    "calibrate",
+    "contrastive",
+    "measure_gradients",
+    "paper_claims",
+    "rank1",
+    "statistics",
+    "sweep",
+    "trajectory",
+)
 
 
 def __getattr__(name: str):

@@ -10,21 +10,32 @@ What ``rsf sweep``, ``rsf stats`` and ``rsf claims`` do, for a notebook::
 Every option is keyword-only, with the option schema's default
 (:mod:`robustness.config`, :mod:`robustness.options`), and is checked as the
 command line checks it: a bad value is the same one-line ``ValueError``.
-The command line is a thin shell over these functions. (``asymmetry`` and
-``claims`` are the names of modules of this package, so the functions are
-``statistics`` and ``paper_claims``: a submodule, once imported, would
-shadow a function of the same name on the package.)
+The command line is a thin shell over these functions. (``asymmetry``,
+``claims`` and ``gradients`` are the names of modules of this package, so the
+functions are ``statistics``, ``paper_claims`` and ``measure_gradients``: a
+submodule, once imported, would shadow a function of the same name on the
+package.)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import xarray as xr
 
 from .config import CorpusSpec, PairSpec, SweepConfig, default_label
 
-__all__ = ["paper_claims", "statistics", "sweep"]
+__all__ = [
+    "calibrate",
+    "contrastive",
+    "measure_gradients",
+    "paper_claims",
+    "rank1",
+    "statistics",
+    "sweep",
+    "trajectory",
+]
 
 
 def sweep(
@@ -90,3 +101,146 @@ def paper_claims(results: xr.Dataset, *, stats=None, extra=(), **options) -> xr.
     from . import paper
 
     return paper.paper_claims(results, stats=stats, extras=list(extra), **options)
+
+
+def trajectory(
+    checkpoints,
+    *,
+    labels=None,
+    config: SweepConfig | None = None,
+    read=None,
+    write=None,
+    cache_dir=None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """``trajectory.nc``: RSF of each checkpoint against the start and the previous one.
+
+    `config` gives the grid, corpus and run options (default: the experiments'
+    grid on the built-in corpus); its pairs are the trajectory's own.
+    """
+    from .experiments.summaries import EXPERIMENT_GRID
+    from .experiments.trajectory import trajectory_dataset, trajectory_pairs
+    from .models import prepare_corpus
+    from .specification import DEFAULT_READ, DEFAULT_WRITE
+
+    checkpoints = list(checkpoints)
+    pairs, _ = trajectory_pairs(checkpoints, labels)
+    config = replace(
+        config or SweepConfig(pairs=tuple(pairs), **EXPERIMENT_GRID), pairs=tuple(pairs)
+    )
+    corpus = prepare_corpus(config, checkpoints[0])
+    return trajectory_dataset(
+        checkpoints, config, corpus, labels=labels, read=read or DEFAULT_READ,
+        write=write or DEFAULT_WRITE, cache_root=cache_dir, progress=progress,
+    )  # fmt: skip
+
+
+def contrastive(
+    base: str,
+    train_ids,
+    settings,
+    *,
+    config: SweepConfig | None = None,
+    variants_dir=None,
+    gradient_pairs: int = 256,
+    read=None,
+    write=None,
+    cache_dir=None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """``contrastive.nc``: variants of `base` trained on `train_ids` (preference windows) under
+    each objective of `settings` (:class:`robustness.options.ContrastiveSettings`), swept against
+    `base`, with δ_t at `gradient_pairs` of the training pairs. Variants are saved in and reused
+    from `variants_dir` (default: the cache's ``contrastive`` folder)."""
+    from pathlib import Path
+
+    from .cache import default_cache_dir
+    from .corpus import evenly_spaced
+    from .experiments.contrastive import contrastive_dataset, train_variants
+    from .experiments.summaries import EXPERIMENT_GRID
+    from .models import prepare_corpus, resolve_device
+    from .specification import DEFAULT_READ, DEFAULT_WRITE
+
+    pairs = (PairSpec("contrastive", str(base), str(base)),)
+    config = replace(config or SweepConfig(pairs=pairs, **EXPERIMENT_GRID), pairs=pairs)
+    if len(train_ids) < 2:
+        raise ValueError("the training text gives fewer than 2 preference pairs")
+    corpus = prepare_corpus(config, base)
+    device = resolve_device(config.device)
+    folder = variants_dir or Path(cache_dir or default_cache_dir()) / "contrastive"
+    variants = train_variants(
+        base, train_ids, settings, variants_dir=folder, device=device, progress=progress
+    )
+    dataset = contrastive_dataset(
+        base, variants, settings, config, corpus, read=read or DEFAULT_READ,
+        write=write or DEFAULT_WRITE,
+        gradient_ids=train_ids[evenly_spaced(len(train_ids), gradient_pairs)],
+        cache_root=cache_dir, device=device, progress=progress,
+    )  # fmt: skip
+    dataset.attrs["base_id"] = str(base)
+    dataset.attrs["training_pairs"] = int(len(train_ids))
+    return dataset
+
+
+def rank1(
+    model_id: str,
+    corpus,
+    settings,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    progress: bool = False,
+) -> xr.Dataset:
+    """``rank1.nc``: rank-1 interventions on `model_id` along its top activation directions and
+    controls (:class:`robustness.options.Rank1Settings`), measured on `corpus`; `device`,
+    `dtype` and `trust_remote_code` as :class:`robustness.options.RunOptions`' (checked there)."""
+    from .options import RunOptions
+
+    RunOptions(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    from .experiments.rank1 import rank1_dataset
+    from .models import check_vocabulary, load_model, resolve_device
+
+    model = load_model(
+        model_id, device=resolve_device(device), dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    check_vocabulary(corpus, model)
+    return rank1_dataset(model, corpus, settings, model_id=model_id, progress=progress)
+
+
+def measure_gradients(
+    checkpoints,
+    corpus,
+    settings,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    trust_remote_code: bool = False,
+    cache_dir=None,
+    progress: bool = False,
+) -> xr.Dataset:
+    """``gradients.nc``: δ_t and a_t at each of `checkpoints`
+    (:class:`robustness.gradient_dataset.GradientCheckpoint`, e.g. from
+    :func:`robustness.gradient_dataset.phase_checkpoints`) under each objective of `settings`
+    (:class:`robustness.gradients.GradientSettings`), measured on `corpus`."""
+    from .gradient_dataset import check_checkpoints, gradient_dataset
+    from .models import resolve_device
+    from .options import RunOptions
+
+    RunOptions(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_checkpoints(checkpoints, trust_remote_code=trust_remote_code)
+    return gradient_dataset(
+        checkpoints, corpus, settings, cache_root=cache_dir, device=resolve_device(device),
+        dtype=dtype, trust_remote_code=trust_remote_code, progress=progress,
+    )  # fmt: skip
+
+
+def calibrate(settings=None, *, fast: bool = False, progress: bool = False) -> xr.Dataset:
+    """``calibration.nc``: type-I error, power and coverage of the tests on simulated studies
+    (:class:`robustness.options.CalibrationSettings`; ``fast`` its quick preset)."""
+    from .calibration import run_calibration
+    from .options import CalibrationSettings
+
+    if settings is None:
+        settings = CalibrationSettings.fast() if fast else CalibrationSettings()
+    return run_calibration(settings, progress=progress)

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 import probes
 
-from .config import SweepConfig
-from .corpus import Corpus
-from .engine import PairResult
 from .files import atomic_output
 from .provenance import provenance_attrs
+
+if TYPE_CHECKING:  # annotations only: reading a dataset loads neither torch nor the engine
+    from .config import SweepConfig
+    from .corpus import Corpus
+    from .engine import PairResult
 
 __all__ = [
     "PROVENANCE",

@@ -48,12 +48,14 @@ __all__ = [
     "checkpoints_of",
     "demo_checkpoints",
     "demo_gradients",
+    "demo_contrastive_inputs",
     "demo_held_out_corpus",
     "demo_initialisation",
     "demo_is_cached",
     "demo_pair",
     "demo_probe_corpus",
     "demo_sweep_config",
+    "demo_held_out_inputs",
     "demo_token_windows",
     "single_threaded",
     "split_documents",
@@ -358,6 +360,31 @@ def demo_held_out_corpus(demo, *, length: int, tokens: int | None = None) -> Cor
     if tokens is not None:
         windows = windows[evenly_spaced(len(windows), max(2, tokens // length))]
     return Corpus(np.ascontiguousarray(windows, dtype=np.int64), "demo:held-out documents")
+
+
+def demo_contrastive_inputs(demo, **given):
+    """``(base, training windows, settings)`` of the contrastive experiment on the demo: its base,
+    its training documents in preference windows and its alignment recipe (`given` overrides)."""
+    from .options import ContrastiveSettings
+
+    recipe = demo.manifest["settings"]
+    length = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
+    windows = demo_token_windows(demo, held_out=False, length=length)
+    return demo.base, windows, ContrastiveSettings.demo_recipe(recipe, **given)
+
+
+def demo_held_out_inputs(demo, settings, *, seq_len: int | None = None, tokens: int | None = None):
+    """``(corpus, settings)`` of an experiment measured on the demo's held-out documents (rank-1,
+    gradients): windows of `seq_len` (default: the recipe's prompt and continuation), `tokens` of
+    them (default: all), and the recipe's prompt length unless `settings` give one."""
+    from dataclasses import replace
+
+    recipe = demo.manifest["settings"]
+    length = seq_len or int(recipe["prompt_len"]) + int(recipe["continuation_len"])
+    corpus = demo_held_out_corpus(demo, length=length, tokens=tokens)
+    if settings.prompt_len is None:
+        settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
+    return corpus, settings
 
 
 def demo_probe_corpus(pair: DemoPair, grid: DemoGrid) -> Corpus:

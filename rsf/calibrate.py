@@ -24,7 +24,7 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from robustness.calibration import run_calibration
+    import robustness.api
     from robustness.dataset import write_dataset
     from robustness.files import check_writable
 
@@ -34,7 +34,7 @@ def run(args) -> int:
         CalibrationSettings.fast(seed=given.get("seed", 0)) if args.fast else CalibrationSettings()
     )
     settings = dataclasses.replace(settings, **given)
-    calibration = run_calibration(settings, progress=not args.quiet)
+    calibration = robustness.api.calibrate(settings, progress=not args.quiet)
     write_dataset(calibration, out)
     print("\n".join(summary_lines(calibration, settings)))
     misses = json.loads(calibration.attrs["misses"])

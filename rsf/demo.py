@@ -145,6 +145,7 @@ def run_demo(
     from robustness.demo import (
         DemoGrid,
         DemoSettings,
+        demo_checkpoints,
         demo_gradients,
         demo_is_cached,
         demo_pair,
@@ -283,13 +284,13 @@ def run_demo(
     write_dataset(gradients, extras["gradients"])
     timings["gradients"] = time.perf_counter() - mark
     if full:
+        demo = demo_checkpoints(cache_root=cache_root, progress=progress)
         for kind, command in EXPERIMENTS.items():
             if kind == "gradients":
                 continue
             mark = time.perf_counter()
-            _stage(f"{kind}: rsf {' '.join(command)}", quiet)
-            _run_command([*command, "--cache-dir", str(cache_root),
-                          "--out", str(extras[kind]), *([] if progress else ["--quiet"])])  # fmt: skip
+            _stage(f"{kind}: rsf {' '.join(command)}", quiet)  # what it is equivalent to
+            write_dataset(_experiment(kind, demo, cache_root, progress), extras[kind])
             timings[kind] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -321,13 +322,24 @@ def run_demo(
     )  # fmt: skip
 
 
-def _run_command(argv: list[str]) -> None:
-    """One ``rsf`` command, exactly as from the shell (its errors propagate to the caller)."""
-    from .main import build_parser  # the parser holds this module: import it when used
+def _experiment(kind: str, demo, cache_root, progress: bool):
+    """The dataset of ``rsf`` EXPERIMENTS[kind] on the demo, with its default options."""
+    import robustness.api
+    from robustness.demo import demo_contrastive_inputs, demo_held_out_inputs
+    from robustness.options import ContrastiveInputs, Rank1Settings
 
-    args = build_parser().parse_args(argv)
-    if args.run(args) != 0:
-        raise ValueError(f"rsf {' '.join(argv)} failed")
+    if kind == "trajectory":
+        return robustness.api.trajectory(
+            demo.phase("align"), cache_dir=cache_root, progress=progress
+        )
+    if kind == "contrastive":
+        base, windows, settings = demo_contrastive_inputs(demo)
+        return robustness.api.contrastive(
+            base, windows, settings, gradient_pairs=ContrastiveInputs().gradient_pairs,
+            cache_dir=cache_root, progress=progress,
+        )  # fmt: skip
+    corpus, settings = demo_held_out_inputs(demo, Rank1Settings(), tokens=8192)
+    return robustness.api.rank1(demo.base, corpus, settings, progress=progress)
 
 
 def verdict_paragraph(pair, stats, summary: str, claims=None, *, real: bool = False) -> str:

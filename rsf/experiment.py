@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from robustness.config import CorpusSpec, PairSpec, SweepConfig
 from robustness.options import (
@@ -118,13 +117,9 @@ def _sets(args) -> tuple[tuple, tuple]:
 
 
 def run_trajectory(args) -> int:
+    import robustness.api
     from robustness.demo import demo_checkpoints
-    from robustness.experiments.trajectory import (
-        trajectory_dataset,
-        trajectory_from_toml,
-        trajectory_pairs,
-    )
-    from robustness.models import prepare_corpus
+    from robustness.experiments.trajectory import trajectory_from_toml, trajectory_pairs
 
     sources = Sources(**read_options(Sources, args, ("checkpoints", "demo", "phase", "labels")))
     out = _out(args, args.config, *(sources.checkpoints or ()), *corpus_spec(args).paths)
@@ -143,19 +138,11 @@ def run_trajectory(args) -> int:
         if len(checkpoints) < 2:
             raise ValueError(f"the demo saved fewer than 2 checkpoints for phase {sources.phase!r}")
     pairs, _ = trajectory_pairs(checkpoints, labels)
-    config = _experiment_config(args, pairs, base_config)
-    corpus = prepare_corpus(config, checkpoints[0])
     read, write = _sets(args)
-    ds = trajectory_dataset(
-        checkpoints,
-        config,
-        corpus,
-        labels=labels,
-        read=read,
-        write=write,
-        cache_root=cache_root(args),
-        progress=not args.quiet,
-    )
+    ds = robustness.api.trajectory(
+        checkpoints, labels=labels, config=_experiment_config(args, pairs, base_config),
+        read=read, write=write, cache_dir=cache_root(args), progress=not args.quiet,
+    )  # fmt: skip
     return publish(ds, out, trajectory_lines(ds), quiet=args.quiet)
 
 
@@ -203,72 +190,41 @@ def trajectory_lines(ds) -> list[str]:
 
 
 def run_contrastive(args) -> int:
-    from robustness.cache import default_cache_dir
-    from robustness.corpus import evenly_spaced, load_corpus
-    from robustness.demo import demo_checkpoints, demo_token_windows
-    from robustness.experiments.contrastive import contrastive_dataset, train_variants
-    from robustness.models import prepare_corpus, resolve_device
+    import robustness.api
+    from robustness.corpus import load_corpus
+    from robustness.demo import demo_checkpoints, demo_contrastive_inputs
 
     given = read_options(ContrastiveSettings, args)
     inputs = ContrastiveInputs(**read_options(ContrastiveInputs, args))
     out = _out(args, inputs.base, *inputs.train_corpus, *corpus_spec(args).paths)
     if bool(inputs.base) == inputs.demo:
         raise ValueError("rsf experiment contrastive needs one of --base M or --demo")
-    demo = None
     if inputs.demo:
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
-        recipe = demo.manifest["settings"]
-        settings = ContrastiveSettings.demo_recipe(recipe, **given)
-        base_id = demo.base
-        pair_len = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-        train_ids = demo_token_windows(demo, held_out=False, length=pair_len)
+        base_id, train_ids, settings = demo_contrastive_inputs(demo, **given)
     else:
         settings = ContrastiveSettings(**given)
         base_id = inputs.base
         pair_len = 2 * (settings.prompt_len or 32)
         spec = CorpusSpec(paths=inputs.train_corpus, tokens=inputs.train_tokens, seq_len=pair_len)
         train_ids = load_corpus(spec, tokenizer_source=base_id).ids
-    config = _experiment_config(args, [PairSpec("contrastive", base_id, base_id)])
-    if len(train_ids) < 2:
-        raise ValueError("the training text gives fewer than 2 preference pairs")
-    corpus = prepare_corpus(config, base_id)
-    variants_dir = inputs.variants_dir or (
-        Path(cache_root(args) or default_cache_dir()) / "contrastive"
-    )
-    device = resolve_device(config.device)
-    variants = train_variants(
-        base_id,
-        train_ids,
-        settings,
-        variants_dir=variants_dir,
-        device=device,
-        progress=not args.quiet,
-    )
-    gradient_ids = train_ids[evenly_spaced(len(train_ids), inputs.gradient_pairs)]
     read, write = _sets(args)
-    ds = contrastive_dataset(
-        base_id,
-        variants,
-        settings,
-        config,
-        corpus,
-        read=read,
-        write=write,
-        gradient_ids=gradient_ids,
-        cache_root=cache_root(args),
-        device=device,
-        progress=not args.quiet,
-    )
-    ds.attrs["base_id"] = base_id
-    ds.attrs["training_pairs"] = int(len(train_ids))
+    ds = robustness.api.contrastive(
+        base_id, train_ids, settings,
+        config=_experiment_config(args, [PairSpec("contrastive", base_id, base_id)]),
+        variants_dir=inputs.variants_dir, gradient_pairs=inputs.gradient_pairs, read=read,
+        write=write, cache_dir=cache_root(args), progress=not args.quiet,
+    )  # fmt: skip
     return publish(ds, out, contrastive_lines(ds), quiet=args.quiet)
 
 
 def contrastive_lines(ds) -> list[str]:
+    from robustness.specification import scale_name
+
     spec = {"cutoff": ds.cutoff.values[0], "normalisation": ds.normalisation.values[0]}
     lines = [
         f"λ against read RSF ({ds.attrs['read_construction']}), write RSF "
-        f"({ds.attrs['write_construction']}) [{spec['cutoff']}, {spec['normalisation']}, log2 for ratios] "
+        f"({ds.attrs['write_construction']}) [{spec['cutoff']}, {scale_name(spec['normalisation'])}] "
         "and the δ_t entropy rank of L_λ at the write sites:"
     ]
     has_ci = "delta_mean_entropy_rank_ci_low" in ds
@@ -309,9 +265,8 @@ def contrastive_lines(ds) -> list[str]:
 
 
 def run_rank1(args) -> int:
-    from robustness.demo import demo_checkpoints, demo_held_out_corpus
-    from robustness.experiments.rank1 import rank1_dataset
-    from robustness.models import check_vocabulary, load_model, resolve_device
+    import robustness.api
+    from robustness.demo import demo_checkpoints, demo_held_out_inputs
 
     settings = Rank1Settings(**read_options(Rank1Settings, args))
     run_options = RunOptions(**read_options(RunOptions, args))
@@ -326,21 +281,14 @@ def run_rank1(args) -> int:
             raise ValueError("--corpus needs --model; the demo uses its own held-out documents")
         demo = demo_checkpoints(cache_root=cache_root(args), progress=not args.quiet)
         model_id = demo.base
-        recipe = demo.manifest["settings"]
-        length = corpus_given.get("seq_len") or int(recipe["prompt_len"]) + int(
-            recipe["continuation_len"]
-        )
-        corpus = demo_held_out_corpus(demo, length=length, tokens=corpus_given.get("tokens", 8192))
-        if settings.prompt_len is None:
-            settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
-    model = load_model(
-        model_id,
-        device=resolve_device(run_options.device),
-        dtype=run_options.dtype,
-        trust_remote_code=run_options.trust_remote_code,
-    )
-    check_vocabulary(corpus, model)
-    ds = rank1_dataset(model, corpus, settings, model_id=model_id, progress=not args.quiet)
+        corpus, settings = demo_held_out_inputs(
+            demo, settings, seq_len=corpus_given.get("seq_len"),
+            tokens=corpus_given.get("tokens", 8192),
+        )  # fmt: skip
+    ds = robustness.api.rank1(
+        model_id, corpus, settings, device=run_options.device, dtype=run_options.dtype,
+        trust_remote_code=run_options.trust_remote_code, progress=not args.quiet,
+    )  # fmt: skip
     return publish(ds, out, rank1_lines(ds), quiet=args.quiet)
 
 

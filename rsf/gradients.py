@@ -8,8 +8,6 @@ each with the DPO reference its phase implies
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from robustness.config import CorpusSpec
 from robustness.options import (
     CacheOptions,
@@ -98,10 +96,10 @@ def gradient_checkpoints(args, sources: Sources) -> tuple[list, object]:
 
 
 def run(args) -> int:
-    from robustness.demo import demo_held_out_corpus
+    import robustness.api
+    from robustness.demo import demo_held_out_inputs
     from robustness.files import check_writable
-    from robustness.gradient_dataset import check_checkpoints, gradient_dataset
-    from robustness.models import resolve_device
+    from robustness.gradient_dataset import check_checkpoints
 
     settings = GradientSettings(**read_options(GradientSettings, args))
     run_options = RunOptions(**read_options(RunOptions, args))
@@ -117,26 +115,17 @@ def run(args) -> int:
     checkpoints, demo = gradient_checkpoints(args, sources)
     check_checkpoints(checkpoints, trust_remote_code=run_options.trust_remote_code)
     if demo is not None and not corpus_given.get("paths"):
-        recipe = demo.manifest["settings"]
-        length = corpus_given.get("seq_len") or int(recipe["prompt_len"]) + int(
-            recipe["continuation_len"]
+        corpus, settings = demo_held_out_inputs(
+            demo, settings, seq_len=corpus_given.get("seq_len"), tokens=corpus_given.get("tokens")
         )
-        corpus = demo_held_out_corpus(demo, length=length, tokens=corpus_given.get("tokens"))
-        if settings.prompt_len is None:
-            settings = replace(settings, prompt_len=min(int(recipe["prompt_len"]), length - 1))
     else:
         corpus = command_corpus(args, checkpoints[0].path, default_tokens=DEFAULT_TOKENS,
                                 trust_remote_code=run_options.trust_remote_code)  # fmt: skip
-    ds = gradient_dataset(
-        checkpoints,
-        corpus,
-        settings,
-        cache_root=cache_root(args),
-        device=resolve_device(run_options.device),
-        dtype=run_options.dtype,
-        trust_remote_code=run_options.trust_remote_code,
+    ds = robustness.api.measure_gradients(
+        checkpoints, corpus, settings, device=run_options.device, dtype=run_options.dtype,
+        trust_remote_code=run_options.trust_remote_code, cache_dir=cache_root(args),
         progress=not args.quiet,
-    )
+    )  # fmt: skip
     return publish(ds, out, summary_lines(ds), quiet=args.quiet)
 
 

@@ -56,3 +56,28 @@ def test_bad_options_are_the_command_lines_errors(saved_pair):
         robustness.sweep(base, aligned, replicates=-1)
     with pytest.raises(ValueError, match="the aligned model is missing"):
         robustness.sweep(base)
+
+
+def test_trajectory_and_rank1_are_the_commands_numbers(saved_pair, tmp_path):
+    from robustness.options import Rank1Settings
+
+    base, aligned = saved_pair("llama")
+    small = ["--tokens", "256", "--seq-len", "16", "--cutoffs", "k=4", "--no-cache", "-q"]
+    run_cli(["experiment", "trajectory", "--checkpoints", f"{base},{aligned}",
+             "--out", str(tmp_path / "t.nc"), *small])  # fmt: skip
+    from robustness.config import PairSpec, SweepConfig
+    from robustness.corpus import load_corpus
+    from robustness.experiments.summaries import EXPERIMENT_GRID
+
+    config = SweepConfig(  # the experiments' grid with the command's flags; pairs are replaced
+        pairs=(PairSpec("any", base, aligned),), corpus=CorpusSpec(tokens=256, seq_len=16),
+        **{**EXPERIMENT_GRID, "cutoffs": ("k=4",)},
+    )  # fmt: skip
+    found = robustness.trajectory([base, aligned], config=config)
+    np.testing.assert_array_equal(found.rsf.values, open_dataset(tmp_path / "t.nc").rsf.values)
+    run_cli(["experiment", "rank1", "--model", base, "--controls", "2", "--tokens", "256",
+             "--seq-len", "16", "--out", str(tmp_path / "r.nc"), "-q"])  # fmt: skip
+    corpus = load_corpus(CorpusSpec(tokens=256, seq_len=16), tokenizer_source=base)
+    mine = robustness.rank1(base, corpus, Rank1Settings(controls=2))
+    theirs = open_dataset(tmp_path / "r.nc")
+    np.testing.assert_array_equal(mine.kl.values, theirs.kl.values)
