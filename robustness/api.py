@@ -19,7 +19,6 @@ package.)
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import xarray as xr
@@ -60,8 +59,7 @@ def sweep(
     ``None`` keeps no statistics cache. The notes a sweep prints are in
     ``attrs["notes"]`` (JSON: per pair, a list of lines).
     """
-    from .dataset import build_dataset
-    from .engine import run_sweep
+    from .dataset import sweep_dataset
     from .models import prepare_corpus
 
     if isinstance(base, SweepConfig):
@@ -74,13 +72,10 @@ def sweep(
         pair = PairSpec(label or default_label(aligned), str(base), str(aligned), phase=phase)
         config = SweepConfig(pairs=(pair,), corpus=corpus or CorpusSpec(), **settings)
     prepared = prepare_corpus(config, config.pairs[0].base)
-    found = run_sweep(
+    return sweep_dataset(
         config, prepared, cache_root=cache_dir, progress=progress, workers=workers,
         scheduler=scheduler,
     )  # fmt: skip
-    results = build_dataset(found, config, prepared)
-    results.attrs["notes"] = json.dumps({r.label: list(r.notes) for r in found}, sort_keys=True)
-    return results
 
 
 def statistics(results: xr.Dataset, **options) -> xr.Dataset:

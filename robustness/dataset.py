@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # annotations only: reading a dataset loads neither torch nor
 __all__ = [
     "PROVENANCE",
     "build_dataset",
+    "sweep_dataset",
     "dataset_kind",
     "open_dataset",
     "pair_phases",
@@ -67,6 +68,29 @@ PROVENANCE = (
     "dtype",
     "targeted_matrices",
 )
+
+
+def sweep_dataset(
+    config: SweepConfig,
+    corpus: Corpus,
+    *,
+    cache_root=None,
+    progress: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> xr.Dataset:
+    """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.engine.
+    run_sweep`) assembled by :func:`build_dataset`, with the notes it gathered in
+    ``attrs["notes"]`` (JSON: per pair, a list of lines)."""
+    from .engine import run_sweep  # the engine loads torch: only when a sweep runs
+
+    results = run_sweep(
+        config, corpus, cache_root=cache_root, progress=progress, workers=workers,
+        scheduler=scheduler,
+    )  # fmt: skip
+    dataset = build_dataset(results, config, corpus)
+    dataset.attrs["notes"] = json.dumps({r.label: list(r.notes) for r in results}, sort_keys=True)
+    return dataset
 
 
 def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus) -> xr.Dataset:

@@ -141,7 +141,7 @@ def run_demo(
     """
     from reports import write_report
     from robustness.cache import default_cache_dir
-    from robustness.dataset import build_dataset, open_dataset, write_dataset
+    from robustness.dataset import open_dataset, sweep_dataset, write_dataset
     from robustness.demo import (
         DemoGrid,
         DemoSettings,
@@ -153,7 +153,6 @@ def run_demo(
         demo_sweep_config,
         single_threaded,
     )
-    from robustness.engine import run_sweep
     from robustness.files import check_writable
     from robustness.paper import paper_claims
     from robustness.real_demo import (
@@ -229,8 +228,7 @@ def run_demo(
         dataset = open_dataset(stored / "results.nc").load()
     else:
         with threads:
-            results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
-        dataset = build_dataset(results, config, corpus)
+            dataset = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress)
     phases = [phase for phase in ("pretrain", "align") if phase in pair.manifest]
     dataset.attrs["demo_manifest"] = json.dumps(
         {k: v for k, v in pair.manifest.items() if k not in phases}

@@ -24,8 +24,7 @@ import probes
 
 from ..config import PairSpec, SweepConfig
 from ..corpus import Corpus, load_tokenizer
-from ..dataset import build_dataset
-from ..engine import run_sweep
+from ..dataset import sweep_dataset
 from ..gradients import SITE_ORDER, measure_objective, summarise_statistics
 from ..layers import layer_interval
 from ..models import load_model
@@ -146,8 +145,9 @@ def contrastive_dataset(
         config,
         pairs=tuple(PairSpec(label, base_id, v) for label, v in zip(labels, variants, strict=True)),
     )
-    results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
-    sweep = build_dataset(results, config, corpus).rename(pair="lam_label")
+    sweep = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress).rename(
+        pair="lam_label"
+    )
     rsf = sweep["rsf"]
     summary = pathway_summary(
         rsf, read=read, write=write, confidence_level=settings.confidence_level

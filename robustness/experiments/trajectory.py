@@ -17,8 +17,7 @@ import xarray as xr
 
 from ..config import PairSpec, SweepConfig, config_from_document, read_toml
 from ..corpus import Corpus
-from ..dataset import build_dataset
-from ..engine import run_sweep
+from ..dataset import sweep_dataset
 from ..provenance import provenance_attrs
 from ..resampling import percentile_interval
 from ..schema import OptionError, option, read_table, validate
@@ -159,8 +158,7 @@ def trajectory_dataset(
     """
     pairs, layout = trajectory_pairs(checkpoints, labels)
     config = replace(config, pairs=tuple(pairs))
-    results = run_sweep(config, corpus, cache_root=cache_root, progress=progress)
-    sweep = build_dataset(results, config, corpus)
+    sweep = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress)
     ordered = layout["labels"]
     references = ("start", "previous")
     steps = ordered[1:]
