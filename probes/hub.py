@@ -28,7 +28,6 @@ from pathlib import Path
 
 __all__ = [
     "Source",
-    "is_hub_id",
     "list_revisions",
     "local_path",
     "resolve_source",
@@ -78,12 +77,6 @@ def split_revision(spec: str) -> tuple[str, str | None]:
     if not name or not revision or looks_like_path(name):
         return text, None
     return name, revision
-
-
-def is_hub_id(spec: str) -> bool:
-    """Whether `spec` names a hub repository (with or without a revision), not a local path."""
-    name, _ = split_revision(spec)
-    return not os.path.exists(os.path.expanduser(name)) and not looks_like_path(name)
 
 
 def resolve_source(spec: str | os.PathLike, *, weights: bool = True) -> Source:
