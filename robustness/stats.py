@@ -242,7 +242,6 @@ def compute_stats(
         results = each_expert(results)
     read, write = _validate_sets(results, options.read, options.write)
     preferred, preferred_note = _preferred(results, options.preferred, given=preferred is not None)
-    matrices = list(results.matrix.values)
     shape = tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS))
     specs = [
         (str(c), str(k), str(n))
@@ -250,108 +249,30 @@ def compute_stats(
         for k in results.cutoff.values
         for n in results.normalisation.values
     ]
-    names = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_greater", "p_signflip",
-             "p_perm", "p_adj", "p_wy", "effect_size", "effect_ci_low", "effect_ci_high",
-             "lag1_autocorrelation", "effective_layers")  # fmt: skip
     boot = "rsf_boot" in results
-    if boot:
-        names += ("seq_ci_low", "seq_ci_high", "seq_ci_low_bca", "seq_ci_high_bca",
-                  "seq_ci_low_percentile", "seq_ci_high_percentile")  # fmt: skip
+    names = STAT_NAMES + (SEQUENCE_NAMES if boot else ())
     out = {name: np.full(shape, np.nan) for name in names}
     counted_out = np.zeros(shape, dtype=np.int8)
     duplicate_out = np.full(shape, "", dtype=object)
     reason_out = np.full(shape, "", dtype=object)
-    n_draws = 1000
-    null = np.full((*shape, n_draws), np.nan)
+    null = np.full((*shape, NULL_DRAWS), np.nan)
     per_pair: dict[str, dict] = {}
     layer_differences: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed)
     for p, pair in enumerate(tqdm(results.pair.values, desc="stats", disable=not progress)):
-        n_layers = _n_layers(results, pair)
-        pair_read, pair_write = _targeted_sets(results, pair, read, write)
-        read_idx = [matrices.index(m) for m in pair_read]
-        write_idx = [matrices.index(m) for m in pair_write]
-        if not pair_read or not pair_write:
-            missing = [f"no {name} matrix ({', '.join(chosen)})" for name, chosen, kept in
-                       (("read", read, pair_read), ("write", write, pair_write)) if not kept]  # fmt: skip
-            per_pair[str(pair)] = {
-                "n_layers": n_layers,
-                "note": f"its LoRA adapter targets {' and '.join(missing)}: the asymmetry is not tested",
-            }
-            continue
-        rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
-        s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
-        duplicate_of = curve.duplicates(s, specs, options.preferred)
-        matched, mismatch = curve.matched_k(
-            _spec_ranks(results, pair, n_layers), read_idx, write_idx
-        )
-        counted = curve.counted_mask(specs, duplicate_of, matched)
-        duplicate_out[p] = np.asarray(duplicate_of, dtype=object).reshape(shape[1:])
-        complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
-        counted_out[p] = (counted & complete).reshape(shape[1:])
-        reason_out[p] = np.asarray(
-            _not_counted_reasons(specs, duplicate_of, complete, mismatch, counted), dtype=object
-        ).reshape(shape[1:])
-        info: dict = {
-            "n_layers": n_layers,
-            "read_set": ",".join(pair_read),
-            "write_set": ",".join(pair_write),
-            "incomplete_specifications": int((~complete).sum()),
-            "counted_specifications": int((counted & complete).sum()),
-            "k_mismatched_specifications": int((~matched & complete).sum()),
-            "projections": projections_for(n_layers),
-        }
-        if n_layers < MIN_LAYERS:
-            info["note"] = (
-                f"{n_layers} layers: the dependence-robust test needs at least {MIN_LAYERS}; "
-                "its p-values are NaN"
-            )
-        if complete.sum() == 0 or n_layers < 2:
-            per_pair[str(pair)] = info
-            continue
-        reference = _references(results, pair, n_layers, specs, read_idx, write_idx)
-        tests = spec_tests(
-            s[:, :, complete], read_idx, write_idx, reference=reference[:, complete],
-            counted=counted[complete], confidence_level=confidence_level, n_resamples=n_resamples,
-            alpha=alpha, rng=rng, n_null_draws=n_draws,
-        )  # fmt: skip
-        flat = {name: np.full(complete.size, np.nan) for name in names}
-        for name in names:
-            if hasattr(tests, name):
-                flat[name][complete] = getattr(tests, name)
-        if boot:
-            for name, values in _sequence_intervals(
-                results, pair, n_layers, read_idx, write_idx, confidence_level
-            ).items():
-                flat[name] = values
-        for name in names:
-            out[name][p] = flat[name].reshape(shape[1:])
-        draws = np.full((complete.size, n_draws), np.nan)
-        draws[complete, : tests.null_draws.shape[0]] = tests.null_draws.T
-        null[p] = draws.reshape(*shape[1:], n_draws)
-        use = counted & complete
-        frame = pd.DataFrame(
-            [dict(zip(SPEC_DIMS, spec, strict=True), effect_size=e)
-             for spec, e, u in zip(specs, flat["effect_size"], use, strict=True) if u]
-        )  # fmt: skip
-        differences = s[:, read_idx].mean(axis=1) - s[:, write_idx].mean(axis=1)
-        layer_differences[str(pair)] = differences
-        info.update({
-            "joint": tests.joint,
-            "signflip_exact": tests.signflip_exact,
-            "perm_exact": tests.perm_exact,
-            "variance_shares": curve.variance_shares(frame) if len(frame) > 1 else {},
-            "ranking_stability": curve.ranking_stability(differences[:, use]),
-        })  # fmt: skip
-        standardised = tests.standardised_effect[tests.counted]
-        standardised = standardised[np.isfinite(standardised)]
-        info["expected_share"] = expected_shares(
-            tests.projections,
-            n_layers,
-            alpha,
-            float(np.median(standardised)) if standardised.size else float("nan"),
+        info, parts = _pair_statistics(
+            results, pair, read, write, specs, names, options, rng, boot=boot
         )
         per_pair[str(pair)] = info
+        if "counted" in parts:
+            duplicate_out[p] = parts["duplicate_of"].reshape(shape[1:])
+            counted_out[p] = parts["counted"].reshape(shape[1:])
+            reason_out[p] = parts["reasons"].reshape(shape[1:])
+        if "flat" in parts:
+            for name in names:
+                out[name][p] = parts["flat"][name].reshape(shape[1:])
+            null[p] = parts["null"].reshape(*shape[1:], NULL_DRAWS)
+            layer_differences[str(pair)] = parts["differences"]
     models = _pair_models(results, preferred, specs, layer_differences, confidence_level)
     dims = ("pair", *SPEC_DIMS)
     data_vars = {name: (dims, values) for name, values in out.items()}
@@ -442,6 +363,101 @@ def compute_stats(
         },
     )
     return ds
+
+
+STAT_NAMES = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_greater", "p_signflip",
+              "p_perm", "p_adj", "p_wy", "effect_size", "effect_ci_low", "effect_ci_high",
+              "lag1_autocorrelation", "effective_layers")  # fmt: skip
+SEQUENCE_NAMES = ("seq_ci_low", "seq_ci_high", "seq_ci_low_bca", "seq_ci_high_bca",
+                  "seq_ci_low_percentile", "seq_ci_high_percentile")  # fmt: skip
+NULL_DRAWS = 1000  # draws of the rotation null kept per specification (null_asymmetry)
+
+
+def _pair_statistics(results, pair, read, write, specs, names, options, rng, *, boot: bool):
+    """One pair's tests: ``(info, parts)``, `parts` holding what was computed (see compute_stats).
+
+    ``counted``, ``duplicate_of`` and ``reasons`` (per specification) once the pair has read
+    and write matrices; ``flat`` (each statistic per specification), ``null`` (the rotation
+    null's draws) and ``differences`` (read − write per layer and specification) once it has
+    complete specifications and two layers.
+    """
+    matrices = list(results.matrix.values)
+    n_layers = _n_layers(results, pair)
+    pair_read, pair_write = _targeted_sets(results, pair, read, write)
+    read_idx = [matrices.index(m) for m in pair_read]
+    write_idx = [matrices.index(m) for m in pair_write]
+    if not pair_read or not pair_write:
+        missing = [f"no {name} matrix ({', '.join(chosen)})" for name, chosen, kept in
+                   (("read", read, pair_read), ("write", write, pair_write)) if not kept]  # fmt: skip
+        note = f"its LoRA adapter targets {' and '.join(missing)}: the asymmetry is not tested"
+        return {"n_layers": n_layers, "note": note}, {}
+    rsf = results.rsf.sel(pair=pair).isel(layer=slice(0, n_layers))
+    s = _scaled(rsf, n_layers, len(matrices))  # [layer, matrix, spec]
+    duplicate_of = curve.duplicates(s, specs, options.preferred)
+    matched, mismatch = curve.matched_k(_spec_ranks(results, pair, n_layers), read_idx, write_idx)
+    counted = curve.counted_mask(specs, duplicate_of, matched)
+    complete = np.isfinite(s[:, read_idx + write_idx]).all(axis=(0, 1))
+    parts = {
+        "duplicate_of": np.asarray(duplicate_of, dtype=object),
+        "counted": counted & complete,
+        "reasons": np.asarray(
+            _not_counted_reasons(specs, duplicate_of, complete, mismatch, counted), dtype=object
+        ),
+    }
+    info: dict = {
+        "n_layers": n_layers,
+        "read_set": ",".join(pair_read),
+        "write_set": ",".join(pair_write),
+        "incomplete_specifications": int((~complete).sum()),
+        "counted_specifications": int((counted & complete).sum()),
+        "k_mismatched_specifications": int((~matched & complete).sum()),
+        "projections": projections_for(n_layers),
+    }
+    if n_layers < MIN_LAYERS:
+        info["note"] = (
+            f"{n_layers} layers: the dependence-robust test needs at least {MIN_LAYERS}; "
+            "its p-values are NaN"
+        )
+    if complete.sum() == 0 or n_layers < 2:
+        return info, parts
+    reference = _references(results, pair, n_layers, specs, read_idx, write_idx)
+    tests = spec_tests(
+        s[:, :, complete], read_idx, write_idx, reference=reference[:, complete],
+        counted=counted[complete], confidence_level=options.confidence_level,
+        n_resamples=options.n_resamples, alpha=options.alpha, rng=rng, n_null_draws=NULL_DRAWS,
+    )  # fmt: skip
+    flat = {name: np.full(complete.size, np.nan) for name in names}
+    for name in names:
+        if hasattr(tests, name):
+            flat[name][complete] = getattr(tests, name)
+    if boot:
+        flat.update(_sequence_intervals(
+            results, pair, n_layers, read_idx, write_idx, options.confidence_level
+        ))  # fmt: skip
+    draws = np.full((complete.size, NULL_DRAWS), np.nan)
+    draws[complete, : tests.null_draws.shape[0]] = tests.null_draws.T
+    use = counted & complete
+    frame = pd.DataFrame(
+        [dict(zip(SPEC_DIMS, spec, strict=True), effect_size=e)
+         for spec, e, u in zip(specs, flat["effect_size"], use, strict=True) if u]
+    )  # fmt: skip
+    differences = s[:, read_idx].mean(axis=1) - s[:, write_idx].mean(axis=1)
+    info.update({
+        "joint": tests.joint,
+        "signflip_exact": tests.signflip_exact,
+        "perm_exact": tests.perm_exact,
+        "variance_shares": curve.variance_shares(frame) if len(frame) > 1 else {},
+        "ranking_stability": curve.ranking_stability(differences[:, use]),
+    })  # fmt: skip
+    standardised = tests.standardised_effect[tests.counted]
+    standardised = standardised[np.isfinite(standardised)]
+    info["expected_share"] = expected_shares(
+        tests.projections,
+        n_layers,
+        options.alpha,
+        float(np.median(standardised)) if standardised.size else float("nan"),
+    )
+    return info, {**parts, "flat": flat, "null": draws, "differences": differences}
 
 
 def _targeted_sets(results, pair, read, write) -> tuple[list[str], list[str]]:
