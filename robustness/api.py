@@ -57,7 +57,7 @@ def sweep(
     ``bca``, ``device``, ``dtype``, ``batch_size``, ``trust_remote_code``);
     `corpus` a :class:`CorpusSpec` (default: the built-in corpus). `cache_dir`
     ``None`` keeps no statistics cache. The notes a sweep prints are in
-    ``attrs["notes"]`` (JSON: per pair, a list of lines).
+    ``attrs["notes"]`` (a JSON list of ``"label: note"`` lines).
     """
     from .dataset import sweep_dataset
     from .models import prepare_corpus

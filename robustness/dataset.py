@@ -80,17 +80,15 @@ def sweep_dataset(
     scheduler: str | None = None,
 ) -> xr.Dataset:
     """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.engine.
-    run_sweep`) assembled by :func:`build_dataset`, with the notes it gathered in
-    ``attrs["notes"]`` (JSON: per pair, a list of lines)."""
+    run_sweep`) assembled by :func:`build_dataset` (the notes it gathered are in
+    ``attrs["notes"]``: a JSON list of ``"label: note"`` lines)."""
     from .engine import run_sweep  # the engine loads torch: only when a sweep runs
 
     results = run_sweep(
         config, corpus, cache_root=cache_root, progress=progress, workers=workers,
         scheduler=scheduler,
     )  # fmt: skip
-    dataset = build_dataset(results, config, corpus)
-    dataset.attrs["notes"] = json.dumps({r.label: list(r.notes) for r in results}, sort_keys=True)
-    return dataset
+    return build_dataset(results, config, corpus)
 
 
 def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus) -> xr.Dataset:

@@ -73,9 +73,8 @@ def run(args) -> int:
         scheduler=cluster.scheduler,
     )
     write_dataset(results, out)
-    for label, lines in json.loads(results.attrs["notes"]).items():
-        for line in lines:
-            note(args, f"note: {label}: {line}")
+    for line in json.loads(results.attrs["notes"]):  # "label: note"
+        note(args, f"note: {line}")
     if not args.quiet:
         print(f"wrote {out} ({results.sizes['pair']} pair(s), {results.attrs['n_tokens']} tokens)")
     return 0
