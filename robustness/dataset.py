@@ -124,72 +124,14 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
                 floor[p, :layers, columns] = (result.rounding_floor / result.delta_fro).T
         if result.top_share is not None:
             top_share[p, :layers] = result.top_share
+    arrays = {
+        "rsf": rsf, "k": ks, "delta_fro": fro, "gram_purity": purity, "gram_spectrum": spectra,
+        "mechanical_reference": mechanical, "quantisation": storage, "quantisation_floor": floor,
+        "top_direction_share": top_share,
+    }  # fmt: skip
     data_vars = {
-        "rsf": (
-            ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
-            rsf,
-            {"long_name": "relative subspace fraction, normalised"},
-        ),
-        "k": (
-            ("pair", "layer", "matrix", "construction", "cutoff"),
-            ks,
-            {"long_name": "rank selected by the cutoff (-1: undefined)"},
-        ),
-        "delta_fro": (
-            ("pair", "layer", "matrix"),
-            fro,
-            {"long_name": "Frobenius norm of the delta"},
-        ),
-        "gram_purity": (
-            ("pair", "layer", "matrix"),
-            purity,
-            {
-                "long_name": "Σ g_i², g = eig(G)/tr G: the delta's Gram purity (1/d isotropic … 1 rank one), "
-                "for Haar moments without the deltas"
-            },
-        ),
-        "gram_spectrum": (
-            ("pair", "layer", "matrix", "eigen"),
-            spectra,
-            {
-                "long_name": "g = eig(G)/tr G, descending (zero-padded to the widest d): each "
-                "delta's normalised Gram spectrum, for its exact Haar reference"
-            },
-        ),
-        "mechanical_reference": (
-            ("pair", "layer", "matrix", "construction", "cutoff"),
-            mechanical,
-            {
-                "long_name": "log2 of the activations' own top-k energy share over k/d: the level "
-                "the outer-product mechanism alone predicts (read matrices, activation "
-                "constructions; NaN elsewhere)"
-            },
-        ),
-        "quantisation": (
-            ("pair", "side", "layer", "matrix"),
-            storage,
-            {
-                "long_name": "how each side stores the matrix: F32, F16, BF16, a GGUF type (Q8_0, "
-                "Q4_1, Q4_K, …), a transformers quantisation method, or LoRA"
-            },
-        ),
-        "quantisation_floor": (
-            ("pair", "layer", "matrix"),
-            floor,
-            {
-                "long_name": "rounding floor of the delta over its norm: sqrt(Σ step²/12) of both "
-                "sides' grids (the coarser of stored type and run dtype) / ‖ΔW‖_F; NaN where a "
-                "type has no linear grid"
-            },
-        ),
-        "top_direction_share": (
-            ("pair", "layer", "site"),
-            top_share,
-            {
-                "long_name": "λ₁ / tr of the site's activation covariance (act_cov, on the "
-                "construction side): the share of the variance in its top direction"
-            },
-        ),
+        name: (dims, arrays[name], {"long_name": long_name})
+        for name, (dims, long_name) in MATRIX_VARIABLES.items()
     }
     data_vars.update(_expert_variables(results, matrices, n_layers, width, config))
     for name in PROVENANCE:
@@ -198,25 +140,8 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "pair",
             np.asarray(values, dtype=object if isinstance(values[0], str) else np.int64),
         )
-    dims = ("pair", "layer", "matrix", "construction", "cutoff", "normalisation")
     if config.replicates:
-        for name, dim in (("replicates", "replicate"), ("jackknife", "jackknife")):
-            count = max(result.bootstrap[name].shape[0] for result in results)
-            if name == "jackknife" and count == 0:
-                continue  # swept without --bca: no leave-one-chunk-out rows
-            values = np.full((count, *rsf.shape), np.nan)
-            for p, result in enumerate(results):
-                columns = [matrices.index(m) for m in result.matrices]
-                block = result.bootstrap[name]
-                layers = block.shape[1]
-                values[: block.shape[0], p, :layers, columns] = block.transpose(2, 0, 1, 3, 4, 5)
-            variable = "rsf_boot" if name == "replicates" else "rsf_jack"
-            long_name = (
-                "rsf on a bootstrap resample of the corpus' sequence chunks"
-                if name == "replicates"
-                else "rsf with one sequence chunk left out (for BCa's acceleration)"
-            )
-            data_vars[variable] = ((dim, *dims), values, {"long_name": long_name})
+        data_vars.update(_bootstrap_variables(results, matrices, rsf.shape))
     notes = [f"{result.label}: {note}" for result in results for note in result.notes]
     return xr.Dataset(
         data_vars,
@@ -255,6 +180,76 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "notes": json.dumps(notes),
         },
     )
+
+
+# The per-matrix (and per-site) variables of results.nc: dimensions and long name.
+MATRIX_VARIABLES = {
+    "rsf": (
+        ("pair", "layer", "matrix", "construction", "cutoff", "normalisation"),
+        "relative subspace fraction, normalised",
+    ),
+    "k": (
+        ("pair", "layer", "matrix", "construction", "cutoff"),
+        "rank selected by the cutoff (-1: undefined)",
+    ),
+    "delta_fro": (("pair", "layer", "matrix"), "Frobenius norm of the delta"),
+    "gram_purity": (
+        ("pair", "layer", "matrix"),
+        "Σ g_i², g = eig(G)/tr G: the delta's Gram purity (1/d isotropic … 1 rank one), "
+        "for Haar moments without the deltas",
+    ),
+    "gram_spectrum": (
+        ("pair", "layer", "matrix", "eigen"),
+        "g = eig(G)/tr G, descending (zero-padded to the widest d): each "
+        "delta's normalised Gram spectrum, for its exact Haar reference",
+    ),
+    "mechanical_reference": (
+        ("pair", "layer", "matrix", "construction", "cutoff"),
+        "log2 of the activations' own top-k energy share over k/d: the level "
+        "the outer-product mechanism alone predicts (read matrices, activation "
+        "constructions; NaN elsewhere)",
+    ),
+    "quantisation": (
+        ("pair", "side", "layer", "matrix"),
+        "how each side stores the matrix: F32, F16, BF16, a GGUF type (Q8_0, "
+        "Q4_1, Q4_K, …), a transformers quantisation method, or LoRA",
+    ),
+    "quantisation_floor": (
+        ("pair", "layer", "matrix"),
+        "rounding floor of the delta over its norm: sqrt(Σ step²/12) of both "
+        "sides' grids (the coarser of stored type and run dtype) / ‖ΔW‖_F; NaN where a "
+        "type has no linear grid",
+    ),
+    "top_direction_share": (
+        ("pair", "layer", "site"),
+        "λ₁ / tr of the site's activation covariance (act_cov, on the "
+        "construction side): the share of the variance in its top direction",
+    ),
+}
+
+
+def _bootstrap_variables(results, matrices, shape) -> dict:
+    """``rsf_boot`` (and ``rsf_jack`` with ``--bca``) from the pairs' bootstrap rows."""
+    dims = ("pair", "layer", "matrix", "construction", "cutoff", "normalisation")
+    out = {}
+    for name, dim in (("replicates", "replicate"), ("jackknife", "jackknife")):
+        count = max(result.bootstrap[name].shape[0] for result in results)
+        if name == "jackknife" and count == 0:
+            continue  # swept without --bca: no leave-one-chunk-out rows
+        values = np.full((count, *shape), np.nan)
+        for p, result in enumerate(results):
+            columns = [matrices.index(m) for m in result.matrices]
+            block = result.bootstrap[name]
+            layers = block.shape[1]
+            values[: block.shape[0], p, :layers, columns] = block.transpose(2, 0, 1, 3, 4, 5)
+        variable = "rsf_boot" if name == "replicates" else "rsf_jack"
+        long_name = (
+            "rsf on a bootstrap resample of the corpus' sequence chunks"
+            if name == "replicates"
+            else "rsf with one sequence chunk left out (for BCa's acceleration)"
+        )
+        out[variable] = ((dim, *dims), values, {"long_name": long_name})
+    return out
 
 
 def _expert_variables(results, matrices, n_layers, width, config) -> dict:
