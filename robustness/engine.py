@@ -331,11 +331,7 @@ def sweep_pair(
         torch.set_num_threads(threads)
     cache = StatisticsCache(cache_root)
     device = resolve_device(config.device)
-    constructions, cutoffs, normalisations = (
-        config.constructions,
-        config.cutoffs,
-        config.normalisations,
-    )
+    constructions = config.constructions
     notes: list[str] = []
     sides = _open_pair(pair, config, device, progress, notes)
     base, aligned = sides["base"], sides["aligned"]
@@ -343,31 +339,8 @@ def sweep_pair(
     dims = probes.model_dims(base.model)
     d, n_layers = dims.d_model, dims.n_layers
     matrices = select_matrices(dims.model_type, config.matrices, label=pair.label)
-    clock = time.perf_counter()
-    hashes = {
-        role: probes.weights_hash(getattr(pair, role), progress=progress)
-        for role in ("base", "aligned")
-    }
-    timings = {"hashing": time.perf_counter() - clock}
-    origins = {role: probes.resolve_source(getattr(pair, role)) for role in ("base", "aligned")}
-    provenance = {
-        "base_id": pair.base,
-        "aligned_id": pair.aligned,
-        "phase": pair.phase,
-        "base_hash": hashes["base"],
-        "aligned_hash": hashes["aligned"],
-        **origins["base"].provenance("base"),
-        **origins["aligned"].provenance("aligned"),
-        "model_type": dims.model_type,
-        "n_layers": n_layers,
-        "d_model": d,
-        "n_heads": dims.n_heads,
-        "n_kv_heads": dims.n_kv_heads,
-        "tied_embeddings": int(bool(getattr(base.model.config, "tie_word_embeddings", False))),
-        "dtype": str(base.dtype).removeprefix("torch."),
-        # A LoRA pair: the canonical matrices its adapter targets ("" = a full model, every one).
-        "targeted_matrices": ",".join(m for m in matrices if m in targeted_matrices(aligned)),
-    }
+    provenance, origins, timings = _pair_provenance(pair, sides, dims, matrices, progress)
+    hashes = {role: provenance[f"{role}_hash"] for role in ("base", "aligned")}
 
     # A pretraining pair's base is an initialisation: its constructions come from the trained side.
     sources = TRAINED_SIDE_SOURCE if pair.phase == "pretrain" else ACTIVATION_SOURCE
@@ -392,23 +365,13 @@ def sweep_pair(
 
     grid = Grid(config, d, hashes["base"], pair_bases, sources)
     grid.eigh_device = _eigh_device(device)
-    shape = (n_layers, len(matrices), len(constructions), len(cutoffs))
-    rsf = np.full((*shape, len(normalisations)), np.nan)
-    ks = np.full(shape, UNDEFINED, dtype=np.int64)
-    delta_fro = np.full((n_layers, len(matrices)), np.nan)
-    purity = np.full((n_layers, len(matrices)), np.nan)
-    mechanical = np.full(shape, np.nan)
-    spectra = np.full((n_layers, len(matrices), d), np.nan)
-    storage = np.full((n_layers, len(matrices), 2), "", dtype=object)
-    rounding_floor = np.full((n_layers, len(matrices)), np.nan)
-    top_share = np.full((n_layers, len(probes.SITES)), np.nan)
     resampled = [c for c in constructions if c in sources]
     weights_b = (
         _resampling_weights(config, corpus, bool(roles), hashes["base"])
         if config.replicates
         else None
     )
-    boot = np.full((len(weights_b), *rsf.shape), np.nan) if weights_b is not None else None
+    found = _Collected(config, n_layers, len(matrices), d, dims.n_experts, weights_b)
     sites = sorted({probes.SITE_OF[m] for m in matrices})
     passes = {"ran": False}
 
@@ -436,33 +399,12 @@ def sweep_pair(
 
     job = _LayerJob(pair, config, device, matrices, grid, weights_b, resampled, load_role)
     job.sides = sides
-    zero = []
     timings["statistics"] = timings["grid"] = 0.0
     layers = iter(statistics())
     bar = tqdm(total=n_layers, desc=f"layers {pair.label}", disable=not progress, leave=False)
 
-    experts = None
-    if dims.n_experts > 1:
-        experts = {
-            "rsf": np.full((n_layers, len(matrices), dims.n_experts, *rsf.shape[2:]), np.nan),
-            "spectrum": np.full((n_layers, len(matrices), dims.n_experts, d), np.nan),
-            "purity": np.full((n_layers, len(matrices), dims.n_experts), np.nan),
-            "expert_load": np.full((n_layers, dims.n_experts), np.nan),
-        }
-
     def keep(layer, out):
-        if experts is not None:
-            for name in ("rsf", "spectrum", "purity"):
-                experts[name][layer] = out["experts"][name]
-            experts["expert_load"][layer] = out["expert_load"]
-        rsf[layer], ks[layer] = out["rsf"], out["k"]
-        mechanical[layer], spectra[layer] = out["mechanical"], out["spectrum"]
-        delta_fro[layer], purity[layer] = out["delta_fro"], out["purity"]
-        storage[layer], rounding_floor[layer] = out["storage"], out["floor"]
-        top_share[layer] = out["top_share"]
-        if boot is not None:
-            boot[:, layer] = out["boot"]
-        zero.extend(out["zero"])
+        found.keep(layer, out)
         bar.update(1)
 
     pending, portable = {}, None
@@ -495,31 +437,98 @@ def sweep_pair(
         keep(layer, pending.pop(layer).result())
     timings["grid"] += time.perf_counter() - clock
     bar.close()
-    if zero:
-        notes.insert(0, f"all-zero delta (NaN fractions): {', '.join(zero)}")
-    bootstrap = None
-    if boot is not None:
-        n_boot = config.replicates
-        bootstrap = {"replicates": boot[:n_boot], "jackknife": boot[n_boot:], "weights": weights_b}
-    return PairResult(
-        pair.label,
-        matrices,
-        rsf,
-        ks,
-        delta_fro,
-        purity,
-        provenance,
-        spectra,
-        mechanical,
-        len(roles) if passes["ran"] else 0,
-        notes,
-        bootstrap,
-        timings,
-        storage,
-        rounding_floor,
-        top_share,
-        experts,
-    )
+    if found.zero:
+        notes.insert(0, f"all-zero delta (NaN fractions): {', '.join(found.zero)}")
+    return found.result(pair.label, matrices, provenance, len(roles) if passes["ran"] else 0,
+                        notes, timings, weights_b)  # fmt: skip
+
+
+def _pair_provenance(pair, sides, dims, matrices, progress) -> tuple[dict, dict, dict]:
+    """``(provenance, origins, timings)``: what results.nc records per pair, each side's
+    :class:`probes.hub.Source`, and the seconds the weights hashes took."""
+    clock = time.perf_counter()
+    hashes = {
+        role: probes.weights_hash(getattr(pair, role), progress=progress)
+        for role in ("base", "aligned")
+    }
+    timings = {"hashing": time.perf_counter() - clock}
+    origins = {role: probes.resolve_source(getattr(pair, role)) for role in ("base", "aligned")}
+    base, aligned = sides["base"], sides["aligned"]
+    provenance = {
+        "base_id": pair.base,
+        "aligned_id": pair.aligned,
+        "phase": pair.phase,
+        "base_hash": hashes["base"],
+        "aligned_hash": hashes["aligned"],
+        **origins["base"].provenance("base"),
+        **origins["aligned"].provenance("aligned"),
+        "model_type": dims.model_type,
+        "n_layers": dims.n_layers,
+        "d_model": dims.d_model,
+        "n_heads": dims.n_heads,
+        "n_kv_heads": dims.n_kv_heads,
+        "tied_embeddings": int(bool(getattr(base.model.config, "tie_word_embeddings", False))),
+        "dtype": str(base.dtype).removeprefix("torch."),
+        # A LoRA pair: the canonical matrices its adapter targets ("" = a full model, every one).
+        "targeted_matrices": ",".join(m for m in matrices if m in targeted_matrices(aligned)),
+    }
+    return provenance, origins, timings
+
+
+class _Collected:
+    """One pair's per-layer outputs (:meth:`_LayerJob.run`), gathered in layer order."""
+
+    def __init__(self, config, n_layers, n_matrices, d, n_experts, weights_b):
+        grid = (len(config.constructions), len(config.cutoffs))
+        shape = (n_layers, n_matrices, *grid)
+        self.rsf = np.full((*shape, len(config.normalisations)), np.nan)
+        self.k = np.full(shape, UNDEFINED, dtype=np.int64)
+        self.delta_fro = np.full((n_layers, n_matrices), np.nan)
+        self.purity = np.full((n_layers, n_matrices), np.nan)
+        self.mechanical = np.full(shape, np.nan)
+        self.spectra = np.full((n_layers, n_matrices, d), np.nan)
+        self.storage = np.full((n_layers, n_matrices, 2), "", dtype=object)
+        self.rounding_floor = np.full((n_layers, n_matrices), np.nan)
+        self.top_share = np.full((n_layers, len(probes.SITES)), np.nan)
+        self.boot = (
+            None if weights_b is None else np.full((len(weights_b), *self.rsf.shape), np.nan)
+        )
+        self.experts = None
+        if n_experts > 1:
+            self.experts = {
+                "rsf": np.full((n_layers, n_matrices, n_experts, *self.rsf.shape[2:]), np.nan),
+                "spectrum": np.full((n_layers, n_matrices, n_experts, d), np.nan),
+                "purity": np.full((n_layers, n_matrices, n_experts), np.nan),
+                "expert_load": np.full((n_layers, n_experts), np.nan),
+            }
+        self.replicates = config.replicates
+        self.zero: list[str] = []
+
+    def keep(self, layer: int, out: dict) -> None:
+        if self.experts is not None:
+            for name in ("rsf", "spectrum", "purity"):
+                self.experts[name][layer] = out["experts"][name]
+            self.experts["expert_load"][layer] = out["expert_load"]
+        self.rsf[layer], self.k[layer] = out["rsf"], out["k"]
+        self.mechanical[layer], self.spectra[layer] = out["mechanical"], out["spectrum"]
+        self.delta_fro[layer], self.purity[layer] = out["delta_fro"], out["purity"]
+        self.storage[layer], self.rounding_floor[layer] = out["storage"], out["floor"]
+        self.top_share[layer] = out["top_share"]
+        if self.boot is not None:
+            self.boot[:, layer] = out["boot"]
+        self.zero.extend(out["zero"])
+
+    def result(self, label, matrices, provenance, passes, notes, timings, weights_b) -> PairResult:
+        bootstrap = None
+        if self.boot is not None:
+            n = self.replicates
+            bootstrap = {"replicates": self.boot[:n], "jackknife": self.boot[n:],
+                         "weights": weights_b}  # fmt: skip
+        return PairResult(
+            label, matrices, self.rsf, self.k, self.delta_fro, self.purity, provenance,
+            self.spectra, self.mechanical, passes, notes, bootstrap, timings, self.storage,
+            self.rounding_floor, self.top_share, self.experts,
+        )  # fmt: skip
 
 
 def _blas_threads() -> int | None:
