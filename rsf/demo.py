@@ -136,8 +136,9 @@ def run_demo(
     gradients a few checkpoints of both phases (:func:`robustness.demo.demo_gradients`).
     Statistics are cached like any sweep's, so a second run does no forward
     pass. With `full`, every checkpoint's gradients with a bootstrap, and the
-    trajectory, contrastive and rank-1 experiments, each through its own
-    command, so every claim is tested.
+    trajectory, contrastive and rank-1 experiments through the API their
+    commands call (:mod:`robustness.api`, with the commands' defaults), so
+    every claim is tested.
     """
     from reports import write_report
     from robustness.cache import default_cache_dir

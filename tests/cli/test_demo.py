@@ -122,7 +122,8 @@ def test_rsf_demo_full_runs_every_experiment_and_tests_every_claim(
     tiny_demo, tmp_path, monkeypatch
 ):
     """--full: gradients at every checkpoint with a bootstrap, then the trajectory, contrastive and
-    rank-1 experiments through their own commands; every claim on an experiment is tested."""
+    rank-1 experiments through the API their commands call; every claim on an experiment is
+    tested."""
     from robustness import demo
 
     cache, pair = tiny_demo
