@@ -126,6 +126,66 @@ def _controls_p(stat: np.ndarray, family: np.ndarray, which: str) -> float:
     return float((1 + np.sum(controls >= principal)) / (1 + controls.size))
 
 
+def _intervene(model, layer, role, matrix, basis, spectrum, weight, effects, settings, progress):
+    """One matrix's interventions: its principal direction and controls, each one's margin
+    change per pair and KL per sequence, and how aligned each direction is with the basis."""
+    w = probes.fraction.as_float64(weight)
+    left, _, right_t = np.linalg.svd(w, full_matrices=False)
+    norm = settings.scale * float(np.linalg.norm(w))
+    names, family, vectors = _directions(
+        basis,
+        controls=settings.controls,
+        neighbours=settings.neighbours,
+        rng_random=probes.construction_rng(settings.seed, "rank1", matrix, "random"),
+        rng_matched=probes.construction_rng(settings.seed, "rank1", matrix, "matched"),
+    )
+    # The residual-side quadratic form: activation covariance (read), W_UᵀW_U (write).
+    form = basis @ np.diag(spectrum) @ basis.T
+    alignment = np.einsum("ij,jk,ik->i", vectors, form, vectors) / spectrum[0]
+    fixed = _unit(left[:, 0]) if role == "read" else _unit(right_t[0])
+    margins, kls = [], []
+    for vector in tqdm(vectors, desc=f"rank-1 {matrix}", disable=not progress, leave=False):
+        u, v = (fixed, vector) if role == "read" else (vector, fixed)
+        margin, kl = effects.measure(partial(probes.rank1_hook, model, layer, matrix, u, v, norm))
+        margins.append(margin)
+        kls.append(kl)
+    return dict(
+        role=role, update_norm=norm, weight_fro=float(np.linalg.norm(w)), names=names,
+        family=np.asarray(family), vectors=vectors, alignment=alignment,
+        margins=np.stack(margins), kls=np.stack(kls),
+    )  # fmt: skip
+
+
+def _effect_summaries(rows, matrices, family, tests, settings):
+    """Per matrix and intervention: mean margin change and KL with bootstrap intervals; per
+    matrix and control family: the principal's p-values against the controls."""
+    rng = probes.construction_rng(settings.seed, "rank1", "intervals")
+    n = len(family)
+    data = {key: np.full((2, n), np.nan) for key in (
+        "margin_change", "margin_change_ci_low", "margin_change_ci_high",
+        "abs_margin_change", "kl", "kl_ci_low", "kl_ci_high",
+    )}  # fmt: skip
+    p_margin = np.full((2, len(tests)), np.nan)
+    p_kl = np.full((2, len(tests)), np.nan)
+    interval = partial(_mean_interval, replicates=settings.replicates,
+                       confidence_level=settings.confidence_level, rng=rng)  # fmt: skip
+    for m, matrix in enumerate(matrices):
+        row = rows[matrix]
+        for i in range(n):
+            margin, kl = row["margins"][i], row["kls"][i]
+            data["margin_change"][m, i] = margin.mean()
+            data["abs_margin_change"][m, i] = abs(margin.mean())
+            data["margin_change_ci_low"][m, i], data["margin_change_ci_high"][m, i] = interval(
+                margin
+            )
+            data["kl"][m, i] = kl.mean()
+            data["kl_ci_low"][m, i], data["kl_ci_high"][m, i] = interval(kl)
+        for t, which in enumerate(tests):
+            p_margin[m, t] = _controls_p(data["abs_margin_change"][m], family, which)
+            p_kl[m, t] = _controls_p(data["kl"][m], family, which)
+    return data, p_margin, p_kl
+
+
 def rank1_dataset(
     model,
     corpus: Corpus,
@@ -172,67 +232,19 @@ def rank1_dataset(
     )
     effects = _Effects(model, pairs, ids, beta=settings.beta, batch_size=settings.batch_size)
     level = settings.confidence_level
-    rows = {}
-    for role, matrix, basis, spectrum in (
-        ("read", settings.read_matrix, act.basis, act.spectrum),
-        ("write", settings.write_matrix, prediction.basis, prediction.spectrum),
-    ):
-        w = probes.fraction.as_float64(weights[(layer, matrix)])
-        left, singular, right_t = np.linalg.svd(w, full_matrices=False)
-        norm = settings.scale * float(np.linalg.norm(w))
-        names, family, vectors = _directions(
-            basis,
-            controls=settings.controls,
-            neighbours=settings.neighbours,
-            rng_random=probes.construction_rng(settings.seed, "rank1", matrix, "random"),
-            rng_matched=probes.construction_rng(settings.seed, "rank1", matrix, "matched"),
+    rows = {
+        matrix: _intervene(model, layer, role, matrix, basis, spectrum,
+                           weights[(layer, matrix)], effects, settings, progress)
+        for role, matrix, basis, spectrum in (
+            ("read", settings.read_matrix, act.basis, act.spectrum),
+            ("write", settings.write_matrix, prediction.basis, prediction.spectrum),
         )
-        # The residual-side quadratic form: activation covariance (read), W_UᵀW_U (write).
-        form = basis @ np.diag(spectrum) @ basis.T
-        alignment = np.einsum("ij,jk,ik->i", vectors, form, vectors) / spectrum[0]
-        fixed = _unit(left[:, 0]) if role == "read" else _unit(right_t[0])
-        margins, kls = [], []
-        for vector in tqdm(vectors, desc=f"rank-1 {matrix}", disable=not progress, leave=False):
-            u, v = (fixed, vector) if role == "read" else (vector, fixed)
-            margin, kl = effects.measure(
-                partial(probes.rank1_hook, model, layer, matrix, u, v, norm)
-            )
-            margins.append(margin)
-            kls.append(kl)
-        rows[matrix] = dict(
-            role=role, update_norm=norm, weight_fro=float(np.linalg.norm(w)), names=names,
-            family=np.asarray(family), vectors=vectors, alignment=alignment,
-            margins=np.stack(margins), kls=np.stack(kls),
-        )  # fmt: skip
+    }  # fmt: skip
     matrices = [settings.read_matrix, settings.write_matrix]
     names = rows[matrices[0]]["names"]
     family = rows[matrices[0]]["family"]
-    rng = probes.construction_rng(settings.seed, "rank1", "intervals")
-    data = {key: np.full((2, len(names)), np.nan) for key in (
-        "margin_change", "margin_change_ci_low", "margin_change_ci_high",
-        "abs_margin_change", "kl", "kl_ci_low", "kl_ci_high",
-    )}  # fmt: skip
     tests = ("random", "matched", "all")
-    p_margin = np.full((2, len(tests)), np.nan)
-    p_kl = np.full((2, len(tests)), np.nan)
-    for m, matrix in enumerate(matrices):
-        row = rows[matrix]
-        for i in range(len(names)):
-            margin, kl = row["margins"][i], row["kls"][i]
-            data["margin_change"][m, i] = margin.mean()
-            data["abs_margin_change"][m, i] = abs(margin.mean())
-            data["margin_change_ci_low"][m, i], data["margin_change_ci_high"][m, i] = (
-                _mean_interval(
-                    margin, replicates=settings.replicates, confidence_level=level, rng=rng
-                )
-            )
-            data["kl"][m, i] = kl.mean()
-            data["kl_ci_low"][m, i], data["kl_ci_high"][m, i] = _mean_interval(
-                kl, replicates=settings.replicates, confidence_level=level, rng=rng
-            )
-        for t, which in enumerate(tests):
-            p_margin[m, t] = _controls_p(data["abs_margin_change"][m], family, which)
-            p_kl[m, t] = _controls_p(data["kl"][m], family, which)
+    data, p_margin, p_kl = _effect_summaries(rows, matrices, family, tests, settings)
     data_vars = {name: (("matrix", "intervention"), values) for name, values in data.items()}
     data_vars.update(
         alignment=(
