@@ -139,9 +139,10 @@ def checkpoint_bytes(path: Path) -> int:
 
 def probe(base: str, aligned: str, ids: str, out: str, *extra: str) -> None:
     """Run in a fresh process: what ``rsf sweep`` runs, then print peak RSS and timings."""
-    from robustness.dataset import build_dataset, write_dataset
-    from robustness.engine import run_sweep
-    from robustness.models import prepare_corpus
+    from robustness.io.datasets import write_dataset
+    from robustness.measure.engine import run_sweep
+    from robustness.measure.models import prepare_corpus
+    from robustness.measure.results import build_dataset
     from rsf.main import build_parser, quiet_libraries
     from rsf.sweep import config_from_args
 

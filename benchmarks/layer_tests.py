@@ -5,7 +5,7 @@
 For L layers and an AR(1) series ``d_l = ρ d_{l−1} + √(1−ρ²) ε_l`` with mean 0
 (ε normal, or a centred exponential: skewed), the rejection rate at α = 0.05
 of: the exchangeable sign-flip test, the plain t-test, the EWC t-test with
-``K = max(2, round(0.4·L^(2/3)))`` cosines (robustness.layers, the one chosen)
+``K = max(2, round(0.4·L^(2/3)))`` cosines (robustness.stats.layers, the one chosen)
 and, beside it, with the earlier ``K = max(2, ⌊L/8⌋)``, the
 Ibragimov–Müller t-test of q = 2 and 4 contiguous group means, and a t-test
 with a bias-corrected AR(1) long-run variance. Block sign flips are not
@@ -23,7 +23,7 @@ import math
 import numpy as np
 from scipy import stats
 
-from robustness.layers import layer_test
+from robustness.stats.layers import layer_test
 
 
 def ar1(rng, n, n_layers, rho, skew):

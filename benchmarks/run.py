@@ -245,10 +245,11 @@ def profile_speedup(seed: int = 0) -> dict:
 
 
 def grid_overhead(tmp: Path, n_tokens: int) -> dict:
-    from robustness.config import PairSpec, SweepConfig
-    from robustness.corpus import Corpus
-    from robustness.dataset import build_dataset, write_dataset
-    from robustness.engine import run_sweep
+    from robustness.io.datasets import write_dataset
+    from robustness.measure.corpus import Corpus
+    from robustness.measure.engine import run_sweep
+    from robustness.measure.results import build_dataset
+    from robustness.settings.config import PairSpec, SweepConfig
 
     base_dir, aligned_dir = tmp / "grid-base", tmp / "grid-aligned"
     gpt2_small(base_dir, aligned_dir)
@@ -283,8 +284,8 @@ def grid_overhead(tmp: Path, n_tokens: int) -> dict:
 
 
 def _bootstrap_setup(base_dir, aligned_dir, n_tokens: int, replicates: int):
-    from robustness.config import PairSpec, SweepConfig
-    from robustness.corpus import Corpus
+    from robustness.measure.corpus import Corpus
+    from robustness.settings.config import PairSpec, SweepConfig
 
     corpus = Corpus(token_ids(n_tokens, seed=2), "benchmark")
     config = SweepConfig(
@@ -304,7 +305,7 @@ def _bootstrap_probe(base_dir: str, aligned_dir: str, cache: str, n_tokens: int,
     This is the peak a user's ``rsf sweep --bootstrap`` process reaches, loading
     included; in the timing process the heap left by earlier sweeps adds to it.
     """
-    from robustness.engine import run_sweep
+    from robustness.measure.engine import run_sweep
 
     config, corpus = _bootstrap_setup(base_dir, aligned_dir, n_tokens, replicates)
     run_sweep(config, corpus, cache_root=cache, progress=False)
@@ -312,8 +313,8 @@ def _bootstrap_probe(base_dir: str, aligned_dir: str, cache: str, n_tokens: int,
 
 
 def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
-    from robustness.engine import run_sweep
-    from robustness.grid import REPLICATE_BLOCK
+    from robustness.measure.engine import run_sweep
+    from robustness.measure.grid import REPLICATE_BLOCK
 
     base_dir, aligned_dir = tmp / "boot-base", tmp / "boot-aligned"
     gpt2_small(base_dir, aligned_dir)
@@ -374,7 +375,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
 
 def dask_layer_speedup(tmp: Path, n_tokens: int = 16384, replicates: int = 8) -> dict:
     """Serial seconds ÷ seconds on a 2-worker local cluster, one GPT-2-small pair with bootstrap."""
-    from robustness.engine import run_sweep
+    from robustness.measure.engine import run_sweep
 
     base_dir, aligned_dir = tmp / "dask-base", tmp / "dask-aligned"
     gpt2_small(base_dir, aligned_dir)
@@ -410,7 +411,7 @@ def fraction_floor(ks: np.ndarray, cutoffs, repeats: int = 3) -> float:
     """
     from scipy.linalg import blas
 
-    from robustness.grid import worker_pool
+    from robustness.measure.grid import worker_pool
 
     d = 768
     rng = np.random.default_rng(0)
@@ -438,9 +439,9 @@ def eigh_floor(d: int, count: int, repeats: int = 3) -> float:
 
     Random covariance matrices (Wishart, d × 4d samples), ``numpy.linalg.eigh``
     and nothing else (no symmetrising, no reordering), through the same pool
-    (:func:`robustness.grid.eigen_all`: two at a time, one BLAS thread each).
+    (:func:`robustness.measure.grid.eigen_all`: two at a time, one BLAS thread each).
     """
-    from robustness.grid import eigen_all
+    from robustness.measure.grid import eigen_all
 
     rng = np.random.default_rng(0)
     matrices = []
@@ -457,7 +458,7 @@ def eigh_floor(d: int, count: int, repeats: int = 3) -> float:
 
 
 def reduced_basis_error(tmp: Path, n_tokens: int = 16384, replicates: int = 50) -> dict:
-    from robustness.resampling import BOOTSTRAP_CHUNKS
+    from robustness.measure.resampling import BOOTSTRAP_CHUNKS
 
     model_dir = tmp / "reduced-basis"
     config = GPT2Config(n_embd=256, n_layer=4, n_head=4, n_positions=SEQ_LEN, vocab_size=4096)

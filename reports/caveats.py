@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robustness.diagnostics import MASSIVE_SHARE, SMALL_K, small_ranks
-from robustness.layers import MIN_LAYERS
-from robustness.specification import DEFAULT_PREFERRED
-from robustness.stats import SEQUENCE_REPLICATES_ADVISED
+from robustness.settings.specification import DEFAULT_PREFERRED
+from robustness.stats.diagnostics import MASSIVE_SHARE, SMALL_K, small_ranks
+from robustness.stats.layers import MIN_LAYERS
+from robustness.stats.statistics import SEQUENCE_REPLICATES_ADVISED
 
 from .context import ReportContext, spec_roles
 
@@ -26,7 +26,7 @@ __all__ = [
     "caveats",
 ]
 
-# SEQUENCE_REPLICATES_ADVISED (robustness.stats): below that many replicates the percentile
+# SEQUENCE_REPLICATES_ADVISED (robustness.stats.statistics): below that many replicates the percentile
 # sequence intervals carry visible Monte Carlo error.
 # Below this many Monte Carlo resamples the smallest possible p-value, 1/(1+B),
 # and the Monte Carlo error of p near α are too coarse to report a test.

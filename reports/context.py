@@ -4,14 +4,20 @@ specification, and each specification's place in the specification curve (:func:
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
-from robustness.specification import DEFAULT_PREFERRED, DEFAULT_READ, DEFAULT_WRITE, SPEC_DIMS
+import robustness.accessor  # noqa: F401  (ds.robustness: the one reader of what the datasets hold as text)
+from robustness.settings.specification import (
+    DEFAULT_PREFERRED,
+    DEFAULT_READ,
+    DEFAULT_WRITE,
+    SPEC_DIMS,
+    Specification,
+)
 
 from .inputs import ReportInputs
 
@@ -116,7 +122,7 @@ class ReportContext:
         if self.stats is None:
             return self.preferred
         role, text = spec_roles(self.stats, pair)[self.preferred]
-        return tuple(text[2:].split("/")) if role == "duplicate" else self.preferred
+        return Specification.parse(text[2:]) if role == "duplicate" else self.preferred
 
     def has_spec(self, spec) -> bool:
         return all(v in self.results[d].values for v, d in zip(spec, SPEC_DIMS, strict=True))
@@ -157,13 +163,14 @@ def build_context(inputs: ReportInputs) -> ReportContext:
     stats = inputs.stats.dataset if inputs.stats else None
     matrices = [str(m) for m in results.matrix.values]
     if stats is not None:
-        preferred = tuple(stats.attrs["preferred_specification"].split(","))
-        read = tuple(stats.attrs["read_set"].split(","))
-        write = tuple(stats.attrs["write_set"].split(","))
+        preferred, read, write = (
+            stats.robustness.preferred,
+            stats.robustness.read_set,
+            stats.robustness.write_set,
+        )
         alpha = float(stats.attrs["alpha"])
         level = float(stats.attrs["confidence_level"])
-        per_pair = json.loads(stats.attrs.get("per_pair", "{}"))
-        pair_model = json.loads(stats.attrs.get("pair_model", "{}") or "{}")
+        per_pair, pair_model = stats.robustness.per_pair(), stats.robustness.pair_model()
     else:
         preferred = DEFAULT_PREFERRED
         read = tuple(m for m in DEFAULT_READ if m in matrices)

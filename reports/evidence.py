@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustness.specification import SPEC_DIMS
+from robustness.settings.specification import SPEC_DIMS
 
 from . import figures
 from . import formatting as fmt

@@ -12,7 +12,7 @@ import xarray as xr
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from robustness.specification import probe_scale
+from robustness.settings.specification import probe_scale
 
 from .context import spec_roles
 from .formatting import plural

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from robustness.dataset import dataset_kind, open_dataset
-from robustness.stats import results_fingerprint
+from robustness.io.datasets import dataset_kind, open_dataset
+from robustness.stats.statistics import results_fingerprint
 
 __all__ = ["ReportInputs", "Source", "dataset_kind", "load_inputs", "load_source"]
 

@@ -8,7 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
-from robustness.diagnostics import MASSIVE_SHARE, SMALL_K, STATISTICS
+from robustness.stats.diagnostics import MASSIVE_SHARE, SMALL_K, STATISTICS
 
 from . import formatting as fmt
 from .caveats import caveats
@@ -113,7 +113,7 @@ LONG_FIELDS = (
     "base_commit",
     "aligned_commit",
 )
-CORPUS_FIELDS = {  # results.nc attributes (robustness.provenance) and how the table names them
+CORPUS_FIELDS = {  # results.nc attributes (robustness.io.provenance) and how the table names them
     "corpus_source": "source",
     "corpus_revision": "revision",
     "corpus_split": "split",

@@ -10,7 +10,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from robustness import __version__
-from robustness.files import atomic_output, check_writable
+from robustness.io.files import atomic_output, check_writable
 
 from .context import build_context
 from .inputs import ReportInputs, load_inputs

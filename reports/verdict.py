@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import xarray as xr
 
-from robustness.layers import MIN_LAYERS
-from robustness.stats import verdict
+from robustness.stats.layers import MIN_LAYERS
+from robustness.stats.statistics import joint_decision
 
 from . import formatting as fmt
 from .caveats import caveats
@@ -19,12 +19,37 @@ from .registry import Section, needs_stats, spec_label
 from .render import fragment
 from .tables import Column, Row, Table
 
-__all__ = ["pair_model_tables", "pair_trajectory", "verdict_section", "verdict_table"]
+__all__ = [
+    "pair_model_tables",
+    "pair_trajectory",
+    "plain_verdict",
+    "verdict_section",
+    "verdict_table",
+]
 
 INTERVAL = "interval over layers, EWC (dependence-robust)"
 
 
 # ----------------------------------------------------------------------- (a) verdict
+
+VERDICT_WORDS = {
+    "too_few_layers": "with {n_layers} layers the dependence-robust test cannot be computed (it needs "
+    "{min_layers}); the data cannot settle the question",
+    "nothing_counted": "no counted specification: nothing to test",
+    "read_greater": "the read pathway is more aligned than the write pathway across the analytic choices: "
+    "both the median effect and the share of significant specifications exceed what chance gives",
+    "suggestive": "suggestive only: one joint test favours read > write, the other does not; the asymmetry "
+    "depends on the analytic choices",
+    "write_greater": "the asymmetry runs the other way: the write pathway is the more aligned",
+    "none": "no robust read/write asymmetry: across the analytic choices the evidence does not exceed what "
+    "chance gives",
+}
+
+
+def plain_verdict(joint: dict, n_layers: int, alpha: float) -> str:
+    """One pair's joint tests in plain words (the report's and ``rsf stats``' verdict line)."""
+    words = VERDICT_WORDS[joint_decision(joint, n_layers, alpha)]
+    return words.format(n_layers=n_layers, min_layers=MIN_LAYERS)
 
 
 def sequence_method(stats: xr.Dataset) -> str:
@@ -182,7 +207,7 @@ def _verdict_words(ctx: ReportContext, table: Table) -> list[dict]:
                 "once, so they account for the specifications' dependence."
             )
         out.append(
-            {"pair": pair, "verdict": verdict(joint, n_layers, ctx.alpha), "details": details}
+            {"pair": pair, "verdict": plain_verdict(joint, n_layers, ctx.alpha), "details": details}
         )
     return out
 

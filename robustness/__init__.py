@@ -6,6 +6,8 @@ that importing the package stays light::
     results = robustness.sweep(base, aligned)              # results.nc
     stats = robustness.statistics(results)                 # stats.nc
     claims = robustness.paper_claims(results, stats=stats)  # claims.nc
+    claims.robustness.verdict()                                   # ds.robustness: robustness.accessor
+    stats = robustness.load("stats.nc")                    # a file, ds.robustness ready
 """
 
 import importlib
@@ -20,6 +22,7 @@ __all__ = [
     "__version__",
     "calibrate",
     "contrastive",
+    "load",
     "measure_gradients",
     "paper_claims",
     "rank1",
@@ -31,6 +34,7 @@ __all__ = [
 _API = (
     "calibrate",
     "contrastive",
+    "load",
     "measure_gradients",
     "paper_claims",
     "rank1",

@@ -8,7 +8,7 @@ What ``rsf sweep``, ``rsf stats`` and ``rsf claims`` do, for a notebook::
     claims = robustness.paper_claims(results, stats=stats)
 
 Every option is keyword-only, with the option schema's default
-(:mod:`robustness.config`, :mod:`robustness.options`), and is checked as the
+(:mod:`robustness.settings.config`, :mod:`robustness.settings.options`), and is checked as the
 command line checks it: a bad value is the same one-line ``ValueError``.
 The command line is a thin shell over these functions. (``asymmetry``,
 ``claims`` and ``gradients`` are the names of modules of this package, so the
@@ -23,11 +23,14 @@ from dataclasses import replace
 
 import xarray as xr
 
-from .config import CorpusSpec, PairSpec, SweepConfig, default_label
+import robustness.accessor  # noqa: F401  (registers ds.robustness on every dataset the API returns)
+from robustness.io.datasets import open_dataset
+from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig, default_label
 
 __all__ = [
     "calibrate",
     "contrastive",
+    "load",
     "measure_gradients",
     "paper_claims",
     "rank1",
@@ -35,6 +38,11 @@ __all__ = [
     "sweep",
     "trajectory",
 ]
+
+
+def load(path, kind: str | None = None) -> xr.Dataset:
+    """A dataset rsf wrote, read whole (``ds.robustness`` ready); with `kind`, refused if it is another."""
+    return open_dataset(path, kind)
 
 
 def sweep(
@@ -59,8 +67,8 @@ def sweep(
     ``None`` keeps no statistics cache. The notes a sweep prints are in
     ``attrs["notes"]`` (a JSON list of ``"label: note"`` lines).
     """
-    from .dataset import sweep_dataset
-    from .models import prepare_corpus
+    from robustness.measure.models import prepare_corpus
+    from robustness.measure.results import sweep_dataset
 
     if isinstance(base, SweepConfig):
         if aligned is not None or label is not None or corpus is not None:
@@ -79,11 +87,11 @@ def sweep(
 
 
 def statistics(results: xr.Dataset, **options) -> xr.Dataset:
-    """``stats.nc`` of `results`: :func:`robustness.stats.compute_stats` with
-    :class:`robustness.options.StatsOptions`' options (``read``, ``write``,
+    """``stats.nc`` of `results`: :func:`robustness.stats.statistics.compute_stats` with
+    :class:`robustness.settings.options.StatsOptions`' options (``read``, ``write``,
     ``confidence_level``, ``n_resamples``, ``alpha``, ``seed``, ``preferred``,
     ``experts``)."""
-    from .stats import compute_stats
+    from robustness.stats.statistics import compute_stats
 
     return compute_stats(results, **options)
 
@@ -91,9 +99,9 @@ def statistics(results: xr.Dataset, **options) -> xr.Dataset:
 def paper_claims(results: xr.Dataset, *, stats=None, extra=(), **options) -> xr.Dataset:
     """``claims.nc``: the paper's claims on `results` (and its `stats`, and `extra` datasets:
     gradients, trajectory, contrastive, rank-1), with
-    :class:`robustness.options.ClaimsOptions`' options (``margin``, ``isotropy_margin``,
+    :class:`robustness.settings.options.ClaimsOptions`' options (``margin``, ``isotropy_margin``,
     ``graded_margin``, ``alpha``, ``n_resamples``, ``seed``, ``experts``)."""
-    from . import paper
+    from robustness.claims import paper
 
     return paper.paper_claims(results, stats=stats, extras=list(extra), **options)
 
@@ -113,10 +121,10 @@ def trajectory(
     `config` gives the grid, corpus and run options (default: the experiments'
     grid on the built-in corpus); its pairs are the trajectory's own.
     """
-    from .experiments.summaries import EXPERIMENT_GRID
-    from .experiments.trajectory import trajectory_dataset, trajectory_pairs
-    from .models import prepare_corpus
-    from .specification import DEFAULT_READ, DEFAULT_WRITE
+    from robustness.measure.models import prepare_corpus
+    from robustness.mechanism.summaries import EXPERIMENT_GRID
+    from robustness.mechanism.trajectory import trajectory_dataset, trajectory_pairs
+    from robustness.settings.specification import DEFAULT_READ, DEFAULT_WRITE
 
     checkpoints = list(checkpoints)
     pairs, _ = trajectory_pairs(checkpoints, labels)
@@ -144,17 +152,17 @@ def contrastive(
     progress: bool = False,
 ) -> xr.Dataset:
     """``contrastive.nc``: variants of `base` trained on `train_ids` (preference windows) under
-    each objective of `settings` (:class:`robustness.options.ContrastiveSettings`), swept against
+    each objective of `settings` (:class:`robustness.settings.options.ContrastiveSettings`), swept against
     `base`, with δ_t at `gradient_pairs` of the training pairs. Variants are saved in and reused
     from `variants_dir` (default: the cache's ``contrastive`` folder)."""
     from pathlib import Path
 
-    from .cache import default_cache_dir
-    from .corpus import evenly_spaced
-    from .experiments.contrastive import contrastive_dataset, train_variants
-    from .experiments.summaries import EXPERIMENT_GRID
-    from .models import prepare_corpus, resolve_device
-    from .specification import DEFAULT_READ, DEFAULT_WRITE
+    from robustness.measure.cache import default_cache_dir
+    from robustness.measure.corpus import evenly_spaced
+    from robustness.measure.models import prepare_corpus, resolve_device
+    from robustness.mechanism.contrastive import contrastive_dataset, train_variants
+    from robustness.mechanism.summaries import EXPERIMENT_GRID
+    from robustness.settings.specification import DEFAULT_READ, DEFAULT_WRITE
 
     pairs = (PairSpec("contrastive", str(base), str(base)),)
     config = replace(config or SweepConfig(pairs=pairs, **EXPERIMENT_GRID), pairs=pairs)
@@ -188,13 +196,13 @@ def rank1(
     progress: bool = False,
 ) -> xr.Dataset:
     """``rank1.nc``: rank-1 interventions on `model_id` along its top activation directions and
-    controls (:class:`robustness.options.Rank1Settings`), measured on `corpus`; `device`,
-    `dtype` and `trust_remote_code` as :class:`robustness.options.RunOptions`' (checked there)."""
-    from .options import RunOptions
+    controls (:class:`robustness.settings.options.Rank1Settings`), measured on `corpus`; `device`,
+    `dtype` and `trust_remote_code` as :class:`robustness.settings.options.RunOptions`' (checked there)."""
+    from robustness.settings.options import RunOptions
 
     RunOptions(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    from .experiments.rank1 import rank1_dataset
-    from .models import check_vocabulary, load_model, resolve_device
+    from robustness.measure.models import check_vocabulary, load_model, resolve_device
+    from robustness.mechanism.rank1 import rank1_dataset
 
     model = load_model(
         model_id, device=resolve_device(device), dtype=dtype, trust_remote_code=trust_remote_code
@@ -215,12 +223,12 @@ def measure_gradients(
     progress: bool = False,
 ) -> xr.Dataset:
     """``gradients.nc``: δ_t and a_t at each of `checkpoints`
-    (:class:`robustness.gradient_dataset.GradientCheckpoint`, e.g. from
-    :func:`robustness.gradient_dataset.phase_checkpoints`) under each objective of `settings`
-    (:class:`robustness.gradients.GradientSettings`), measured on `corpus`."""
-    from .gradient_dataset import check_checkpoints, gradient_dataset
-    from .models import resolve_device
-    from .options import RunOptions
+    (:class:`robustness.mechanism.gradient_dataset.GradientCheckpoint`, e.g. from
+    :func:`robustness.mechanism.gradient_dataset.phase_checkpoints`) under each objective of `settings`
+    (:class:`robustness.mechanism.gradients.GradientSettings`), measured on `corpus`."""
+    from robustness.measure.models import resolve_device
+    from robustness.mechanism.gradient_dataset import check_checkpoints, gradient_dataset
+    from robustness.settings.options import RunOptions
 
     RunOptions(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     check_checkpoints(checkpoints, trust_remote_code=trust_remote_code)
@@ -232,9 +240,9 @@ def measure_gradients(
 
 def calibrate(settings=None, *, fast: bool = False, progress: bool = False) -> xr.Dataset:
     """``calibration.nc``: type-I error, power and coverage of the tests on simulated studies
-    (:class:`robustness.options.CalibrationSettings`; ``fast`` its quick preset)."""
-    from .calibration import run_calibration
-    from .options import CalibrationSettings
+    (:class:`robustness.settings.options.CalibrationSettings`; ``fast`` its quick preset)."""
+    from robustness.calibration.study import run_calibration
+    from robustness.settings.options import CalibrationSettings
 
     if settings is None:
         settings = CalibrationSettings.fast() if fast else CalibrationSettings()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from robustness.options import CalibrationMode, CalibrationSettings, Output, Verbosity
+from robustness.settings.options import CalibrationMode, CalibrationSettings, Output, Verbosity
 
 from .options import add_options, read_options
 
@@ -25,8 +25,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     import robustness.api
-    from robustness.dataset import write_dataset
-    from robustness.files import check_writable
+    from robustness.io.datasets import write_dataset
+    from robustness.io.files import check_writable
 
     out = check_writable(args.out, mkdir=bool(args.mkdir))
     given = read_options(CalibrationSettings, args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustness.options import ClaimsOptions, Inputs, Output, Verbosity
+from robustness.settings.options import ClaimsOptions, Inputs, Output, Verbosity
 
 from .options import add_options, read_options
 from .output import publish
@@ -28,8 +28,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     import robustness
-    from robustness.dataset import open_dataset
-    from robustness.files import check_writable
+    from robustness.io.datasets import open_dataset
+    from robustness.io.files import check_writable
 
     options = ClaimsOptions(**read_options(ClaimsOptions, args))
     extra = read_options(Inputs, args, ("extra",)).get("extra", ())

@@ -1,7 +1,7 @@
 """``rsf demo``: the embedded default, demo pair → sweep → stats → report, and its verdict.
 
-The pair is trained (or taken from the cache) by :func:`robustness.demo.demo_pair`;
-this module only orchestrates: the sweep of :func:`robustness.demo.demo_sweep_config`
+The pair is trained (or taken from the cache) by :func:`robustness.demo.pair.demo_pair`;
+this module only orchestrates: the sweep of :func:`robustness.demo.pair.demo_sweep_config`
 with its sequence bootstrap, ``rsf stats`` with the grid's settings, the
 report, and a one-paragraph verdict.
 """
@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from robustness.options import CacheOptions, DemoOptions, Output, Verbosity
+from robustness.settings.options import CacheOptions, DemoOptions, Output, Verbosity
 
 from .claims import claim_lines
 from .options import add_options, read_options
@@ -23,7 +23,7 @@ from .stats import summary as stats_summary
 
 __all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
 
-# The experiments' datasets the demo writes (gradients always, by robustness.demo.demo_gradients;
+# The experiments' datasets the demo writes (gradients always, by robustness.demo.pair.demo_gradients;
 # the others with --full), and the command that makes each one on the demo pair.
 EXPERIMENTS = {
     "gradients": ("gradients", "--demo", "--phase", "both"),
@@ -55,8 +55,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from robustness.demo import DemoSettings
-    from robustness.real_demo import RealSettings
+    from robustness.demo.pair import DemoSettings
+    from robustness.demo.real import RealSettings
 
     options = DemoOptions(**read_options(DemoOptions, args))
     kind = RealSettings if options.real else DemoSettings
@@ -93,7 +93,7 @@ def run(args) -> int:
 class DemoOutcome:
     """What :func:`run_demo` wrote, and the verdict it printed."""
 
-    pair: object  # robustness.demo.DemoPair
+    pair: object  # robustness.demo.pair.DemoPair
     results: Path
     stats: Path
     report: Path | None
@@ -124,16 +124,16 @@ def run_demo(
 ) -> DemoOutcome:
     """Demo pair (trained or cached) → sweep with bootstrap → stats → gradients → claims → report, in `out`.
 
-    With `real`, the pairs of :mod:`robustness.real_demo` (SmolLM2-135M-Instruct's
+    With `real`, the pairs of :mod:`robustness.demo.real` (SmolLM2-135M-Instruct's
     GGUF against a short DPO run from it, and a seeded initialisation against
-    it) with its :class:`robustness.real_demo.RealGrid`; `settings` and `grid`
+    it) with its :class:`robustness.demo.real.RealGrid`; `settings` and `grid`
     are then that module's.
 
     Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` and
     ``report.html`` in `out` (created when missing; its missing parents only
     with `mkdir`). The sweep covers the
     alignment pair and a pretraining pair (the initialisation → base); the
-    gradients a few checkpoints of both phases (:func:`robustness.demo.demo_gradients`).
+    gradients a few checkpoints of both phases (:func:`robustness.demo.pair.demo_gradients`).
     Statistics are cached like any sweep's, so a second run does no forward
     pass. With `full`, every checkpoint's gradients with a bootstrap, and the
     trajectory, contrastive and rank-1 experiments through the API their
@@ -141,9 +141,8 @@ def run_demo(
     every claim is tested.
     """
     from reports import write_report
-    from robustness.cache import default_cache_dir
-    from robustness.dataset import open_dataset, sweep_dataset, write_dataset
-    from robustness.demo import (
+    from robustness.claims.paper import paper_claims
+    from robustness.demo.pair import (
         DemoGrid,
         DemoSettings,
         demo_checkpoints,
@@ -154,9 +153,7 @@ def run_demo(
         demo_sweep_config,
         single_threaded,
     )
-    from robustness.files import check_writable
-    from robustness.paper import paper_claims
-    from robustness.real_demo import (
+    from robustness.demo.real import (
         RealGrid,
         RealSettings,
         real_gradients,
@@ -167,7 +164,11 @@ def run_demo(
         real_probe_corpus,
         real_sweep_config,
     )
-    from robustness.stats import compute_stats
+    from robustness.io.datasets import open_dataset, write_dataset
+    from robustness.io.files import check_writable
+    from robustness.measure.cache import default_cache_dir
+    from robustness.measure.results import sweep_dataset
+    from robustness.stats.statistics import compute_stats
 
     if real:
         gguf = real_model_file()  # first: without the package, nothing else is done
@@ -324,8 +325,8 @@ def run_demo(
 def _experiment(kind: str, demo, cache_root, progress: bool):
     """The dataset of ``rsf`` EXPERIMENTS[kind] on the demo, with its default options."""
     import robustness.api
-    from robustness.demo import demo_contrastive_inputs, demo_held_out_inputs
-    from robustness.options import ContrastiveInputs, Rank1Settings
+    from robustness.demo.pair import demo_contrastive_inputs, demo_held_out_inputs
+    from robustness.settings.options import ContrastiveInputs, Rank1Settings
 
     if kind == "trajectory":
         return robustness.api.trajectory(
@@ -368,8 +369,8 @@ def verdict_paragraph(pair, stats, summary: str, claims=None, *, real: bool = Fa
             + preference
         )
     parts = [intro]
-    per_pair = json.loads(stats.attrs["per_pair"])[label]
-    preferred = stats.attrs["preferred_specification"].split(",")
+    per_pair = stats.robustness.per_pair()[label]
+    preferred = stats.robustness.preferred
     joint = per_pair.get("joint", {})
     if "median_effect" in joint:
         cell = stats.sel(
@@ -380,7 +381,7 @@ def verdict_paragraph(pair, stats, summary: str, claims=None, *, real: bool = Fa
         )
         expected = per_pair.get("expected_share", {})
         parts.append(
-            f"Measured on the held-out documents, for the paper's specification ({'/'.join(preferred)}) "
+            f"Measured on the held-out documents, for the paper's specification ({preferred}) "
             f"the read − write asymmetry is {float(cell.asymmetry):+.3f} "
             f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}] (p = {float(cell.p_value):.3g}, "
             f"the EWC test over {per_pair['n_layers']} layers with {per_pair['projections']} cosine "

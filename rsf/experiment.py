@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from robustness.config import CorpusSpec, PairSpec, SweepConfig
-from robustness.options import (
+from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig
+from robustness.settings.options import (
     CacheOptions,
     ConfigFile,
     ContrastiveInputs,
@@ -30,7 +30,7 @@ from .output import publish
 
 __all__ = ["add_parser", "contrastive_lines", "rank1_lines", "trajectory_lines"]
 
-# The experiments' default probe grid (robustness.experiments.summaries.EXPERIMENT_GRID), as help.
+# The experiments' default probe grid (robustness.mechanism.summaries.EXPERIMENT_GRID), as help.
 GRID_NOTES = {
     "constructions": "default act_cov,unembed,random",
     "cutoffs": "default k=8,var=0.9",
@@ -103,7 +103,7 @@ def add_parser(commands) -> None:
 
 
 def _out(args, *inputs):
-    from robustness.files import check_writable
+    from robustness.io.files import check_writable
 
     return check_writable(args.out, inputs=[p for p in inputs if p], mkdir=bool(args.mkdir))
 
@@ -118,8 +118,8 @@ def _sets(args) -> tuple[tuple, tuple]:
 
 def run_trajectory(args) -> int:
     import robustness.api
-    from robustness.demo import demo_checkpoints
-    from robustness.experiments.trajectory import trajectory_from_toml, trajectory_pairs
+    from robustness.demo.pair import demo_checkpoints
+    from robustness.mechanism.trajectory import trajectory_from_toml, trajectory_pairs
 
     sources = Sources(**read_options(Sources, args, ("checkpoints", "demo", "phase", "labels")))
     out = _out(args, args.config, *(sources.checkpoints or ()), *corpus_spec(args).paths)
@@ -148,7 +148,7 @@ def run_trajectory(args) -> int:
 
 def _experiment_config(args, pairs, base: SweepConfig | None = None) -> SweepConfig:
     """A sweep config of `pairs` from the experiment's options over `base` (or the experiment grid)."""
-    from robustness.experiments.summaries import EXPERIMENT_GRID
+    from robustness.mechanism.summaries import EXPERIMENT_GRID
 
     config = base or SweepConfig(pairs=tuple(pairs), **EXPERIMENT_GRID)
     return sweep_config(replace(config, pairs=tuple(pairs)), args)
@@ -165,7 +165,7 @@ def _first_spec(ds) -> dict:
 
 
 def trajectory_lines(ds) -> list[str]:
-    from robustness.specification import RATIO_NORMALISATIONS
+    from robustness.settings.specification import RATIO_NORMALISATIONS
 
     spec = _first_spec(ds)
     scale = "log2 " if spec["normalisation"] in RATIO_NORMALISATIONS else ""
@@ -191,8 +191,8 @@ def trajectory_lines(ds) -> list[str]:
 
 def run_contrastive(args) -> int:
     import robustness.api
-    from robustness.corpus import load_corpus
-    from robustness.demo import demo_checkpoints, demo_contrastive_inputs
+    from robustness.demo.pair import demo_checkpoints, demo_contrastive_inputs
+    from robustness.measure.corpus import load_corpus
 
     given = read_options(ContrastiveSettings, args)
     inputs = ContrastiveInputs(**read_options(ContrastiveInputs, args))
@@ -219,7 +219,7 @@ def run_contrastive(args) -> int:
 
 
 def contrastive_lines(ds) -> list[str]:
-    from robustness.specification import scale_name
+    from robustness.settings.specification import scale_name
 
     spec = {"cutoff": ds.cutoff.values[0], "normalisation": ds.normalisation.values[0]}
     lines = [
@@ -266,7 +266,7 @@ def contrastive_lines(ds) -> list[str]:
 
 def run_rank1(args) -> int:
     import robustness.api
-    from robustness.demo import demo_checkpoints, demo_held_out_inputs
+    from robustness.demo.pair import demo_checkpoints, demo_held_out_inputs
 
     settings = Rank1Settings(**read_options(Rank1Settings, args))
     run_options = RunOptions(**read_options(RunOptions, args))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustness.options import ExportOptions, Output
+from robustness.settings.options import ExportOptions, Output
 
 from .options import add_options, read_options
 
@@ -24,8 +24,8 @@ def add_parser(commands) -> None:
 
 
 def run(args) -> int:
-    from robustness.dataset import open_dataset
-    from robustness.export import write_table
+    from robustness.io.datasets import open_dataset
+    from robustness.io.export import write_table
 
     fmt = ExportOptions(**read_options(ExportOptions, args)).format
     dataset = open_dataset(args.dataset)

@@ -3,13 +3,13 @@
 One model (``--model``) or the checkpoints of a training run (``--checkpoints``,
 ``--config`` with ``[trajectory]``, ``--demo --phase align|pretrain|both``),
 each with the DPO reference its phase implies
-(:func:`robustness.gradient_dataset.phase_checkpoints`).
+(:func:`robustness.mechanism.gradient_dataset.phase_checkpoints`).
 """
 
 from __future__ import annotations
 
-from robustness.config import CorpusSpec
-from robustness.options import (
+from robustness.settings.config import CorpusSpec
+from robustness.settings.options import (
     CacheOptions,
     ConfigFile,
     GradientSettings,
@@ -58,9 +58,9 @@ def add_parser(commands) -> None:
 
 def gradient_checkpoints(args, sources: Sources) -> tuple[list, object]:
     """The checkpoints to measure, from one of the model options, and the demo when it is the source."""
-    from robustness.demo import demo_checkpoints
-    from robustness.experiments.trajectory import checkpoint_label, trajectory_from_toml
-    from robustness.gradient_dataset import GradientCheckpoint, phase_checkpoints
+    from robustness.demo.pair import demo_checkpoints
+    from robustness.mechanism.gradient_dataset import GradientCheckpoint, phase_checkpoints
+    from robustness.mechanism.trajectory import checkpoint_label, trajectory_from_toml
 
     chosen = [bool(sources.model), bool(sources.checkpoints), bool(args.config), sources.demo]
     if sum(chosen) != 1:
@@ -97,9 +97,9 @@ def gradient_checkpoints(args, sources: Sources) -> tuple[list, object]:
 
 def run(args) -> int:
     import robustness.api
-    from robustness.demo import demo_held_out_inputs
-    from robustness.files import check_writable
-    from robustness.gradient_dataset import check_checkpoints
+    from robustness.demo.pair import demo_held_out_inputs
+    from robustness.io.files import check_writable
+    from robustness.mechanism.gradient_dataset import check_checkpoints
 
     settings = GradientSettings(**read_options(GradientSettings, args))
     run_options = RunOptions(**read_options(RunOptions, args))

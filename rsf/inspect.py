@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from robustness.options import RunOptions
+from robustness.settings.options import RunOptions
 
 from .options import add_options
 
@@ -42,7 +42,7 @@ def run(args) -> int:
 def _adapter_lines(path: str, trust: bool) -> str | None:
     """Print a LoRA adapter's view; return its base when that can be read, else ``None``."""
     import probes
-    from robustness.models import open_model_config
+    from robustness.measure.models import open_model_config
 
     adapter = probes.LoraAdapter(os.path.expanduser(path))
     config = adapter.config
@@ -83,7 +83,7 @@ def _model_lines(model_id: str, trust: bool) -> int:
     from transformers import AutoModelForCausalLM
 
     import probes
-    from robustness.models import matrix_storage, supported_config
+    from robustness.measure.models import matrix_storage, supported_config
 
     config = supported_config(model_id, trust_remote_code=trust)
     with torch.device("meta"):  # shapes from the config alone: no weights are read

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print("rsf: error: a command is needed (see rsf --help)", file=sys.stderr)
         return 2
     quiet = getattr(args, "quiet", 0)
-    from robustness.provenance import recording_command  # standard library only
+    from robustness.io.provenance import recording_command  # standard library only
 
     try:
         if quiet:

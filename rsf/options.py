@@ -1,8 +1,8 @@
 """Flags derived from the option schema, and what they are read back into.
 
 Every option is declared once, in the library's settings classes
-(:mod:`robustness.config`, :mod:`robustness.options`; the machinery is
-:mod:`robustness.schema`). :func:`add_options` turns a class's declarations
+(:mod:`robustness.settings.config`, :mod:`robustness.settings.options`; the machinery is
+:mod:`robustness.settings.schema`). :func:`add_options` turns a class's declarations
 into argparse flags with their help and defaults; :func:`read_options` reads
 the flags a user gave back, checked by the same declarations, as keyword
 arguments of that class. Nothing below ``rsf`` ever sees an ``argparse``
@@ -16,8 +16,8 @@ import argparse
 import sys
 from dataclasses import replace
 
-from robustness.config import CorpusSpec, SweepConfig
-from robustness.schema import Kind, check_value, flag_fields
+from robustness.settings.config import CorpusSpec, SweepConfig
+from robustness.settings.schema import Kind, check_value, flag_fields
 
 __all__ = [
     "Parser",
@@ -180,7 +180,7 @@ def read_options(cls, args, names=None) -> dict:
 
 def cache_root(args):
     """The cache of ``--cache-dir``/``--no-cache`` (``None``: no cache)."""
-    from robustness.cache import default_cache_dir
+    from robustness.measure.cache import default_cache_dir
 
     if getattr(args, "no_cache", False):
         return None
@@ -202,7 +202,7 @@ def command_corpus(args, tokenizer_source: str, *, default_tokens: int, trust_re
     `default_tokens` is the command's count for text when ``--tokens`` is left
     out (an id file gives all its rows).
     """
-    from robustness.corpus import load_corpus
+    from robustness.measure.corpus import load_corpus
 
     spec = corpus_spec(args)
     if spec.ids is None and spec.tokens is None:

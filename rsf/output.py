@@ -9,7 +9,7 @@ __all__ = ["publish"]
 
 def publish(dataset, out: Path, lines, *, quiet: bool) -> int:
     """Write `dataset` to `out`, print the summary `lines`, then ``wrote OUT`` unless `quiet`; exit status 0."""
-    from robustness.dataset import write_dataset
+    from robustness.io.datasets import write_dataset
 
     write_dataset(dataset, out)
     print("\n".join(lines) if not isinstance(lines, str) else lines)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from robustness.options import Inputs, Output
+from robustness.settings.options import Inputs, Output
 
 from .options import add_options, read_options
 

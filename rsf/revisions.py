@@ -8,7 +8,7 @@ listed, and the header says so.
 
 from __future__ import annotations
 
-from robustness.options import RevisionsOptions
+from robustness.settings.options import RevisionsOptions
 
 from .options import add_options, read_options
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from robustness.options import Inputs, Output, StatsOptions, Verbosity
+from robustness.settings.options import Inputs, Output, StatsOptions, Verbosity
 
 from .options import add_options, note, read_options
 
@@ -24,8 +22,8 @@ def add_parser(commands) -> None:
 
 def run(args) -> int:
     import robustness
-    from robustness.dataset import open_dataset, write_dataset
-    from robustness.files import check_writable
+    from robustness.io.datasets import open_dataset, write_dataset
+    from robustness.io.files import check_writable
 
     options = StatsOptions(**read_options(StatsOptions, args))
     out = check_writable(args.out, inputs=[args.results], mkdir=bool(args.mkdir))
@@ -45,7 +43,7 @@ def run(args) -> int:
     write_dataset(stats, out)
     if stats.attrs.get("preferred_note"):
         note(args, f"note: {stats.attrs['preferred_note']}")
-    for pair, info in json.loads(stats.attrs["per_pair"]).items():
+    for pair, info in stats.robustness.per_pair().items():
         if "note" in info:
             note(args, f"note: pair {pair}: {info['note']}")
     print(summary(stats))
@@ -56,11 +54,11 @@ def run(args) -> int:
 
 def summary(stats) -> str:
     """A readable summary of a statistics dataset, with the verdict in plain words."""
-    from robustness.stats import verdict
+    from reports.verdict import plain_verdict
 
     lines = []
-    per_pair = json.loads(stats.attrs["per_pair"])
-    preferred = stats.attrs["preferred_specification"].split(",")
+    per_pair = stats.robustness.per_pair()
+    preferred = stats.robustness.preferred
     level = stats.attrs["confidence_level"]
     alpha = stats.attrs["alpha"]
     lines.append(f"read {{{stats.attrs['read_set']}}} vs write {{{stats.attrs['write_set']}}}; "
@@ -81,13 +79,15 @@ def summary(stats) -> str:
             lines.append(f"  {info['k_mismatched_specifications']} specification(s) not counted: their read and "
                          "write ranks differ more than 4-fold at some layer (see not_counted_reason)")  # fmt: skip
         if "median_effect" not in info.get("joint", {}):
-            lines.append("  verdict: " + verdict(info.get("joint", {}), info["n_layers"], alpha))
+            lines.append(
+                "  verdict: " + plain_verdict(info.get("joint", {}), info["n_layers"], alpha)
+            )
             continue
         joint = info["joint"]
         cell = stats.sel(
             pair=pair, construction=preferred[0], cutoff=preferred[1], normalisation=preferred[2]
         )
-        lines.append(f"  preferred specification {'/'.join(preferred)}: asymmetry {float(cell.asymmetry):+.3f} "
+        lines.append(f"  preferred specification {preferred}: asymmetry {float(cell.asymmetry):+.3f} "
                      f"[{float(cell.ci_low):+.3f}, {float(cell.ci_high):+.3f}], p = {float(cell.p_value):.3g} (EWC); "
                      f"exchangeable-layers sign-flip p = {float(cell.p_signflip):.3g}; "
                      f"lag-1 autocorrelation {float(cell.lag1_autocorrelation):+.2f}")  # fmt: skip
@@ -110,8 +110,8 @@ def summary(stats) -> str:
             lines.append(
                 f"  layer rankings across specifications: Kendall's W = {stability['kendall_w']:.2f}, ICC(A,1) = {stability['icc_agreement']:.2f}"
             )
-        lines.append("  verdict: " + verdict(joint, info["n_layers"], alpha))
-    models = json.loads(stats.attrs.get("pair_model", "{}") or "{}")
+        lines.append("  verdict: " + plain_verdict(joint, info["n_layers"], alpha))
+    models = stats.robustness.pair_model()
     for phase, model in models.items():
         if phase == "specification" or "overall" not in model:
             continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from robustness.config import CorpusSpec, PairSpec, SweepConfig, default_label
-from robustness.options import CacheOptions, ClusterOptions, ConfigFile, Output, Verbosity
+from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig, default_label
+from robustness.settings.options import CacheOptions, ClusterOptions, ConfigFile, Output, Verbosity
 
 from .options import add_options, cache_root, note, read_options, sweep_config
 
@@ -44,7 +44,7 @@ def config_from_args(args) -> SweepConfig:
     if args.config and pair:
         raise ValueError("give either --config or --base/--aligned (and --label), not both")
     if args.config:
-        from robustness.config import load_config
+        from robustness.settings.config import load_config
 
         config = load_config(args.config)
     elif "base" in pair and "aligned" in pair:
@@ -57,8 +57,8 @@ def config_from_args(args) -> SweepConfig:
 
 def run(args) -> int:
     import robustness
-    from robustness.dataset import write_dataset
-    from robustness.files import check_writable
+    from robustness.io.datasets import write_dataset
+    from robustness.io.files import check_writable
 
     config = config_from_args(args)
     cluster = ClusterOptions(**read_options(ClusterOptions, args))

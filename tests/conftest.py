@@ -91,7 +91,7 @@ def one_thread():
 def checkpoints(tmp_path_factory):
     """Three saved llama checkpoints of one run (each a small step from the last), and token ids.
 
-    ``(dirs, ids_path)``: for robustness.experiments.trajectory and `rsf experiment trajectory`.
+    ``(dirs, ids_path)``: for robustness.mechanism.trajectory and `rsf experiment trajectory`.
     Four layers, so the interval over layers (it needs at least four) is defined.
     """
     root = tmp_path_factory.mktemp("trajectory")
@@ -115,7 +115,7 @@ def tiny_demo(tmp_path_factory):
     ``(cache, pair)``: the cache folder the commands' ``--cache-dir`` points at, and the
     pair as first built (``pair.trained`` is true).
     """
-    from robustness.demo import DemoSettings, demo_pair
+    from robustness.demo.pair import DemoSettings, demo_pair
 
     cache = tmp_path_factory.mktemp("demo-cache")
     return cache, demo_pair(DemoSettings.tiny(), cache_root=cache, progress=False)
@@ -159,8 +159,8 @@ def report_datasets(saved_pair, tmp_path_factory):
 @pytest.fixture(scope="session")
 def report_calibration(tmp_path_factory):
     """A small calibration study (`rsf calibrate`'s library call) for the report's calibration section."""
-    from robustness.calibration import CalibrationSettings, run_calibration
-    from robustness.dataset import write_dataset
+    from robustness.calibration.study import CalibrationSettings, run_calibration
+    from robustness.io.datasets import write_dataset
 
     # As small as runs: the report shows the rates, it does not judge them.
     settings = CalibrationSettings(n_null=4, n_power=2, strengths=(0.2,), n_layers=6,

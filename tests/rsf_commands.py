@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 # A sweep small enough for a tiny pair: 256 tokens in sequences of 16.

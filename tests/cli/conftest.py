@@ -10,7 +10,7 @@ import pytest
 from rsf_commands import run_cli
 from tiny_models import single_torch_thread
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 

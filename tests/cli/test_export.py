@@ -1,4 +1,4 @@
-"""``rsf export`` (robustness/export.py) and the environment every dataset records.
+"""``rsf export`` (robustness/io/export.py) and the environment every dataset records.
 
 Null hypothesis of the export tests: the long table is the dataset, only
 reshaped, so pivoting its rows back onto the variable's coordinates (with
@@ -24,8 +24,8 @@ import torch
 import xarray as xr
 from rsf_commands import run_cli
 
-from robustness.dataset import open_dataset
-from robustness.export import attrs_path
+from robustness.io.datasets import open_dataset
+from robustness.io.export import attrs_path
 from rsf.main import main
 
 

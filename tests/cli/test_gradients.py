@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 
 import probes
-from robustness import demo
-from robustness.demo import DemoSettings
+from robustness.demo import pair as demo
+from robustness.demo.pair import DemoSettings
 from rsf.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -29,8 +29,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from robustness.config import CorpusSpec, PairSpec, SweepConfig, config_from_document
-from robustness.schema import OptionError, _fields
+from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig, config_from_document
+from robustness.settings.schema import OptionError, _fields
 from rsf.main import main
 
 SMALL = ["--tokens", "256", "--seq-len", "16", "--no-cache", "-q"]

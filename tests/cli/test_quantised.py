@@ -20,7 +20,7 @@ from rsf_commands import run_cli
 from safetensors.torch import save_file
 from tiny_models import aligned_copy, char_tokenizer, random_model
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 SWEEP = ["--tokens", "256", "--seq-len", "16", "--quiet", "--no-cache"]

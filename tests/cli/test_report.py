@@ -18,7 +18,7 @@ import xarray as xr
 from report_page import MISSING, SECTIONS, Page, sha256, shown
 from rsf_commands import run_cli
 
-from robustness.dataset import open_dataset, write_dataset
+from robustness.io.datasets import open_dataset, write_dataset
 from rsf.main import main
 
 # ----------------------------------------------------------------------- fixtures

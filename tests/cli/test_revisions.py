@@ -26,8 +26,8 @@ from tiny_models import aligned_copy, char_tokenizer, random_model
 
 import probes
 from probes import hub
-from robustness.dataset import open_dataset
-from robustness.experiments.trajectory import TrajectorySpec, checkpoint_step
+from robustness.io.datasets import open_dataset
+from robustness.mechanism.trajectory import TrajectorySpec, checkpoint_step
 from rsf.main import main
 
 REPO = "tiny-org/tiny-pythia"

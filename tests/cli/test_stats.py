@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 CONTRACT = (

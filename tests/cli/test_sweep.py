@@ -9,7 +9,7 @@ from rsf_commands import sweep
 from tiny_models import FAMILY_NAMES
 
 import probes
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 ALL = ",".join(probes.CONSTRUCTIONS)

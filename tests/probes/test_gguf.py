@@ -18,7 +18,7 @@ from tiny_models import char_tokenizer, random_model
 import probes
 from probes.checkpoints import Checkpoint
 from probes.precision import gguf_steps
-from robustness.corpus import load_tokenizer
+from robustness.measure.corpus import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import torch
 from tiny_models import FAMILY_NAMES, MIXTURE_OF_EXPERTS, aligned_copy, random_model
 
 import probes
-from robustness.models import open_layerwise
+from robustness.measure.models import open_layerwise
 
 
 @pytest.fixture(scope="module")

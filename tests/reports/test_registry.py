@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from report_page import Page, sha256
 
-from robustness.dataset import write_dataset
+from robustness.io.datasets import write_dataset
 
 
 def test_sections_for_other_datasets_plug_in_by_kind(report_datasets, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The asymmetry tests (robustness.asymmetry): against scipy on small cases, exact against Monte
+"""The asymmetry tests (robustness.stats.asymmetry): against scipy on small cases, exact against Monte
 Carlo, null calibration, and brute-force references for Westfall–Young and the joint tests."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from robustness.asymmetry import (
+from robustness.stats.asymmetry import (
     label_permutation_null,
     layer_differences,
     sign_flip_null,
@@ -51,7 +51,7 @@ def test_monte_carlo_sign_flip_agrees_with_exact_and_counts_the_observed():
     d = layer_differences(planted(rng, n_layers=10, shift=0.4), READ, WRITE)
     exact = sign_flip_null(d, n_resamples=0, rng=rng).p_value(d.mean(axis=0))
     # Force Monte Carlo on the same data by enumerating over 17 layers' worth of limit.
-    import robustness.asymmetry as asym
+    import robustness.stats.asymmetry as asym
 
     limit, asym.EXACT_LIMIT = asym.EXACT_LIMIT, 2**8
     try:
@@ -65,8 +65,8 @@ def test_monte_carlo_sign_flip_agrees_with_exact_and_counts_the_observed():
 
 
 def test_the_verdicts_test_is_the_ewc_test_of_the_layer_differences():
-    """spec_tests' p_value, interval and d_z are robustness.layers' EWC test of D_l − A_0."""
-    from robustness.layers import hedges_correction, layer_test
+    """spec_tests' p_value, interval and d_z are robustness.stats.layers' EWC test of D_l − A_0."""
+    from robustness.stats.layers import hedges_correction, layer_test
 
     rng = np.random.default_rng(2)
     s = planted(rng, n_layers=12, shift=0.5)
@@ -88,7 +88,7 @@ def test_the_verdicts_test_is_the_ewc_test_of_the_layer_differences():
 
 
 def test_studentized_interval_equals_a_plain_loop():
-    from robustness.asymmetry import studentized_interval
+    from robustness.stats.asymmetry import studentized_interval
 
     d = np.random.default_rng(3).standard_normal((10, 2)) + [0.3, -0.1]
     low, high = studentized_interval(
@@ -110,7 +110,7 @@ def test_studentized_interval_equals_a_plain_loop():
 
 def test_studentized_interval_with_three_layers_stays_finite():
     """A resample repeating one layer has no spread; it must not enter the t distribution."""
-    from robustness.asymmetry import studentized_interval
+    from robustness.stats.asymmetry import studentized_interval
 
     d = np.array([[0.1, 1.0], [0.4, 1.3], [0.25, 0.9]])  # values whose mean has round-off
     low, high = studentized_interval(
@@ -185,8 +185,8 @@ def test_null_p_values_are_uniform():
 
 # ---------------------------------------------------------------------------- brute-force references
 #
-# Written from the definitions with plain loops, sharing no code with robustness.asymmetry or
-# robustness.layers: the layer differences, the cosine projections, the rotated series, the
+# Written from the definitions with plain loops, sharing no code with robustness.stats.asymmetry or
+# robustness.stats.layers: the layer differences, the cosine projections, the rotated series, the
 # t-tests and the statistics are all recomputed here. Only the random rotations are drawn
 # the same way (the same generator, seed and order), so that the Monte Carlo counts can be
 # compared exactly.
@@ -247,7 +247,7 @@ def test_westfall_young_step_down_equals_a_plain_loop():
     whose running minimum at hypothesis j is at most p_(j); p̃_(j) = (1 + count)/(1 + B), made
     monotone by a running maximum in the observed order.
     """
-    from robustness.layers import step_down_min_p
+    from robustness.stats.layers import step_down_min_p
 
     rng = np.random.default_rng(11)
     for n_hyp, n_draws in ((1, 50), (4, 200), (7, 999)):

@@ -1,4 +1,4 @@
-"""The statistics cache (robustness.cache), through `rsf sweep`: a hit runs no forward pass, a
+"""The statistics cache (robustness.measure.cache), through `rsf sweep`: a hit runs no forward pass, a
 truncated or corrupted entry is detected (checksum), warned about and recomputed."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from rsf_commands import sweep
 from tiny_models import VOCAB
 from transformers import PreTrainedModel
 
-from robustness.dataset import open_dataset
+from robustness.io.datasets import open_dataset
 from rsf.main import main
 
 
@@ -105,9 +105,9 @@ def test_gradient_statistics_round_trip_through_the_cache(saved_models, tmp_path
     """`rsf gradients` keeps its statistics in the same cache: every sum, chunk sum, the loss and
     the batch count come back exactly, as GradientStatistics."""
     import probes
-    from robustness.cache import StatisticsCache
-    from robustness.gradients import measure_objective
-    from robustness.models import load_model
+    from robustness.measure.cache import StatisticsCache
+    from robustness.measure.models import load_model
+    from robustness.mechanism.gradients import measure_objective
 
     model = load_model(saved_models("llama"))
     ids = np.random.default_rng(0).integers(0, VOCAB, (6, 8))

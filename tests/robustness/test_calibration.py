@@ -1,5 +1,5 @@
-"""The planted-truth simulation and the calibration study (robustness.simulation, robustness.calibration,
-robustness.seqcalibration)."""
+"""The planted-truth simulation and the calibration study (robustness.calibration.simulation, robustness.calibration.study,
+robustness.calibration.sequence)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import probes
-from robustness.asymmetry import layer_differences
-from robustness.calibration import CALIBRATED, TESTS, scenarios
-from robustness.layers import lag1_autocorrelation
-from robustness.seqcalibration import _cutoffs
-from robustness.simulation import GRIDS, Scenario, simulate
+from robustness.calibration.sequence import _cutoffs
+from robustness.calibration.simulation import GRIDS, Scenario, simulate
+from robustness.calibration.study import CALIBRATED, TESTS, scenarios
+from robustness.stats.asymmetry import layer_differences
+from robustness.stats.layers import lag1_autocorrelation
 
 J = GRIDS["calibration"].index(CALIBRATED)
 

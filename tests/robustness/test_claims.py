@@ -1,11 +1,11 @@
-"""The level claims of `rsf claims` (robustness/claims.py): each rule on hand-built results whose
+"""The level claims of `rsf claims` (robustness/claims/levels.py): each rule on hand-built results whose
 per-layer levels are known, the equivalence test against its closed form, and planted pairs.
 
 Hand-built results put the level ``ℓ_l`` (log2 ratio minus the Haar reference) where a test wants
 it: the stored log2 ratio is ``ℓ_l + probes.haar_reference(k, d, purity)``, so a rule that forgot
 the reference, or took the wrong matrices, layers or specification, reads other numbers. The EWC
 test is recomputed here from its definition (cosine projections, ``scipy.stats.t``), not through
-robustness.layers.
+robustness.stats.layers.
 
 Planted pairs are tiny random llama models (d = 64, 8 layers, so k = 8 ≤ d/8 is eligible and the
 EWC test has K = 2 degrees of freedom) with deltas built in the test and swept by the real
@@ -26,9 +26,9 @@ from scipy import stats
 from tiny_models import VOCAB, char_tokenizer, random_model
 
 import probes
-from robustness import claims
-from robustness.claims import CLAIM_IDS, CLAIMS, Levels, level_claims
-from robustness.dataset import open_dataset
+from robustness.claims import levels as claims
+from robustness.claims.levels import CLAIM_IDS, CLAIMS, Levels, level_claims
+from robustness.io.datasets import open_dataset
 
 MATRICES = ("q", "k", "o", "down")
 D = 64
@@ -520,7 +520,7 @@ def test_tost_equals_statsmodels_paired_tost_on_independent_layers():
     rule's TOST p-value on a series equals statsmodels' ttost_paired against ±margin."""
     from statsmodels.stats.weightstats import ttost_paired
 
-    from robustness.rules import part
+    from robustness.claims.rules import part
 
     values = 0.15 + np.random.default_rng(3).normal(0, 0.3, 12)
     ours = part("x", values, margin=0.5, alpha=0.05, k=len(values) - 1)
@@ -667,7 +667,7 @@ def test_agnostic_claim_with_contrastive_variants():
     """The variants count as phases: one whose concentration is not decided makes the claim
     inconclusive at most, one whose excess lies outside the margin contradicts it; without a
     mechanical reference the claim is not_tested, saying why."""
-    from robustness.rules import Decision, Part
+    from robustness.claims.rules import Decision, Part
 
     def phase(verdict, p_support, p_contradict, excess):
         e = Part("excess", excess, excess - 0.05, excess + 0.05, 1.0, 1.0, 0.001 if abs(excess) < 0.4 else 0.9,
@@ -709,7 +709,7 @@ def test_holm_across_a_pairs_claims_matches_statsmodels(planted):
     supported (contradicted) only when its adjusted p-value is below α. Intervals are at 1 − 2α."""
     from statsmodels.stats.multitest import multipletests
 
-    from robustness.paper import paper_claims
+    from robustness.claims.paper import paper_claims
 
     results = planted["results"]
     ds = paper_claims(results, n_resamples=99)
@@ -911,7 +911,7 @@ def test_holm_equals_statsmodels_and_keeps_nan_out_of_the_family():
     (a claim not tested) included."""
     from statsmodels.stats.multitest import multipletests
 
-    from robustness.rules import holm
+    from robustness.claims.rules import holm
 
     rng = np.random.default_rng(4)
     for _ in range(8):

@@ -1,6 +1,6 @@
-"""The claims on the mechanism (robustness/claims_mechanism.py), each rule on hand-built datasets laid
-out as their writers lay them out: gradients.nc (robustness/gradients.py), trajectory.nc,
-contrastive.nc and rank1.nc (robustness/experiments/).
+"""The claims on the mechanism (robustness/claims/mechanism.py), each rule on hand-built datasets laid
+out as their writers lay them out: gradients.nc (robustness/mechanism/gradients.py), trajectory.nc,
+contrastive.nc and rank1.nc (robustness/mechanism/).
 
 The per-layer values are chosen so that each test knows its answer: a zero-mean pattern over eight
 layers with a known EWC ω̂ plus a shift, the interval recomputed here from its definition (cosine
@@ -18,7 +18,7 @@ import xarray as xr
 from scipy import stats
 
 import probes
-from robustness import claims_mechanism as mechanism
+from robustness.claims import mechanism
 
 SITES = ("attn_in", "mlp_in", "o_out", "down_out")
 PATTERN = np.array([0.12, -0.05, 0.08, -0.11, 0.02, 0.07, -0.09, -0.04])
@@ -193,7 +193,7 @@ MATRICES = ("q", "k", "o", "down")
 
 
 def contrastive(write_slopes, *, read_levels=None, with_purity=True, normalisations=("isotropic",)):
-    """A contrastive dataset as robustness/experiments/contrastive.py writes it: rsf(lam_label, layer,
+    """A contrastive dataset as robustness/mechanism/contrastive.py writes it: rsf(lam_label, layer,
     matrix, construction, cutoff, normalisation), k, gram_purity, the lam coordinate and the attrs
     write_set, read_set, write_construction, read_construction, d_model.
 

@@ -1,4 +1,4 @@
-"""Sweep configuration (robustness.config): TOML in and out, and every name checked before any model loads."""
+"""Sweep configuration (robustness.settings.config): TOML in and out, and every name checked before any model loads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 import probes
-from robustness.config import PairSpec, SweepConfig, load_config
+from robustness.settings.config import PairSpec, SweepConfig, load_config
 
 PAIR = (PairSpec("demo", "base-dir", "aligned-dir"),)
 
@@ -86,7 +86,7 @@ def test_structural_errors(tmp_path):
 
 def test_cutoff_labels_are_made_canonical_once_when_settings_are_read(tmp_path):
     """`k = 8`, `var=0.90` and `frac=5e-2` are stored as `k=8`, `var=0.9`, `frac=0.05`, in configs and gradients alike."""
-    from robustness.gradients import GradientSettings
+    from robustness.mechanism.gradients import GradientSettings
 
     config = SweepConfig(
         pairs=(PairSpec("p", "a", "b"),), cutoffs=("k = 8", "var=0.90", "frac=5e-2", " pr")
@@ -123,8 +123,8 @@ def test_a_pair_may_say_its_phase(tmp_path):
 
 def test_the_python_api_checks_what_the_command_line_checks():
     """One declaration per option: a wrong type or range is refused in Python too, naming the field."""
-    from robustness.options import ClaimsOptions, StatsOptions
-    from robustness.schema import OptionError
+    from robustness.settings.options import ClaimsOptions, StatsOptions
+    from robustness.settings.schema import OptionError
 
     for changes, message in (
         ({"replicates": 2.5}, "`replicates` must be an integer, got 2.5"),

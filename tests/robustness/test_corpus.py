@@ -1,4 +1,4 @@
-"""The probe corpus (robustness.corpus): text, JSONL, ids used exactly as given, the built-in default."""
+"""The probe corpus (robustness.measure.corpus): text, JSONL, ids used exactly as given, the built-in default."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tiny_models import char_tokenizer
 
-from robustness.config import CorpusSpec
-from robustness.corpus import builtin_documents, load_corpus, select_sequences, tokenize
+from robustness.measure.corpus import builtin_documents, load_corpus, select_sequences, tokenize
+from robustness.settings.config import CorpusSpec
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The specification curve's bookkeeping (robustness.curve) and the Haar reference (probes.fraction).
+"""The specification curve's bookkeeping (robustness.stats.curve) and the Haar reference (probes.fraction).
 
 References: the exact law of F for a rank-1 delta (Beta(k/2, (d−k)/2), E[log F] by digamma);
 Monte Carlo over Haar bases for a rank-2 delta; a complete crossed grid, where the shares of
@@ -15,7 +15,7 @@ import pytest
 from scipy import special
 
 import probes
-from robustness import curve
+from robustness.stats import curve
 
 
 def test_haar_reference_is_exact_for_a_rank_one_delta():

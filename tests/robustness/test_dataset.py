@@ -1,4 +1,4 @@
-"""The results dataset (robustness.dataset): built from a sweep, a netCDF round trip that keeps
+"""The results dataset (robustness.measure.results): built from a sweep, a netCDF round trip that keeps
 every value and attribute, and the contract's provenance variables."""
 
 from __future__ import annotations
@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from robustness import dataset as dataset_module
-from robustness.config import PairSpec, SweepConfig
-from robustness.corpus import Corpus
-from robustness.dataset import build_dataset, open_dataset, write_dataset
-from robustness.engine import run_sweep
+from robustness.io.datasets import open_dataset, write_dataset
+from robustness.measure import results as dataset_module
+from robustness.measure.corpus import Corpus
+from robustness.measure.engine import run_sweep
+from robustness.measure.results import build_dataset
+from robustness.settings.config import PairSpec, SweepConfig
 
 
 def test_netcdf_round_trip_keeps_every_value_and_attribute(saved_pair, tmp_path):

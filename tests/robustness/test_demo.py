@@ -1,4 +1,4 @@
-"""The demo pair (robustness.demo): trained like any model, deterministic from the seed, cached
+"""The demo pair (robustness.demo.pair): trained like any model, deterministic from the seed, cached
 (and rebuilt on request), its checkpoints and held-out text; its settings checked."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from robustness import demo
-from robustness.corpus import builtin_documents, load_tokenizer, tokenize
-from robustness.demo import DemoSettings, demo_checkpoints, demo_pair, demo_token_windows
+from robustness.demo import pair as demo
+from robustness.demo.pair import DemoSettings, demo_checkpoints, demo_pair, demo_token_windows
+from robustness.measure.corpus import builtin_documents, load_tokenizer, tokenize
 
 TINY = DemoSettings.tiny()
 

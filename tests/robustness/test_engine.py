@@ -1,4 +1,4 @@
-"""The sweep engine (robustness.engine): its values against an independent computation, seeds,
+"""The sweep engine (robustness.measure.engine): its values against an independent computation, seeds,
 and the sequence bootstrap (replicates reweight chunk statistics, no forward pass each).
 
 The value and seed checks sweep through `rsf sweep` (rsf_commands.sweep); the bootstrap ones
@@ -14,9 +14,9 @@ from rsf_commands import sweep
 from transformers import AutoModelForCausalLM
 
 import probes
-from robustness.config import PairSpec, SweepConfig
-from robustness.corpus import Corpus
-from robustness.engine import run_sweep
+from robustness.measure.corpus import Corpus
+from robustness.measure.engine import run_sweep
+from robustness.settings.config import PairSpec, SweepConfig
 
 
 @pytest.fixture

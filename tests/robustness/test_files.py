@@ -1,4 +1,4 @@
-"""Output files (robustness.files): written atomically, so an interrupted `rsf sweep` leaves the
+"""Output files (robustness.io.files): written atomically, so an interrupted `rsf sweep` leaves the
 previous results and no temporary file, and with the usual mode, not mkstemp's."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_interrupted_write_leaves_no_truncated_results(saved_pair, tmp_path, mon
 
 
 def test_outputs_get_the_usual_file_mode(tmp_path):
-    from robustness.files import atomic_output
+    from robustness.io.files import atomic_output
 
     previous = os.umask(0o022)
     try:

@@ -1,9 +1,9 @@
-"""``gradients.nc`` along checkpoints (robustness.gradient_dataset).
+"""``gradients.nc`` along checkpoints (robustness.mechanism.gradient_dataset).
 
 References: each checkpoint of a several-checkpoint dataset against the same
 checkpoint measured alone; the DPO reference rule against measuring with the
-reference model directly; the layer intervals against robustness.layers on
-the stored per-layer values; the trends against robustness.experiments.trend
+reference model directly; the layer intervals against robustness.stats.layers on
+the stored per-layer values; the trends against robustness.mechanism.trend
 on the same values; the leading shares against the stored spectrum; the
 cache against a run with the measurement disabled.
 """
@@ -16,21 +16,21 @@ import xarray as xr
 from tiny_models import VOCAB
 
 import probes
-import robustness.gradient_dataset as gradient_module
-from robustness.corpus import Corpus
-from robustness.experiments.trend import trend_test
-from robustness.gradient_dataset import (
+import robustness.mechanism.gradient_dataset as gradient_module
+from robustness.measure.corpus import Corpus
+from robustness.measure.models import load_model
+from robustness.measure.resampling import sequence_chunks
+from robustness.mechanism.gradient_dataset import (
     LEADING,
     GradientCheckpoint,
     check_checkpoints,
     gradient_dataset,
     phase_checkpoints,
 )
-from robustness.gradients import GradientSettings, measure_objective
-from robustness.layers import layer_test
-from robustness.models import load_model
-from robustness.preferences import preference_pairs
-from robustness.resampling import sequence_chunks
+from robustness.mechanism.gradients import GradientSettings, measure_objective
+from robustness.mechanism.trend import trend_test
+from robustness.stats.layers import layer_test
+from robustness.training.preferences import preference_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,7 +176,7 @@ def test_layer_intervals_leading_shares_and_contrasts_follow_their_definitions(a
 
 def test_trends_along_a_phase_are_the_trend_test_of_the_stored_values(along):
     """H0 of the trend: no slope in the step. The stored slope and EWC p equal
-    robustness.experiments.trend.trend_test on the per-layer values and the steps."""
+    robustness.mechanism.trend.trend_test on the per-layer values and the steps."""
     _, ds = along
     assert list(ds.segment.values) == ["align"]
     values = ds.entropy_rank.sel(objective="ce", site="o_out").values  # [checkpoint, layer]

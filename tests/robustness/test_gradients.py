@@ -1,4 +1,4 @@
-"""Gradients under each objective (robustness.gradients): measure_objective, the replicates.
+"""Gradients under each objective (robustness.mechanism.gradients): measure_objective, the replicates.
 
 The dataset along checkpoints is tested in test_gradient_dataset.py.
 
@@ -14,11 +14,11 @@ import pytest
 from tiny_models import VOCAB, random_model
 
 import probes
-from robustness.gradients import (
+from robustness.mechanism.gradients import (
     measure_objective,
     parse_objectives,
 )
-from robustness.preferences import preference_pairs
+from robustness.training.preferences import preference_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,8 +60,8 @@ def test_parse_objectives():
 
 
 def test_vectorised_replicates_equal_one_at_a_time():
-    from robustness.gradients import _replicate_summaries, _site_summary
-    from robustness.resampling import bootstrap_weights
+    from robustness.measure.resampling import bootstrap_weights
+    from robustness.mechanism.gradients import _replicate_summaries, _site_summary
 
     model = random_model("llama")
     ids = np.random.default_rng(5).integers(0, VOCAB, (6, 10))

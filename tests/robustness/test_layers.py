@@ -1,4 +1,4 @@
-"""Inference over layers (robustness.layers) and the pair model (robustness.pairs).
+"""Inference over layers (robustness.stats.layers) and the pair model (robustness.stats.pairs).
 
 References: the EWC statistic from its definition with plain loops; scipy's t, noncentral t
 and F laws; the Hedges factor's closed form; and, under the tests' own assumptions (i.i.d.
@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-from robustness.layers import (
+from robustness.stats.layers import (
     MIN_LAYERS,
     RotationNull,
     cosine_projections,
@@ -26,7 +26,7 @@ from robustness.layers import (
     noncentral_interval,
     projections_for,
 )
-from robustness.pairs import pair_model
+from robustness.stats.pairs import pair_model
 
 
 def test_the_number_of_projections_and_their_orthonormality():

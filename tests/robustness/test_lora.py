@@ -19,7 +19,7 @@ from rsf_commands import SMALL, sweep
 from tiny_models import char_tokenizer, random_model
 
 import probes
-from robustness.models import open_layerwise
+from robustness.measure.models import open_layerwise
 from rsf.main import main
 
 peft = pytest.importorskip("peft")
@@ -112,7 +112,7 @@ def test_a_pathway_the_adapter_does_not_target_is_said_not_tested(tmp_path, caps
     assert main(["stats", str(tmp_path / "r.nc"), "--out", str(tmp_path / "s.nc")]) == 0
     err = capsys.readouterr().err
     assert "targets no write matrix (o, down): the asymmetry is not tested" in err
-    from robustness.dataset import open_dataset
+    from robustness.io.datasets import open_dataset
 
     assert bool(open_dataset(tmp_path / "s.nc").asymmetry.isnull().all())
 

@@ -1,4 +1,4 @@
-"""``claims.nc`` (robustness/paper.py): the input checks (a stats.nc by the results' fingerprint, each
+"""``claims.nc`` (robustness/claims/paper.py): the input checks (a stats.nc by the results' fingerprint, each
 extra dataset by the weights hashes of the models it measured), where the extras' claims attach,
 the not_tested reasons, and the dataset contract (dims pair × claim, the variables, the claim ids,
 the attributes), written and read back as netCDF.
@@ -18,10 +18,10 @@ import pytest
 import xarray as xr
 
 import probes
-from robustness.claims import CLAIM_IDS, VERDICTS
-from robustness.dataset import open_dataset, write_dataset
-from robustness.paper import paper_claims
-from robustness.stats import results_fingerprint
+from robustness.claims.levels import CLAIM_IDS, VERDICTS
+from robustness.claims.paper import paper_claims
+from robustness.io.datasets import open_dataset, write_dataset
+from robustness.stats.statistics import results_fingerprint
 
 MATRICES = ("q", "k", "o", "down")
 PATTERN = np.array([0.12, -0.05, 0.08, -0.11, 0.02, 0.07, -0.09, -0.04])

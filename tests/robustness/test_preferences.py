@@ -1,4 +1,4 @@
-"""Preference data and losses (robustness.preferences): preference pairs, log-probabilities of
+"""Preference data and losses (robustness.training.preferences): preference pairs, log-probabilities of
 continuations, the DPO and graded losses, the preference margin."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny_models import fresh_model, progressions
 
-from robustness.preferences import (
+from robustness.training.preferences import (
     PreferencePairs,
     continuation_logprobs,
     dpo_loss,
@@ -161,7 +161,7 @@ def test_prompts_go_inside_the_chat_template_where_the_tokenizer_has_one():
     without a template leaves the pairs as they are."""
     from tiny_models import char_tokenizer
 
-    from robustness.preferences import chat_frame, framed
+    from robustness.training.preferences import chat_frame, framed
 
     tokenizer = char_tokenizer()
     ids = np.asarray([tokenizer("abcdefgh")["input_ids"], tokenizer("ijklmnop")["input_ids"]])

@@ -1,4 +1,4 @@
-"""The sequence bootstrap's pieces (robustness.resampling): chunks of sequences, and BCa intervals
+"""The sequence bootstrap's pieces (robustness.measure.resampling): chunks of sequences, and BCa intervals
 from precomputed replicates against scipy."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from robustness.resampling import sequence_chunks
+from robustness.measure.resampling import sequence_chunks
 
 
 def test_sequence_chunks_cover_every_sequence_once():
@@ -18,7 +18,7 @@ def test_sequence_chunks_cover_every_sequence_once():
 
 
 def test_bca_from_precomputed_replicates_matches_scipy():
-    from robustness.resampling import bca_interval
+    from robustness.measure.resampling import bca_interval
 
     x = np.random.default_rng(8).gamma(2.0, size=30)  # skewed, so the correction matters
     res = stats.bootstrap(

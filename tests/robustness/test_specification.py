@@ -1,10 +1,10 @@
-"""The paper's names (robustness.specification): the probe scale of each normalisation."""
+"""The paper's names (robustness.settings.specification): the probe scale of each normalisation."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from robustness.specification import probe_scale
+from robustness.settings.specification import probe_scale
 
 
 def test_ratio_normalisations_go_to_the_log_scale():

@@ -1,4 +1,4 @@
-"""The sweep engine one layer at a time (robustness.engine over probes.layerwise).
+"""The sweep engine one layer at a time (robustness.measure.engine over probes.layerwise).
 
 Null hypothesis: a sweep holds at most one decoder layer of one model in
 memory at any moment, reads the aligned model's activations only when a
@@ -97,9 +97,9 @@ def test_batched_eigendecompositions_give_the_numpy_replicates(saved_pair, monke
     Null hypothesis: its replicates equal those of NumPy's eigendecompositions;
     both are float64 LAPACK-quality solvers, so they agree to round-off (1e-9).
     """
-    from robustness import engine
-    from robustness.config import PairSpec, SweepConfig
-    from robustness.corpus import Corpus
+    from robustness.measure import engine
+    from robustness.measure.corpus import Corpus
+    from robustness.settings.config import PairSpec, SweepConfig
 
     base, aligned = saved_pair("llama", num_hidden_layers=4)
     config = SweepConfig(

@@ -1,4 +1,4 @@
-"""The training loops (robustness.training): pretraining and alignment, seeded and checkpointed."""
+"""The training loops (robustness.training.loops): pretraining and alignment, seeded and checkpointed."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from tiny_models import char_tokenizer, fresh_model, progressions, state
 from transformers import AutoModelForCausalLM
 
-from robustness.preferences import preference_margin, preference_pairs
-from robustness.training import align, pretrain
+from robustness.training.loops import align, pretrain
+from robustness.training.preferences import preference_margin, preference_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

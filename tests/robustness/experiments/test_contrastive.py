@@ -1,4 +1,4 @@
-"""Contrastive variants (robustness.experiments.contrastive): the same settings find the saved
+"""Contrastive variants (robustness.mechanism.contrastive): the same settings find the saved
 variants instead of training again."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_models import VOCAB
 
-from robustness.experiments.contrastive import ContrastiveSettings, train_variants
+from robustness.mechanism.contrastive import ContrastiveSettings, train_variants
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,5 @@
-"""The rank-1 experiment (robustness.experiments.rank1): its margin against
-robustness.preferences.preference_margin on a copy with the update written into the weights."""
+"""The rank-1 experiment (robustness.mechanism.rank1): its margin against
+robustness.training.preferences.preference_margin on a copy with the update written into the weights."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from tiny_models import VOCAB, random_model
 
 import probes
 from probes import rank1_update
-from robustness.corpus import Corpus
-from robustness.experiments.rank1 import Rank1Settings, rank1_dataset
-from robustness.preferences import preference_margin, preference_pairs
+from robustness.measure.corpus import Corpus
+from robustness.mechanism.rank1 import Rank1Settings, rank1_dataset
+from robustness.training.preferences import preference_margin, preference_pairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

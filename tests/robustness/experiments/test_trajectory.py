@@ -1,15 +1,15 @@
-"""The training trajectory (robustness.experiments.trajectory): its pairs, and the dataset against
-separate sweeps of the same pairs (robustness.engine.sweep_pair)."""
+"""The training trajectory (robustness.mechanism.trajectory): its pairs, and the dataset against
+separate sweeps of the same pairs (robustness.measure.engine.sweep_pair)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from robustness.config import CorpusSpec, PairSpec, SweepConfig
-from robustness.corpus import Corpus
-from robustness.engine import sweep_pair
-from robustness.experiments.trajectory import trajectory_dataset, trajectory_pairs
+from robustness.measure.corpus import Corpus
+from robustness.measure.engine import sweep_pair
+from robustness.mechanism.trajectory import trajectory_dataset, trajectory_pairs
+from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The trend test (robustness.experiments.trend): the within-layer permutation test's exact
+"""The trend test (robustness.mechanism.trend): the within-layer permutation test's exact
 enumeration on a constructed case, the EWC slope test over layers, no trend, and its input checks."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from robustness.experiments.trend import trend_test
+from robustness.mechanism.trend import trend_test
 
 
 def test_trend_test_exact_on_a_monotone_single_block():
@@ -39,7 +39,7 @@ def test_trend_test_detects_a_monotone_trend_over_blocks():
 
 def test_the_slope_test_is_the_ewc_test_of_the_layers_own_slopes():
     """H0: the mean over layers of each layer's least-squares slope is 0 (layers in order)."""
-    from robustness.layers import layer_test
+    from robustness.stats.layers import layer_test
 
     rng = np.random.default_rng(7)
     lams = np.array([0, 0.25, 0.5, 0.75, 1.0])

@@ -1,0 +1,7 @@
+"""The paper's claims, one by one: ``claims.nc``.
+
+:mod:`.rules` (three-way verdicts with one margin, parts, family-wise error), :mod:`.levels` (the
+claims on a pair's levels: concentration, isotropy, asymmetry, pretraining, objective),
+:mod:`.mechanism` (the claims on the experiments' datasets) and :mod:`.paper` (the dataset).
+Imports :mod:`robustness.stats` and below.
+"""
