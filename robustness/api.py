@@ -34,6 +34,7 @@ __all__ = [
     "measure_gradients",
     "paper_claims",
     "rank1",
+    "run_demo",
     "statistics",
     "sweep",
     "trajectory",
@@ -247,3 +248,45 @@ def calibrate(settings=None, *, fast: bool = False, progress: bool = False) -> x
     if settings is None:
         settings = CalibrationSettings.fast() if fast else CalibrationSettings()
     return run_calibration(settings, progress=progress)
+
+
+def run_demo(
+    *,
+    settings=None,
+    grid=None,
+    cache_dir=None,
+    retrain: bool = False,
+    full: bool = False,
+    real: bool = False,
+    progress: bool = False,
+    stage=None,
+):
+    """``rsf demo``'s datasets: the demo pair (or, with `real`, the real model's pairs) swept,
+    tested, its gradients measured and the claims tested; with `full` the trajectory, contrastive
+    and rank-1 experiments too (this module's functions, with the commands' defaults).
+
+    Returns a :class:`robustness.demo.pipeline.DemoRun` (``results``, ``stats``, ``claims``,
+    ``extras``: kind → dataset); `stage` (a callable) hears each stage's name.
+    """
+    from robustness.demo.pipeline import DemoRequest, demo_datasets
+
+    request = DemoRequest(settings=settings, grid=grid, cache_root=cache_dir, retrain=retrain,
+                          full=full, progress=progress, real=real)  # fmt: skip
+    return demo_datasets(request, experiments=_demo_experiment, stage=stage or (lambda _: None))
+
+
+def _demo_experiment(kind: str, demo, cache_root, progress: bool) -> xr.Dataset:
+    """The dataset of one experiment on the demo's checkpoints, with its command's defaults."""
+    from robustness.demo.pair import demo_contrastive_inputs, demo_held_out_inputs
+    from robustness.settings.options import ContrastiveInputs, Rank1Settings
+
+    if kind == "trajectory":
+        return trajectory(demo.phase("align"), cache_dir=cache_root, progress=progress)
+    if kind == "contrastive":
+        base, windows, settings = demo_contrastive_inputs(demo)
+        return contrastive(
+            base, windows, settings, gradient_pairs=ContrastiveInputs().gradient_pairs,
+            cache_dir=cache_root, progress=progress,
+        )  # fmt: skip
+    corpus, settings = demo_held_out_inputs(demo, Rank1Settings(), tokens=8192)
+    return rank1(demo.base, corpus, settings, progress=progress)

@@ -1,18 +1,15 @@
-"""``rsf demo``: the embedded default, demo pair → sweep → stats → report, and its verdict.
+"""``rsf demo``: the embedded default, demo pair → sweep → stats → claims → report, and its verdict.
 
-The pair is trained (or taken from the cache) by :func:`robustness.demo.pair.demo_pair`;
-this module only orchestrates: the sweep of :func:`robustness.demo.pair.demo_sweep_config`
-with its sequence bootstrap, ``rsf stats`` with the grid's settings, the
-report, and a one-paragraph verdict.
+The datasets come from :func:`robustness.api.run_demo` (the pair trained or
+cached, swept with its sequence bootstrap, tested); this module checks the
+output folder, writes them and the report, and prints a one-paragraph verdict.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from robustness.settings.options import CacheOptions, DemoOptions, Output, Verbosity
@@ -22,16 +19,6 @@ from .options import add_options, read_options
 from .stats import summary as stats_summary
 
 __all__ = ["DemoOutcome", "add_parser", "run", "run_demo"]
-
-# The experiments' datasets the demo writes (gradients always, by robustness.demo.pair.demo_gradients;
-# the others with --full), and the command that makes each one on the demo pair.
-EXPERIMENTS = {
-    "gradients": ("gradients", "--demo", "--phase", "both"),
-    "trajectory": ("experiment", "trajectory", "--demo", "--phase", "align"),
-    "contrastive": ("experiment", "contrastive", "--demo"),
-    "rank1": ("experiment", "rank1"),  # the demo's base unless --model
-}
-FULL_GRADIENT_REPLICATES = 200
 
 
 def add_parser(commands) -> None:
@@ -110,74 +97,11 @@ def _stage(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def run_demo(
-    out: str | Path = "rsf-demo",
-    *,
-    settings=None,
-    grid=None,
-    cache_root: str | Path | None = None,
-    retrain: bool = False,
-    full: bool = False,
-    progress: bool = True,
-    mkdir: bool = False,
-    real: bool = False,
-) -> DemoOutcome:
-    """Demo pair (trained or cached) → sweep with bootstrap → stats → gradients → claims → report, in `out`.
-
-    With `real`, the pairs of :mod:`robustness.demo.real` (SmolLM2-135M-Instruct's
-    GGUF against a short DPO run from it, and a seeded initialisation against
-    it) with its :class:`robustness.demo.real.RealGrid`; `settings` and `grid`
-    are then that module's.
-
-    Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` and
-    ``report.html`` in `out` (created when missing; its missing parents only
-    with `mkdir`). The sweep covers the
-    alignment pair and a pretraining pair (the initialisation → base); the
-    gradients a few checkpoints of both phases (:func:`robustness.demo.pair.demo_gradients`).
-    Statistics are cached like any sweep's, so a second run does no forward
-    pass. With `full`, every checkpoint's gradients with a bootstrap, and the
-    trajectory, contrastive and rank-1 experiments through the API their
-    commands call (:mod:`robustness.api`, with the commands' defaults), so
-    every claim is tested.
-    """
-    from reports import write_report
-    from robustness.claims.paper import paper_claims
-    from robustness.demo.pair import (
-        DemoGrid,
-        DemoSettings,
-        demo_checkpoints,
-        demo_gradients,
-        demo_is_cached,
-        demo_pair,
-        demo_probe_corpus,
-        demo_sweep_config,
-        single_threaded,
-    )
-    from robustness.demo.real import (
-        RealGrid,
-        RealSettings,
-        real_gradients,
-        real_is_cached,
-        real_model_file,
-        real_outputs,
-        real_pair,
-        real_probe_corpus,
-        real_sweep_config,
-    )
-    from robustness.io.datasets import open_dataset, write_dataset
+def _output_paths(out: Path, *, full: bool, mkdir: bool) -> dict[str, Path]:
+    """Every file the demo writes in `out`, checked (and `out` created) before any work."""
+    from robustness.demo.pipeline import EXPERIMENTS
     from robustness.io.files import check_writable
-    from robustness.measure.cache import default_cache_dir
-    from robustness.measure.results import sweep_dataset
-    from robustness.stats.statistics import compute_stats
 
-    if real:
-        gguf = real_model_file()  # first: without the package, nothing else is done
-        settings, grid = settings or RealSettings(), grid or RealGrid()
-    else:
-        settings, grid = settings or DemoSettings(), grid or DemoGrid()
-    cache_root = Path(cache_root) if cache_root is not None else default_cache_dir()
-    started = time.perf_counter()
-    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"cannot write into {out}: it exists and is not a folder")
     if out.parent.exists() and not out.parent.is_dir():
@@ -192,154 +116,57 @@ def run_demo(
         raise ValueError(
             f"cannot create the output folder {out}: {error.strerror or error}"
         ) from None
-    results_path, stats_path, claims_path, report_path = (
-        check_writable(out / name)
-        for name in ("results.nc", "stats.nc", "claims.nc", "report.html")
-    )
-    extras = {
-        kind: check_writable(out / f"{kind}.nc")
-        for kind in EXPERIMENTS
-        if full or kind == "gradients"
+    names = ["results", "stats", "claims", *(k for k in EXPERIMENTS if full or k == "gradients")]
+    return {name: check_writable(out / f"{name}.nc") for name in names} | {
+        "report": check_writable(out / "report.html")
     }
-    quiet = not progress
-    timings = {}
-
-    if real:
-        cached = not retrain and real_is_cached(settings, gguf, cache_root)
-        _stage("real pairs: cached" if cached else "real pairs: dequantising, initialising and "
-               "running DPO from the real model", quiet)  # fmt: skip
-        pair = real_pair(settings, gguf, cache_root=cache_root, retrain=retrain, progress=progress)
-        config, corpus = real_sweep_config(pair, grid), real_probe_corpus(pair, grid)
-        # d = 576: the real model's matrices use both threads
-        threads = contextlib.nullcontext()
-    else:
-        cached = not retrain and demo_is_cached(settings, cache_root)
-        _stage("demo pair: cached" if cached else "demo pair: training (cross-entropy, then DPO)",
-               quiet)  # fmt: skip
-        pair = demo_pair(settings, cache_root=cache_root, retrain=retrain, progress=progress)
-        config, corpus = demo_sweep_config(pair, grid), demo_probe_corpus(pair, grid)
-        # small matrices: a second thread only adds waiting on a busy machine
-        threads = single_threaded()
-    timings["pair"] = time.perf_counter() - started
-    _stage(f"{'real pairs' if real else 'demo pair'}: {pair.root}", quiet)
-
-    mark = time.perf_counter()
-    stored = real_outputs(pair, grid) if real else None
-    if stored is not None and (stored / "results.nc").is_file():
-        _stage("sweep: the same grid on the same pairs, from the cache", quiet)
-        dataset = open_dataset(stored / "results.nc").load()
-    else:
-        with threads:
-            dataset = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress)
-    phases = [phase for phase in ("pretrain", "align") if phase in pair.manifest]
-    dataset.attrs["demo_manifest"] = json.dumps(
-        {k: v for k, v in pair.manifest.items() if k not in phases}
-        | {
-            phase: {k: v for k, v in pair.manifest[phase].items() if k != "losses"}
-            for phase in phases
-        },
-        sort_keys=True,
-    )
-    write_dataset(dataset, results_path)
-    if stored is not None and not (stored / "results.nc").is_file():
-        stored.mkdir(parents=True, exist_ok=True)
-        write_dataset(dataset, stored / "results.nc")
-    timings["sweep"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    stats = compute_stats(
-        dataset,
-        n_resamples=grid.n_resamples,
-        seed=grid.seed,
-        progress=progress,
-    )
-    write_dataset(stats, stats_path)
-    summary = stats_summary(stats)
-    timings["stats"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    if full:
-        grid = replace(
-            grid, gradient_checkpoints=None, gradient_replicates=FULL_GRADIENT_REPLICATES
-        )
-    _stage(
-        "gradients: δ_t under CE and DPO at "
-        + (
-            "every checkpoint"
-            if grid.gradient_checkpoints is None
-            else f"{grid.gradient_checkpoints} checkpoints"
-        )
-        + " of each phase",
-        quiet,
-    )
-    if stored is not None and (stored / "gradients.nc").is_file():
-        gradients = open_dataset(stored / "gradients.nc").load()
-    elif real:
-        gradients = real_gradients(pair, grid, cache_root=cache_root, progress=progress)
-        stored.mkdir(parents=True, exist_ok=True)
-        write_dataset(gradients, stored / "gradients.nc")
-    else:
-        with single_threaded():
-            gradients = demo_gradients(pair, grid, cache_root=cache_root, progress=progress)
-    write_dataset(gradients, extras["gradients"])
-    timings["gradients"] = time.perf_counter() - mark
-    if full:
-        demo = demo_checkpoints(cache_root=cache_root, progress=progress)
-        for kind, command in EXPERIMENTS.items():
-            if kind == "gradients":
-                continue
-            mark = time.perf_counter()
-            _stage(f"{kind}: rsf {' '.join(command)}", quiet)  # what it is equivalent to
-            write_dataset(_experiment(kind, demo, cache_root, progress), extras[kind])
-            timings[kind] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    _stage("claims: testing the paper's claims", quiet)
-    claims = paper_claims(
-        dataset, stats=stats, extras=[open_dataset(path) for path in extras.values()],
-        n_resamples=grid.n_resamples, seed=grid.seed,
-    )  # fmt: skip
-    write_dataset(claims, claims_path)
-    timings["claims"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    _stage("report: writing", quiet)
-    report = Path(
-        write_report(
-            results_path,
-            report_path,
-            stats_path=stats_path,
-            claims_path=claims_path,
-            extra_paths=tuple(extras.values()),
-        )  # fmt: skip
-    )
-    timings["report"] = time.perf_counter() - mark
-
-    verdict = verdict_paragraph(pair, stats, summary, claims, real=real)
-    return DemoOutcome(
-        pair, results_path, stats_path, report, verdict, time.perf_counter() - started, timings,
-        claims_path, claim_lines(claims), extras,
-    )  # fmt: skip
 
 
-def _experiment(kind: str, demo, cache_root, progress: bool):
-    """The dataset of ``rsf`` EXPERIMENTS[kind] on the demo, with its default options."""
+def run_demo(
+    out: str | Path = "rsf-demo",
+    *,
+    settings=None,
+    grid=None,
+    cache_root: str | Path | None = None,
+    retrain: bool = False,
+    full: bool = False,
+    progress: bool = True,
+    mkdir: bool = False,
+    real: bool = False,
+) -> DemoOutcome:
+    """:func:`robustness.api.run_demo`'s datasets written in `out` with the report and the verdict.
+
+    Writes ``results.nc``, ``stats.nc``, ``gradients.nc``, ``claims.nc`` (and
+    with `full` ``trajectory.nc``, ``contrastive.nc``, ``rank1.nc``) and
+    ``report.html`` in `out` (created when missing; its missing parents only
+    with `mkdir`), every path checked before any work.
+    """
     import robustness.api
-    from robustness.demo.pair import demo_contrastive_inputs, demo_held_out_inputs
-    from robustness.settings.options import ContrastiveInputs, Rank1Settings
+    from reports import write_report
+    from robustness.io.datasets import write_dataset
 
-    if kind == "trajectory":
-        return robustness.api.trajectory(
-            demo.phase("align"), cache_dir=cache_root, progress=progress
-        )
-    if kind == "contrastive":
-        base, windows, settings = demo_contrastive_inputs(demo)
-        return robustness.api.contrastive(
-            base, windows, settings, gradient_pairs=ContrastiveInputs().gradient_pairs,
-            cache_dir=cache_root, progress=progress,
-        )  # fmt: skip
-    corpus, settings = demo_held_out_inputs(demo, Rank1Settings(), tokens=8192)
-    return robustness.api.rank1(demo.base, corpus, settings, progress=progress)
+    started = time.perf_counter()
+    paths = _output_paths(Path(out), full=full, mkdir=mkdir)
+    run = robustness.api.run_demo(
+        settings=settings, grid=grid, cache_dir=cache_root, retrain=retrain, full=full,
+        real=real, progress=progress, stage=lambda message: _stage(message, not progress),
+    )  # fmt: skip
+    for name, dataset in {"results": run.results, "stats": run.stats, **run.extras,
+                          "claims": run.claims}.items():  # fmt: skip
+        write_dataset(dataset, paths[name])
+    mark = time.perf_counter()
+    _stage("report: writing", not progress)
+    extras = {kind: paths[kind] for kind in run.extras}
+    report = Path(write_report(paths["results"], paths["report"], stats_path=paths["stats"],
+                               claims_path=paths["claims"], extra_paths=tuple(extras.values())))  # fmt: skip
+    timings = {**run.timings, "report": time.perf_counter() - mark}
+    verdict = verdict_paragraph(
+        run.pair, run.stats, stats_summary(run.stats), run.claims, real=real
+    )
+    return DemoOutcome(
+        run.pair, paths["results"], paths["stats"], report, verdict,
+        time.perf_counter() - started, timings, paths["claims"], claim_lines(run.claims), extras,
+    )  # fmt: skip
 
 
 def verdict_paragraph(pair, stats, summary: str, claims=None, *, real: bool = False) -> str:

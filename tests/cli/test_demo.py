@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 
 from robustness.demo import pair as demo_library
+from robustness.demo import pipeline
 from robustness.demo.pair import DemoGrid, DemoSettings
-from rsf import demo as demo_cli
 from rsf.demo import run_demo
 from rsf.main import main
 
@@ -131,7 +131,7 @@ def test_rsf_demo_full_runs_every_experiment_and_tests_every_claim(
     monkeypatch.setattr(demo, "demo_pair", lambda settings=None, **kw: real_pair(TINY, **kw))
     monkeypatch.setattr(demo_library, "DemoSettings", lambda seed=0: DemoSettings.tiny(seed=seed))
     monkeypatch.setattr(demo_library, "DemoGrid", lambda: DemoGrid.tiny(replicates=2))
-    monkeypatch.setattr(demo_cli, "FULL_GRADIENT_REPLICATES", 3)
+    monkeypatch.setattr(pipeline, "FULL_GRADIENT_REPLICATES", 3)
     out = tmp_path / "full"
     assert main(["demo", "--full", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
     for kind in ("gradients", "trajectory", "contrastive", "rank1"):
