@@ -1,11 +1,12 @@
 """The paper's claims, one by one: each tested as stated, with a verdict and its robustness.
 
 Claim ids (a contract, ``docs/design.md`` §4) and what the paper says are in
-:data:`CLAIMS`. Every **level** is a log2 isotropic ratio against **its Haar
-reference** (:func:`probes.haar_reference`: the expected log2 ratio of that
-delta under a Haar-random subspace of the same k, exact from its stored Gram
-spectrum), never against 0: per layer, ``s − reference``, tested over layers
-with the dependence-robust EWC test (:mod:`robustness.stats.layers`). The rules
+:data:`robustness.claims.registry.CLAIMS`. Every **level** is a log2 isotropic
+ratio against **its Haar reference** (:func:`probes.haar_reference`: the
+expected log2 ratio of that delta under a Haar-random subspace of the same k,
+exact from its stored Gram spectrum), never against 0: per layer,
+``s − reference`` (:class:`robustness.claims.pair_levels.Levels`), tested over
+layers with the dependence-robust EWC test (:mod:`robustness.stats.layers`). The rules
 (:mod:`robustness.claims.rules`) are symmetric, with one margin ``m`` (default 0.5
 log2, a factor √2), and written once here and in the README:
 
@@ -55,12 +56,19 @@ initialisation has no structure (``results.construction_side``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
 
 import probes
+from robustness.claims.pair_levels import (
+    Levels,
+    joint_stouffer,
+    merged_specifications,
+    preferred_index,
+    robust_share,
+)
+from robustness.claims.registry import Outcome, decided, not_tested
 from robustness.claims.rules import (
     Decision,
     Part,
@@ -70,32 +78,22 @@ from robustness.claims.rules import (
     union_p,
     verdict_of,
 )
-from robustness.measure.experts import ExpertSpectra
 from robustness.measure.results import pair_phases
-from robustness.settings.specification import DEFAULT_READ, DEFAULT_WRITE, probe_scale
-from robustness.stats.asymmetry import stouffer
+from robustness.settings.specification import DEFAULT_READ, DEFAULT_WRITE
 from robustness.stats.curve import ranks_matched
-from robustness.stats.layers import MIN_LAYERS, RotationNull, layer_test, monte_carlo_p
+from robustness.stats.layers import MIN_LAYERS
 
 __all__ = [
     "ACTIVATION",
-    "CLAIMS",
-    "CLAIM_IDS",
     "PREDICTION",
     "PREFERRED",
-    "VERDICTS",
-    "Claim",
-    "Levels",
-    "Outcome",
     "agnostic_claim",
     "level_claims",
     "pretrain_partner",
 ]
 
-VERDICTS = ("supported", "contradicted", "inconclusive", "not_tested")
 ACTIVATION = ("act_cov", "act_moment", "act_cov_aligned")
 PREDICTION = ("unembed", "unembed_centered", "unembed_folded")
-LEVEL_NORMALISATIONS = ("log_isotropic", "isotropic")  # the log2 ratio: margins are in its units
 # The specification each level claim is decided at (isotropic is the same log2 ratio).
 PREFERRED = {
     "read_concentration": ("act_cov", "k=8", "log_isotropic"),
@@ -103,241 +101,6 @@ PREFERRED = {
     "read_write_asymmetry": ("act_cov|unembed", "k=8", "log_isotropic"),
     "pretraining_writes_prediction": ("unembed", "k=8", "log_isotropic"),
 }
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    says: str
-    test: str
-    preferred: str
-
-
-CLAIMS = (
-    Claim("read_concentration", "alignment deltas of the read matrices (q, k) concentrate along the "
-          "principal directions of the activations they read",
-          "concentration: every read matrix's level on activation constructions (against its Haar "
-          "reference) with its 1 − 2α interval above +margin", "act_cov, k=8, log_isotropic"),
-    Claim("write_isotropy", "alignment deltas of the write matrices (o, down) stay near-isotropic relative "
-          "to the prediction subspace",
-          "isotropy: every write matrix's level on unembedding constructions with its 1 − 2α interval "
-          "inside ±margin, and no layer's value outside it", "unembed, k=8, log_isotropic"),
-    Claim("read_write_asymmetry", "read concentration on the activations exceeds write concentration on the "
-          "prediction subspace",
-          "concentration: per layer, read level on the activation construction minus write level on the "
-          "prediction construction, 1 − 2α interval above +margin", "act_cov vs unembed, k=8, log_isotropic"),
-    Claim("pretraining_writes_prediction", "cross-entropy pretraining imprints prediction geometry on the "
-          "write pathway", "concentration: the pretrain pair's level of every write matrix on unembedding "
-          "constructions above +margin, and above the alignment pair's by more than the margin (paired "
-          "over layers)", "unembed, k=8, log_isotropic"),
-    Claim("read_objective_agnostic", "read concentration comes from the activations, whatever the objective",
-          "in every phase (and contrastive variant given): read_concentration supported and the excess "
-          "over the mechanical reference inside ±margin", "act_cov, k=8, log_isotropic"),
-    Claim("gradient_anisotropy", "cross-entropy's δ_t is more anisotropic than the alignment objective's",
-          "entropy effective rank of δ_t at o_out and down_out, DPO − CE per layer, 1 − 2α intervals over "
-          "layers: supported if above 0 at both sites at every checkpoint, contradicted if below 0 at both "
-          "at some checkpoint (Holm)", "–"),
-    Claim("trajectory_consistent", "the pattern holds within the alignment trajectory",
-          "concentration: the asymmetry against the start above +margin at every checkpoint; contradicted "
-          "where it is inside ±margin or below −margin at some checkpoint (Holm)",
-          "the trajectory's specification"),
-    Claim("graded_control", "alignment objectives add little write-side concentration",
-          "non-inferiority: the upper bound of the slope of write concentration in λ below the margin "
-          "supports; a lower bound above it contradicts", "–"),
-    Claim("rank1_causal", "a rank-1 update along the principal activation direction changes behaviour more "
-          "than matched directions", "read intervention against the pooled controls: p on |Δmargin| and on "
-          "KL both < α", "–"),
-)  # fmt: skip
-CLAIM_IDS = tuple(c.id for c in CLAIMS)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One claim's result on one pair (NaN where a number does not apply).
-
-    `decision` carries the claim's unadjusted verdict and its p-values for
-    support and contradiction; :func:`robustness.claims.rules.family` adjusts them
-    across a pair's claims. `excess` is the read claims' Part against the
-    mechanical reference.
-    """
-
-    verdict: str
-    estimate: float = float("nan")
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
-    ci_level: float = float("nan")
-    p_value: float = float("nan")
-    p_adjusted: float = float("nan")
-    reference: float = float("nan")
-    robust_share: float = float("nan")
-    robust_n: int = 0
-    n_specifications: int = 0
-    p_joint: float = float("nan")
-    margin_needed: float = float("nan")
-    mechanical_reference: float = float("nan")
-    excess: float = float("nan")
-    method: str = ""
-    reason: str = ""
-    decision: Decision | None = field(default=None, compare=False)
-    excess_part: Part | None = field(default=None, compare=False)
-
-
-def not_tested(reason: str) -> Outcome:
-    return Outcome("not_tested", reason=reason)
-
-
-def decided(decision: Decision, alpha: float, **values) -> Outcome:
-    """An outcome carrying `decision` (its unadjusted verdict, p of support, margin needed)."""
-    values.setdefault("p_value", decision.p_support)
-    values.setdefault("margin_needed", decision.margin_needed)
-    values.setdefault("ci_level", 1 - 2 * alpha)
-    return Outcome(decision.verdict, decision=decision, **values)
-
-
-# ---------------------------------------------------------------------------- levels
-
-
-class Levels:
-    """One pair's probe on the statistics' scale and each matrix's references, per specification."""
-
-    def __init__(self, results: xr.Dataset, pair):
-        results = results.sortby("layer")  # a file's layer order never changes a test over layers
-        self.pair = pair
-        n_layers = (
-            int(results.n_layers.sel(pair=pair))
-            if "n_layers" in results
-            else results.sizes["layer"]
-        )
-        self.n_layers = n_layers
-        self.d = int(results.d_model.sel(pair=pair))
-        self.matrices = [str(m) for m in results.matrix.values]
-        cut = {"layer": slice(0, n_layers)}
-        self.rsf = results.rsf.sel(pair=pair).isel(cut)
-        self.k = results.k.sel(pair=pair).isel(cut)
-        if "gram_purity" not in results:
-            raise ValueError(
-                "the results carry no gram_purity (written before the Haar references existed): re-run rsf sweep"
-            )
-        self.purity = results.gram_purity.sel(pair=pair).isel(cut).values
-        self.spectrum = (
-            results.gram_spectrum.sel(pair=pair).isel(cut).values[..., : self.d]
-            if "gram_spectrum" in results
-            else None
-        )
-        self.experts = ExpertSpectra.of(results, pair, n_layers, self.d)
-        self.mechanical_ref = (
-            results.mechanical_reference.sel(pair=pair).isel(cut)
-            if "mechanical_reference" in results
-            else None
-        )
-        self.hashes = tuple(
-            str(results[name].sel(pair=pair).values)
-            for name in ("base_hash", "aligned_hash")
-            if name in results
-        )
-        self._references: dict = {}
-
-    def specs(
-        self, constructions, normalisations=LEVEL_NORMALISATIONS
-    ) -> list[tuple[str, str, str]]:
-        return [
-            (c, str(k), n)
-            for c in constructions
-            if c in self.rsf.construction.values
-            for k in self.rsf.cutoff.values
-            for n in normalisations
-            if n in self.rsf.normalisation.values
-        ]
-
-    def _columns(self, matrices) -> list[int]:
-        return [self.matrices.index(m) for m in matrices if m in self.matrices]
-
-    def _reference(self, normalisation, k, columns) -> np.ndarray:
-        """``[L, M']``: each cell's Haar reference (exact from the spectrum; cached by k)."""
-        key = (normalisation, k.tobytes(), tuple(columns))
-        if key not in self._references:
-            if self.spectrum is not None:
-                value = probes.haar_reference(
-                    normalisation, k, self.d, spectrum=self.spectrum[:, columns]
-                )
-            else:
-                value = probes.haar_reference(normalisation, k, self.d, self.purity[:, columns])
-            if self.experts is not None:  # an expert mean's reference: the mean of the experts'
-                value = self.experts.override(np.asarray(value), normalisation, k, self.d, columns)
-            self._references[key] = np.asarray(value)
-        return self._references[key]
-
-    def matrix_levels(self, spec, matrices) -> np.ndarray:
-        """``[L, M']``: each matrix's ``s − Haar reference`` (NaN where undefined)."""
-        construction, cutoff, normalisation = spec
-        columns = self._columns(matrices)
-        if not columns:
-            return np.full((self.n_layers, 0), np.nan)
-        cell = self.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
-        s = probe_scale(cell.values, normalisation)[:, columns]
-        k = self.k.sel(construction=construction, cutoff=cutoff).values[:, columns]
-        return s - self._reference(normalisation, k, columns)
-
-    def level(self, spec, matrices) -> np.ndarray:
-        """``[L]``: mean over `matrices` of ``s − Haar reference``."""
-        levels = self.matrix_levels(spec, matrices)
-        return levels.mean(axis=1) if levels.shape[1] else np.full(self.n_layers, np.nan)
-
-    def reference(self, spec, matrices) -> float:
-        construction, cutoff, normalisation = spec
-        columns = self._columns(matrices)
-        k = self.k.sel(construction=construction, cutoff=cutoff).values[:, columns]
-        return float(np.nanmean(self._reference(normalisation, k, columns)))
-
-    def excess(self, spec, matrices) -> tuple[np.ndarray, float]:
-        """``[L]``: mean over `matrices` of the log2 ratio minus the mechanical reference, and that
-        reference's mean (NaN without one)."""
-        construction, cutoff, normalisation = spec
-        columns = self._columns(matrices)
-        if self.mechanical_ref is None or not columns:
-            return np.full(self.n_layers, np.nan), math.nan
-        cell = self.rsf.sel(construction=construction, cutoff=cutoff, normalisation=normalisation)
-        s = probe_scale(cell.values, normalisation)[:, columns]
-        mechanical = self.mechanical_ref.sel(construction=construction, cutoff=cutoff).values[
-            :, columns
-        ]
-        return (s - mechanical).mean(axis=1), float(np.nanmean(mechanical))
-
-    def ranks(self, spec, matrices) -> np.ndarray:
-        construction, cutoff, _ = spec
-        return self.k.sel(construction=construction, cutoff=cutoff).values[
-            :, self._columns(matrices)
-        ]
-
-    def eligible_k(self, spec, matrices) -> bool:
-        """``k ≤ d/8`` at every layer and matrix (so the ratio can move at least eightfold)."""
-        k = self.ranks(spec, matrices)
-        return bool(np.all((k >= 1) & (k <= self.d / 8)))
-
-
-def _merged(specs, values) -> tuple[list, np.ndarray]:
-    """Specifications equal at every layer merged (the log_isotropic one kept); all-NaN ones dropped."""
-    order = sorted(range(len(specs)), key=lambda j: (specs[j][2] != "log_isotropic", specs[j]))
-    keep, columns = [], []
-    for j in order:
-        spec, column = specs[j], values[:, j]
-        if not np.isfinite(column).all():
-            continue
-        if any(spec[:2] == other[:2] and np.allclose(column, seen, rtol=1e-12, atol=1e-12)
-               for other, seen in zip(keep, columns, strict=True)):  # fmt: skip
-            continue
-        keep.append(spec)
-        columns.append(column)
-    return keep, (np.stack(columns, axis=1) if columns else np.zeros((values.shape[0], 0)))
-
-
-def _preferred_index(specs, preferred) -> int | None:
-    """The preferred specification's column, or its ``isotropic`` twin (the same log2 ratio on the
-    statistics' scale) when the sweep has no ``log_isotropic``; ``None`` when neither is there."""
-    for candidate in (tuple(preferred), (*preferred[:2], "isotropic")):
-        if candidate in specs:
-            return specs.index(candidate)
-    return None
 
 
 def _absent(claim: str) -> Outcome:
@@ -358,27 +121,6 @@ def _too_few(lv) -> Outcome:
         "inconclusive",
         reason=f"{lv.n_layers} layers: too few for the test over layers ({MIN_LAYERS} needed)",
     )
-
-
-def _joint_stouffer(values: np.ndarray, *, alpha: float, n_resamples: int, rng) -> float:
-    """Stouffer's Z of the one-sided p-values under one set of rotations (the curve's joint analogue)."""
-    if values.shape[1] < 2:
-        return float("nan")
-    test = layer_test(values, confidence_level=1 - 2 * alpha)
-    if not np.isfinite(test.p_value).all():
-        return float("nan")
-    rotations = RotationNull.draw(test.df, values.shape[0], n_resamples=n_resamples, rng=rng)
-    z = float(stouffer(test.p_greater))
-    null = stouffer(rotations.p_values(test.projections, "greater"))
-    return float(monte_carlo_p(np.sum(null >= z - 1e-12), rotations.n))
-
-
-def _robust(verdicts: list[str], preferred: str) -> tuple[float, int]:
-    """Among the decisive verdicts, the share equal to the preferred one's (NaN when it is not decisive)."""
-    decisive = [v for v in verdicts if v in ("supported", "contradicted")]
-    if preferred not in ("supported", "contradicted") or not decisive:
-        return math.nan, len(decisive)
-    return float(np.mean([v == preferred for v in decisive])), len(decisive)
 
 
 def _parts_line(parts) -> str:
@@ -468,10 +210,10 @@ def _read_concentration(lv, matrices, *, margin, alpha, n_resamples, rng) -> Out
     if not specs:
         return not_tested(f"no {', '.join(ACTIVATION)} specification in the results")
     values = np.stack([lv.level(spec, matrices) for spec in specs], axis=1)
-    specs, values = _merged(specs, values)
+    specs, values = merged_specifications(specs, values)
     if not specs:
         return _undefined(f"the level of {','.join(matrices)}")
-    j = _preferred_index(specs, PREFERRED["read_concentration"])
+    j = preferred_index(specs, PREFERRED["read_concentration"])
     if j is None:
         return _absent("read_concentration")
     if lv.n_layers < MIN_LAYERS:
@@ -487,14 +229,14 @@ def _read_concentration(lv, matrices, *, margin, alpha, n_resamples, rng) -> Out
 
     decision, parts = decide(specs[j])
     verdicts = [decide(spec)[0].verdict for spec in specs]
-    share, n = _robust(verdicts, decision.verdict)
+    share, n = robust_share(verdicts, decision.verdict)
     mean = part("mean", values[:, j], margin=margin, alpha=alpha)
     excess, mechanical = lv.excess(specs[j], present)
     excess_part = part("excess", excess, margin=margin, alpha=alpha)
     return decided(
         decision, alpha, estimate=mean.estimate, ci_low=mean.ci_low, ci_high=mean.ci_high,
         reference=lv.reference(specs[j], present), robust_share=share, robust_n=n,
-        n_specifications=len(specs), p_joint=_joint_stouffer(values, alpha=alpha, n_resamples=n_resamples, rng=rng),
+        n_specifications=len(specs), p_joint=joint_stouffer(values, alpha=alpha, n_resamples=n_resamples, rng=rng),
         mechanical_reference=mechanical, excess=excess_part.estimate, excess_part=excess_part,
         method=f"EWC tests over layers of each read matrix's level (log2 ratio − Haar reference) against "
         f"+{margin:g}, at {'/'.join(specs[j])}: {_parts_line(parts)}; excess over the mechanical reference "
@@ -521,10 +263,10 @@ def _write_isotropy(lv, matrices, *, margin, alpha) -> Outcome:
     if not specs:
         return not_tested(f"no unembedding specification with k ≤ d/8 = {lv.d / 8:g}")
     values = np.stack([lv.level(s, matrices) for s in specs], axis=1)
-    specs, values = _merged(specs, values)
+    specs, values = merged_specifications(specs, values)
     if not specs:
         return _undefined(f"the level of {','.join(matrices)}")
-    j = _preferred_index(specs, PREFERRED["write_isotropy"])
+    j = preferred_index(specs, PREFERRED["write_isotropy"])
     if j is None:
         return _absent("write_isotropy")
     if lv.n_layers < MIN_LAYERS:
@@ -541,7 +283,7 @@ def _write_isotropy(lv, matrices, *, margin, alpha) -> Outcome:
 
     decision, parts = decide(specs[j])
     verdicts = [decide(spec)[0].verdict for spec in specs]
-    share, n = _robust(verdicts, decision.verdict)
+    share, n = robust_share(verdicts, decision.verdict)
     mean = part("mean", values[:, j], margin=margin, alpha=alpha)
     return decided(
         decision, alpha, estimate=mean.estimate, ci_low=mean.ci_low, ci_high=mean.ci_high,
@@ -566,10 +308,10 @@ def _asymmetry_claim(lv, read, write, *, margin, alpha, n_resamples, rng) -> Out
         return not_tested("needs an activation and an unembedding construction in the results")
     values = np.stack(columns, axis=1)
     keep = {label: ok for label, ok in zip(labels, matched, strict=True)}
-    labels, values = _merged(labels, values)
+    labels, values = merged_specifications(labels, values)
     if not labels:
         return _undefined(f"the read ({','.join(read)}) − write ({','.join(write)}) level")
-    j = _preferred_index(labels, PREFERRED["read_write_asymmetry"])
+    j = preferred_index(labels, PREFERRED["read_write_asymmetry"])
     if j is None:
         return _absent("read_write_asymmetry")
     if lv.n_layers < MIN_LAYERS:
@@ -579,12 +321,12 @@ def _asymmetry_claim(lv, read, write, *, margin, alpha, n_resamples, rng) -> Out
     ]
     decisions = [concentration([p], alpha=alpha) for p in parts]
     eligible = [i for i, label in enumerate(labels) if keep[label]]
-    share, n = _robust([decisions[i].verdict for i in eligible], decisions[j].verdict)
+    share, n = robust_share([decisions[i].verdict for i in eligible], decisions[j].verdict)
     unmatched = len(labels) - len(eligible)
     return decided(
         decisions[j], alpha, estimate=parts[j].estimate, ci_low=parts[j].ci_low, ci_high=parts[j].ci_high,
         reference=0.0, robust_share=share, robust_n=n, n_specifications=len(eligible),
-        p_joint=_joint_stouffer(values[:, eligible], alpha=alpha, n_resamples=n_resamples, rng=rng),
+        p_joint=joint_stouffer(values[:, eligible], alpha=alpha, n_resamples=n_resamples, rng=rng),
         method=f"EWC test over layers of read level ({labels[j][0].split('|')[0]}) − write level "
         f"({labels[j][0].split('|')[1]}), each against its Haar reference, against +{margin:g}; at "
         f"{labels[j][1]}, {labels[j][2]}",
@@ -598,7 +340,7 @@ def _pretraining_claim(align, pretrain, partner, write, *, margin, alpha):
         return not_tested("needs a pair with phase = pretrain (an initialisation or early checkpoint "
                           "→ base, [[pair]] phase = \"pretrain\"; rsf demo adds one)")  # fmt: skip
     specs = pretrain.specs(PREDICTION)
-    j = _preferred_index(specs, PREFERRED["pretraining_writes_prediction"])
+    j = preferred_index(specs, PREFERRED["pretraining_writes_prediction"])
     if j is None:
         return _absent("pretraining_writes_prediction")
     spec = specs[j]

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 import probes
-from robustness.claims.levels import Outcome, decided, not_tested
+from robustness.claims.registry import Outcome, decided, not_tested
 from robustness.claims.rules import Decision, concentration, part, union_p, verdict_of
 from robustness.settings.specification import DEFAULT_PREFERRED, probe_scale
 from robustness.stats.layers import MIN_LAYERS

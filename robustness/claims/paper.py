@@ -29,14 +29,8 @@ import numpy as np
 import xarray as xr
 
 from robustness.claims import mechanism
-from robustness.claims.levels import (
-    CLAIM_IDS,
-    CLAIMS,
-    Outcome,
-    agnostic_claim,
-    level_claims,
-    pretrain_partner,
-)
+from robustness.claims.levels import agnostic_claim, level_claims, pretrain_partner
+from robustness.claims.registry import CLAIM_IDS, CLAIMS, Outcome
 from robustness.claims.rules import family
 from robustness.io.provenance import provenance_attrs
 from robustness.measure.experts import each_expert
@@ -150,53 +144,66 @@ def paper_claims(
     pairs = [str(p) for p in results.pair.values]
     phases = dict(zip(pairs, pair_phases(results), strict=True))
     for pair in pairs:
-        hashes = {
-            str(results[name].sel(pair=pair).values) for name in ("base_hash", "aligned_hash")
-        }
-        ids = {
-            role: str(results[f"{role}_id"].sel(pair=pair).values) for role in ("base", "aligned")
-        }
-        mine = {kind: ds for kind, (ds, h) in by_kind.items() if h & hashes}
-        for claim, kind in NEEDS.items():
-            if phases[pair] != "align":
-                outcomes[pair][claim] = Outcome(
-                    "not_tested", reason="a claim about the alignment pairs"
-                )
-            elif kind not in mine:
-                command = COMMANDS[claim].format(**ids)
-                outcomes[pair][claim] = Outcome(
-                    "not_tested",
-                    reason=f"needs {kind}.nc of this pair's models: {command}, then --extra",
-                )
-        if phases[pair] != "align":
-            continue
-        if "gradients" in mine:
-            outcomes[pair]["gradient_anisotropy"] = mechanism.gradient_claim(
-                mine["gradients"], alpha=alpha
-            )
-        if "trajectory" in mine:
-            outcomes[pair]["trajectory_consistent"] = mechanism.trajectory_claim(
-                mine["trajectory"], margin=margin, alpha=alpha
-            )
-        if "contrastive" in mine:
-            outcomes[pair]["graded_control"] = mechanism.graded_claim(
-                mine["contrastive"], margin=margins["graded"], alpha=alpha
-            )
-            variants = mechanism.variant_read_levels(
-                mine["contrastive"], margin=margin, alpha=alpha
-            )
-            seen = {"align": outcomes[pair]["read_concentration"]}
-            partner = pretrain_partner(results, pair, paired=False)  # as level_claims chose it
-            if partner:
-                seen["pretrain"] = outcomes[partner]["read_concentration"]
-            outcomes[pair]["read_objective_agnostic"] = agnostic_claim(
-                seen, variants, margin=margin, alpha=alpha
-            )
-        if "rank1" in mine:
-            outcomes[pair]["rank1_causal"] = mechanism.rank1_claim(mine["rank1"], alpha=alpha)
+        mine = _extras_of(results, pair, by_kind)
+        outcomes[pair].update(_untested_extras(results, pair, phases[pair], mine))
+        if phases[pair] == "align":
+            outcomes[pair].update(_mechanism_claims(
+                results, pair, mine, outcomes, margin=margin, graded_margin=margins["graded"],
+                alpha=alpha,
+            ))  # fmt: skip
     for pair in pairs:
         outcomes[pair] = _family(outcomes[pair], alpha)
     return _dataset(results, outcomes, pairs, phases, stats, by_kind, options, margins)
+
+
+def _extras_of(results: xr.Dataset, pair: str, by_kind: dict) -> dict[str, xr.Dataset]:
+    """``{kind: dataset}``: the extra datasets that measured this pair's models (by weights hash)."""
+    hashes = {str(results[name].sel(pair=pair).values) for name in ("base_hash", "aligned_hash")}
+    return {kind: ds for kind, (ds, h) in by_kind.items() if h & hashes}
+
+
+def _untested_extras(results: xr.Dataset, pair: str, phase: str, mine: dict) -> dict[str, Outcome]:
+    """The claims on the extras that stay ``not_tested`` on this pair: all of them off the alignment
+    pairs, else those whose dataset is missing, with the command that would make it."""
+    ids = {role: str(results[f"{role}_id"].sel(pair=pair).values) for role in ("base", "aligned")}
+    out = {}
+    for claim, kind in NEEDS.items():
+        if phase != "align":
+            out[claim] = Outcome("not_tested", reason="a claim about the alignment pairs")
+        elif kind not in mine:
+            command = COMMANDS[claim].format(**ids)
+            out[claim] = Outcome(
+                "not_tested",
+                reason=f"needs {kind}.nc of this pair's models: {command}, then --extra",
+            )
+    return out
+
+
+def _mechanism_claims(
+    results: xr.Dataset, pair: str, mine: dict, outcomes: dict, *, margin, graded_margin, alpha
+) -> dict[str, Outcome]:
+    """The claims an alignment pair's extras test (:mod:`robustness.claims.mechanism`), and
+    ``read_objective_agnostic`` again with the contrastive variants beside the phases."""
+    out = {}
+    if "gradients" in mine:
+        out["gradient_anisotropy"] = mechanism.gradient_claim(mine["gradients"], alpha=alpha)
+    if "trajectory" in mine:
+        out["trajectory_consistent"] = mechanism.trajectory_claim(
+            mine["trajectory"], margin=margin, alpha=alpha
+        )
+    if "contrastive" in mine:
+        out["graded_control"] = mechanism.graded_claim(
+            mine["contrastive"], margin=graded_margin, alpha=alpha
+        )
+        variants = mechanism.variant_read_levels(mine["contrastive"], margin=margin, alpha=alpha)
+        seen = {"align": outcomes[pair]["read_concentration"]}
+        partner = pretrain_partner(results, pair, paired=False)  # as level_claims chose it
+        if partner:
+            seen["pretrain"] = outcomes[partner]["read_concentration"]
+        out["read_objective_agnostic"] = agnostic_claim(seen, variants, margin=margin, alpha=alpha)
+    if "rank1" in mine:
+        out["rank1_causal"] = mechanism.rank1_claim(mine["rank1"], alpha=alpha)
+    return out
 
 
 def _family(outcomes: dict[str, Outcome], alpha: float) -> dict[str, Outcome]:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from rsf_commands import run_cli
 
-from robustness.claims.levels import CLAIM_IDS, VERDICTS
 from robustness.claims.paper import paper_claims
+from robustness.claims.registry import CLAIM_IDS, VERDICTS
 from robustness.io.datasets import open_dataset, write_dataset
 from robustness.stats.statistics import results_fingerprint
 from rsf.main import main

@@ -16,7 +16,7 @@ import torch
 from rsf_commands import run_cli
 
 import probes
-from robustness.claims.levels import Levels
+from robustness.claims.pair_levels import Levels
 from robustness.io.datasets import open_dataset
 from robustness.measure.corpus import load_corpus
 from robustness.measure.experts import expert_mean, mean_reference, routing_shares

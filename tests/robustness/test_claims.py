@@ -27,7 +27,10 @@ from tiny_models import VOCAB, char_tokenizer, random_model
 
 import probes
 from robustness.claims import levels as claims
-from robustness.claims.levels import CLAIM_IDS, CLAIMS, Levels, level_claims
+from robustness.claims import registry
+from robustness.claims.levels import level_claims
+from robustness.claims.pair_levels import Levels
+from robustness.claims.registry import CLAIM_IDS, CLAIMS
 from robustness.io.datasets import open_dataset
 
 MATRICES = ("q", "k", "o", "down")
@@ -168,7 +171,7 @@ def test_claim_table_ids_and_verdict_names():
         "read_objective_agnostic", "gradient_anisotropy", "trajectory_consistent", "graded_control",
         "rank1_causal",
     )  # fmt: skip
-    assert claims.VERDICTS == ("supported", "contradicted", "inconclusive", "not_tested")
+    assert registry.VERDICTS == ("supported", "contradicted", "inconclusive", "not_tested")
     assert all(c.says and c.test and c.preferred for c in CLAIMS)
 
 
@@ -674,7 +677,7 @@ def test_agnostic_claim_with_contrastive_variants():
                  1.0)  # fmt: skip
         if abs(excess) > 0.6:
             e = Part("excess", excess, excess - 0.05, excess + 0.05, 0.001, 0.9, 0.9, 0.9)
-        return claims.Outcome(verdict, decision=Decision(verdict, p_support, p_contradict, 0.0),
+        return registry.Outcome(verdict, decision=Decision(verdict, p_support, p_contradict, 0.0),
                               excess_part=e, excess=excess)  # fmt: skip
 
     ok = phase("supported", 0.001, 0.9, 0.0)
@@ -693,7 +696,7 @@ def test_agnostic_claim_with_contrastive_variants():
         == "contradicted"
     )
     assert claims.agnostic_claim({"align": ok}, **rules).verdict == "not_tested"
-    bare = claims.Outcome("supported", decision=Decision("supported", 0.001, 0.9, 0.0))
+    bare = registry.Outcome("supported", decision=Decision("supported", 0.001, 0.9, 0.0))
     assert (
         "no mechanical reference"
         in claims.agnostic_claim({"align": ok, "pretrain": bare}, **rules).reason

@@ -18,8 +18,8 @@ import pytest
 import xarray as xr
 
 import probes
-from robustness.claims.levels import CLAIM_IDS, VERDICTS
 from robustness.claims.paper import paper_claims
+from robustness.claims.registry import CLAIM_IDS, VERDICTS
 from robustness.io.datasets import open_dataset, write_dataset
 from robustness.stats.statistics import results_fingerprint
 
