@@ -161,7 +161,12 @@ def contrastive(
     from robustness.measure.cache import default_cache_dir
     from robustness.measure.corpus import evenly_spaced
     from robustness.measure.models import prepare_corpus, resolve_device
-    from robustness.mechanism.contrastive import contrastive_dataset, train_variants
+    from robustness.mechanism.contrastive import (
+        ContrastiveModels,
+        Pathways,
+        contrastive_dataset,
+        train_variants,
+    )
     from robustness.mechanism.summaries import EXPERIMENT_GRID
     from robustness.settings.specification import DEFAULT_READ, DEFAULT_WRITE
 
@@ -175,10 +180,12 @@ def contrastive(
     variants = train_variants(
         base, train_ids, settings, variants_dir=folder, device=device, progress=progress
     )
+    models = ContrastiveModels(
+        base, variants, gradient_ids=train_ids[evenly_spaced(len(train_ids), gradient_pairs)]
+    )
     dataset = contrastive_dataset(
-        base, variants, settings, config, corpus, read=read or DEFAULT_READ,
-        write=write or DEFAULT_WRITE,
-        gradient_ids=train_ids[evenly_spaced(len(train_ids), gradient_pairs)],
+        models, settings, config, corpus,
+        pathways=Pathways(read=read or DEFAULT_READ, write=write or DEFAULT_WRITE),
         cache_root=cache_dir, device=device, progress=progress,
     )  # fmt: skip
     dataset.attrs["base_id"] = str(base)

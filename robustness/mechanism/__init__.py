@@ -13,6 +13,7 @@ update is ``Σ_t δ_t a_tᵀ``). Each experiment writes a dataset with intervals
   :func:`probes.rank1_hook`).
 
 :mod:`.gradients` and :mod:`.gradient_dataset` measure the anisotropy of δ_t and a_t
-(``gradients.nc``); :mod:`.summaries` holds the read/write layer summaries they share.
+(``gradients.nc``, its trends along each phase in :mod:`.gradient_trends`);
+:mod:`.summaries` holds the read/write layer summaries they share.
 Imports :mod:`robustness.stats`, :mod:`robustness.training` and below.
 """

@@ -13,7 +13,8 @@ import copy
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,13 @@ from robustness.stats.layers import layer_interval
 from robustness.training.loops import align
 from robustness.training.preferences import preference_pairs
 
-__all__ = ["ContrastiveSettings", "contrastive_dataset", "train_variants"]
+__all__ = [
+    "ContrastiveModels",
+    "ContrastiveSettings",
+    "Pathways",
+    "contrastive_dataset",
+    "train_variants",
+]
 
 
 def _variant_key(base_hash: str, train_hash: str, settings: ContrastiveSettings, lam: float) -> str:
@@ -109,18 +116,57 @@ def train_variants(
     return out
 
 
+@dataclass(frozen=True)
+class ContrastiveModels:
+    """The models of the graded-objective control and the text of its gradients.
+
+    ``variants``: one model per λ of the settings, in their order (from
+    :func:`train_variants`); ``gradient_ids``: windows of prompt + continuation
+    the δ_t statistics are measured on (``None``: the probe corpus' sequences).
+    """
+
+    base_id: str
+    variants: Sequence[str]
+    gradient_ids: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Pathways:
+    """The read and write sets, and the construction each pathway is measured against in the
+    paper's contrast (read against activations, write against the prediction subspace)."""
+
+    read: tuple[str, ...] = DEFAULT_READ
+    write: tuple[str, ...] = DEFAULT_WRITE
+    read_construction: str = "act_cov"
+    write_construction: str = "unembed"
+
+
+@dataclass(frozen=True)
+class _ObjectiveGradients:
+    """δ_t of each ``L_λ`` on the base: one :func:`summarise_statistics` row per λ, at one cutoff."""
+
+    rows: list[dict]
+    bootstrapped: bool
+    d_model: int
+    ks: np.ndarray
+
+
+_WRITE_SITES = ("o_out", "down_out")
+_TREND_FIELDS = ("slope", "slope_ci_low", "slope_ci_high", "p_value", "p_permutation", "spearman",
+                 "spearman_p", "page_p", "n_blocks")  # fmt: skip
+
+
+def _lam_labels(settings: ContrastiveSettings) -> list[str]:
+    return [f"lam={lam:g}" for lam in settings.lams]
+
+
 def contrastive_dataset(
-    base_id: str,
-    variants: list[str],
+    models: ContrastiveModels,
     settings: ContrastiveSettings,
     config: SweepConfig,
     corpus: Corpus,
     *,
-    read=DEFAULT_READ,
-    write=DEFAULT_WRITE,
-    read_construction: str = "act_cov",
-    write_construction: str = "unembed",
-    gradient_ids: np.ndarray | None = None,
+    pathways: Pathways | None = None,
     cache_root=None,
     device: str = "cpu",
     progress: bool = True,
@@ -129,32 +175,58 @@ def contrastive_dataset(
 
     RSF: one sweep pair (base, variant) per λ on the probe `corpus`. Gradients:
     ``L_λ`` on the base (its own DPO reference: the gradient that starts each
-    variant's training) on preference pairs from `gradient_ids` (windows of
-    prompt + continuation; default the probe corpus' sequences). Trend tests
-    use layers as blocks (for δ_t: layer × write site).
+    variant's training) on preference pairs from ``models.gradient_ids``
+    (windows of prompt + continuation; default the probe corpus' sequences).
+    Trend tests use layers as blocks (for δ_t: layer × write site).
     """
-    lams = np.asarray(settings.lams, dtype=np.float64)
-    for construction in (read_construction, write_construction):
+    pathways = pathways or Pathways()
+    for construction in (pathways.read_construction, pathways.write_construction):
         if construction not in config.constructions:
             raise ValueError(
                 f"the contrastive summary needs construction {construction!r} in the sweep"
             )
-    labels = [f"lam={lam:g}" for lam in settings.lams]
+    labels = _lam_labels(settings)
     config = replace(
         config,
-        pairs=tuple(PairSpec(label, base_id, v) for label, v in zip(labels, variants, strict=True)),
+        pairs=tuple(
+            PairSpec(label, models.base_id, v)
+            for label, v in zip(labels, models.variants, strict=True)
+        ),
     )
     sweep = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress).rename(
         pair="lam_label"
     )
-    rsf = sweep["rsf"]
-    summary = pathway_summary(
-        rsf, read=read, write=write, confidence_level=settings.confidence_level
+    gradients = _objective_gradients(models, settings, corpus, device=device, progress=progress)
+    data_vars, blocks = _rsf_variables(sweep, pathways, settings.confidence_level)
+    delta_vars, delta_blocks = _delta_variables(gradients, settings.confidence_level)
+    data_vars.update(delta_vars)
+    trends = _trend_tests(blocks | delta_blocks, settings)
+    data_vars.update(_trend_variables(trends))
+    ds = xr.Dataset(data_vars)
+    ds = ds.assign_coords(
+        lam=("lam_label", np.asarray(settings.lams, dtype=np.float64)),
+        variant_id=("lam_label", np.asarray(models.variants, dtype=object)),
+        write_site=("write_site", np.asarray(_WRITE_SITES, dtype=object)),
+        trend=("trend", np.asarray([_trend_name(*key) for key in trends], dtype=object)),
+        trend_quantity=("trend", np.asarray([q for (q, _, _) in trends], dtype=object)),
     )
+    ds["variant_hash"] = (
+        "lam_label",
+        np.asarray([str(h) for h in sweep["aligned_hash"].values], dtype=object),
+    )
+    ds.attrs = _contrastive_attrs(
+        models, settings, config, corpus, sweep, pathways, d_model=gradients.d_model
+    )
+    return ds
 
-    # δ_t of each L_λ on the base, the same pairs and chunks for every λ.
-    base = load_model(base_id, device=device)
-    ids = corpus.ids if gradient_ids is None else np.asarray(gradient_ids)
+
+def _objective_gradients(
+    models: ContrastiveModels, settings: ContrastiveSettings, corpus: Corpus, *, device, progress
+) -> _ObjectiveGradients:
+    """δ_t of each ``L_λ`` on the base, its own DPO reference: the same pairs and chunks for every
+    λ, with the same chunk-bootstrap weights (paired intervals across λ)."""
+    base = load_model(models.base_id, device=device)
+    ids = corpus.ids if models.gradient_ids is None else np.asarray(models.gradient_ids)
     prompt_len = settings.prompt_len or ids.shape[1] // 2
     pairs = preference_pairs(
         ids,
@@ -170,17 +242,23 @@ def contrastive_dataset(
     dims = probes.model_dims(base)
     basis = probes.prediction_subspaces(base)["unembed"].basis
     ks = np.array([probes.resolve_cutoff("k=8", d=dims.d_model)])
-    grad = []
-    for lam, label in zip(settings.lams, labels, strict=True):
+    rows = []
+    for lam, label in zip(settings.lams, _lam_labels(settings), strict=True):
         stats = measure_objective(
             base, ids, lam=float(lam), pairs=pairs, beta=settings.beta, chunks=chunks,
             progress=progress, description=f"gradients ({label})",
         )  # fmt: skip
-        grad.append(
+        rows.append(
             summarise_statistics(stats, n_layers=dims.n_layers, basis=basis, ks=ks, weights=weights)
         )
-    write_sites = [SITE_ORDER.index("o_out"), SITE_ORDER.index("down_out")]
-    level = settings.confidence_level
+    return _ObjectiveGradients(rows, weights is not None, dims.d_model, ks)
+
+
+def _rsf_variables(sweep: xr.Dataset, pathways: Pathways, level: float) -> tuple[dict, dict]:
+    """The sweep's RSF with its read/write layer means and the paper's contrast, and the
+    ``[λ, layer]`` block of each contrast quantity's trend test, per cutoff and normalisation."""
+    rsf = sweep["rsf"]
+    summary = pathway_summary(rsf, read=pathways.read, write=pathways.write, confidence_level=level)
     data_vars = {
         "rsf": rsf,
         "k": sweep["k"],
@@ -190,95 +268,99 @@ def contrastive_dataset(
         "gram_spectrum": sweep["gram_spectrum"],
         "mechanical_reference": sweep["mechanical_reference"],
     }
-    rng = np.random.default_rng(settings.seed)
-    trend_rows = {}
-
-    def add_trend(name, per_block):
-        result = trend_test(
-            per_block, lams, n_resamples=settings.n_resamples, confidence_level=level, rng=rng
-        )
-        trend_rows[name] = result
-
-    headline = {
-        "read_rsf": summary["read_layer"].sel(construction=read_construction),
-        "write_rsf": summary["write_layer"].sel(construction=write_construction),
-    }
-    for name, value in summary.items():
-        if name in ("read", "write", "asymmetry", "asymmetry_ci_low", "asymmetry_ci_high"):
-            data_vars[f"{name}_rsf" if name in ("read", "write") else name] = value
+    for name in ("read", "write", "asymmetry", "asymmetry_ci_low", "asymmetry_ci_high"):
+        data_vars[f"{name}_rsf" if name in ("read", "write") else name] = summary[name]
     # The paper's contrast: read against activations, write against the prediction subspace.
-    paper_layer = headline["read_rsf"] - headline["write_rsf"]
+    headline = {
+        "read_rsf": summary["read_layer"].sel(construction=pathways.read_construction),
+        "write_rsf": summary["write_layer"].sel(construction=pathways.write_construction),
+    }
+    headline["asymmetry"] = headline["read_rsf"] - headline["write_rsf"]
     data_vars["paper_read_rsf"] = headline["read_rsf"].mean("layer")
     data_vars["paper_write_rsf"] = headline["write_rsf"].mean("layer")
-    data_vars["paper_asymmetry"] = paper_layer.mean("layer")
-    bounds = layer_interval(paper_layer, confidence_level=level)
+    data_vars["paper_asymmetry"] = headline["asymmetry"].mean("layer")
+    bounds = layer_interval(headline["asymmetry"], confidence_level=level)
     for ci_name in ("ci_low", "ci_high"):
         data_vars[f"paper_asymmetry_{ci_name}"] = bounds[ci_name]
-    cutoffs = [str(c) for c in sweep.cutoff.values]
-    normalisations = [str(n) for n in sweep.normalisation.values]
-    for quantity, layer_values in (
-        ("read_rsf", headline["read_rsf"]),
-        ("write_rsf", headline["write_rsf"]),
-        ("asymmetry", paper_layer),
-    ):
-        for c in cutoffs:
-            for n in normalisations:
-                block = (
-                    layer_values.sel(cutoff=c, normalisation=n)
-                    .transpose("lam_label", "layer")
-                    .values
-                )
-                add_trend((quantity, c, n), block)
+    blocks = {
+        (quantity, str(c), str(n)): layer_values.sel(cutoff=str(c), normalisation=str(n))
+        .transpose("lam_label", "layer")
+        .values
+        for quantity, layer_values in headline.items()
+        for c in sweep.cutoff.values
+        for n in sweep.normalisation.values
+    }
+    return data_vars, blocks
+
+
+def _delta_variables(gradients: _ObjectiveGradients, level: float) -> tuple[dict, dict]:
+    """δ_t at the write sites per λ: entropy rank and participation ratio per layer and their
+    means over layers and sites (with chunk-bootstrap intervals), and the prediction-subspace
+    energy over k/d; with each one's ``[λ, layer]`` trend block (the mean over write sites)."""
+    rows = gradients.rows
+    write_sites = [SITE_ORDER.index(site) for site in _WRITE_SITES]
+    data_vars, blocks = {}, {}
     for measure in ("entropy_rank", "participation_ratio"):
-        per = np.stack([g[measure][:, write_sites] for g in grad])  # [lam, layer, 2]
+        per = np.stack([g[measure][:, write_sites] for g in rows])  # [lam, layer, 2]
         data_vars[f"delta_{measure}"] = (("lam_label", "layer", "write_site"), per)
         data_vars[f"delta_mean_{measure}"] = (("lam_label",), per.mean(axis=(1, 2)))
-        if weights is not None:
+        if gradients.bootstrapped:
             boot = np.stack(
-                [g[f"{measure}_boot"][:, :, write_sites] for g in grad], axis=1
+                [g[f"{measure}_boot"][:, :, write_sites] for g in rows], axis=1
             )  # [B, lam, L, 2]
             low, high = percentile_interval(boot.mean(axis=(2, 3)), level)
             data_vars[f"delta_mean_{measure}_ci_low"] = (("lam_label",), low)
             data_vars[f"delta_mean_{measure}_ci_high"] = (("lam_label",), high)
-        add_trend((f"delta_{measure}", "", ""), per.mean(axis=2))  # one block per layer
+        blocks[(f"delta_{measure}", "", "")] = per.mean(axis=2)  # one block per layer
     ratio = (
-        np.stack([g["prediction_fraction"][:, write_sites, 0] for g in grad]) * dims.d_model / ks[0]
+        np.stack([g["prediction_fraction"][:, write_sites, 0] for g in rows])
+        * gradients.d_model
+        / gradients.ks[0]
     )
     data_vars["delta_prediction_ratio"] = (("lam_label", "layer", "write_site"), ratio)
-    add_trend(("delta_prediction_ratio", "", ""), ratio.mean(axis=2))
+    blocks[("delta_prediction_ratio", "", "")] = ratio.mean(axis=2)
+    return data_vars, blocks
 
-    names = [f"{q}" if not c else f"{q}[{c},{n}]" for (q, c, n) in trend_rows]
-    for field in (
-        "slope",
-        "slope_ci_low",
-        "slope_ci_high",
-        "p_value",
-        "p_permutation",
-        "spearman",
-        "spearman_p",
-        "page_p",
-        "n_blocks",
-    ):
-        data_vars[f"trend_{field}"] = (
+
+def _trend_tests(blocks: dict, settings: ContrastiveSettings) -> dict:
+    """:func:`trend_test` of each ``[λ, block]`` array against λ, in order, from one generator."""
+    lams = np.asarray(settings.lams, dtype=np.float64)
+    rng = np.random.default_rng(settings.seed)
+    return {
+        key: trend_test(
+            per_block,
+            lams,
+            n_resamples=settings.n_resamples,
+            confidence_level=settings.confidence_level,
+            rng=rng,
+        )  # fmt: skip
+        for key, per_block in blocks.items()
+    }
+
+
+def _trend_name(quantity: str, cutoff: str, normalisation: str) -> str:
+    return quantity if not cutoff else f"{quantity}[{cutoff},{normalisation}]"
+
+
+def _trend_variables(trends: dict) -> dict:
+    """``trend_<field>(trend)`` for every field of the trend tests, and ``trend_exact``."""
+    data_vars = {
+        f"trend_{field}": (
             ("trend",),
-            np.asarray([getattr(r, field) for r in trend_rows.values()], dtype=np.float64),
+            np.asarray([getattr(r, field) for r in trends.values()], dtype=np.float64),
         )
+        for field in _TREND_FIELDS
+    }
     data_vars["trend_exact"] = (
         ("trend",),
-        np.asarray([r.exact for r in trend_rows.values()], dtype=np.int8),
+        np.asarray([r.exact for r in trends.values()], dtype=np.int8),
     )
-    ds = xr.Dataset(data_vars)
-    ds = ds.assign_coords(
-        lam=("lam_label", lams),
-        variant_id=("lam_label", np.asarray(variants, dtype=object)),
-        write_site=("write_site", np.asarray(["o_out", "down_out"], dtype=object)),
-        trend=("trend", np.asarray(names, dtype=object)),
-        trend_quantity=("trend", np.asarray([q for (q, _, _) in trend_rows], dtype=object)),
-    )
-    ds["variant_hash"] = (
-        "lam_label",
-        np.asarray([str(h) for h in sweep["aligned_hash"].values], dtype=object),
-    )
+    return data_vars
+
+
+def _contrastive_attrs(models, settings, config, corpus, sweep, pathways, *, d_model) -> dict:
+    """Provenance, the variants' and base's hashes, the sets and constructions, and the tests."""
+    labels = _lam_labels(settings)
     attrs = provenance_attrs(
         "contrastive",
         title="graded contrastive objective: L_λ = (1 − λ)·CE(chosen) + λ·DPO",
@@ -289,20 +371,19 @@ def contrastive_dataset(
         | {label: str(h) for label, h in zip(labels, sweep["aligned_hash"].values, strict=True)},
     )
     attrs.update(
-        base_id=base_id,
-        d_model=int(dims.d_model),
+        base_id=models.base_id,
+        d_model=int(d_model),
         base_hash=str(sweep["base_hash"].values[0]),
         config=config.to_toml(),
-        read_set=",".join(read),
-        write_set=",".join(write),
-        read_construction=read_construction,
-        write_construction=write_construction,
-        confidence_level=level,
+        read_set=",".join(pathways.read),
+        write_set=",".join(pathways.write),
+        read_construction=pathways.read_construction,
+        write_construction=pathways.write_construction,
+        confidence_level=settings.confidence_level,
         trend_test="fixed-effects slope against λ (the mean of the layers' own slopes); p_value and "
         "slope interval: EWC t-test over layers (dependence-robust); p_permutation: levels permuted "
         "within layers (independent layers); Spearman's ρ of layer means; Page's L test",
         gradient_objective="L_λ on the base model, its own DPO reference, pairs from the probe corpus",
         bootstrap_replicates=int(settings.gradient_replicates),
     )
-    ds.attrs = attrs
-    return ds
+    return attrs

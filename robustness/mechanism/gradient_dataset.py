@@ -19,13 +19,15 @@ weights for every checkpoint and objective, so differences are paired) and,
 for layer means, the dependence-robust EWC interval over layers
 (``*_layer_ci_*``). **Contrasts**: each objective minus the first, at every
 checkpoint. **Trends** along the checkpoints (three or more): the slope per
-step of each layer-mean quantity, its EWC test over layers
-(:func:`robustness.mechanism.trend.trend_test`) and Spearman's ρ.
+step of each layer-mean quantity within each training phase, its EWC test
+over layers and Spearman's ρ (:mod:`robustness.mechanism.gradient_trends`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import xarray as xr
@@ -36,6 +38,7 @@ from robustness.measure.cache import StatisticsCache
 from robustness.measure.corpus import Corpus
 from robustness.measure.models import check_corpus, config_widths, load_model, supported_config
 from robustness.measure.resampling import bootstrap_weights, percentile_interval, sequence_chunks
+from robustness.mechanism.gradient_trends import MEASURES, phase_trends
 from robustness.mechanism.gradients import (
     SITE_KIND,
     SITE_ORDER,
@@ -44,7 +47,6 @@ from robustness.mechanism.gradients import (
     summarise_statistics,
 )
 from robustness.mechanism.trajectory import checkpoint_label, checkpoint_step
-from robustness.mechanism.trend import trend_test
 from robustness.stats.layers import layer_test
 from robustness.training.preferences import preference_pairs
 
@@ -58,7 +60,6 @@ __all__ = [
 ]
 
 LEADING = 5  # leading eigenvalues kept, as shares of the trace
-MEASURES = ("entropy_rank", "participation_ratio", "prediction_ratio", "leading_share")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,133 @@ def _cached(cache, key_parts: dict, compute):
     return stats
 
 
+@dataclass(frozen=True)
+class _Sample:
+    """The corpus side of every statistics pass: the sequences, their preference pairs (when an
+    objective has a DPO term), the chunks and the bootstrap's chunk weights (``None``: none)."""
+
+    ids: np.ndarray
+    corpus_hash: str
+    prompt_len: int
+    pairs: object
+    chunks: list
+    weights: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _CheckpointGradients:
+    """One checkpoint's statistics: per objective a :func:`summarise_statistics` row and the mean
+    loss per sequence or pair; the weights hashes of it and its DPO reference; its widths."""
+
+    checkpoint: GradientCheckpoint
+    rows: list[dict]
+    losses: list[float]
+    weights_hash: str
+    reference_hash: str
+    ks: np.ndarray
+    d_model: int
+    n_layers: int
+
+
+def _gradient_sample(corpus: Corpus, settings: GradientSettings, widths: dict) -> _Sample:
+    """The sequences every checkpoint and objective is measured on, once they fit the checkpoints."""
+    ids = corpus.ids
+    seq_len = ids.shape[1]
+    prompt_len = settings.prompt_len or seq_len // 2
+    if not 1 <= prompt_len < seq_len:
+        raise ValueError(f"`prompt_len` must lie in [1, {seq_len - 1}], got {prompt_len}")
+    check_corpus(corpus, {"the checkpoints": widths})
+    needs_pairs = any(lam is not None for _, lam in settings.labelled_objectives())
+    if needs_pairs and len(ids) < 2:
+        raise ValueError("preference pairs need at least 2 sequences: raise the tokens")
+    pairs = None
+    if needs_pairs:
+        pairs = preference_pairs(
+            ids,
+            prompt_len=prompt_len,
+            rng=probes.construction_rng(settings.seed, "gradients", "pairs"),
+        )
+    chunks = sequence_chunks(len(ids))
+    weights = (
+        bootstrap_weights(len(chunks), settings.replicates, settings.seed, "gradients")
+        if settings.replicates
+        else None
+    )
+    return _Sample(ids, corpus.hash, prompt_len, pairs, chunks, weights)
+
+
+@dataclass
+class _GradientRun:
+    """How each statistics pass runs: cached, with one loader (device, dtype), keeping the DPO
+    reference last loaded (a reference shared by several checkpoints is loaded once)."""
+
+    settings: GradientSettings
+    sample: _Sample
+    cache: StatisticsCache
+    load: Callable[[str], object]
+    dtype: str
+    device: str
+    progress: bool
+    held: tuple | None = None  # (path, model)
+
+    def reference(self, path: str):
+        if self.held is None or self.held[0] != path:
+            self.held = None  # free the previous reference before loading the next
+            self.held = (path, self.load(path))
+        return self.held[1]
+
+    def checkpoint(self, checkpoint: GradientCheckpoint) -> _CheckpointGradients:
+        """Every objective at one checkpoint, against its DPO reference."""
+        settings, sample = self.settings, self.sample
+        model = self.load(checkpoint.path)
+        own_hash = probes.weights_hash(checkpoint.path)
+        reference, reference_hash = None, own_hash
+        if checkpoint.reference and checkpoint.reference != checkpoint.path:
+            reference = self.reference(checkpoint.reference)
+            reference_hash = probes.weights_hash(checkpoint.reference)
+        dims = probes.model_dims(model)
+        ks = np.array(
+            [probes.resolve_cutoff(c, d=dims.d_model) for c in settings.cutoffs], dtype=np.int64
+        )
+        basis = probes.prediction_subspaces(model)[settings.prediction].basis
+        rows, losses = [], []
+        for label, lam in settings.labelled_objectives():
+            parts = {
+                "weights": own_hash, "corpus": sample.corpus_hash, "kind": "gradients",
+                "reference": None if lam is None else reference_hash, "objective": label,
+                "beta": settings.beta, "prompt_len": sample.prompt_len, "batch_size": settings.batch_size,
+                "chunks": sample.chunks if settings.replicates else None, "dtype": self.dtype,
+                "device_type": self.device.split(":")[0], "pairs_seed": settings.seed,
+            }  # fmt: skip
+            stats = _cached(
+                self.cache,
+                parts,
+                partial(self.statistics, model, reference, checkpoint, label, lam),
+            )
+            n_examples = len(sample.ids) if lam is None else len(sample.pairs)
+            losses.append(stats.loss / n_examples)
+            rows.append(
+                summarise_statistics(
+                    stats, n_layers=dims.n_layers, basis=basis, ks=ks, weights=sample.weights
+                )
+            )
+        return _CheckpointGradients(checkpoint, rows, losses, own_hash, reference_hash, ks,
+                                    dims.d_model, dims.n_layers)  # fmt: skip
+
+    def statistics(self, model, reference, checkpoint, label, lam):
+        """One objective's statistics pass, refused when not finite."""
+        settings = self.settings
+        stats = measure_objective(
+            model, self.sample.ids, lam=lam, pairs=self.sample.pairs, reference=reference,
+            beta=settings.beta, batch_size=settings.batch_size, chunks=self.sample.chunks,
+            progress=self.progress, description=f"gradients {checkpoint.label} ({label})",
+            # per-chunk sums only for a bootstrap: each holds every layer's and site's d×d
+            keep_chunks=bool(settings.replicates),
+        )  # fmt: skip
+        _check_finite(stats, checkpoint.label, label)
+        return stats
+
+
 def gradient_dataset(
     checkpoints,
     corpus: Corpus,
@@ -167,89 +295,12 @@ def gradient_dataset(
     settings = settings or GradientSettings()
     checkpoints = list(checkpoints)
     widths = check_checkpoints(checkpoints, trust_remote_code=trust_remote_code)
-    objectives = settings.labelled_objectives()
-    ids = corpus.ids
-    seq_len = ids.shape[1]
-    prompt_len = settings.prompt_len or seq_len // 2
-    if not 1 <= prompt_len < seq_len:
-        raise ValueError(f"`prompt_len` must lie in [1, {seq_len - 1}], got {prompt_len}")
-    check_corpus(corpus, {"the checkpoints": widths})
-    needs_pairs = any(lam is not None for _, lam in objectives)
-    if needs_pairs and len(ids) < 2:
-        raise ValueError("preference pairs need at least 2 sequences: raise the tokens")
-    pairs = None
-    if needs_pairs:
-        pairs = preference_pairs(
-            ids,
-            prompt_len=prompt_len,
-            rng=probes.construction_rng(settings.seed, "gradients", "pairs"),
-        )
-    chunks = sequence_chunks(len(ids))
-    weights = (
-        bootstrap_weights(len(chunks), settings.replicates, settings.seed, "gradients")
-        if settings.replicates
-        else None
-    )
-    cache = StatisticsCache(cache_root)
-
-    def load(path):
-        return load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-
-    per_checkpoint, losses, hashes, reference_hashes = [], [], [], []
-    d = n_layers = ks = None
-    held = None  # (path, model): a reference shared by several checkpoints is loaded once
-    for checkpoint in checkpoints:
-        model = load(checkpoint.path)
-        own_hash = probes.weights_hash(checkpoint.path)
-        reference, reference_hash = None, own_hash
-        if checkpoint.reference and checkpoint.reference != checkpoint.path:
-            if held is None or held[0] != checkpoint.reference:
-                held = None  # free the previous reference before loading the next
-                held = (checkpoint.reference, load(checkpoint.reference))
-            reference, reference_hash = held[1], probes.weights_hash(checkpoint.reference)
-        dims = probes.model_dims(model)
-        d, n_layers = dims.d_model, dims.n_layers
-        ks = np.array([probes.resolve_cutoff(c, d=d) for c in settings.cutoffs], dtype=np.int64)
-        basis = probes.prediction_subspaces(model)[settings.prediction].basis
-        rows, row_losses = [], []
-        for label, lam in objectives:
-            parts = {
-                "weights": own_hash, "corpus": corpus.hash, "kind": "gradients",
-                "reference": None if lam is None else reference_hash, "objective": label,
-                "beta": settings.beta, "prompt_len": prompt_len, "batch_size": settings.batch_size,
-                "chunks": chunks if settings.replicates else None, "dtype": dtype, "device_type": device.split(":")[0],
-                "pairs_seed": settings.seed,
-            }  # fmt: skip
-
-            def compute(
-                lam=lam, label=label, model=model, reference=reference, checkpoint=checkpoint
-            ):
-                stats = measure_objective(
-                    model, ids, lam=lam, pairs=pairs, reference=reference, beta=settings.beta,
-                    batch_size=settings.batch_size, chunks=chunks, progress=progress,
-                    description=f"gradients {checkpoint.label} ({label})",
-                    # per-chunk sums only for a bootstrap: each holds every layer's and site's d×d
-                    keep_chunks=bool(settings.replicates),
-                )  # fmt: skip
-                _check_finite(stats, checkpoint.label, label)
-                return stats
-
-            stats = _cached(cache, parts, compute)
-            n_examples = len(ids) if lam is None else len(pairs)
-            row_losses.append(stats.loss / n_examples)
-            rows.append(
-                summarise_statistics(stats, n_layers=n_layers, basis=basis, ks=ks, weights=weights)
-            )
-        per_checkpoint.append(rows)
-        losses.append(row_losses)
-        hashes.append(own_hash)
-        reference_hashes.append(reference_hash)
-        del model, reference
-    return _assemble(
-        per_checkpoint, np.asarray(losses), checkpoints, hashes, reference_hashes, objectives,
-        ks=ks, d=d, n_layers=n_layers, settings=settings, corpus=corpus, prompt_len=prompt_len,
-        model_type=widths["model_type"],
-    )  # fmt: skip
+    sample = _gradient_sample(corpus, settings, widths)
+    load = partial(load_model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    run = _GradientRun(settings, sample, StatisticsCache(cache_root), load, dtype, device, progress)
+    measured = [run.checkpoint(checkpoint) for checkpoint in checkpoints]
+    return _assemble(measured, settings, corpus, prompt_len=sample.prompt_len,
+                     model_type=widths["model_type"])  # fmt: skip
 
 
 def _stack(per_checkpoint, name) -> np.ndarray:
@@ -264,89 +315,127 @@ def _layer_bounds(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndar
     return test.ci_low.reshape(shape), test.ci_high.reshape(shape), test.p_value.reshape(shape)
 
 
-def _assemble(per_checkpoint, losses, checkpoints, hashes, reference_hashes, objectives, *, ks, d, n_layers,
-              settings, corpus, prompt_len, model_type) -> xr.Dataset:  # fmt: skip
+_BASE_DIMS = ("checkpoint", "objective", "layer", "site")
+_EXTRA_DIMS = {"prediction_ratio": ("cutoff",), "leading_share": ("leading",)}
+_LONG_NAMES = {
+    "participation_ratio": "(Σλ)²/Σλ²",
+    "entropy_rank": "entropy effective rank exp H(λ/Σλ) (Roy & Vetterli 2007)",
+    "prediction_ratio": "prediction_fraction / (k/d): 1 = isotropic",
+    "leading_share": "leading eigenvalues as shares of the trace, λ_i/Σλ",
+}
+
+
+def _assemble(measured: list[_CheckpointGradients], settings: GradientSettings, corpus: Corpus, *,
+              prompt_len: int, model_type: str) -> xr.Dataset:  # fmt: skip
+    """The ``gradients`` dataset from every checkpoint's statistics (see the module docstring)."""
     level = settings.confidence_level
-    ratio_scale = d / ks.astype(np.float64)
+    last = measured[-1]
+    per_checkpoint = [m.rows for m in measured]
+    data = _spectrum_variables(per_checkpoint, np.asarray([m.losses for m in measured]))
+    observed, boot = _measures(per_checkpoint, last.d_model / last.ks.astype(np.float64),
+                               bootstrapped=bool(settings.replicates))  # fmt: skip
+    for name, values in observed.items():
+        data.update(_measure_variables(name, values, boot.get(name), level))
+    trends, segments = phase_trends(
+        observed, [m.checkpoint for m in measured], level, settings.seed
+    )
+    data.update(trends)
+    attrs = _gradient_attrs(measured, settings, corpus, prompt_len=prompt_len,
+                            model_type=model_type)  # fmt: skip
+    return xr.Dataset(data, coords=_gradient_coords(measured, settings, segments), attrs=attrs)
+
+
+def _spectrum_variables(per_checkpoint: list, losses: np.ndarray) -> dict:
+    """The covariance spectra, prediction fractions, vector counts and losses as measured."""
+    return {
+        "spectrum": ((*_BASE_DIMS, "component"), _stack(per_checkpoint, "spectrum"),
+                     {"long_name": "covariance eigenvalues, descending (a_t at read sites, δ_t at write sites)"}),
+        "prediction_fraction": ((*_BASE_DIMS, "cutoff"), _stack(per_checkpoint, "prediction_fraction"),
+                                {"long_name": "share of energy (uncentred) in the top-k prediction subspace"}),
+        "n_vectors": (_BASE_DIMS, _stack(per_checkpoint, "n"), {"long_name": "vectors accumulated"}),
+        "loss": (("checkpoint", "objective"), losses, {"long_name": "mean loss per sequence or pair"}),
+    }  # fmt: skip
+
+
+def _measures(per_checkpoint: list, ratio_scale: np.ndarray, *, bootstrapped: bool):
+    """Each of :data:`MEASURES` ``[C, O, L, S, …]`` and, with a bootstrap, the replicates of all
+    but ``leading_share`` ``[C, O, B, L, S, …]``; ``prediction_ratio`` is the prediction
+    fraction over k/d (`ratio_scale`: d/k per cutoff)."""
     spectrum = _stack(per_checkpoint, "spectrum")  # [C, O, L, S, d]
     with np.errstate(divide="ignore", invalid="ignore"):
         leading = spectrum[..., :LEADING] / spectrum.sum(axis=-1, keepdims=True)
-    base = ("checkpoint", "objective", "layer", "site")
     observed = {
         "participation_ratio": _stack(per_checkpoint, "participation_ratio"),
         "entropy_rank": _stack(per_checkpoint, "entropy_rank"),
         "prediction_ratio": _stack(per_checkpoint, "prediction_fraction") * ratio_scale,
         "leading_share": leading,
     }
-    extra_dims = {"prediction_ratio": ("cutoff",), "leading_share": ("leading",)}
-    data = {
-        "spectrum": ((*base, "component"), spectrum,
-                     {"long_name": "covariance eigenvalues, descending (a_t at read sites, δ_t at write sites)"}),
-        "prediction_fraction": ((*base, "cutoff"), _stack(per_checkpoint, "prediction_fraction"),
-                                {"long_name": "share of energy (uncentred) in the top-k prediction subspace"}),
-        "n_vectors": (base, _stack(per_checkpoint, "n"), {"long_name": "vectors accumulated"}),
-        "loss": (("checkpoint", "objective"), losses, {"long_name": "mean loss per sequence or pair"}),
-    }  # fmt: skip
-    long_names = {
-        "participation_ratio": "(Σλ)²/Σλ²",
-        "entropy_rank": "entropy effective rank exp H(λ/Σλ) (Roy & Vetterli 2007)",
-        "prediction_ratio": "prediction_fraction / (k/d): 1 = isotropic",
-        "leading_share": "leading eigenvalues as shares of the trace, λ_i/Σλ",
-    }
     boot = {}
-    if settings.replicates:
+    if bootstrapped:
         boot = {
             "participation_ratio": _stack(per_checkpoint, "participation_ratio_boot"),
             "entropy_rank": _stack(per_checkpoint, "entropy_rank_boot"),
             "prediction_ratio": _stack(per_checkpoint, "prediction_fraction_boot") * ratio_scale,
-        }  # [C, O, B, L, S, …]
-    for name, values in observed.items():
-        extra = extra_dims.get(name, ())
-        mean_dims = ("checkpoint", "objective", "site", *extra)
-        data[name] = ((*base, *extra), values, {"long_name": long_names[name]})
-        mean = values.mean(axis=2)
-        data[f"mean_{name}"] = (mean_dims, mean, {"long_name": f"layer mean of {name}"})
-        data[f"contrast_{name}"] = (mean_dims, mean - mean[:, :1],
-                                    {"long_name": f"layer mean of {name}, minus the first objective's (paired)"})  # fmt: skip
-        # Over layers, dependence-robust (the EWC test of rsf stats): the layers as the units.
-        for target, per_layer in (
-            (f"mean_{name}", values),
-            (f"contrast_{name}", values - values[:, :1]),
-        ):
-            low, high, p = _layer_bounds(per_layer, level)
-            data[f"{target}_layer_ci_low"] = (mean_dims, low)
-            data[f"{target}_layer_ci_high"] = (mean_dims, high)
-            if target.startswith("contrast"):
-                data[f"{target}_layer_p"] = (mean_dims, p)
-        if name not in boot:
-            continue
-        replicates = np.moveaxis(boot[name], 2, 0)  # [B, C, O, L, S, …]
-        data[f"{name}_boot"] = (("replicate", *base, *extra), replicates)
-        means = replicates.mean(axis=3)
-        for target, draws, dims in (
-            (name, replicates, (*base, *extra)),
-            (f"mean_{name}", means, mean_dims),
-            (f"contrast_{name}", means - means[:, :, :1], mean_dims),
-        ):
-            low, high = percentile_interval(draws, level)
-            data[f"{target}_ci_low"] = (dims, low)
-            data[f"{target}_ci_high"] = (dims, high)
-    trends, segments = _trends(observed, checkpoints, level, settings.seed)
-    data.update(trends)
+        }
+    return observed, boot
+
+
+def _measure_variables(name: str, values: np.ndarray, boot, level: float) -> dict:
+    """One measure per layer, its layer mean and that minus the first objective's (paired), with
+    the EWC interval over layers and, with bootstrap replicates `boot`, percentile intervals."""
+    extra = _EXTRA_DIMS.get(name, ())
+    mean_dims = ("checkpoint", "objective", "site", *extra)
+    data = {name: ((*_BASE_DIMS, *extra), values, {"long_name": _LONG_NAMES[name]})}
+    mean = values.mean(axis=2)
+    data[f"mean_{name}"] = (mean_dims, mean, {"long_name": f"layer mean of {name}"})
+    data[f"contrast_{name}"] = (mean_dims, mean - mean[:, :1],
+                                {"long_name": f"layer mean of {name}, minus the first objective's (paired)"})  # fmt: skip
+    # Over layers, dependence-robust (the EWC test of rsf stats): the layers as the units.
+    for target, per_layer in (
+        (f"mean_{name}", values),
+        (f"contrast_{name}", values - values[:, :1]),
+    ):
+        low, high, p = _layer_bounds(per_layer, level)
+        data[f"{target}_layer_ci_low"] = (mean_dims, low)
+        data[f"{target}_layer_ci_high"] = (mean_dims, high)
+        if target.startswith("contrast"):
+            data[f"{target}_layer_p"] = (mean_dims, p)
+    if boot is None:
+        return data
+    replicates = np.moveaxis(boot, 2, 0)  # [B, C, O, L, S, …]
+    data[f"{name}_boot"] = (("replicate", *_BASE_DIMS, *extra), replicates)
+    means = replicates.mean(axis=3)
+    for target, draws, dims in (
+        (name, replicates, (*_BASE_DIMS, *extra)),
+        (f"mean_{name}", means, mean_dims),
+        (f"contrast_{name}", means - means[:, :, :1], mean_dims),
+    ):
+        low, high = percentile_interval(draws, level)
+        data[f"{target}_ci_low"] = (dims, low)
+        data[f"{target}_ci_high"] = (dims, high)
+    return data
+
+
+def _gradient_attrs(
+    measured, settings: GradientSettings, corpus, *, prompt_len, model_type
+) -> dict:
+    """Provenance, the first checkpoint and its reference, the widths, and how intervals are made."""
+    first, last = measured[0], measured[-1]
     attrs = provenance_attrs(
         "gradients",
         title="gradient anisotropy along checkpoints: δ_t at write sites, a_t at read sites",
         corpus=corpus,
         seed=settings.seed,
         settings=settings.to_json(),
-        inputs={c.label: h for c, h in zip(checkpoints, hashes, strict=True)},
+        inputs={m.checkpoint.label: m.weights_hash for m in measured},
     )
-    first = checkpoints[0]
     attrs.update(
-        model_id=first.path, model_hash=hashes[0], reference_id=first.reference or first.path,
-        reference_hash=reference_hashes[0], model_type=model_type, d_model=int(d), n_layers=int(n_layers),
-        prompt_len=int(prompt_len), confidence_level=level, bootstrap_replicates=int(settings.replicates),
-        prediction_subspace=settings.prediction, beta=settings.beta,
+        model_id=first.checkpoint.path, model_hash=first.weights_hash,
+        reference_id=first.checkpoint.reference or first.checkpoint.path,
+        reference_hash=first.reference_hash, model_type=model_type, d_model=int(last.d_model),
+        n_layers=int(last.n_layers), prompt_len=int(prompt_len), confidence_level=settings.confidence_level,
+        bootstrap_replicates=int(settings.replicates), prediction_subspace=settings.prediction,
+        beta=settings.beta,
         interval="percentile bootstrap over chunks of consecutive sequences (reweighted sums, the same chunk "
         "weights at every checkpoint and objective): *_ci_*; over layers, the EWC t interval "
         "(dependence-robust, robustness.stats.layers): *_layer_ci_*",
@@ -354,92 +443,37 @@ def _assemble(per_checkpoint, losses, checkpoints, hashes, reference_hashes, obj
         "the checkpoint itself",
         trend_test="slope of each layer mean per step, EWC t-test over the layers' own slopes; Spearman's ρ",
     )  # fmt: skip
+    return attrs
+
+
+def _gradient_coords(measured, settings: GradientSettings, segments: list[str]) -> dict:
+    """Checkpoints (label, step, phase, ids and hashes of it and its reference), objectives (λ),
+    layers, sites (activation or gradient), components, cutoffs (k), measures and segments."""
+    checkpoints = [m.checkpoint for m in measured]
+    objectives = settings.labelled_objectives()
+    last = measured[-1]
     steps = [np.nan if c.step is None else float(c.step) for c in checkpoints]
-    return xr.Dataset(
-        data,
-        coords={
-            "checkpoint": ("checkpoint", np.asarray([c.label for c in checkpoints], dtype=object)),
-            "step": ("checkpoint", np.asarray(steps)),
-            "phase": ("checkpoint", np.asarray([c.phase for c in checkpoints], dtype=object)),
-            "checkpoint_id": (
-                "checkpoint",
-                np.asarray([c.path for c in checkpoints], dtype=object),
-            ),
-            "checkpoint_hash": ("checkpoint", np.asarray(hashes, dtype=object)),
-            "reference_id": (
-                "checkpoint",
-                np.asarray([c.reference or c.path for c in checkpoints], dtype=object),
-            ),
-            "reference_hash": ("checkpoint", np.asarray(reference_hashes, dtype=object)),
-            "objective": (
-                "objective",
-                np.asarray([label for label, _ in objectives], dtype=object),
-            ),
-            "lam": (
-                "objective",
-                np.asarray([np.nan if lam is None else lam for _, lam in objectives]),
-            ),
-            "layer": ("layer", np.arange(n_layers, dtype=np.int64)),
-            "site": ("site", np.asarray(SITE_ORDER, dtype=object)),
-            "vector": ("site", np.asarray([SITE_KIND[s] for s in SITE_ORDER], dtype=object)),
-            "component": ("component", np.arange(d, dtype=np.int64)),
-            "leading": ("leading", np.arange(LEADING, dtype=np.int64)),
-            "cutoff": ("cutoff", np.asarray(list(settings.cutoffs), dtype=object)),
-            "k": ("cutoff", ks),
-            "measure": ("measure", np.asarray(MEASURES, dtype=object)),
-            "segment": ("segment", np.asarray(segments, dtype=object)),
-        },
-        attrs=attrs,
-    )
 
+    def per_checkpoint(values):
+        return ("checkpoint", np.asarray(values, dtype=object))
 
-def _segments(checkpoints) -> list[tuple[str, list[int]]]:
-    """The checkpoints of each phase, in order of first appearance: a trend runs within one phase."""
-    out: dict[str, list[int]] = {}
-    for i, checkpoint in enumerate(checkpoints):
-        out.setdefault(checkpoint.phase or "checkpoints", []).append(i)
-    return list(out.items())
-
-
-def _trends(observed: dict, checkpoints, level: float, seed: int) -> tuple[dict, list[str]]:
-    """``trend_*(segment, objective, site, measure)``: each measure against the step, per phase.
-
-    A segment is one phase's checkpoints (pretraining and alignment steps are
-    counted apart, so a trend never runs across the change of objective);
-    the step where the folder names give one, else the position. Per layer
-    the least-squares slope, then the EWC test over the layers' own slopes
-    (:func:`robustness.mechanism.trend.trend_test`). NaN with fewer than 3
-    checkpoints in the segment. ``leading_share`` and ``prediction_ratio``
-    at their first entry (the top eigenvalue, the first cutoff).
-    """
-    segments = _segments(checkpoints)
-    sample = observed["entropy_rank"]
-    shape = (len(segments), sample.shape[1], sample.shape[3], len(MEASURES))
-    names = ("slope", "slope_ci_low", "slope_ci_high", "p_value", "spearman")
-    out = {name: np.full(shape, np.nan) for name in names}
-    rng = np.random.default_rng(seed)
-    for g, (_, members) in enumerate(segments):
-        steps = np.array(
-            [checkpoints[i].step if checkpoints[i].step is not None else i for i in members],
-            dtype=np.float64,
-        )
-        if len(members) < 3 or len(set(steps)) != len(members):
-            continue
-        for m, measure in enumerate(MEASURES):
-            values = observed[measure][members]
-            if values.ndim == 5:
-                values = values[..., 0]
-            for o in range(shape[1]):
-                for s in range(shape[2]):
-                    result = trend_test(
-                        values[:, o, :, s], steps, confidence_level=level, rng=rng, n_resamples=999
-                    )
-                    for name in names:
-                        out[name][g, o, s, m] = getattr(result, name)
-    dims = ("segment", "objective", "site", "measure")
-    notes = {
-        "long_name": "along one phase's checkpoints, per step; NaN with fewer than 3 checkpoints"
+    return {
+        "checkpoint": per_checkpoint([c.label for c in checkpoints]),
+        "step": ("checkpoint", np.asarray(steps)),
+        "phase": per_checkpoint([c.phase for c in checkpoints]),
+        "checkpoint_id": per_checkpoint([c.path for c in checkpoints]),
+        "checkpoint_hash": per_checkpoint([m.weights_hash for m in measured]),
+        "reference_id": per_checkpoint([c.reference or c.path for c in checkpoints]),
+        "reference_hash": per_checkpoint([m.reference_hash for m in measured]),
+        "objective": ("objective", np.asarray([label for label, _ in objectives], dtype=object)),
+        "lam": ("objective", np.asarray([np.nan if lam is None else lam for _, lam in objectives])),
+        "layer": ("layer", np.arange(last.n_layers, dtype=np.int64)),
+        "site": ("site", np.asarray(SITE_ORDER, dtype=object)),
+        "vector": ("site", np.asarray([SITE_KIND[s] for s in SITE_ORDER], dtype=object)),
+        "component": ("component", np.arange(last.d_model, dtype=np.int64)),
+        "leading": ("leading", np.arange(LEADING, dtype=np.int64)),
+        "cutoff": ("cutoff", np.asarray(list(settings.cutoffs), dtype=object)),
+        "k": ("cutoff", last.ks),
+        "measure": ("measure", np.asarray(MEASURES, dtype=object)),
+        "segment": ("segment", np.asarray(segments, dtype=object)),
     }
-    return {f"trend_{name}": (dims, values, notes) for name, values in out.items()}, [
-        label for label, _ in segments
-    ]

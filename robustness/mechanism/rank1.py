@@ -185,6 +185,9 @@ def _effect_summaries(rows, matrices, family, tests, settings):
     return data, p_margin, p_kl
 
 
+_CONTROL_TESTS = ("random", "matched", "all")
+
+
 def rank1_dataset(
     model,
     corpus: Corpus,
@@ -205,15 +208,7 @@ def rank1_dataset(
     direction only; ``α = scale · ‖W‖_F`` for all.
     """
     settings = settings or Rank1Settings()
-    dims = probes.model_dims(model)
-    d, n_layers = dims.d_model, dims.n_layers
-    layer = n_layers // 2 if settings.layer is None else settings.layer
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"`layer` must lie in [0, {n_layers - 1}], got {layer}")
-    family_table = probes.family_of(model).matrices
-    for name in (settings.read_matrix, settings.write_matrix):
-        if name not in family_table:
-            raise ValueError(f"{dims.model_type} has no matrix {name!r}")
+    layer = _intervention_layer(model, settings)
     ids = corpus.ids
     if len(ids) < 2:
         raise ValueError("the rank-1 experiment needs at least 2 held-out sequences in `corpus`")
@@ -222,6 +217,47 @@ def rank1_dataset(
         ids, prompt_len=prompt_len, rng=probes.construction_rng(settings.seed, "rank1", "pairs")
     )
     model.eval()
+    d_model = probes.model_dims(model).d_model
+    rows = _matrix_interventions(model, layer, ids, pairs, settings, progress)
+    matrices = [settings.read_matrix, settings.write_matrix]
+    names = rows[matrices[0]]["names"]
+    family = rows[matrices[0]]["family"]
+    data, p_margin, p_kl = _effect_summaries(rows, matrices, family, _CONTROL_TESTS, settings)
+    data_vars = {name: (("matrix", "intervention"), values) for name, values in data.items()}
+    data_vars.update(_intervention_variables(rows, matrices, p_margin, p_kl))
+    ds = xr.Dataset(
+        data_vars,
+        coords={
+            "matrix": ("matrix", np.asarray(matrices, dtype=object)),
+            "role": ("matrix", np.asarray(["read", "write"], dtype=object)),
+            "intervention": ("intervention", np.asarray(names, dtype=object)),
+            "family": ("intervention", np.asarray(family, dtype=object)),
+            "control": ("control", np.asarray(_CONTROL_TESTS, dtype=object)),
+            "component": ("component", np.arange(d_model, dtype=np.int64)),
+        },
+    )
+    ds.attrs = _rank1_attrs(
+        corpus, settings, model_id=model_id, layer=layer, d_model=d_model, prompt_len=prompt_len
+    )
+    return ds
+
+
+def _intervention_layer(model, settings: Rank1Settings) -> int:
+    """The layer of the interventions (default the middle one), once it and both matrices exist."""
+    dims = probes.model_dims(model)
+    layer = dims.n_layers // 2 if settings.layer is None else settings.layer
+    if not 0 <= layer < dims.n_layers:
+        raise ValueError(f"`layer` must lie in [0, {dims.n_layers - 1}], got {layer}")
+    family_table = probes.family_of(model).matrices
+    for name in (settings.read_matrix, settings.write_matrix):
+        if name not in family_table:
+            raise ValueError(f"{dims.model_type} has no matrix {name!r}")
+    return layer
+
+
+def _matrix_interventions(model, layer, ids, pairs, settings: Rank1Settings, progress) -> dict:
+    """:func:`_intervene` on the read matrix against the activation covariance at its site (this
+    model, these sequences) and on the write matrix against the unembedding's prediction subspace."""
     site = probes.SITE_OF[settings.read_matrix]
     activations = probes.collect_statistics(model, ids, sites=[(layer, site)], progress=progress)
     act = activations.sites[(layer, site)].subspace(centred=True)
@@ -230,8 +266,7 @@ def rank1_dataset(
         model, matrices=[settings.read_matrix, settings.write_matrix], layers=[layer]
     )
     effects = _Effects(model, pairs, ids, beta=settings.beta, batch_size=settings.batch_size)
-    level = settings.confidence_level
-    rows = {
+    return {
         matrix: _intervene(model, layer, role, matrix, basis, spectrum,
                            weights[(layer, matrix)], effects, settings, progress)
         for role, matrix, basis, spectrum in (
@@ -239,13 +274,12 @@ def rank1_dataset(
             ("write", settings.write_matrix, prediction.basis, prediction.spectrum),
         )
     }  # fmt: skip
-    matrices = [settings.read_matrix, settings.write_matrix]
-    names = rows[matrices[0]]["names"]
-    family = rows[matrices[0]]["family"]
-    tests = ("random", "matched", "all")
-    data, p_margin, p_kl = _effect_summaries(rows, matrices, family, tests, settings)
-    data_vars = {name: (("matrix", "intervention"), values) for name, values in data.items()}
-    data_vars.update(
+
+
+def _intervention_variables(rows: dict, matrices: list, p_margin, p_kl) -> dict:
+    """Per matrix: each direction's alignment and components, the principal's p-values against
+    the controls, the update and weight norms, and every intervention's per-example effects."""
+    return dict(
         alignment=(
             ("matrix", "intervention"),
             np.stack([rows[m]["alignment"] for m in matrices]),
@@ -282,17 +316,10 @@ def rank1_dataset(
             np.stack([rows[m]["kls"] for m in matrices]),
         ),
     )
-    ds = xr.Dataset(
-        data_vars,
-        coords={
-            "matrix": ("matrix", np.asarray(matrices, dtype=object)),
-            "role": ("matrix", np.asarray(["read", "write"], dtype=object)),
-            "intervention": ("intervention", np.asarray(names, dtype=object)),
-            "family": ("intervention", np.asarray(family, dtype=object)),
-            "control": ("control", np.asarray(tests, dtype=object)),
-            "component": ("component", np.arange(d, dtype=np.int64)),
-        },
-    )
+
+
+def _rank1_attrs(corpus, settings, *, model_id, layer, d_model, prompt_len) -> dict:
+    """Provenance, the model and layer, and how directions, controls, effects and intervals are made."""
     model_hash = probes.weights_hash(model_id) if model_id else ""
     attrs = provenance_attrs(
         "rank1",
@@ -306,8 +333,8 @@ def rank1_dataset(
         model_id=model_id,
         model_hash=model_hash,
         layer=int(layer),
-        d_model=d,
-        confidence_level=level,
+        d_model=d_model,
+        confidence_level=settings.confidence_level,
         read_principal="top eigenvector of the activation covariance at the read site (v); u = top left singular vector of W",
         write_principal="top right singular vector of the unembedding (u); v = top right singular vector of W",
         controls="random: Haar unit vectors; matched: random unit mixtures of principal directions 2..1+neighbours",
@@ -315,5 +342,4 @@ def rank1_dataset(
         interval="percentile bootstrap over pairs (margin) and sequences (KL)",
         prompt_len=int(prompt_len),
     )
-    ds.attrs = attrs
-    return ds
+    return attrs

@@ -134,6 +134,9 @@ class TrajectorySpec:
         return kept
 
 
+_REFERENCES = ("start", "previous")
+
+
 def trajectory_dataset(
     checkpoints,
     config: SweepConfig,
@@ -160,65 +163,21 @@ def trajectory_dataset(
     config = replace(config, pairs=tuple(pairs))
     sweep = sweep_dataset(config, corpus, cache_root=cache_root, progress=progress)
     ordered = layout["labels"]
-    references = ("start", "previous")
-    steps = ordered[1:]
-
-    def arrange(variable: str) -> xr.DataArray:
-        rows = [
-            xr.concat(
-                [
-                    sweep[variable].sel(pair=layout["where"][(ref, step)], drop=True)
-                    for step in steps
-                ],
-                dim="checkpoint",
-            )
-            for ref in references
-        ]
-        return xr.concat(rows, dim="reference")
-
-    rsf = arrange("rsf")
-    summary = pathway_summary(rsf, read=read, write=write, confidence_level=confidence_level)
-    data_vars = {
-        "rsf": rsf,
-        "k": arrange("k"),
-        "delta_fro": arrange("delta_fro"),
-        "read_rsf": summary["read"],
-        "write_rsf": summary["write"],
-        "asymmetry": summary["asymmetry"],
-        "asymmetry_ci_low": summary["asymmetry_ci_low"],
-        "asymmetry_ci_high": summary["asymmetry_ci_high"],
-        "read_rsf_layer": summary["read_layer"],
-        "write_rsf_layer": summary["write_layer"],
-    }
-    if "rsf_boot" in sweep:
-        boot = arrange("rsf_boot")
-        data_vars["rsf_boot"] = boot
-        for name, value in _sequence_percentiles(
-            boot, read=read, write=write, confidence_level=confidence_level
-        ).items():
-            data_vars[name] = value
-    pair_of = np.array(
-        [[layout["where"][(ref, step)] for step in steps] for ref in references], dtype=object
+    data_vars = _summary_variables(
+        sweep, layout, read=read, write=write, confidence_level=confidence_level
     )
     ds = xr.Dataset(data_vars)
     ds = ds.assign_coords(
-        reference=("reference", np.asarray(references, dtype=object)),
-        checkpoint=("checkpoint", np.asarray(steps, dtype=object)),
+        reference=("reference", np.asarray(_REFERENCES, dtype=object)),
+        checkpoint=("checkpoint", np.asarray(ordered[1:], dtype=object)),
         checkpoint_id=(
             "checkpoint",
             np.asarray([str(c) for c in list(checkpoints)[1:]], dtype=object),
         ),
         position=("checkpoint", np.arange(1, len(ordered), dtype=np.int64)),
     )
-    ds["pair"] = (("reference", "checkpoint"), pair_of)
-    for name in ("base_hash", "aligned_hash"):
-        ds[name] = (
-            ("reference", "checkpoint"),
-            np.array(
-                [[str(sweep[name].sel(pair=p).values) for p in row] for row in pair_of],
-                dtype=object,
-            ),
-        )
+    for name, value in _pair_variables(sweep, layout).items():
+        ds[name] = value
     for name in ("read_rsf", "write_rsf", "asymmetry"):
         ds[name].attrs["long_name"] = (
             f"{name.replace('_', ' ')}: layer mean, log2 for ratio normalisations"
@@ -243,6 +202,63 @@ def trajectory_dataset(
     )
     ds.attrs = attrs
     return ds
+
+
+def _by_reference(sweep: xr.Dataset, variable: str, layout: dict) -> xr.DataArray:
+    """A sweep variable arranged ``(reference, checkpoint, …)`` from the pairs that hold it."""
+    steps = layout["labels"][1:]
+    rows = [
+        xr.concat(
+            [sweep[variable].sel(pair=layout["where"][(ref, step)], drop=True) for step in steps],
+            dim="checkpoint",
+        )
+        for ref in _REFERENCES
+    ]
+    return xr.concat(rows, dim="reference")
+
+
+def _summary_variables(sweep: xr.Dataset, layout: dict, *, read, write, confidence_level) -> dict:
+    """The RSF grid by reference and checkpoint, its read/write layer means and asymmetry with
+    the interval over layers, and, when the sweep bootstraps, its replicates and their intervals."""
+    rsf = _by_reference(sweep, "rsf", layout)
+    summary = pathway_summary(rsf, read=read, write=write, confidence_level=confidence_level)
+    data_vars = {
+        "rsf": rsf,
+        "k": _by_reference(sweep, "k", layout),
+        "delta_fro": _by_reference(sweep, "delta_fro", layout),
+        "read_rsf": summary["read"],
+        "write_rsf": summary["write"],
+        "asymmetry": summary["asymmetry"],
+        "asymmetry_ci_low": summary["asymmetry_ci_low"],
+        "asymmetry_ci_high": summary["asymmetry_ci_high"],
+        "read_rsf_layer": summary["read_layer"],
+        "write_rsf_layer": summary["write_layer"],
+    }
+    if "rsf_boot" in sweep:
+        boot = _by_reference(sweep, "rsf_boot", layout)
+        data_vars["rsf_boot"] = boot
+        data_vars.update(
+            _sequence_percentiles(boot, read=read, write=write, confidence_level=confidence_level)
+        )
+    return data_vars
+
+
+def _pair_variables(sweep: xr.Dataset, layout: dict) -> dict:
+    """Each (reference, checkpoint) cell's sweep pair and the weights hashes of its two models."""
+    pair_of = np.array(
+        [[layout["where"][(ref, step)] for step in layout["labels"][1:]] for ref in _REFERENCES],
+        dtype=object,
+    )
+    out = {"pair": (("reference", "checkpoint"), pair_of)}
+    for name in ("base_hash", "aligned_hash"):
+        out[name] = (
+            ("reference", "checkpoint"),
+            np.array(
+                [[str(sweep[name].sel(pair=p).values) for p in row] for row in pair_of],
+                dtype=object,
+            ),
+        )
+    return out
 
 
 def trajectory_from_toml(path) -> tuple[list[str], list[str] | None, SweepConfig]:
