@@ -73,12 +73,10 @@ def sweep_dataset(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> xr.Dataset:
-    """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.measure.engine.
+    """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.measure.runner.
     run_sweep`) assembled by :func:`build_dataset` (the notes it gathered are in
     ``attrs["notes"]``: a JSON list of ``"label: note"`` lines)."""
-    from robustness.measure.engine import (
-        run_sweep,
-    )  # the engine loads torch: only when a sweep runs
+    from robustness.measure.runner import run_sweep  # loads torch: only when a sweep runs
 
     results = run_sweep(
         config, corpus, cache_root=cache_root, progress=progress, workers=workers,
