@@ -140,9 +140,9 @@ def checkpoint_bytes(path: Path) -> int:
 def probe(base: str, aligned: str, ids: str, out: str, *extra: str) -> None:
     """Run in a fresh process: what ``rsf sweep`` runs, then print peak RSS and timings."""
     from robustness.io.datasets import write_dataset
-    from robustness.measure.engine import run_sweep
     from robustness.measure.models import prepare_corpus
     from robustness.measure.results import build_dataset
+    from robustness.measure.runner import run_sweep
     from rsf.main import build_parser, quiet_libraries
     from rsf.sweep import config_from_args
 

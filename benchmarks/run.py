@@ -247,8 +247,8 @@ def profile_speedup(seed: int = 0) -> dict:
 def grid_overhead(tmp: Path, n_tokens: int) -> dict:
     from robustness.io.datasets import write_dataset
     from robustness.measure.corpus import Corpus
-    from robustness.measure.engine import run_sweep
     from robustness.measure.results import build_dataset
+    from robustness.measure.runner import run_sweep
     from robustness.settings.config import PairSpec, SweepConfig
 
     base_dir, aligned_dir = tmp / "grid-base", tmp / "grid-aligned"
@@ -305,7 +305,7 @@ def _bootstrap_probe(base_dir: str, aligned_dir: str, cache: str, n_tokens: int,
     This is the peak a user's ``rsf sweep --bootstrap`` process reaches, loading
     included; in the timing process the heap left by earlier sweeps adds to it.
     """
-    from robustness.measure.engine import run_sweep
+    from robustness.measure.runner import run_sweep
 
     config, corpus = _bootstrap_setup(base_dir, aligned_dir, n_tokens, replicates)
     run_sweep(config, corpus, cache_root=cache, progress=False)
@@ -313,8 +313,8 @@ def _bootstrap_probe(base_dir: str, aligned_dir: str, cache: str, n_tokens: int,
 
 
 def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
-    from robustness.measure.engine import run_sweep
     from robustness.measure.grid import REPLICATE_BLOCK
+    from robustness.measure.runner import run_sweep
 
     base_dir, aligned_dir = tmp / "boot-base", tmp / "boot-aligned"
     gpt2_small(base_dir, aligned_dir)
@@ -375,7 +375,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int) -> dict:
 
 def dask_layer_speedup(tmp: Path, n_tokens: int = 16384, replicates: int = 8) -> dict:
     """Serial seconds ÷ seconds on a 2-worker local cluster, one GPT-2-small pair with bootstrap."""
-    from robustness.measure.engine import run_sweep
+    from robustness.measure.runner import run_sweep
 
     base_dir, aligned_dir = tmp / "dask-base", tmp / "dask-aligned"
     gpt2_small(base_dir, aligned_dir)

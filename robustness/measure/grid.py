@@ -8,7 +8,8 @@ largest k any cutoff selects, the rest read from the tail of a complete
 basis), and applies every normalisation. :func:`fill_replicates` redoes the
 activation constructions for bootstrap replicates from reweighted chunk
 statistics, in blocks. :func:`eigen_all` runs independent
-eigendecompositions side by side. The orchestration (models, statistics
+eigendecompositions side by side. One layer's job is
+:mod:`robustness.measure.layer_job`; the orchestration (models, statistics
 passes, pairs) is in :mod:`robustness.measure.engine`.
 """
 

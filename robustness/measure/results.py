@@ -73,12 +73,10 @@ def sweep_dataset(
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> xr.Dataset:
-    """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.measure.engine.
+    """``results.nc`` of every pair of `config` on `corpus`: the sweep (:func:`robustness.measure.runner.
     run_sweep`) assembled by :func:`build_dataset` (the notes it gathered are in
     ``attrs["notes"]``: a JSON list of ``"label: note"`` lines)."""
-    from robustness.measure.engine import (
-        run_sweep,
-    )  # the engine loads torch: only when a sweep runs
+    from robustness.measure.runner import run_sweep  # loads torch: only when a sweep runs
 
     results = run_sweep(
         config, corpus, cache_root=cache_root, progress=progress, workers=workers,
@@ -92,39 +90,8 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
     present = {m for result in results for m in result.matrices}
     matrices = [m for m in probes.MATRICES if m in present]
     n_layers = max(result.rsf.shape[0] for result in results)
-    shape = (len(results), n_layers, len(matrices), len(config.constructions), len(config.cutoffs))
-    rsf = np.full((*shape, len(config.normalisations)), np.nan)
-    ks = np.full(shape, -1, dtype=np.int64)
-    fro = np.full(shape[:3], np.nan)
-    purity = np.full(shape[:3], np.nan)
-    mechanical = np.full(shape, np.nan)
-    storage = np.full((len(results), 2, *shape[1:3]), "", dtype=object)
-    floor = np.full(shape[:3], np.nan)
-    top_share = np.full((len(results), n_layers, len(probes.SITES)), np.nan)
-    width = max(r.gram_spectrum.shape[-1] for r in results)
-    spectra = np.full((*shape[:3], width), np.nan)
-    for p, result in enumerate(results):
-        columns = [matrices.index(m) for m in result.matrices]
-        layers = result.rsf.shape[0]
-        rsf[p, :layers, columns] = result.rsf.transpose(1, 0, 2, 3, 4)
-        ks[p, :layers, columns] = result.k.transpose(1, 0, 2, 3)
-        fro[p, :layers, columns] = result.delta_fro.T
-        purity[p, :layers, columns] = result.gram_purity.T
-        mechanical[p, :layers, columns] = result.mechanical.transpose(1, 0, 2, 3)
-        own = result.gram_spectrum.shape[-1]
-        spectra[p, :layers, columns, :own] = result.gram_spectrum.transpose(1, 0, 2)
-        spectra[p, :layers, columns, own:] = 0.0
-        if result.storage is not None:
-            storage[p, :, :layers, columns] = result.storage.transpose(1, 2, 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                floor[p, :layers, columns] = (result.rounding_floor / result.delta_fro).T
-        if result.top_share is not None:
-            top_share[p, :layers] = result.top_share
-    arrays = {
-        "rsf": rsf, "k": ks, "delta_fro": fro, "gram_purity": purity, "gram_spectrum": spectra,
-        "mechanical_reference": mechanical, "quantisation": storage, "quantisation_floor": floor,
-        "top_direction_share": top_share,
-    }  # fmt: skip
+    arrays = _matrix_arrays(results, matrices, n_layers, config)
+    width = arrays["gram_spectrum"].shape[-1]
     data_vars = {
         name: (dims, arrays[name], {"long_name": long_name})
         for name, (dims, long_name) in MATRIX_VARIABLES.items()
@@ -137,7 +104,7 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             np.asarray(values, dtype=object if isinstance(values[0], str) else np.int64),
         )
     if config.replicates:
-        data_vars.update(_bootstrap_variables(results, matrices, rsf.shape))
+        data_vars.update(_bootstrap_variables(results, matrices, arrays["rsf"].shape))
     notes = [f"{result.label}: {note}" for result in results for note in result.notes]
     return xr.Dataset(
         data_vars,
@@ -176,6 +143,44 @@ def build_dataset(results: list[PairResult], config: SweepConfig, corpus: Corpus
             "notes": json.dumps(notes),
         },
     )
+
+
+def _matrix_arrays(results, matrices, n_layers, config) -> dict:
+    """The :data:`MATRIX_VARIABLES`' values: each pair's arrays on the union of the pairs'
+    layers and matrices (NaN, ``k`` = −1, where a pair has none; spectra zero-padded)."""
+    shape = (len(results), n_layers, len(matrices), len(config.constructions), len(config.cutoffs))
+    rsf = np.full((*shape, len(config.normalisations)), np.nan)
+    ks = np.full(shape, -1, dtype=np.int64)
+    fro = np.full(shape[:3], np.nan)
+    purity = np.full(shape[:3], np.nan)
+    mechanical = np.full(shape, np.nan)
+    storage = np.full((len(results), 2, *shape[1:3]), "", dtype=object)
+    floor = np.full(shape[:3], np.nan)
+    top_share = np.full((len(results), n_layers, len(probes.SITES)), np.nan)
+    width = max(r.gram_spectrum.shape[-1] for r in results)
+    spectra = np.full((*shape[:3], width), np.nan)
+    for p, result in enumerate(results):
+        columns = [matrices.index(m) for m in result.matrices]
+        layers = result.rsf.shape[0]
+        rsf[p, :layers, columns] = result.rsf.transpose(1, 0, 2, 3, 4)
+        ks[p, :layers, columns] = result.k.transpose(1, 0, 2, 3)
+        fro[p, :layers, columns] = result.delta_fro.T
+        purity[p, :layers, columns] = result.gram_purity.T
+        mechanical[p, :layers, columns] = result.mechanical.transpose(1, 0, 2, 3)
+        own = result.gram_spectrum.shape[-1]
+        spectra[p, :layers, columns, :own] = result.gram_spectrum.transpose(1, 0, 2)
+        spectra[p, :layers, columns, own:] = 0.0
+        if result.storage is not None:
+            storage[p, :, :layers, columns] = result.storage.transpose(1, 2, 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                floor[p, :layers, columns] = (result.rounding_floor / result.delta_fro).T
+        if result.top_share is not None:
+            top_share[p, :layers] = result.top_share
+    return {
+        "rsf": rsf, "k": ks, "delta_fro": fro, "gram_purity": purity, "gram_spectrum": spectra,
+        "mechanical_reference": mechanical, "quantisation": storage, "quantisation_floor": floor,
+        "top_direction_share": top_share,
+    }  # fmt: skip
 
 
 # The per-matrix (and per-site) variables of results.nc: dimensions and long name.

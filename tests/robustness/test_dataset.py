@@ -10,8 +10,8 @@ import xarray as xr
 from robustness.io.datasets import open_dataset, write_dataset
 from robustness.measure import results as dataset_module
 from robustness.measure.corpus import Corpus
-from robustness.measure.engine import run_sweep
 from robustness.measure.results import build_dataset
+from robustness.measure.runner import run_sweep
 from robustness.settings.config import PairSpec, SweepConfig
 
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 import probes
 from robustness.measure.corpus import Corpus
-from robustness.measure.engine import run_sweep
+from robustness.measure.runner import run_sweep
 from robustness.settings.config import PairSpec, SweepConfig
 
 

@@ -97,7 +97,7 @@ def test_batched_eigendecompositions_give_the_numpy_replicates(saved_pair, monke
     Null hypothesis: its replicates equal those of NumPy's eigendecompositions;
     both are float64 LAPACK-quality solvers, so they agree to round-off (1e-9).
     """
-    from robustness.measure import engine
+    from robustness.measure import engine, runner
     from robustness.measure.corpus import Corpus
     from robustness.settings.config import PairSpec, SweepConfig
 
@@ -111,9 +111,9 @@ def test_batched_eigendecompositions_give_the_numpy_replicates(saved_pair, monke
         device="cpu",
     )
     corpus = Corpus(np.random.default_rng(0).integers(0, 61, size=(12, 16)), "test")
-    (numpy_run,) = engine.run_sweep(config, corpus, progress=False)
+    (numpy_run,) = runner.run_sweep(config, corpus, progress=False)
     monkeypatch.setattr(engine, "_eigh_device", lambda device: "cpu")
-    (torch_run,) = engine.run_sweep(config, corpus, progress=False)
+    (torch_run,) = runner.run_sweep(config, corpus, progress=False)
     np.testing.assert_allclose(
         torch_run.bootstrap["replicates"], numpy_run.bootstrap["replicates"], rtol=1e-9, atol=1e-12
     )
