@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "ACTIVATION_CONSTRUCTIONS",
+    "PREDICTION_CONSTRUCTIONS",
     "CONSTRUCTIONS",
     "DTYPE_NAMES",
     "MATRICES",
@@ -58,6 +59,7 @@ CONSTRUCTIONS = (
     "random",
 )
 ACTIVATION_CONSTRUCTIONS = ("act_cov", "act_moment", "act_cov_aligned")
+PREDICTION_CONSTRUCTIONS = ("unembed", "unembed_centered", "unembed_folded")
 NORMALISATIONS = ("fraction", "isotropic", "log_isotropic", "base_relative", "null_z")
 # Ratios: the statistics take them on the log2 scale.
 RATIO_NORMALISATIONS = ("isotropic", "base_relative")

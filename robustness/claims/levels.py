@@ -92,8 +92,8 @@ __all__ = [
     "pretrain_partner",
 ]
 
-ACTIVATION = ("act_cov", "act_moment", "act_cov_aligned")
-PREDICTION = ("unembed", "unembed_centered", "unembed_folded")
+ACTIVATION = probes.ACTIVATION_CONSTRUCTIONS
+PREDICTION = probes.PREDICTION_CONSTRUCTIONS
 # The specification each level claim is decided at (isotropic is the same log2 ratio).
 PREFERRED = {
     "read_concentration": ("act_cov", "k=8", "log_isotropic"),
