@@ -30,9 +30,11 @@ from tqdm.auto import tqdm
 from .activations import (
     Accumulator,
     ActivationStatistics,
+    accumulator_results,
     expert_load_hooks,
     site_hooks,
     statistics_batches,
+    token_ids,
 )
 from .adapters import layer_modules
 from .layerwise import LayerwiseModel
@@ -180,11 +182,7 @@ def layerwise_statistics(
     states and released before the next model's. The statistics equal
     :func:`probes.collect_statistics`' for the same batches and chunks.
     """
-    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    if ids.ndim != 2 or ids.numel() == 0:
-        raise ValueError(
-            f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}"
-        )
+    ids = token_ids(input_ids)
     chunks = statistics_batches(ids.shape[0], batch_size, chunk_size)
     batches = [batch for chunk in chunks for batch in chunk]
     sites = list(sites)
@@ -252,11 +250,9 @@ def _run_layer(lw: LayerwiseModel, layer: int, state: HiddenStates, calls, chunk
                     state.tensor[lo:hi] = call.run(block, hidden).to("cpu", state.tensor.dtype)
                 for accumulator in accumulators.values():
                     accumulator.end_chunk()
-    statistics = ActivationStatistics(
-        sites={}, expert_load={k: load.numpy() for k, load in loads.items()}
+    site_stats, chunk_stats = accumulator_results(accumulators)
+    return ActivationStatistics(
+        sites=site_stats,
+        chunks=chunk_stats,
+        expert_load={k: load.numpy() for k, load in loads.items()},
     )
-    for key, accumulator in accumulators.items():
-        statistics.sites[key], chunk_stats = accumulator.result()
-        if chunk_stats is not None:
-            statistics.chunks[key] = chunk_stats
-    return statistics
