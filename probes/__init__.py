@@ -98,13 +98,8 @@ _HOMES = {
     "rank1_hook": "interventions",
     "rank1_update": "interventions",
     # layerwise
-    "HIDDEN_IN_MEMORY": "layerwise",
     "LayerwiseModel": "layerwise",
     "NotStreamable": "layerwise",
-    "Precision": "layerwise",
-    "layer_deltas": "layerwise",
-    "layer_precision": "layerwise",
-    "layerwise_statistics": "layerwise",
     # lora
     "LoraAdapter": "lora",
     "is_adapter": "lora",
@@ -121,6 +116,13 @@ _HOMES = {
     "FLOAT_STORAGE": "precision",
     "REDUCED_STORAGE": "precision",
     "storage_of_dtype": "precision",
+    # sequential_pass
+    "HIDDEN_IN_MEMORY": "sequential_pass",
+    "layerwise_statistics": "sequential_pass",
+    # streamed_deltas
+    "Precision": "streamed_deltas",
+    "layer_deltas": "streamed_deltas",
+    "layer_precision": "streamed_deltas",
     # subspaces
     "Subspace": "subspaces",
     "construction_rng": "subspaces",

@@ -32,10 +32,12 @@ __all__ = [
     "ActivationStatistics",
     "ChunkStatistics",
     "SiteStatistics",
+    "accumulator_results",
     "collect_statistics",
     "expert_load_hooks",
     "site_hooks",
     "statistics_batches",
+    "token_ids",
 ]
 
 SiteKey = tuple[int, str]
@@ -308,6 +310,47 @@ def statistics_batches(
     ]
 
 
+def token_ids(input_ids) -> torch.Tensor:
+    """`input_ids` as a long tensor, checked to be a non-empty ``[n_seq, seq_len]`` array."""
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    if ids.ndim != 2 or ids.numel() == 0:
+        raise ValueError(
+            f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}"
+        )
+    return ids
+
+
+def _check_batching(batch_size: int, chunk_size: int | None) -> None:
+    """Sequences per forward pass and per bootstrap chunk: positive (no chunks: ``None``)."""
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be positive, got {batch_size}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be positive or None, got {chunk_size}")
+
+
+def _site_keys(model, sites: Iterable[str] | Iterable[SiteKey] | None) -> list[SiteKey]:
+    """``(layer, site)`` keys: a site name stands for every layer; default every site."""
+    n_layers = len(layer_modules(model))
+    keys: list[SiteKey] = []
+    for item in list(SITES if sites is None else sites):
+        keys.extend(
+            [(layer, item) for layer in range(n_layers)] if isinstance(item, str) else [tuple(item)]
+        )
+    return keys
+
+
+def accumulator_results(
+    accumulators: dict[SiteKey, Accumulator],
+) -> tuple[dict[SiteKey, SiteStatistics], dict[SiteKey, ChunkStatistics]]:
+    """Each site's statistics, and its per-chunk statistics where the sums were chunked."""
+    site_stats, chunk_stats = {}, {}
+    for key, accumulator in accumulators.items():
+        site_stats[key], chunks = accumulator.result()
+        if chunks is not None:
+            chunk_stats[key] = chunks
+    return site_stats, chunk_stats
+
+
 def collect_statistics(
     model,
     input_ids,
@@ -335,22 +378,9 @@ def collect_statistics(
     progress : bool
         Show a progress bar.
     """
-    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    if ids.ndim != 2 or ids.numel() == 0:
-        raise ValueError(
-            f"`input_ids` must be a non-empty [n_seq, seq_len] array, got {tuple(ids.shape)}"
-        )
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be positive, got {batch_size}")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be positive or None, got {chunk_size}")
-    n_layers = len(layer_modules(model))
-    wanted = list(SITES if sites is None else sites)
-    keys: list[SiteKey] = []
-    for item in wanted:
-        keys.extend(
-            [(layer, item) for layer in range(n_layers)] if isinstance(item, str) else [tuple(item)]
-        )
+    ids = token_ids(input_ids)
+    _check_batching(batch_size, chunk_size)
+    keys = _site_keys(model, sites)
     device = next(model.parameters()).device
     chunked = chunk_size is not None
     d = model_dims(model).d_model  # every site lives in the residual space
@@ -390,11 +420,7 @@ def collect_statistics(
     finally:
         bar.close()
         model.train(was_training)
-    site_stats, chunk_stats = {}, {}
-    for key, accumulator in accumulators.items():
-        site_stats[key], chunks = accumulator.result()
-        if chunks is not None:
-            chunk_stats[key] = chunks
+    site_stats, chunk_stats = accumulator_results(accumulators)
     return ActivationStatistics(
         sites=site_stats,
         chunks=chunk_stats,

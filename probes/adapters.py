@@ -52,9 +52,11 @@ __all__ = [
     "family_of",
     "final_norm_gain",
     "layer_modules",
+    "linear_weight",
     "matrix_rows",
     "model_dims",
     "n_experts",
+    "select_rows",
     "site_modules",
     "tied_embeddings",
     "unembedding",
@@ -278,7 +280,7 @@ def _heads(config) -> tuple[int, int]:
     return n_heads, int(n_kv)
 
 
-def _linear_weight(module: torch.nn.Module, parameter: str = "weight") -> torch.Tensor:
+def linear_weight(module: torch.nn.Module, parameter: str = "weight") -> torch.Tensor:
     """The module's weight in Linear layout ``[out, in]`` (``[E, out, in]`` for experts; a view)."""
     weight = getattr(module, parameter).detach()
     return weight.T if isinstance(module, Conv1D) else weight
@@ -325,11 +327,11 @@ def matrix_rows(
         raise ValueError(f"{model.config.model_type} has no matrix {matrix!r}")
     source = family.matrices[matrix]
     module = layer_modules(model)[layer].get_submodule(source.module)
-    fused_rows = _linear_weight(module, source.parameter).shape[-2]
+    fused_rows = linear_weight(module, source.parameter).shape[-2]
     return module, _rows(source, matrix, fused_rows, model.config), fused_rows
 
 
-def _select(tensor: torch.Tensor, rows) -> torch.Tensor:
+def select_rows(tensor: torch.Tensor, rows) -> torch.Tensor:
     """Rows of a Linear-layout weight (or output), along the second-last axis (experts' stacks)."""
     if isinstance(rows, slice):
         return tensor[..., rows, :] if tensor.ndim == 3 else tensor[rows]
@@ -357,7 +359,7 @@ def _canonical(model, attribute: str, matrices, layers) -> dict[tuple[int, str],
             source = family.matrices[name]
             module = layer.get_submodule(source.module)
             if attribute == "weight":
-                full = _linear_weight(module, source.parameter)
+                full = linear_weight(module, source.parameter)
                 _check_finite(full, f"{family.layers}.{index}.{source.module}.{source.parameter}")
             else:
                 full = getattr(module, "bias", None) if not source.experts else None
@@ -366,7 +368,7 @@ def _canonical(model, attribute: str, matrices, layers) -> dict[tuple[int, str],
                 full = full.detach()
             rows = _rows(source, name, full.shape[-2] if full.ndim == 3 else full.shape[0],
                          model.config)  # fmt: skip
-            out[(index, name)] = _select(full, rows)
+            out[(index, name)] = select_rows(full, rows)
     return out
 
 

@@ -32,13 +32,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import Accumulator, ChunkStatistics, SiteStatistics, site_hooks
+from .activations import (
+    Accumulator,
+    ChunkStatistics,
+    SiteStatistics,
+    accumulator_results,
+    site_hooks,
+)
 from .adapters import SITES, family_of, layer_modules, model_dims
 from .cutoffs import participation_ratio
 from .fraction import as_float64
@@ -148,6 +155,97 @@ def _keys(model, sites, layers) -> list[SiteKey]:
     return [(layer, site) for layer in layers for site in sites]
 
 
+def _chunk_index(chunk_of, n_batches: int) -> np.ndarray | None:
+    """`chunk_of` as an array, checked: one non-decreasing chunk index per batch."""
+    if chunk_of is None:
+        return None
+    chunk_of = np.asarray(chunk_of)
+    if chunk_of.shape != (n_batches,) or np.any(np.diff(chunk_of) < 0):
+        raise ValueError(
+            "`chunk_of` must give one non-decreasing chunk index per batch, "
+            f"got {chunk_of.tolist()} for {n_batches} batches"
+        )
+    return chunk_of
+
+
+@contextmanager
+def _write_site_hooks(
+    model, keys: Iterable[SiteKey], callback: Callable[[SiteKey, torch.Tensor], None]
+):
+    """Call ``callback((layer, site), output)`` with each write site's output that autograd tracks.
+
+    ``o_out``/``down_out``: the output of the module holding o / down, when
+    gradients are enabled and it requires them. An input embeddings' output
+    that does not require gradients (frozen parameters) is made a leaf that
+    does, so the write sites' outputs are in the loss's graph all the same.
+    Hooks are removed on exit, even on error.
+    """
+
+    def output_hook(key):
+        def hook(module, args, output):
+            tensor = output[0] if isinstance(output, tuple) else output
+            if torch.is_grad_enabled() and tensor.requires_grad:
+                callback(key, tensor)
+
+        return hook
+
+    def make_differentiable(module, args, output):
+        # Frozen parameters would leave the hooked outputs outside the graph.
+        if torch.is_grad_enabled() and not output.requires_grad and output.is_floating_point():
+            return output.detach().requires_grad_(True)
+        return None
+
+    handles = [model.get_input_embeddings().register_forward_hook(make_differentiable)]
+    try:
+        for key in keys:
+            module = _write_modules(model, key[0])[key[1]]
+            handles.append(module.register_forward_hook(output_hook(key)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class _GradientPass:
+    """One pass's running sums, and the write-site outputs of the batch being measured."""
+
+    accumulators: dict[SiteKey, _ExactAccumulator]
+    write_keys: list[SiteKey]
+    captured: list[tuple[SiteKey, torch.Tensor]] = field(default_factory=list)
+
+    def add_input(self, key: SiteKey, tensor: torch.Tensor) -> None:
+        """A read site's ``a_t``; a forward pass run with gradients disabled is not recorded."""
+        if torch.is_grad_enabled():
+            self.accumulators[key].add(tensor)
+
+    def capture(self, key: SiteKey, tensor: torch.Tensor) -> None:
+        """A write site's output ``y_t``, kept until the batch's gradients are taken."""
+        self.captured.append((key, tensor))
+
+    def step(self, model, batch, loss_fn) -> float:
+        """One batch: its loss, and ``δ_t = ∂L/∂y_t`` added at every write site; the loss."""
+        self.captured.clear()
+        loss = loss_fn(model, batch)
+        if loss.ndim != 0:
+            raise ValueError(f"`loss_fn` must return a scalar, got shape {tuple(loss.shape)}")
+        if self.write_keys:
+            if not self.captured:
+                raise ValueError("no write-site output took part in the loss's graph")
+            grads = torch.autograd.grad(
+                loss, [tensor for _, tensor in self.captured], allow_unused=True
+            )
+            for (key, tensor), grad in zip(self.captured, grads, strict=True):
+                # An output the loss does not depend on has a zero gradient.
+                self.accumulators[key].add(torch.zeros_like(tensor) if grad is None else grad)
+        self.captured.clear()
+        return float(loss.detach())
+
+    def end_chunk(self) -> None:
+        for accumulator in self.accumulators.values():
+            accumulator.end_chunk()
+
+
 def collect_gradient_statistics(
     model,
     batches: Sequence,
@@ -185,43 +283,15 @@ def collect_gradient_statistics(
     keys = _keys(model, sites, layers)
     if len(batches) == 0:
         raise ValueError("`batches` is empty: nothing to measure")
-    if chunk_of is not None:
-        chunk_of = np.asarray(chunk_of)
-        if chunk_of.shape != (len(batches),) or np.any(np.diff(chunk_of) < 0):
-            raise ValueError(
-                "`chunk_of` must give one non-decreasing chunk index per batch, "
-                f"got {chunk_of.tolist()} for {len(batches)} batches"
-            )
+    chunk_of = _chunk_index(chunk_of, len(batches))
     device = next(model.parameters()).device
     d = model_dims(model).d_model
     chunked = chunk_of is not None
-    accumulators = {key: _ExactAccumulator(d, device, chunked) for key in keys}
+    sums = _GradientPass(
+        {key: _ExactAccumulator(d, device, chunked) for key in keys},
+        [key for key in keys if key[1] in GRADIENT_SITES],
+    )
     read_keys = [key for key in keys if key[1] in SITES]
-    write_keys = [key for key in keys if key[1] in GRADIENT_SITES]
-    captured: list[tuple[SiteKey, torch.Tensor]] = []
-
-    def on_input(key, tensor):
-        if torch.is_grad_enabled():
-            accumulators[key].add(tensor)
-
-    def output_hook(key):
-        def hook(module, args, output):
-            tensor = output[0] if isinstance(output, tuple) else output
-            if torch.is_grad_enabled() and tensor.requires_grad:
-                captured.append((key, tensor))
-
-        return hook
-
-    def make_differentiable(module, args, output):
-        # Frozen parameters would leave the hooked outputs outside the graph.
-        if torch.is_grad_enabled() and not output.requires_grad and output.is_floating_point():
-            return output.detach().requires_grad_(True)
-        return None
-
-    handles = [model.get_input_embeddings().register_forward_hook(make_differentiable)]
-    for key in write_keys:
-        module = _write_modules(model, key[0])[key[1]]
-        handles.append(module.register_forward_hook(output_hook(key)))
     was_training = model.training
     model.eval()
     total_loss = 0.0
@@ -229,38 +299,20 @@ def collect_gradient_statistics(
         total=len(batches), desc=description, disable=not progress, leave=False, unit="batch"
     )
     try:
-        with torch.enable_grad(), site_hooks(model, read_keys, on_input):
+        with (
+            _write_site_hooks(model, sums.write_keys, sums.capture),
+            torch.enable_grad(),
+            site_hooks(model, read_keys, sums.add_input),
+        ):
             for index, batch in enumerate(batches):
-                captured.clear()
-                loss = loss_fn(model, batch)
-                if loss.ndim != 0:
-                    raise ValueError(
-                        f"`loss_fn` must return a scalar, got shape {tuple(loss.shape)}"
-                    )
-                if write_keys:
-                    if not captured:
-                        raise ValueError("no write-site output took part in the loss's graph")
-                    grads = torch.autograd.grad(
-                        loss, [tensor for _, tensor in captured], allow_unused=True
-                    )
-                    for (key, tensor), grad in zip(captured, grads, strict=True):
-                        accumulators[key].add(torch.zeros_like(tensor) if grad is None else grad)
-                captured.clear()
-                total_loss += float(loss.detach())
+                total_loss += sums.step(model, batch, loss_fn)
                 bar.update(1)
                 last = index + 1 == len(batches)
                 if chunked and (last or chunk_of[index + 1] != chunk_of[index]):
-                    for accumulator in accumulators.values():
-                        accumulator.end_chunk()
+                    sums.end_chunk()
     finally:
         bar.close()
-        for handle in handles:
-            handle.remove()
-        captured.clear()
+        sums.captured.clear()
         model.train(was_training)
-    site_stats, chunk_stats = {}, {}
-    for key, accumulator in accumulators.items():
-        site_stats[key], chunks = accumulator.result()
-        if chunks is not None:
-            chunk_stats[key] = chunks
+    site_stats, chunk_stats = accumulator_results(sums.accumulators)
     return GradientStatistics(site_stats, chunk_stats, len(batches), total_loss)
