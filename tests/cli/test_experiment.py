@@ -107,7 +107,7 @@ def test_cli_contrastive_end_to_end(contrastive_run):
     assert "delta_entropy_rank" in ds.trend.values
     assert np.isfinite(ds.trend_p_value.values).all()
     assert np.all(ds.delta_mean_entropy_rank_ci_low <= ds.delta_mean_entropy_rank_ci_high)
-    # (That the same settings find the saved variants: robustness/mechanism/test_contrastive.py.)
+    # (That the same settings find the saved variants: tests/robustness/experiments/test_contrastive.py.)
     names = [Path(p).name for p in ds.variant_id.values]
     assert [n.split("-")[1] for n in names] == ["0", "0.5", "1"]
 
@@ -147,7 +147,7 @@ def test_cli_rank1_rejects_a_write_matrix_as_read(saved_pair, tmp_path, capsys):
 
 def test_demo_defaults_use_the_demo_pair_and_its_held_out_text(tiny_demo, tmp_path, monkeypatch):
     """Without checkpoints or a model, trajectory and rank1 use the demo pair (the checkpoints
-    and held-out windows themselves: robustness/test_demo.py)."""
+    and held-out windows themselves: tests/robustness/test_demo.py)."""
     cache, _ = tiny_demo
     settings = DemoSettings.tiny()
     monkeypatch.setattr(demo, "demo_pair", functools.partial(demo.demo_pair, settings))
