@@ -42,6 +42,15 @@ def _holds(calibration, name: str, selection: dict):
 
 
 def calibration_tables(calibration) -> list[Table]:
+    """The calibration study's tables: type-I error, power, coverage and, when run, the sequence bootstrap's."""
+    tables = [_type1_table(calibration), _power_table(calibration), _coverage_table(calibration)]
+    if "seq_coverage" in calibration:
+        tables.append(_sequence_table(calibration))
+    return tables
+
+
+def _type1_table(calibration) -> Table:
+    """Type-I error per test (and per null scenario, when the study ran several)."""
     target = target_band(calibration, "type1_target")
     scenario = _other_dim(calibration.type1_error, "test")
     keys = [(t, sc) for t in calibration.test.values
@@ -57,7 +66,7 @@ def calibration_tables(calibration) -> list[Table]:
                       Column("type1_ci_high", "CI high")]  # fmt: skip
     if "assumptions_hold" in calibration:
         type1_columns.append(Column("assumptions_hold", "assumptions hold", numeric=False))
-    type1 = Table(
+    return Table(
         "calibration-type1",
         "Type-I error under each null scenario with 95% Clopper–Pearson intervals"
         + (
@@ -91,11 +100,15 @@ def calibration_tables(calibration) -> list[Table]:
         ),
         scroll=scenario is not None,
     )
+
+
+def _power_table(calibration) -> Table:
+    """Rejection rate per test against each plant and strength."""
     power_columns = [Column("test", "test", numeric=False)]
     for plant in calibration.plant.values:
         for strength in calibration.strength.values:
             power_columns.append(Column(f"{plant}:{strength:g}", f"{plant} β = {strength:g}"))
-    power = Table(
+    return Table(
         "calibration-power",
         "Rejection rate against each plant's strength β (power; for the joint tests, which look for "
         "read > write, a write plant's rate is the wrong-direction rate)",
@@ -117,6 +130,10 @@ def calibration_tables(calibration) -> list[Table]:
             for t in calibration.test.values
         ),
     )
+
+
+def _coverage_table(calibration) -> Table:
+    """Coverage of each interval over layers, per scenario."""
     target = target_band(calibration, "coverage_target")
     where_dim = _other_dim(calibration.coverage, "interval")
     coverage_columns = [Column("interval", "interval", numeric=False),
@@ -125,7 +142,7 @@ def calibration_tables(calibration) -> list[Table]:
                         Column("coverage_ci_high", "CI high")]  # fmt: skip
     if "coverage_assumptions_hold" in calibration:
         coverage_columns.append(Column("assumptions_hold", "assumptions hold", numeric=False))
-    coverage = Table(
+    return Table(
         "calibration-coverage",
         "Coverage of the intervals over layers with 95% Clopper–Pearson intervals"
         + (f" (target {target[0]:g}–{target[1]:g})" if target else ""),
@@ -158,26 +175,27 @@ def calibration_tables(calibration) -> list[Table]:
         ),
         scroll=True,
     )
-    tables = [type1, power, coverage]
-    if "seq_coverage" in calibration:
-        dims = list(calibration.seq_coverage.dims)
-        frame = calibration[["seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high"]]
-        frame = frame.to_dataframe().reset_index()
-        tables.append(Table(
-            "calibration-sequence",
-            "Coverage of the sequence-bootstrap intervals with 95% Clopper–Pearson intervals",
-            (*(Column(d, d.removeprefix("seq_").replace("_", " "), numeric=False) for d in dims),
-             Column("seq_coverage", "coverage"), Column("seq_coverage_ci_low", "CI low"),
-             Column("seq_coverage_ci_high", "CI high")),
-            tuple(
-                Row("|".join(str(r[d]) for d in dims), {
-                    **{d: fmt.text(f"{r[d]:g}" if isinstance(r[d], float) else r[d]) for d in dims},
-                    **{v: fmt.rate(r[v]) for v in ("seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high")},
-                })
-                for _, r in frame.iterrows()
-            ),
-        ))  # fmt: skip
-    return tables
+
+
+def _sequence_table(calibration) -> Table:
+    """Coverage of the sequence-bootstrap intervals, one row per setting the study varied."""
+    dims = list(calibration.seq_coverage.dims)
+    frame = calibration[["seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high"]]
+    frame = frame.to_dataframe().reset_index()
+    return Table(
+        "calibration-sequence",
+        "Coverage of the sequence-bootstrap intervals with 95% Clopper–Pearson intervals",
+        (*(Column(d, d.removeprefix("seq_").replace("_", " "), numeric=False) for d in dims),
+         Column("seq_coverage", "coverage"), Column("seq_coverage_ci_low", "CI low"),
+         Column("seq_coverage_ci_high", "CI high")),
+        tuple(
+            Row("|".join(str(r[d]) for d in dims), {
+                **{d: fmt.text(f"{r[d]:g}" if isinstance(r[d], float) else r[d]) for d in dims},
+                **{v: fmt.rate(r[v]) for v in ("seq_coverage", "seq_coverage_ci_low", "seq_coverage_ci_high")},
+            })
+            for _, r in frame.iterrows()
+        ),
+    )  # fmt: skip
 
 
 def calibration_section(ctx: ReportContext) -> Section:

@@ -9,6 +9,7 @@ from . import formatting as fmt
 from .context import ReportContext, spec_roles
 from .registry import Section, needs_stats, spec_label
 from .render import fragment
+from .spec_curve import spec_curve
 from .tables import Column, Row, Table
 from .verdict import sequence_method
 
@@ -114,7 +115,7 @@ def spec_curve_section(ctx: ReportContext) -> Section:
                 "the controls are drawn hollow, and duplicates are left out of the curve "
                 "(the table marks them)."
             ),
-            figure=figures.spec_curve(ctx.stats, ctx.pairs, ctx.preferred, ctx.alpha),
+            figure=spec_curve(ctx.stats, ctx.pairs, ctx.preferred, ctx.alpha),
             table=spec_table(ctx),
         )
     return Section("specification-curve", "Specification curve", body)

@@ -1,21 +1,22 @@
-"""The report's figures: specification curve, RSF against the cutoff, heatmaps, nulls, shares, calibration.
+"""The report's evidence figures: RSF against the cutoff, heatmaps, null distributions, shares.
 
-Each returns a :class:`~reports.plotting.SvgFigure` (inline SVG, alt text,
-caption); drawing conventions are in :mod:`reports.plotting`.
+The specification curve has its own module, :mod:`reports.spec_curve`; the
+verdict's, calibration's and mechanism sections' figures live with their
+sections. Each returns a :class:`~reports.plotting.SvgFigure` (inline SVG,
+alt text, caption); drawing conventions are in :mod:`reports.plotting`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import matplotlib
 import numpy as np
 import xarray as xr
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from robustness.settings.specification import probe_scale
 
-from .context import spec_roles
-from .formatting import plural
 from .plotting import (
     GREY,
     MARKERS,
@@ -26,9 +27,7 @@ from .plotting import (
     SvgFigure,
     figure,
     finish,
-    grid_shape,
     layer_count,
-    ordinal,
     quiet_nan,
     reference_level,
     scale_label,
@@ -38,228 +37,8 @@ __all__ = [
     "layer_heatmaps",
     "null_distributions",
     "rsf_by_cutoff",
-    "spec_curve",
     "variance_shares",
 ]
-
-
-# ----------------------------------------------------------------------- specification curve
-
-
-def _spec_frame(stats: xr.Dataset, pair):
-    """The pair's specifications on the curve: counted ones and controls, sorted by effect size.
-
-    Duplicates (equal on the statistics' scale to a specification already drawn)
-    and undefined specifications are left out.
-    """
-    variables = ["asymmetry", "effect_size", "effect_ci_low", "effect_ci_high", "p_value"]
-    frame = stats[variables].sel(pair=pair).to_dataframe().reset_index()
-    roles = spec_roles(stats, pair)
-    frame["role"] = [
-        roles[(r.construction, r.cutoff, r.normalisation)][0] for r in frame.itertuples()
-    ]
-    frame = frame[np.isfinite(frame["effect_size"]) & frame["role"].isin(["counted", "control"])]
-    return frame.sort_values("effect_size", kind="stable").reset_index(drop=True)
-
-
-def spec_curve(
-    stats: xr.Dataset, pairs, preferred: tuple[str, str, str], alpha: float
-) -> SvgFigure | None:
-    """Specifications sorted by effect size with intervals, over an indicator panel of the choices.
-
-    Counted specifications are filled markers; controls (shown, not counted) hollow
-    diamonds; colour says the EWC test's verdict on each.
-    """
-    frames = {pair: _spec_frame(stats, pair) for pair in pairs}
-    frames = {pair: f for pair, f in frames.items() if len(f)}
-    if not frames:
-        return None
-    groups = [
-        (dim, [str(v) for v in stats[dim].values])
-        for dim in ("construction", "cutoff", "normalisation")
-    ]
-    rows: list[tuple[str, str | None]] = []
-    for dim, values in groups:  # the choices of the specifications drawn (duplicates are not)
-        used = [v for v in values if any((f[dim] == v).any() for f in frames.values())]
-        rows.append((dim, None))
-        rows.extend((dim, v) for v in used)
-    cols, nrows = grid_shape(len(frames), 2)
-    curve_h, row_h = 2.3, 0.14 * len(rows) + 0.3
-    fig = figure(5.4 * cols + 0.6, nrows * (curve_h + row_h) + 0.5)
-    grid = fig.add_gridspec(2 * nrows, cols, height_ratios=[curve_h, row_h] * nrows)
-    # The scale is the counted specifications': a hollow control (weight_svd far below the
-    # rest, say) is drawn at the edge as an arrow rather than squashing them.
-    scaled = [f[f["role"] == "counted"] if (f["role"] == "counted").any() else f
-              for f in frames.values()]  # fmt: skip
-    lows = [f["effect_ci_low"].min() for f in scaled]
-    highs = [f["effect_ci_high"].max() for f in scaled]
-    values = [f["effect_size"].min() for f in scaled] + [f["effect_size"].max() for f in scaled]
-    finite = [v for v in (*lows, *highs, *values) if np.isfinite(v)]
-    span = (min(finite), max(finite)) if finite else (-1.0, 1.0)
-    pad = 0.05 * (span[1] - span[0] or 1.0)
-    categories = [
-        ("read > write, EWC p < α", OKABE_ITO["blue"], "o"),
-        ("write > read, EWC p < α", OKABE_ITO["vermillion"], "s"),
-        ("not significant", GREY, "o"),
-        ("no test (too few layers)", OKABE_ITO["black"], "x"),
-    ]
-    alt_parts = []
-    legend_done: set[str] = set()
-    any_control = False
-    clipped = 0
-    for index, (pair, frame) in enumerate(frames.items()):
-        r, c = divmod(index, cols)
-        top = fig.add_subplot(grid[2 * r, c])
-        bottom = fig.add_subplot(grid[2 * r + 1, c], sharex=top)
-        x = np.arange(len(frame))
-        tested = np.isfinite(frame["p_value"]).to_numpy()
-        significant = (frame["p_value"] < alpha).to_numpy()
-        positive = (frame["asymmetry"] > 0).to_numpy()
-        kinds = [significant & positive, significant & ~positive, tested & ~significant, ~tested]
-        control = (frame["role"] == "control").to_numpy()
-        for (label, colour, marker), mask in zip(categories, kinds, strict=True):
-            for hollow in (False, True):
-                chosen = mask & (control == hollow)
-                if not chosen.any():
-                    continue
-                effect, low, high = (frame[v].to_numpy()[chosen]
-                                     for v in ("effect_size", "effect_ci_low", "effect_ci_high"))  # fmt: skip
-                shown = np.isfinite(low) & np.isfinite(high)
-                if shown.any():
-                    top.vlines(x[chosen][shown], low[shown], high[shown], color=colour,
-                               linewidth=0.6, alpha=0.9)  # fmt: skip
-                above, below = effect > span[1] + pad, effect < span[0] - pad
-                inside = ~(above | below)
-                top.plot(
-                    x[chosen][inside],
-                    effect[inside],
-                    "D" if hollow else marker,
-                    color=colour,
-                    markerfacecolor="white" if hollow else colour,
-                    markeredgewidth=0.9,
-                    markersize=3.4 if hollow or colour != GREY else 2.6,
-                    linestyle="none",
-                    label=label if not hollow and label not in legend_done else None,
-                )
-                for outside, edge, arrow in ((above, span[1] + 0.6 * pad, "^"),
-                                             (below, span[0] - 0.6 * pad, "v")):  # fmt: skip
-                    if outside.any():
-                        clipped += int(outside.sum())
-                        top.plot(x[chosen][outside], np.full(outside.sum(), edge), arrow,
-                                 color=colour, markerfacecolor="white", markersize=4,
-                                 linestyle="none")  # fmt: skip
-                if not hollow:
-                    legend_done.add(label)
-                else:
-                    any_control = True
-        top.axhline(0, color="black", linewidth=0.6)
-        top.set_ylim(span[0] - pad, span[1] + pad)
-        top.set_ylabel("effect size d_z")
-        n_counted, n_control = int((~control).sum()), int(control.sum())
-        top.set_title(
-            f"pair {pair}: {plural(n_counted, 'counted specification')}, "
-            f"{plural(n_control, 'control')}"
-        )
-        top.tick_params(labelbottom=False)
-        target = _curve_preferred(stats, pair, preferred)
-        is_preferred = (
-            (frame["construction"] == target[0])
-            & (frame["cutoff"] == target[1])
-            & (frame["normalisation"] == target[2])
-        ).to_numpy()
-        rank = None
-        if is_preferred.any():
-            rank = int(np.flatnonzero(is_preferred)[0])
-            for axis in (top, bottom):
-                axis.axvspan(
-                    rank - 0.5, rank + 0.5, color=OKABE_ITO["orange"], alpha=0.35, linewidth=0
-                )
-            label = "preferred specification"
-            top.plot([rank], [span[1] + pad * 0.4], marker="v", color="black", markersize=6,
-                     linestyle="none", label=label if label not in legend_done else None)  # fmt: skip
-            legend_done.add(label)
-        for y, (dim, label) in enumerate(rows):
-            if label is None:
-                continue
-            used = (frame[dim] == label).to_numpy()
-            bottom.plot(
-                x[used],
-                np.full(used.sum(), y),
-                "|",
-                color="black",
-                markersize=4,
-                markeredgewidth=0.8,
-            )
-        bottom.set_yticks(
-            range(len(rows)), [label if label else dim.upper() for dim, label in rows]
-        )
-        for tick, (_, label) in zip(bottom.get_yticklabels(), rows, strict=True):
-            if label is None:
-                tick.set_fontweight("bold")
-        bottom.set_ylim(len(rows) - 0.5, -0.5)
-        bottom.set_xlim(-1, len(frame))
-        bottom.set_xlabel("specifications, sorted by effect size")
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-        bottom.tick_params(axis="y", labelsize=7, length=0)
-        n_read = int((kinds[0] & ~control).sum())
-        n_write = int((kinds[1] & ~control).sum())
-        if rank is None:
-            where = "the preferred specification is not among them"
-        else:
-            same = (
-                ""
-                if target == tuple(preferred)
-                else f" (drawn as {'/'.join(target)}, which it equals)"
-            )
-            where = f"the preferred specification {'/'.join(preferred)}{same} ranks {ordinal(rank + 1)} of {len(frame)}"
-        untested = " no test: too few layers;" if not tested.any() else ""
-        alt_parts.append(
-            f"Pair {pair}: {plural(n_counted, 'counted specification')} and "
-            f"{plural(n_control, 'control')} with effect "
-            f"sizes from {frame['effect_size'].min():+.2f} to {frame['effect_size'].max():+.2f};{untested} "
-            f"{n_read} counted significant with read > write, {n_write} with write > read; {where}."
-        )
-    handles, labels = _legend_handles(fig)
-    if any_control:
-        handles.append(Line2D([], [], marker="D", color=GREY, markerfacecolor="white",
-                              linestyle="none", markersize=3.4))  # fmt: skip
-        labels.append("control, not counted (hollow; coloured as above)")
-    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=7)
-    alt = "Specification curve. " + " ".join(alt_parts)
-    caption = (
-        "Specification curve (Simonsohn, Simmons & Nelson 2020). Top: every counted specification's "
-        "effect size (Hedges-corrected d_z of the per-layer read − write differences against the "
-        "reference) with its interval from the EWC statistic, sorted; blue circles are significant "
-        "with read > write, vermillion squares with write > read (two-sided EWC p < "
-        f"{alpha:g}), grey dots are not significant. Hollow diamonds are the controls (random, "
-        "weight_svd): shown, not counted in the joint tests. Duplicates (equal on the statistics' "
-        "scale to a specification drawn) are left out. Bottom: the analytic choices of each "
-        "specification (one tick per choice used). The shaded column and the triangle mark the "
-        "paper's preferred specification. The vertical scale is the counted specifications'"
-        + (
-            f"; {plural(clipped, 'point')} beyond it (controls, usually) are drawn at the edge as "
-            "hollow arrows pointing the way they lie."
-            if clipped
-            else "."
-        )
-    )
-    return finish(fig, "fig-spec-curve", alt, caption)
-
-
-def _curve_preferred(stats: xr.Dataset, pair, preferred) -> tuple[str, str, str]:
-    """Where the curve draws the preferred specification: itself, or the one it duplicates."""
-    role, text = spec_roles(stats, pair).get(tuple(preferred), ("", ""))
-    return tuple(text[2:].split("/")) if role == "duplicate" else tuple(preferred)
-
-
-def _legend_handles(fig):
-    handles, labels = [], []
-    for axis in fig.axes:
-        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    return handles, labels
 
 
 # ----------------------------------------------------------------------- rsf against the cutoff
@@ -280,6 +59,51 @@ def _k_range(ks: np.ndarray) -> str:
     return f"{low:.0f}" if low == high else f"{low:.0f}–{high:.0f}"
 
 
+@dataclass
+class CutoffFigure:
+    """What every panel of the probe against the cutoff shares: the dataset, the scale, the two sets.
+
+    `sets` maps ``read`` and ``write`` to the columns of their matrices in the
+    dataset's ``matrix`` dimension; `pathways` each matrix's pathway.
+    """
+
+    results: xr.Dataset
+    normalisation: str
+    read: list[str]
+    write: list[str]
+    confidence_level: float
+    matrices: list[str] = field(init=False)
+    pathways: dict[str, str] = field(init=False)
+    sets: dict[str, list[int]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.matrices = [str(m) for m in self.results.matrix.values]
+        self.pathways = dict(
+            zip(self.matrices, (str(p) for p in self.results.pathway.values), strict=True)
+        )
+        self.sets = {
+            name: [self.matrices.index(m) for m in members if m in self.matrices]
+            for name, members in (("read", self.read), ("write", self.write))
+        }
+
+
+@dataclass(frozen=True)
+class CutoffPanel:
+    """One construction and pair: the probe per layer, matrix and cutoff, and the ranks chosen.
+
+    `values` are on the statistics' scale, `ks` the ranks (NaN: undefined),
+    both ``[layer, matrix, cutoff]`` over the pair's own layers; `order` holds
+    the defined cutoffs' indices, by their median k over layers and matrices.
+    """
+
+    construction: str
+    pair: object
+    n_layers: int
+    values: np.ndarray
+    ks: np.ndarray
+    order: np.ndarray
+
+
 def rsf_by_cutoff(
     results: xr.Dataset,
     pairs,
@@ -290,99 +114,132 @@ def rsf_by_cutoff(
     confidence_level: float = 0.95,
 ) -> SvgFigure | None:
     """The probe against the rank cutoff, per matrix and per pathway set, with sequence-bootstrap bands."""
-    matrices = [str(m) for m in results.matrix.values]
-    pathways = dict(zip(matrices, (str(p) for p in results.pathway.values), strict=True))
-    read_idx = [matrices.index(m) for m in read if m in matrices]
-    write_idx = [matrices.index(m) for m in write if m in matrices]
+    spec = CutoffFigure(results, normalisation, read, write, confidence_level)
     panels = [(c, p) for c in constructions for p in pairs]
-    if not panels or not read_idx or not write_idx:
+    if not panels or not spec.sets["read"] or not spec.sets["write"]:
         return None
     cols = len(pairs)
     fig = figure(min(4.2 * cols, 11) + 0.4, 2.8 * len(constructions) + 0.4)
     axes = fig.subplots(len(constructions), cols, squeeze=False, sharey="row")
-    tail = 100 * (1 - confidence_level) / 2
-    boot = "rsf_boot" in results
     banded, alt_parts = [], []
     for (construction, pair), axis in zip(panels, axes.ravel(), strict=True):
-        n_layers = layer_count(results, pair)
-        cell = results.rsf.sel(pair=pair, construction=construction, normalisation=normalisation)
-        values = probe_scale(
-            cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values,
-            normalisation,
-        )
-        ks = results.k.sel(pair=pair, construction=construction).isel(layer=slice(0, n_layers))
-        ks = ks.transpose("layer", "matrix", "cutoff").values.astype(float)
-        ks[ks < 0] = np.nan
-        with quiet_nan():
-            median_k = np.nanmedian(ks.reshape(-1, ks.shape[-1]), axis=0)
-        defined = np.flatnonzero(np.isfinite(median_k) & np.isfinite(values).any(axis=(0, 1)))
-        order = defined[np.argsort(median_k[defined], kind="stable")]
-        if not order.size:
+        panel = _cutoff_panel(spec, construction, pair)
+        if not panel.order.size:
             axis.set_title(f"{construction}, pair {pair}: no defined cutoff")
             axis.set_axis_off()
             continue
-        x = np.arange(order.size)
-        labels = [
-            f"{results.cutoff.values[i]}\nread k {_k_range(ks[:, read_idx, i])}"
-            f"\nwrite k {_k_range(ks[:, write_idx, i])}"
-            for i in order
-        ]
-        for m, matrix in enumerate(matrices):
-            if m not in read_idx + write_idx:
-                continue
-            with quiet_nan():
-                line = np.nanmean(values[:, m, order], axis=0)
-            axis.plot(x, line, marker=MATRIX_MARKERS.get(matrix, "o"), markersize=3, linewidth=0.7,
-                      color=PATHWAY_COLOURS[pathways[matrix]], alpha=0.45,
-                      linestyle="-" if pathways[matrix] == "read" else "--")  # fmt: skip
+        x = np.arange(panel.order.size)
+        _draw_matrix_lines(axis, x, spec, panel)
         summary = {}
-        for name, columns in (("read", read_idx), ("write", write_idx)):
-            colour = PATHWAY_COLOURS[name]
-            mean = _set_mean(values, columns)[order]
-            summary[name] = mean
-            axis.plot(x, mean, color=colour, linewidth=2.2, marker=MARKERS[0] if name == "read" else "s",
-                      markersize=4, label=f"{name} set mean ({', '.join(read if name == 'read' else write)})")  # fmt: skip
-            if boot:
-                replicates = results.rsf_boot.sel(
-                    pair=pair, construction=construction, normalisation=normalisation
-                )
-                replicates = replicates.isel(layer=slice(0, n_layers)).transpose(
-                    "replicate", "layer", "matrix", "cutoff"
-                )
-                draws = _set_mean(probe_scale(replicates.values, normalisation), columns)[:, order]
-                with quiet_nan():
-                    low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
-                if np.nanmax(high - low, initial=0.0) > 0:
-                    axis.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-                    banded.append(construction)
+        for name in ("read", "write"):
+            summary[name], has_band = _draw_set(axis, x, spec, panel, name)
+            if has_band:
+                banded.append(construction)
         reference = reference_level(normalisation)
         if reference is not None:
             axis.axhline(reference, color="black", linewidth=0.6, linestyle=":")
-        axis.set_xticks(x, labels, fontsize=7)
+        axis.set_xticks(x, _cutoff_labels(spec, panel), fontsize=7)
         axis.set_title(f"{construction} · pair {pair}")
         axis.set_ylabel(scale_label(normalisation))
         gaps = summary["read"] - summary["write"]
         alt_parts.append(
             f"{construction}, pair {pair}: read-set minus write-set mean from {np.nanmin(gaps):+.2f} to "
-            f"{np.nanmax(gaps):+.2f} over {order.size} cutoffs"
+            f"{np.nanmax(gaps):+.2f} over {panel.order.size} cutoffs"
         )
     axes.ravel()[0].legend(loc="best", fontsize=7)
+    alt = "The probe against the rank cutoff. " + "; ".join(alt_parts) + "."
+    return finish(fig, "fig-rsf-cutoff", alt, _cutoff_caption(spec, banded))
+
+
+def _cutoff_panel(spec: CutoffFigure, construction: str, pair) -> CutoffPanel:
+    """The panel's probe values and chosen ranks, and its defined cutoffs in order of median k."""
+    results, normalisation = spec.results, spec.normalisation
+    n_layers = layer_count(results, pair)
+    cell = results.rsf.sel(pair=pair, construction=construction, normalisation=normalisation)
+    values = probe_scale(
+        cell.isel(layer=slice(0, n_layers)).transpose("layer", "matrix", "cutoff").values,
+        normalisation,
+    )
+    ks = results.k.sel(pair=pair, construction=construction).isel(layer=slice(0, n_layers))
+    ks = ks.transpose("layer", "matrix", "cutoff").values.astype(float)
+    ks[ks < 0] = np.nan
+    with quiet_nan():
+        median_k = np.nanmedian(ks.reshape(-1, ks.shape[-1]), axis=0)
+    defined = np.flatnonzero(np.isfinite(median_k) & np.isfinite(values).any(axis=(0, 1)))
+    order = defined[np.argsort(median_k[defined], kind="stable")]
+    return CutoffPanel(construction, pair, n_layers, values, ks, order)
+
+
+def _cutoff_labels(spec: CutoffFigure, panel: CutoffPanel) -> list[str]:
+    """Each cutoff's name over the ranges of k the read and the write matrices chose."""
+    read_idx, write_idx = spec.sets["read"], spec.sets["write"]
+    return [
+        f"{spec.results.cutoff.values[i]}\nread k {_k_range(panel.ks[:, read_idx, i])}"
+        f"\nwrite k {_k_range(panel.ks[:, write_idx, i])}"
+        for i in panel.order
+    ]
+
+
+def _draw_matrix_lines(axis, x, spec: CutoffFigure, panel: CutoffPanel) -> None:
+    """Thin lines, one per matrix of the two sets (layer mean): read solid, write dashed."""
+    for m, matrix in enumerate(spec.matrices):
+        if m not in spec.sets["read"] + spec.sets["write"]:
+            continue
+        with quiet_nan():
+            line = np.nanmean(panel.values[:, m, panel.order], axis=0)
+        pathway = spec.pathways[matrix]
+        axis.plot(x, line, marker=MATRIX_MARKERS.get(matrix, "o"), markersize=3, linewidth=0.7,
+                  color=PATHWAY_COLOURS[pathway], alpha=0.45,
+                  linestyle="-" if pathway == "read" else "--")  # fmt: skip
+
+
+def _draw_set(
+    axis, x, spec: CutoffFigure, panel: CutoffPanel, name: str
+) -> tuple[np.ndarray, bool]:
+    """A set's mean (thick line) with its sequence-bootstrap band; the mean, and whether a band was drawn.
+
+    A construction that does not depend on the corpus does not move across
+    replicates: its band has no width and is not drawn.
+    """
+    colour, columns = PATHWAY_COLOURS[name], spec.sets[name]
+    mean = _set_mean(panel.values, columns)[panel.order]
+    members = spec.read if name == "read" else spec.write
+    axis.plot(x, mean, color=colour, linewidth=2.2, marker=MARKERS[0] if name == "read" else "s",
+              markersize=4, label=f"{name} set mean ({', '.join(members)})")  # fmt: skip
+    if "rsf_boot" not in spec.results:
+        return mean, False
+    replicates = spec.results.rsf_boot.sel(
+        pair=panel.pair, construction=panel.construction, normalisation=spec.normalisation
+    )
+    replicates = replicates.isel(layer=slice(0, panel.n_layers)).transpose(
+        "replicate", "layer", "matrix", "cutoff"
+    )
+    draws = _set_mean(probe_scale(replicates.values, spec.normalisation), columns)[:, panel.order]
+    tail = 100 * (1 - spec.confidence_level) / 2
+    with quiet_nan():
+        low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
+    if np.nanmax(high - low, initial=0.0) > 0:
+        axis.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
+        return mean, True
+    return mean, False
+
+
+def _cutoff_caption(spec: CutoffFigure, banded: list[str]) -> str:
+    """The caption: how the panels are drawn, and what the bands are (or why there are none)."""
     band_text = (
-        f"Shaded bands: {int(confidence_level * 100)}% percentile intervals over the sweep's sequence-bootstrap "
-        f"replicates ({results.sizes.get('replicate', 0)}), for the constructions that depend on the corpus "
+        f"Shaded bands: {int(spec.confidence_level * 100)}% percentile intervals over the sweep's sequence-bootstrap "
+        f"replicates ({spec.results.sizes.get('replicate', 0)}), for the constructions that depend on the corpus "
         f"({', '.join(sorted(set(banded)))}); the others do not move across replicates."
         if banded
         else "No bands: the sweep was run without --bootstrap, or none of these constructions depends on the corpus."
     )
-    caption = (
-        f"The probe ({scale_label(normalisation)}, layer mean) against the rank cutoff, cutoffs ordered by "
+    return (
+        f"The probe ({scale_label(spec.normalisation)}, layer mean) against the rank cutoff, cutoffs ordered by "
         "their median k over layers and matrices; under each, the range of k the read and the write "
         "matrices chose over layers (a spectral cutoff may choose very different ranks for the two "
         "pathways). Thin lines: single matrices (read solid, write dashed); "
         f"thick lines: the read-set and write-set means the asymmetry compares. {band_text}"
     )
-    alt = "The probe against the rank cutoff. " + "; ".join(alt_parts) + "."
-    return finish(fig, "fig-rsf-cutoff", alt, caption)
 
 
 # ----------------------------------------------------------------------- heatmaps
@@ -551,6 +408,3 @@ def variance_shares(shares: dict[str, dict[str, float]], terms: list[str]) -> Sv
         "the rest (the three-way interaction)."
     )
     return finish(fig, "fig-variance", "Variance decomposition. " + "; ".join(parts) + ".", caption)
-
-
-# ----------------------------------------------------------------------- trajectory

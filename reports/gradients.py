@@ -17,7 +17,7 @@ import xarray as xr
 from markupsafe import Markup
 
 from . import formatting as fmt
-from .plotting import MARKERS, SERIES, band, errorbar, figure, finish
+from .plotting import MARKERS, SERIES, SvgFigure, band, errorbar, figure, finish
 from .registry import register_section
 from .render import figure_and_table
 from .tables import Column, Row, Table
@@ -39,10 +39,23 @@ def gradients_section(ctx, source) -> Markup:
 
 def _by_layer(ds: xr.Dataset) -> Markup:
     """One model: per layer, as the section has always shown it."""
-    has_ci = "mean_entropy_rank_ci_low" in ds
     cutoff = str(ds.cutoff.values[0])
     objectives = [str(o) for o in ds.objective.values]
-    sites = [str(s) for s in ds.site.values]
+    intro = (
+        "An update is a sum of outer products δ_t a_tᵀ. Read matrices take their residual-side "
+        "structure from the inputs a_t (attn_in, mlp_in), write matrices from the gradients δ_t "
+        "flowing into the residual stream (o_out, down_out). Lower effective rank means more "
+        "anisotropic; a prediction ratio above 1 means δ_t leans into the unembedding's top "
+        f"directions. Model {ds.attrs.get('model_id', '')}, objectives {', '.join(objectives)}."
+    )
+    return figure_and_table(
+        intro, _layer_chart(ds, cutoff, objectives), _layer_table(ds, cutoff, objectives)
+    )
+
+
+def _layer_chart(ds: xr.Dataset, cutoff: str, objectives: list[str]) -> SvgFigure:
+    """Per layer, δ_t's entropy effective rank and prediction-subspace ratio at o and down's outputs."""
+    has_ci = "mean_entropy_rank_ci_low" in ds
     fig = figure(7.2, 2.8)
     axes = fig.subplots(1, 2, sharex=True)
     for axis, measure, label in (
@@ -71,7 +84,7 @@ def _by_layer(ds: xr.Dataset) -> Markup:
         for o in objectives
         for s in ("o_out", "down_out")
     )
-    chart = finish(
+    return finish(
         fig,
         "fig-gradients",
         alt,
@@ -79,6 +92,11 @@ def _by_layer(ds: xr.Dataset) -> Markup:
         f"the share of δ_t's energy in the top-{int(ds.k.sel(cutoff=cutoff))} prediction directions over "
         f"k/d (1 = isotropic), with {fmt.level_percent(ds)}% bootstrap intervals over sequence chunks.",
     )
+
+
+def _layer_table(ds: xr.Dataset, cutoff: str, objectives: list[str]) -> Table:
+    """Layer means per objective and site, with their intervals and the paired contrast."""
+    has_ci = "mean_entropy_rank_ci_low" in ds
     columns = [Column("objective", "objective", numeric=False), Column("site", "site", numeric=False),
                Column("vector", "vector", numeric=False)]  # fmt: skip
     numbers = [
@@ -93,7 +111,7 @@ def _by_layer(ds: xr.Dataset) -> Markup:
         columns.append(Column(f"{name}_contrast", f"Δ vs {objectives[0]}"))
     rows = []
     for objective in objectives:
-        for site in sites:
+        for site in (str(s) for s in ds.site.values):
             cells = {"objective": fmt.text(objective), "site": fmt.text(site),
                      "vector": fmt.text(str(ds.vector.sel(site=site).values))}  # fmt: skip
             for name, _ in numbers:
@@ -106,7 +124,7 @@ def _by_layer(ds: xr.Dataset) -> Markup:
                     cells[f"{name}_high"] = fmt.rank(ds[f"mean_{name}_ci_high"].sel(**sel))
                 cells[f"{name}_contrast"] = fmt.signed(ds[f"contrast_{name}"].sel(**sel))
             rows.append(Row(f"{objective}|{site}", cells))
-    table = Table(
+    return Table(
         "gradients-table",
         f"Layer means (d = {ds.attrs.get('d_model')}) per objective and site, with {fmt.level_percent(ds)}% percentile "
         f"intervals, and the paired difference from {objectives[0]}",
@@ -114,14 +132,6 @@ def _by_layer(ds: xr.Dataset) -> Markup:
         tuple(rows),
         scroll=True,
     )
-    intro = (
-        "An update is a sum of outer products δ_t a_tᵀ. Read matrices take their residual-side "
-        "structure from the inputs a_t (attn_in, mlp_in), write matrices from the gradients δ_t "
-        "flowing into the residual stream (o_out, down_out). Lower effective rank means more "
-        "anisotropic; a prediction ratio above 1 means δ_t leans into the unembedding's top "
-        f"directions. Model {ds.attrs.get('model_id', '')}, objectives {', '.join(objectives)}."
-    )
-    return figure_and_table(intro, chart, table)
 
 
 def training_positions(ds: xr.Dataset) -> tuple[np.ndarray, list[float]]:

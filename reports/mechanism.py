@@ -15,7 +15,7 @@ import xarray as xr
 from markupsafe import Markup
 
 from . import formatting as fmt
-from .plotting import MARKERS, OKABE_ITO, errorbar, figure, finish, scale_label
+from .plotting import MARKERS, OKABE_ITO, SvgFigure, errorbar, figure, finish, scale_label
 from .registry import register_section
 from .render import figure_and_table
 from .tables import Column, Row, Table
@@ -113,6 +113,22 @@ def trajectory_section(ctx, source) -> Markup:
 def contrastive_section(ctx, source) -> Markup:
     ds = source.dataset
     spec = {"cutoff": str(ds.cutoff.values[0]), "normalisation": str(ds.normalisation.values[0])}
+    intro = (
+        "Variants of one base trained with the same data, steps and seed, differing only in the "
+        "objective's mix of cross-entropy on the chosen continuation (λ = 0) and DPO (λ = 1). If the "
+        "asymmetry comes from the contrastive objective's gradients, it and the gradients' anisotropy "
+        "should move together with λ."
+    )
+    return figure_and_table(
+        intro,
+        _contrastive_chart(ds, spec),
+        _contrastive_trends(ds, spec),
+        _contrastive_variants(ds, spec),
+    )
+
+
+def _contrastive_chart(ds: xr.Dataset, spec: dict) -> SvgFigure:
+    """Against λ: read, write and their difference (left); the effective rank of δ_t (right)."""
     lams = ds.lam.values
     fig = figure(7.2, 2.8)
     axes = fig.subplots(1, 2)
@@ -146,10 +162,14 @@ def contrastive_section(ctx, source) -> Markup:
         f"λ={float(l):g} asymmetry {float(a):+.3f}, δ rank {float(r):.2f}"
         for l, a, r in zip(lams, ds.paper_asymmetry.sel(**spec).values, value, strict=True)
     )
-    chart = finish(fig, "fig-contrastive", alt,
-                     f"Left: read RSF, write RSF and their difference per variant ({spec['cutoff']}, {spec['normalisation']}), "
-                     f"with {fmt.level_percent(ds)}% EWC intervals over layers (dependence-robust). Right: the effective rank of L_λ's gradients δ_t on "
-                     "the base at the write sites, with bootstrap intervals.")  # fmt: skip
+    return finish(fig, "fig-contrastive", alt,
+                  f"Left: read RSF, write RSF and their difference per variant ({spec['cutoff']}, {spec['normalisation']}), "
+                  f"with {fmt.level_percent(ds)}% EWC intervals over layers (dependence-robust). Right: the effective rank of L_λ's gradients δ_t on "
+                  "the base at the write sites, with bootstrap intervals.")  # fmt: skip
+
+
+def _contrastive_trends(ds: xr.Dataset, spec: dict) -> Table:
+    """The trend of each quantity against λ, for those the dataset has."""
     wanted = [
         f"{q}[{spec['cutoff']},{spec['normalisation']}]"
         for q in ("read_rsf", "write_rsf", "asymmetry")
@@ -166,7 +186,7 @@ def contrastive_section(ctx, source) -> Markup:
             "p_perm": fmt.p_value(row.trend_p_permutation) if "trend_p_permutation" in ds else fmt.text(""),
             "rho": fmt.effect(row.trend_spearman), "page": fmt.p_value(row.trend_page_p),
         }))  # fmt: skip
-    trends = Table(
+    return Table(
         "contrastive-trends",
         "Trend against λ: fixed-effects slope per unit λ (the mean of the layers' own slopes) with its "
         "EWC interval and p over layers (dependence-robust), the within-layer permutation p (assumes "
@@ -183,7 +203,11 @@ def contrastive_section(ctx, source) -> Markup:
         ),  # fmt: skip
         tuple(rows),
     )
-    per_lam = Table(
+
+
+def _contrastive_variants(ds: xr.Dataset, spec: dict) -> Table:
+    """One row per variant: λ, read, write, the asymmetry with its interval, δ_t's entropy rank."""
+    return Table(
         "contrastive-table",
         "Per variant",
         (
@@ -211,13 +235,6 @@ def contrastive_section(ctx, source) -> Markup:
             for label in ds.lam_label.values
         ),
     )
-    intro = (
-        "Variants of one base trained with the same data, steps and seed, differing only in the "
-        "objective's mix of cross-entropy on the chosen continuation (λ = 0) and DPO (λ = 1). If the "
-        "asymmetry comes from the contrastive objective's gradients, it and the gradients' anisotropy "
-        "should move together with λ."
-    )
-    return figure_and_table(intro, chart, trends, per_lam)
 
 
 # ----------------------------------------------------------------------- rank1

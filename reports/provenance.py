@@ -125,8 +125,29 @@ CORPUS_FIELDS = {  # results.nc attributes (robustness.io.provenance) and how th
 }
 
 
+# The models table's fields (pairs' provenance in results.nc) and how the table names them.
+MODEL_FIELDS = (
+    ("base_id", "base model"), ("base_revision", "base revision"), ("base_commit", "base commit"),
+    ("base_hash", "base weights"), ("aligned_id", "aligned model"),
+    ("aligned_revision", "aligned revision"), ("aligned_commit", "aligned commit"),
+    ("aligned_hash", "aligned weights"), ("model_type", "family"), ("n_layers", "layers"),
+    ("d_model", "d"), ("n_heads", "heads"), ("n_kv_heads", "kv heads"), ("tied_embeddings", "tied embeddings"),
+)  # fmt: skip
+
+
 def provenance_tables(ctx: ReportContext) -> list[Table]:
-    files = Table(
+    """The data files, where each was made, the corpus (when recorded) and the models compared."""
+    corpus = _corpus_table(ctx)
+    return [
+        _files_table(ctx),
+        _environment_table(ctx),
+        *([corpus] if corpus.rows else []),
+        _models_table(ctx),
+    ]
+
+
+def _files_table(ctx: ReportContext) -> Table:
+    return Table(
         "data-files",
         "The data files this report was made from (SHA-256 of the file's bytes)",
         (
@@ -150,7 +171,10 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
             for s in ctx.inputs.sources
         ),
     )
-    environment = Table(
+
+
+def _environment_table(ctx: ReportContext) -> Table:
+    return Table(
         "environment",
         "Where each data file was made: the tool's commit, torch's build, threads, the command",
         (
@@ -174,8 +198,12 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
             for s in ctx.inputs.sources
         ),
     )
+
+
+def _corpus_table(ctx: ReportContext) -> Table:
+    """The corpus fields results.nc records (none: a table without rows, which is left out)."""
     corpus_keys = [k for k in CORPUS_FIELDS if k in ctx.results.attrs]
-    corpus = Table(
+    return Table(
         "corpus",
         "The corpus the activations were measured on",
         (Column("field", "field", numeric=False), Column("value", "value", numeric=False, breaks=True)),
@@ -185,14 +213,11 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
             if k in corpus_keys
         ),
     )  # fmt: skip
-    fields = [
-        ("base_id", "base model"), ("base_revision", "base revision"), ("base_commit", "base commit"),
-        ("base_hash", "base weights"), ("aligned_id", "aligned model"),
-        ("aligned_revision", "aligned revision"), ("aligned_commit", "aligned commit"),
-        ("aligned_hash", "aligned weights"), ("model_type", "family"), ("n_layers", "layers"),
-        ("d_model", "d"), ("n_heads", "heads"), ("n_kv_heads", "kv heads"), ("tied_embeddings", "tied embeddings"),
-    ]  # fmt: skip
-    fields = [(k, label) for k, label in fields if k in ctx.results]
+
+
+def _models_table(ctx: ReportContext) -> Table:
+    """One row per pair: its models, revisions, commits, weight hashes, shape and storage."""
+    fields = [(k, label) for k, label in MODEL_FIELDS if k in ctx.results]
     if "quantisation" in ctx.results:
         fields += [("base_storage", "base stored as"), ("aligned_storage", "aligned stored as")]
     rows = []
@@ -205,7 +230,7 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
             v = ctx.provenance(pair, key)
             cells[key] = fmt.text(("yes" if v else "no") if key == "tied_embeddings" else v)
         rows.append(Row(pair, cells))
-    models = Table(
+    return Table(
         "models",
         "The models compared, with content hashes of their weights",
         (
@@ -214,7 +239,6 @@ def provenance_tables(ctx: ReportContext) -> list[Table]:
         ),
         tuple(rows),
     )
-    return [files, environment, *([corpus] if corpus.rows else []), models]
 
 
 def storage_summary(results, pair, side: str) -> str:

@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 INTERVAL = "interval over layers, EWC (dependence-robust)"
+# The preferred specification's own numbers, per pair (the rest come from the joint tests).
+PER_SPEC = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_signflip",
+            "effect_size", "lag1_autocorrelation", "effective_layers")  # fmt: skip
 
 
 # ----------------------------------------------------------------------- (a) verdict
@@ -58,8 +61,30 @@ def sequence_method(stats: xr.Dataset) -> str:
 
 
 def verdict_table(ctx: ReportContext) -> Table:
-    stats = ctx.stats
-    c, k, n = ctx.preferred
+    """The numbers behind the verdict: one row per quantity, one column per pair."""
+    quantities = _verdict_quantities(ctx)
+    values = {pair: _verdict_numbers(ctx, pair) for pair in ctx.pairs}
+    columns = (
+        Column("quantity", "quantity", numeric=False),
+        *(Column(f"pair:{p}", f"pair {p}") for p in ctx.pairs),
+    )
+    table_rows = []
+    for key, label, rule in quantities:
+        cells = {"quantity": fmt.text(label)}
+        for pair in ctx.pairs:
+            cells[f"pair:{pair}"] = rule(values[pair].get(key))
+        table_rows.append(Row(key, cells))
+    return Table(
+        "verdict-table",
+        "The numbers behind the verdict, one column per pair; the joint tests are over the counted "
+        "specifications (controls and duplicates shown in (b), not counted)",
+        columns,
+        tuple(table_rows),
+    )
+
+
+def _verdict_quantities(ctx: ReportContext) -> list[tuple[str, str, Callable]]:
+    """The verdict table's rows in order: key, label and how the number is shown."""
     level = int(round(ctx.confidence_level * 100))
     scale = ctx.preferred_as(ctx.pairs[0])[2]
     rows: list[tuple[str, str, Callable]] = [
@@ -72,8 +97,8 @@ def verdict_table(ctx: ReportContext) -> Table:
         ("ci_low", f"… {level}% {INTERVAL}, low", fmt.signed),
         ("ci_high", f"… {level}% {INTERVAL}, high", fmt.signed),
     ]
-    if "seq_ci_low" in stats:
-        method = sequence_method(stats)
+    if "seq_ci_low" in ctx.stats:
+        method = sequence_method(ctx.stats)
         rows += [
             ("seq_ci_low", f"… {level}% interval, low (sequence bootstrap, {method})", fmt.signed),
             (
@@ -104,55 +129,42 @@ def verdict_table(ctx: ReportContext) -> Table:
         ("n_layers", "layers", fmt.integer),
         ("projections", "cosine projections K (the EWC test's degrees of freedom)", fmt.integer),
     ]  # fmt: skip
-    values: dict[str, dict[str, float]] = {}
-    per_spec = ("asymmetry", "reference", "ci_low", "ci_high", "p_value", "p_signflip",
-                "effect_size", "lag1_autocorrelation", "effective_layers")  # fmt: skip
-    for pair in ctx.pairs:
-        cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
-        row = {name: float(cell[name]) for name in per_spec}
-        if "seq_ci_low" in stats:
-            row.update(seq_ci_low=float(cell.seq_ci_low), seq_ci_high=float(cell.seq_ci_high))
-        roles = spec_roles(stats, pair)
-        scale = ctx.preferred_as(pair)[2]  # the preferred's normalisation, or the one it equals
-        same_scale = np.array([
-            float(stats.asymmetry.sel(pair=pair, construction=s[0], cutoff=s[1], normalisation=s[2]))
-            for s, (role, _) in roles.items() if role == "counted" and s[2] == scale
-        ])  # fmt: skip
-        if same_scale.size:
-            row["median_asymmetry"] = float(np.median(same_scale))
-            row["quartile_low"], row["quartile_high"] = (
-                float(q) for q in np.percentile(same_scale, [25, 75])
-            )
-        info = ctx.per_pair.get(pair, {})
-        row.update({
-            key: float(v) for key, v in info.get("joint", {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        })  # fmt: skip
-        expected = info.get("expected_share", {})
-        for key in ("under_null", "under_median_effect"):
-            if key in expected:
-                row[key] = float(expected[key])
-        row["n_layers"] = float(info.get("n_layers", ctx.n_layers(pair)))
-        if "projections" in info:
-            row["projections"] = float(info["projections"])
-        values[pair] = row
-    columns = (
-        Column("quantity", "quantity", numeric=False),
-        *(Column(f"pair:{p}", f"pair {p}") for p in ctx.pairs),
-    )
-    table_rows = []
-    for key, label, rule in rows:
-        cells = {"quantity": fmt.text(label)}
-        for pair in ctx.pairs:
-            cells[f"pair:{pair}"] = rule(values[pair].get(key))
-        table_rows.append(Row(key, cells))
-    return Table(
-        "verdict-table",
-        "The numbers behind the verdict, one column per pair; the joint tests are over the counted "
-        "specifications (controls and duplicates shown in (b), not counted)",
-        columns,
-        tuple(table_rows),
-    )
+    return rows
+
+
+def _verdict_numbers(ctx: ReportContext, pair) -> dict[str, float]:
+    """One pair's column: the preferred specification's tests, the spread of the counted
+    specifications on its scale, the joint tests and the layers."""
+    stats = ctx.stats
+    c, k, n = ctx.preferred
+    cell = stats.sel(pair=pair, construction=c, cutoff=k, normalisation=n)
+    row = {name: float(cell[name]) for name in PER_SPEC}
+    if "seq_ci_low" in stats:
+        row.update(seq_ci_low=float(cell.seq_ci_low), seq_ci_high=float(cell.seq_ci_high))
+    roles = spec_roles(stats, pair)
+    scale = ctx.preferred_as(pair)[2]  # the preferred's normalisation, or the one it equals
+    same_scale = np.array([
+        float(stats.asymmetry.sel(pair=pair, construction=s[0], cutoff=s[1], normalisation=s[2]))
+        for s, (role, _) in roles.items() if role == "counted" and s[2] == scale
+    ])  # fmt: skip
+    if same_scale.size:
+        row["median_asymmetry"] = float(np.median(same_scale))
+        row["quartile_low"], row["quartile_high"] = (
+            float(q) for q in np.percentile(same_scale, [25, 75])
+        )
+    info = ctx.per_pair.get(pair, {})
+    row.update({
+        key: float(v) for key, v in info.get("joint", {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    })  # fmt: skip
+    expected = info.get("expected_share", {})
+    for key in ("under_null", "under_median_effect"):
+        if key in expected:
+            row[key] = float(expected[key])
+    row["n_layers"] = float(info.get("n_layers", ctx.n_layers(pair)))
+    if "projections" in info:
+        row["projections"] = float(info["projections"])
+    return row
 
 
 def _relation(text: str) -> str:
