@@ -3,7 +3,7 @@
     python -m benchmarks.spectra [--dims 576,768,2048,4096] [--ks 8,64,256] [--budget 3]
 
 For each width ``d`` one replicate's activation covariance is built the way
-the sweep builds it (``robustness.resampling``: 32 chunks of consecutive
+the sweep builds it (``robustness.measure.resampling``: 32 chunks of consecutive
 tokens, multinomial chunk counts): Gaussian activations with two massive
 directions over a ``1/j`` power-law spectrum, ``8d`` tokens (``2d`` at
 ``d ≥ 4096``), only the upper triangle kept. The full-sample covariance's
@@ -11,7 +11,7 @@ eigenvectors are LOBPCG's warm start. Every solver returns what a replicate's
 fractions read, and each is timed
 
 - ``1 thr``: CPU seconds of the calling thread, one BLAS and torch thread: a
-  solve's cost in the sweep's :func:`robustness.grid.worker_pool` (two
+  solve's cost in the sweep's :func:`robustness.measure.grid.worker_pool` (two
   one-thread solves side by side), and robust to other processes on the
   machine, which wall time is not;
 - ``2 thr``: wall seconds of one solve on two BLAS and torch threads.

@@ -16,6 +16,8 @@ import xarray as xr
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from robustness.settings.specification import Specification
+
 from .context import spec_roles
 from .formatting import plural
 from .plotting import GREY, OKABE_ITO, SvgFigure, figure, finish, grid_shape, ordinal
@@ -216,7 +218,7 @@ def _draw_effects(top, x, effect, style, hollow: bool, layout: CurveLayout) -> N
 def _curve_preferred(stats: xr.Dataset, pair, preferred) -> tuple[str, str, str]:
     """Where the curve draws the preferred specification: itself, or the one it duplicates."""
     role, text = spec_roles(stats, pair).get(tuple(preferred), ("", ""))
-    return tuple(text[2:].split("/")) if role == "duplicate" else tuple(preferred)
+    return Specification.parse(text[2:]) if role == "duplicate" else tuple(preferred)
 
 
 def _mark_preferred(axes, frame, target, layout: CurveLayout) -> int | None:
