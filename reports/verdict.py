@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from robustness.stats.layers import MIN_LAYERS
-from robustness.stats.statistics import joint_decision
+from robustness.stats.summaries import joint_decision
 
 from . import formatting as fmt
 from .caveats import caveats

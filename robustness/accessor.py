@@ -28,7 +28,7 @@ import xarray as xr
 from robustness.io.datasets import dataset_kind
 from robustness.io.export import tidy_table
 from robustness.settings.specification import SPEC_DIMS, Specification
-from robustness.stats.statistics import joint_decision, read_pair_model, read_per_pair
+from robustness.stats.summaries import joint_decision, read_pair_model, read_per_pair
 
 __all__ = ["DatasetAccessor"]
 

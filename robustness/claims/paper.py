@@ -35,7 +35,8 @@ from robustness.claims.rules import family
 from robustness.io.provenance import provenance_attrs
 from robustness.measure.experts import each_expert
 from robustness.measure.results import pair_phases
-from robustness.stats.statistics import read_per_pair, results_fingerprint
+from robustness.stats.statistics import results_fingerprint
+from robustness.stats.summaries import read_per_pair
 
 __all__ = ["EXTRA_KINDS", "paper_claims"]
 

@@ -16,6 +16,9 @@ same number of layers, both tests use the EWC projections over layers of
   Wald statistic ``W = z_0ᵀ Ω̂⁻¹ z_0`` scaled as ``F = (K − m + 1) W / (K m)``
   is ``F(m, K − m + 1)`` under H0 (Sun 2013, the orthonormal-series F test),
   so it needs ``K ≥ m``.
+
+:func:`phase_models` fits one such model per phase of a results dataset (the
+pair model of ``stats.nc``).
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from robustness.measure.results import pair_phases
 from robustness.stats.layers import cosine_projections, layer_test, projections_for
 
-__all__ = ["pair_model"]
+__all__ = ["pair_model", "phase_models"]
 
 
 def pair_model(differences: np.ndarray, labels: list[str], *, confidence_level: float) -> dict:
@@ -66,4 +70,41 @@ def pair_model(differences: np.ndarray, labels: list[str], *, confidence_level: 
         f = (k - m + 1) * wald / (k * m)
         difference.update(F=f, p_value=float(stats.f.sf(f, m, k - m + 1)))
     out["difference"] = difference
+    return out
+
+
+def phase_models(results, preferred, specs, layer_differences, confidence_level) -> dict:
+    """The pair model per phase with at least two pairs of equal depth (phases never pooled).
+
+    `layer_differences` maps each tested pair's label to its ``D [L, J]``
+    (specifications `specs`); the model uses the `preferred` one's column.
+    """
+    if results.sizes["pair"] < 2:
+        return {}
+    j = specs.index(tuple(preferred))
+    phases = pair_phases(results)
+    out = {"specification": list(preferred)}
+    for phase in sorted(set(phases)):
+        labels = [
+            str(p)
+            for p, ph in zip(results.pair.values, phases, strict=True)
+            if ph == phase and str(p) in layer_differences
+        ]
+        if len(labels) < 2:
+            continue
+        depths = {layer_differences[label].shape[0] for label in labels}
+        if len(depths) != 1:
+            out[phase] = {
+                "pairs": labels,
+                "note": "pairs of different depths cannot be paired by layer",
+            }
+            continue
+        columns = np.stack([layer_differences[label][:, j] for label in labels], axis=1)
+        if not np.isfinite(columns).all():
+            out[phase] = {
+                "pairs": labels,
+                "note": "the preferred specification is undefined for a pair",
+            }
+            continue
+        out[phase] = pair_model(columns, labels, confidence_level=confidence_level)
     return out

@@ -21,7 +21,7 @@ import robustness
 import robustness.accessor  # noqa: F401  (registers ds.robustness)
 from robustness.io.datasets import write_dataset
 from robustness.settings.specification import DEFAULT_PREFERRED, Specification
-from robustness.stats.statistics import JOINT_DECISIONS, joint_decision
+from robustness.stats.summaries import JOINT_DECISIONS, joint_decision
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_=.0123456789|", min_size=1, max_size=12)
 
