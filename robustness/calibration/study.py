@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import xarray as xr
@@ -252,17 +252,39 @@ def run_calibration(settings: CalibrationSettings, *, progress: bool = False) ->
                     covered[(method, scenario.name)][0] += int(low <= truth <= high)
                     covered[(method, scenario.name)][1] += 1
     sequence = sequence_coverage(rng, settings, progress=progress)
-    return _dataset(settings, null_scenarios, plants, counts, covered, runs, holds, sequence)
+    tallies = Tallies(counts, covered, runs, holds)
+    return _dataset(settings, null_scenarios, plants, tallies, sequence)
 
 
-def _dataset(
-    settings, null_scenarios, plants, counts, covered, runs, holds, sequence
-) -> xr.Dataset:
+@dataclass(frozen=True)
+class Tallies:
+    """What the simulated studies counted, and each scenario's long run."""
+
+    counts: dict  # (test, scenario) → [rejections, trials]
+    covered: dict  # (interval, scenario) → [intervals covering the truth, trials]
+    runs: dict  # scenario → its long run (:func:`_long_run`)
+    holds: dict  # scenario → {test or "interval:<method>": whether its assumptions hold}
+
+
+@dataclass(frozen=True)
+class Rates:
+    """The rates as ``[..., (rate, ci_low, ci_high)]`` and where their assumptions hold."""
+
+    names: list[str]  # the null scenarios
+    all_names: list[str]  # the null scenarios, then the plants (coverage's scenarios)
+    type1: np.ndarray  # [test, scenario, 3]
+    power: np.ndarray  # [test, plant, strength, 3]
+    coverage: np.ndarray  # [interval, coverage_scenario, 3]
+    assumption: np.ndarray  # [test, scenario], int8
+    interval_holds: np.ndarray  # [interval, coverage_scenario], int8
+
+
+def _rates(settings, null_scenarios, plants, tallies: Tallies) -> Rates:
+    """Type-I error, power and coverage with their Clopper–Pearson intervals (:func:`_rate`)."""
+    counts, covered, holds = tallies.counts, tallies.covered, tallies.holds
     names = [s.name for s in null_scenarios]
     all_names = names + [s.name for s in plants]
-    type1 = np.array(
-        [[_rate(*counts[(t, n)]) for n in names] for t in TESTS]
-    )  # [test, scenario, 3]
+    type1 = np.array([[_rate(*counts[(t, n)]) for n in names] for t in TESTS])
     power = np.array([[_rate(*counts[(t, p.name)]) for p in plants] for t in TESTS]).reshape(
         len(TESTS), 2, len(settings.strengths), 3
     )
@@ -271,26 +293,36 @@ def _dataset(
     interval_holds = np.array(
         [[holds[n][f"interval:{m}"] for n in all_names] for m in INTERVALS], dtype=np.int8
     )
+    return Rates(names, all_names, type1, power, coverage, assumption, interval_holds)
+
+
+def _misses(rates: Rates) -> list[str]:
+    """Type-I errors and coverages outside their targets, each with whether its assumptions hold."""
     misses = []
     for ti, test in enumerate(TESTS):
-        for si, name in enumerate(names):
-            value = type1[ti, si, 0]
+        for si, name in enumerate(rates.names):
+            value = rates.type1[ti, si, 0]
             if np.isfinite(value) and not TYPE1_TARGET[0] <= value <= TYPE1_TARGET[1]:
-                note = "" if assumption[ti, si] else " (its assumptions do not hold here)"
+                note = "" if rates.assumption[ti, si] else " (its assumptions do not hold here)"
                 misses.append(f"type-I error of {test}, {name}: {value:.3f}{note}")
     for mi, method in enumerate(INTERVALS):
-        for si, name in enumerate(all_names):
-            value = coverage[mi, si, 0]
+        for si, name in enumerate(rates.all_names):
+            value = rates.coverage[mi, si, 0]
             if np.isfinite(value) and not COVERAGE_TARGET[0] <= value <= COVERAGE_TARGET[1]:
                 role = "" if method == INTERVALS[0] else ", comparison only"
-                note = "" if interval_holds[mi, si] else ", its assumptions do not hold here"
+                note = "" if rates.interval_holds[mi, si] else ", its assumptions do not hold here"
                 misses.append(f"coverage of {method} intervals, {name}: {value:.3f}{role}{note}")
-    misses += sequence.attrs.get("misses_list", [])
-    data = {
+    return misses
+
+
+def _variables(rates: Rates) -> dict:
+    """The dataset's variables: each rate and its interval's bounds, and where assumptions hold."""
+    type1, power, coverage = rates.type1, rates.power, rates.coverage
+    return {
         "type1_error": (("test", "scenario"), type1[..., 0]),
         "type1_ci_low": (("test", "scenario"), type1[..., 1]),
         "type1_ci_high": (("test", "scenario"), type1[..., 2]),
-        "assumptions_hold": (("test", "scenario"), assumption,
+        "assumptions_hold": (("test", "scenario"), rates.assumption,
                              {"long_name": "1 where the test's stated assumptions hold in the scenario"}),
         "power": (("test", "plant", "strength"), power[..., 0]),
         "power_ci_low": (("test", "plant", "strength"), power[..., 1]),
@@ -298,9 +330,14 @@ def _dataset(
         "coverage": (("interval", "coverage_scenario"), coverage[..., 0]),
         "coverage_ci_low": (("interval", "coverage_scenario"), coverage[..., 1]),
         "coverage_ci_high": (("interval", "coverage_scenario"), coverage[..., 2]),
-        "coverage_assumptions_hold": (("interval", "coverage_scenario"), interval_holds),
+        "coverage_assumptions_hold": (("interval", "coverage_scenario"), rates.interval_holds),
     }  # fmt: skip
-    coords = {
+
+
+def _coordinates(settings, null_scenarios, runs: dict, rates: Rates) -> dict:
+    """The tests, scenarios (with their descriptions, sizes and dependence), plants and intervals."""
+    names = rates.names
+    return {
         "test": np.asarray(TESTS, dtype=object),
         "scenario": np.asarray(names, dtype=object),
         "description": (
@@ -313,13 +350,13 @@ def _dataset(
         "strength": np.asarray(settings.strengths, dtype=np.float64),
         "plant": np.asarray(["read", "write"], dtype=object),
         "interval": np.asarray(INTERVALS, dtype=object),
-        "coverage_scenario": np.asarray(all_names, dtype=object),
+        "coverage_scenario": np.asarray(rates.all_names, dtype=object),
     }
-    dataset = xr.Dataset(data, coords=coords)
-    sequence = sequence.copy()
-    sequence.attrs = {}
-    dataset = xr.merge([dataset, sequence], combine_attrs="drop")
-    dataset.attrs = {
+
+
+def _attributes(settings, sequence_description: str, misses: list[str]) -> dict:
+    """Provenance, the targets, the interval method and the assumption rules; the misses as JSON."""
+    return {
         **provenance_attrs(
             "calibration",
             title="rsf calibration: planted-truth simulation study",
@@ -341,7 +378,19 @@ def _dataset(
         ),  # fmt: skip
         "unit": "one simulated study per trial; single-specification rates and coverage on the calibrated "
         "specification, family-wise rates over the counted specifications",
-        "sequence_bootstrap": sequence.attrs.get("description", ""),
+        "sequence_bootstrap": sequence_description,
         "misses": json.dumps(misses),
     }
+
+
+def _dataset(settings, null_scenarios, plants, tallies: Tallies, sequence) -> xr.Dataset:
+    """The calibration dataset: the rates of `tallies`, merged with the sequence bootstrap's `sequence`."""
+    rates = _rates(settings, null_scenarios, plants, tallies)
+    misses = _misses(rates) + sequence.attrs.get("misses_list", [])
+    coords = _coordinates(settings, null_scenarios, tallies.runs, rates)
+    dataset = xr.Dataset(_variables(rates), coords=coords)
+    sequence = sequence.copy()
+    sequence.attrs = {}
+    dataset = xr.merge([dataset, sequence], combine_attrs="drop")
+    dataset.attrs = _attributes(settings, sequence.attrs.get("description", ""), misses)
     return dataset

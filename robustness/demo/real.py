@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ import numpy as np
 
 from robustness import __version__
 from robustness.demo.pair import DemoCheckpoints, DemoPair, demo_held_out_corpus
+from robustness.demo.training import preference_metrics, split_documents, token_windows
 from robustness.io.files import atomic_output
 from robustness.io.provenance import package_versions
 from robustness.measure.cache import default_cache_dir
@@ -49,6 +51,8 @@ from robustness.measure.corpus import BUILTIN_CORPUS, builtin_documents, load_to
 from robustness.mechanism.gradient_dataset import gradient_dataset
 from robustness.mechanism.gradients import GradientSettings
 from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig
+from robustness.training.loops import align, save_pretrained
+from robustness.training.preferences import PreferencePairs, chat_frame, framed, preference_pairs
 
 __all__ = [
     "REAL_FILE",
@@ -226,74 +230,126 @@ def real_pair(
     return DemoPair(root, gguf, root / "aligned", manifest, trained=True)
 
 
+@dataclass(frozen=True)
+class RealData:
+    """The corpus split in the GGUF's tokens: the DPO run's preference pairs and the held-out ones."""
+
+    n_documents: int  # in the corpus
+    n_held_out_documents: int
+    frame: tuple | None  # the chat template's tokens before and after a prompt; None without one
+    train_pairs: PreferencePairs
+    held_pairs: PreferencePairs  # the first ``held_out_pairs``, for the before/after metrics
+
+
+@dataclass(frozen=True)
+class RealAlignment:
+    """The DPO run's outcome: the aligned model, its loss history, the held-out metrics around it."""
+
+    model: object
+    history: list[dict]
+    before: dict
+    after: dict
+
+
+@contextmanager
+def _torch_threads(count: int):
+    """Torch on `count` threads for the duration (restored after)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _build(settings: RealSettings, gguf: Path, out: Path, *, progress: bool) -> dict:
     """Dequantise, initialise and DPO-train into `out`; the manifest's content."""
+    from probes import load_model
+
+    started = time.perf_counter()
+    with _torch_threads(THREADS):
+        model = load_model(str(gguf))  # dequantised to float32 by the gguf package
+        tokenizer = load_tokenizer(str(gguf))
+        data = _real_data(settings, tokenizer)
+        _save_initialisation(settings, model.config, tokenizer, out / "init")
+        alignment = _align_in_place(settings, model, tokenizer, data, out, progress=progress)
+    return _manifest(settings, gguf, data, alignment, started)
+
+
+def _real_data(settings: RealSettings, tokenizer) -> RealData:
+    """The toy demo's preference recipe on the built-in corpus, in `tokenizer`'s tokens."""
+    documents = builtin_documents()
+    train_docs, held_docs = split_documents(documents, settings.held_out_every)
+    length = settings.prompt_len + settings.continuation_len
+    rng = np.random.default_rng(settings.seed)
+    # SmolLM2-Instruct's chat template: each prompt a user turn, the continuations the
+    # assistant's answer (chat_frame; none for a tokenizer without a template).
+    frame = chat_frame(tokenizer) if settings.chat_template else None
+    train_pairs = framed(preference_pairs(
+        token_windows(tokenize(train_docs, tokenizer), length),
+        prompt_len=settings.prompt_len, rng=rng,
+    ), frame)  # fmt: skip
+    held_pairs = framed(preference_pairs(
+        token_windows(tokenize(held_docs, tokenizer), length),
+        prompt_len=settings.prompt_len, rng=rng,
+    ).subset(slice(0, settings.held_out_pairs)), frame)  # fmt: skip
+    return RealData(len(documents), len(held_docs), frame, train_pairs, held_pairs)
+
+
+def _save_initialisation(settings: RealSettings, config, tokenizer, out: Path) -> None:
+    """A seeded initialisation of the GGUF's `config`, saved in `out` (the ``pretrain`` pair's base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from probes import load_model
-    from robustness.demo.training import _preference_metrics, split_documents, token_windows
-    from robustness.training.loops import align, save_pretrained
-    from robustness.training.preferences import chat_frame, framed, preference_pairs
+    with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state
+        torch.manual_seed(settings.seed)
+        init = AutoModelForCausalLM.from_config(config)
+    save_pretrained(init, out, tokenizer=tokenizer)
 
-    started = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        model = load_model(str(gguf))  # dequantised to float32 by the gguf package
-        tokenizer = load_tokenizer(str(gguf))
-        documents = builtin_documents()
-        train_docs, held_docs = split_documents(documents, settings.held_out_every)
-        length = settings.prompt_len + settings.continuation_len
-        rng = np.random.default_rng(settings.seed)
-        # SmolLM2-Instruct's chat template: each prompt a user turn, the continuations the
-        # assistant's answer (chat_frame; none for a tokenizer without a template).
-        frame = chat_frame(tokenizer) if settings.chat_template else None
-        train_pairs = framed(preference_pairs(
-            token_windows(tokenize(train_docs, tokenizer), length),
-            prompt_len=settings.prompt_len, rng=rng,
-        ), frame)  # fmt: skip
-        held_pairs = framed(preference_pairs(
-            token_windows(tokenize(held_docs, tokenizer), length),
-            prompt_len=settings.prompt_len, rng=rng,
-        ).subset(slice(0, settings.held_out_pairs)), frame)  # fmt: skip
 
-        with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state
-            torch.manual_seed(settings.seed)
-            init = AutoModelForCausalLM.from_config(model.config)
-        save_pretrained(init, out / "init", tokenizer=tokenizer)
-        del init
+def _align_in_place(
+    settings: RealSettings, model, tokenizer, data: RealData, out: Path, *, progress: bool
+) -> RealAlignment:
+    """`model` aligned with DPO against a frozen copy of itself, saved as ``out/aligned``."""
+    reference = copy.deepcopy(model)
+    metrics = {"beta": settings.beta, "batch_size": 16}
+    before = preference_metrics(model, reference, data.held_pairs, **metrics)
+    history: list = []
+    align(
+        model, reference, data.train_pairs, lam=1.0, beta=settings.beta,
+        steps=settings.align_steps, lr=settings.align_lr, batch_size=settings.align_batch,
+        seed=settings.seed + 1, checkpoint_dir=out / "checkpoints" / "align",
+        every=settings.align_every, tokenizer=tokenizer, progress=progress, history=history,
+    )  # fmt: skip
+    save_pretrained(model, out / "aligned", tokenizer=tokenizer)
+    after = preference_metrics(model, reference, data.held_pairs, **metrics)
+    return RealAlignment(model, history, before, after)
 
-        reference = copy.deepcopy(model)
-        metrics = {"beta": settings.beta, "batch_size": 16}
-        before = _preference_metrics(model, reference, held_pairs, **metrics)
-        history: list = []
-        align(
-            model, reference, train_pairs, lam=1.0, beta=settings.beta,
-            steps=settings.align_steps, lr=settings.align_lr, batch_size=settings.align_batch,
-            seed=settings.seed + 1, checkpoint_dir=out / "checkpoints" / "align",
-            every=settings.align_every, tokenizer=tokenizer, progress=progress, history=history,
-        )  # fmt: skip
-        save_pretrained(model, out / "aligned", tokenizer=tokenizer)
-        after = _preference_metrics(model, reference, held_pairs, **metrics)
-    finally:
-        torch.set_num_threads(threads)
-    losses = [float(h["loss"]) for h in history]
+
+def _manifest(
+    settings: RealSettings, gguf: Path, data: RealData, alignment: RealAlignment, started: float
+) -> dict:
+    """The manifest's content: the GGUF, the recipe, the data's sizes, the losses and the metrics."""
+    config = alignment.model.config
+    frame = data.frame
+    losses = [float(h["loss"]) for h in alignment.history]
     return {
         "format": FORMAT,
         "title": "rsf real demo: SmolLM2-135M-Instruct (GGUF Q4_1) and a short DPO run from it",
         "gguf": {"package": REAL_REQUIREMENT, "file": gguf.name, "sha256": _sha256(gguf)},
         "seed": settings.seed,
         "settings": asdict(settings),
-        "model": f"{model.config.model_type}, {model.config.num_hidden_layers} layers, "
-        f"d = {model.config.hidden_size}",
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "model": f"{config.model_type}, {config.num_hidden_layers} layers, "
+        f"d = {config.hidden_size}",
+        "n_parameters": int(sum(p.numel() for p in alignment.model.parameters())),
         "corpus": BUILTIN_CORPUS,
         "data": {
-            "documents": len(documents),
-            "held_out_documents": len(held_docs),
-            "train_pairs": len(train_pairs),
-            "held_out_pairs": len(held_pairs),
+            "documents": data.n_documents,
+            "held_out_documents": data.n_held_out_documents,
+            "train_pairs": len(data.train_pairs),
+            "held_out_pairs": len(data.held_pairs),
             "rejected": "the continuation's tokens shuffled, or another passage's continuation (half each)",
             "chat_template": (
                 f"prompts in the tokenizer's chat template ({len(frame[0])} tokens before, "
@@ -308,7 +364,7 @@ def _build(settings: RealSettings, gguf: Path, out: Path, *, progress: bool) -> 
             "final_loss": float(np.mean(losses[-min(4, len(losses)) :])),
             "losses": losses,
         },
-        "held_out": {"base": before, "aligned": after},
+        "held_out": {"base": alignment.before, "aligned": alignment.after},
         "seconds": {"build": round(time.perf_counter() - started, 1)},
         "torch_threads": THREADS,
         "versions": package_versions(),

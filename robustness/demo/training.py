@@ -24,7 +24,7 @@ import copy
 import hashlib
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from robustness.measure.corpus import BUILTIN_CORPUS, builtin_documents, tokeniz
 from robustness.training.loops import align as align_model
 from robustness.training.loops import pretrain, save_pretrained
 from robustness.training.preferences import (
+    PreferencePairs,
     chat_frame,
     continuation_logprobs,
     framed,
@@ -46,6 +47,7 @@ from robustness.training.preferences import (
 __all__ = [
     "EOS",
     "build_tokenizer",
+    "preference_metrics",
     "single_threaded",
     "split_documents",
     "token_windows",
@@ -117,7 +119,7 @@ def split_documents(documents: list[str], every: int) -> tuple[list[str], list[s
 
 
 @torch.no_grad()
-def _preference_metrics(policy, reference, pairs, *, beta: float, batch_size: int = 64) -> dict:
+def preference_metrics(policy, reference, pairs, *, beta: float, batch_size: int = 64) -> dict:
     """Held-out preference: the DPO implicit-reward margin and the policy's own log-likelihood gap."""
     margin = preference_margin(policy, reference, pairs, beta=beta, batch_size=batch_size)
     gaps = []
@@ -165,19 +167,47 @@ def single_threaded():
         torch.set_num_threads(threads)
 
 
-def train_pair(settings, out: Path, *, progress: bool) -> dict:
-    """Train the pair of `settings` (a :class:`robustness.demo.pair.DemoSettings`) into `out`; the manifest's content.
+@dataclass(frozen=True)
+class DemoData:
+    """The corpus split, the tokenizer trained on its training side, and what both phases train on."""
 
-    Writes ``base/``, ``aligned/`` and ``checkpoints/{pretrain,align}/step-*``; the
-    caller adds the recipe's format and key and writes the manifest.
+    n_documents: int  # in the corpus
+    n_held_out_documents: int
+    tokenizer: object  # a PreTrainedTokenizerFast
+    train_stream: np.ndarray  # the training documents' tokens, one stream
+    held_stream: np.ndarray  # the held-out documents' tokens
+    text_ids: np.ndarray  # pretraining's sequences [n, seq_len]
+    train_pairs: PreferencePairs  # framed for DPO
+    held_pairs: PreferencePairs
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Pretraining's outcome (step 2): the model, saved as ``base/``, and its loss history."""
+
+    model: object
+    history: list[dict]
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """Alignment's outcome (step 3): the DPO run's loss history and the preference metrics around it."""
+
+    history: list[dict]
+    before: dict  # held-out pairs, the pretrained model
+    after: dict  # held-out pairs, the aligned model
+    train_after: dict  # the first 256 training pairs, the aligned model
+
+
+def _demo_data(settings) -> DemoData:
+    """The training/held-out split, its tokenizer, pretraining's sequences and the preference pairs.
+
+    Training and held-out pairs are drawn in that order from one generator seeded with
+    ``settings.seed``.
     """
-    from transformers import AutoModelForCausalLM
-
-    started = time.perf_counter()
     documents = builtin_documents()
     train_docs, held_docs = split_documents(documents, settings.held_out_every)
     tokenizer = build_tokenizer(train_docs, settings.vocab_size)
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
     train_stream, held_stream = tokenize(train_docs, tokenizer), tokenize(held_docs, tokenizer)
     pair_len = settings.prompt_len + settings.continuation_len
     text_ids = token_windows(train_stream, settings.seq_len)
@@ -194,62 +224,105 @@ def train_pair(settings, out: Path, *, progress: bool) -> dict:
     held_pairs = framed(preference_pairs(
         token_windows(held_stream, pair_len), prompt_len=settings.prompt_len, rng=rng
     ), frame)  # fmt: skip
+    return DemoData(
+        n_documents=len(documents),
+        n_held_out_documents=len(held_docs),
+        tokenizer=tokenizer,
+        train_stream=train_stream,
+        held_stream=held_stream,
+        text_ids=text_ids,
+        train_pairs=train_pairs,
+        held_pairs=held_pairs,
+    )
 
-    config = _model_config(settings, len(tokenizer), eos_id)
+
+def _pretrain_base(settings, data: DemoData, out: Path, *, progress: bool) -> Pretrained:
+    """A seeded initialisation pretrained with cross-entropy, saved as ``out/base``."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = data.tokenizer
+    config = _model_config(settings, len(tokenizer), tokenizer.convert_tokens_to_ids(EOS))
     with torch.random.fork_rng(devices=[]):  # the initialisation, without touching global state
         torch.manual_seed(settings.seed)
         model = AutoModelForCausalLM.from_config(config)
-    checkpoints = out / "checkpoints"
-    pretrain_history: list = []
+    history: list = []
     pretrain(
         model,
-        text_ids,
+        data.text_ids,
         steps=settings.pretrain_steps,
         lr=settings.pretrain_lr,
         batch_size=settings.pretrain_batch,
         seed=settings.seed,
-        checkpoint_dir=checkpoints / "pretrain",
+        checkpoint_dir=out / "checkpoints" / "pretrain",
         every=settings.pretrain_every,
         tokenizer=tokenizer,
         progress=progress,
-        history=pretrain_history,
+        history=history,
     )
     save_pretrained(model, out / "base", tokenizer=tokenizer)
-    pretrained_at = time.perf_counter()
+    return Pretrained(model, history)
 
+
+def _align_copy(settings, data: DemoData, model, out: Path, *, progress: bool) -> Aligned:
+    """A copy of `model` aligned with DPO against `model` frozen, saved as ``out/aligned``."""
     reference = copy.deepcopy(model)
     policy = copy.deepcopy(model)
-    before = _preference_metrics(model, reference, held_pairs, beta=settings.beta)
-    align_history: list = []
+    before = preference_metrics(model, reference, data.held_pairs, beta=settings.beta)
+    history: list = []
     align_model(
         policy,
         reference,
-        train_pairs,
+        data.train_pairs,
         lam=1.0,
         beta=settings.beta,
         steps=settings.align_steps,
         lr=settings.align_lr,
         batch_size=settings.align_batch,
         seed=settings.seed + 1,
-        checkpoint_dir=checkpoints / "align",
+        checkpoint_dir=out / "checkpoints" / "align",
         every=settings.align_every,
-        tokenizer=tokenizer,
+        tokenizer=data.tokenizer,
         progress=progress,
-        history=align_history,
+        history=history,
     )
-    save_pretrained(policy, out / "aligned", tokenizer=tokenizer)
-    after = _preference_metrics(policy, reference, held_pairs, beta=settings.beta)
-    train_after = _preference_metrics(
-        policy, reference, train_pairs.subset(slice(0, 256)), beta=settings.beta
+    save_pretrained(policy, out / "aligned", tokenizer=data.tokenizer)
+    after = preference_metrics(policy, reference, data.held_pairs, beta=settings.beta)
+    train_after = preference_metrics(
+        policy, reference, data.train_pairs.subset(slice(0, 256)), beta=settings.beta
     )
-    finished = time.perf_counter()
+    return Aligned(history, before, after, train_after)
 
-    manifest = {
+
+def train_pair(settings, out: Path, *, progress: bool) -> dict:
+    """Train the pair of `settings` (a :class:`robustness.demo.pair.DemoSettings`) into `out`; the manifest's content.
+
+    Writes ``base/``, ``aligned/`` and ``checkpoints/{pretrain,align}/step-*``; the
+    caller adds the recipe's format and key and writes the manifest.
+    """
+    started = time.perf_counter()
+    data = _demo_data(settings)
+    pretrained = _pretrain_base(settings, data, out, progress=progress)
+    pretrained_at = time.perf_counter()
+    aligned = _align_copy(settings, data, pretrained.model, out, progress=progress)
+    finished = time.perf_counter()
+    seconds = {
+        "pretrain": round(pretrained_at - started, 1),
+        "align": round(finished - pretrained_at, 1),
+    }
+    return _manifest(settings, data, pretrained, aligned, seconds)
+
+
+def _manifest(
+    settings, data: DemoData, pretrained: Pretrained, aligned: Aligned, seconds: dict
+) -> dict:
+    """The manifest's content: the recipe, the data's sizes, the losses and the preference metrics."""
+    tokenizer = data.tokenizer
+    return {
         "title": "rsf demo pair: pretrained with cross-entropy, then aligned with DPO",
         "seed": settings.seed,
         "settings": asdict(settings),
         "model": "llama (untied embeddings)",
-        "n_parameters": int(sum(p.numel() for p in model.parameters())),
+        "n_parameters": int(sum(p.numel() for p in pretrained.model.parameters())),
         "corpus": BUILTIN_CORPUS,
         "tokenizer": {
             "kind": "byte-level BPE trained on the corpus' training documents",
@@ -257,28 +330,24 @@ def train_pair(settings, out: Path, *, progress: bool) -> dict:
             "sha256": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         },
         "data": {
-            "documents": len(documents),
-            "held_out_documents": len(held_docs),
-            "train_tokens": int(len(train_stream)),
-            "held_out_tokens": int(len(held_stream)),
-            "pretrain_sequences": int(len(text_ids)),
-            "train_pairs": len(train_pairs),
-            "held_out_pairs": len(held_pairs),
+            "documents": data.n_documents,
+            "held_out_documents": data.n_held_out_documents,
+            "train_tokens": int(len(data.train_stream)),
+            "held_out_tokens": int(len(data.held_stream)),
+            "pretrain_sequences": int(len(data.text_ids)),
+            "train_pairs": len(data.train_pairs),
+            "held_out_pairs": len(data.held_pairs),
             "rejected": "the continuation's tokens shuffled, or another passage's continuation (half each)",
         },
-        "pretrain": _summary(pretrain_history),
+        "pretrain": _summary(pretrained.history),
         "align": {
             "objective": "DPO (Rafailov et al. 2023), reference frozen",
-            **_summary(align_history),
+            **_summary(aligned.history),
         },
-        "held_out": {"base": before, "aligned": after},
-        "train_subset_aligned": train_after,
-        "seconds": {
-            "pretrain": round(pretrained_at - started, 1),
-            "align": round(finished - pretrained_at, 1),
-        },
+        "held_out": {"base": aligned.before, "aligned": aligned.after},
+        "train_subset_aligned": aligned.train_after,
+        "seconds": seconds,
         "torch_threads": torch.get_num_threads(),
         "versions": package_versions(),
         "rsf_version": __version__,
     }
-    return manifest
