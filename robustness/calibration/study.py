@@ -47,7 +47,7 @@ from robustness.calibration.simulation import Scenario, simulate
 from robustness.io.provenance import provenance_attrs
 from robustness.settings.options import CalibrationSettings
 from robustness.stats import curve
-from robustness.stats.asymmetry import _bca_ci, layer_differences, spec_tests, studentized_interval
+from robustness.stats.asymmetry import bca_ci, layer_differences, spec_tests, studentized_interval
 from robustness.stats.layers import projections_for
 from robustness.stats.pairs import pair_model
 
@@ -205,7 +205,7 @@ def _one_study(rng, scenario: Scenario, settings: CalibrationSettings, reference
         replicates=settings.layer_replicates,
         rng=rng,
     )
-    bca = _bca_ci(d, settings.confidence_level, settings.layer_replicates, rng)
+    bca = bca_ci(d, settings.confidence_level, settings.layer_replicates, rng)
     intervals = {
         "ewc": (tests.ci_low[j], tests.ci_high[j]),
         "bootstrap-t": (boot_low[0] + offset, boot_high[0] + offset),
@@ -389,8 +389,9 @@ def _dataset(settings, null_scenarios, plants, tallies: Tallies, sequence) -> xr
     misses = _misses(rates) + sequence.attrs.get("misses_list", [])
     coords = _coordinates(settings, null_scenarios, tallies.runs, rates)
     dataset = xr.Dataset(_variables(rates), coords=coords)
+    description = sequence.attrs.get("description", "")  # read before the attributes are dropped
     sequence = sequence.copy()
     sequence.attrs = {}
     dataset = xr.merge([dataset, sequence], combine_attrs="drop")
-    dataset.attrs = _attributes(settings, sequence.attrs.get("description", ""), misses)
+    dataset.attrs = _attributes(settings, description, misses)
     return dataset

@@ -62,6 +62,7 @@ from robustness.stats.layers import (
 
 __all__ = [
     "JointNull",
+    "bca_ci",
     "SpecTests",
     "label_permutation_null",
     "layer_differences",
@@ -245,7 +246,7 @@ def studentized_interval(
     return low, high
 
 
-def _bca_ci(d: np.ndarray, confidence_level: float, replicates: int, rng) -> tuple[float, float]:
+def bca_ci(d: np.ndarray, confidence_level: float, replicates: int, rng) -> tuple[float, float]:
     """scipy's BCa interval for the mean over layers (kept for comparison in calibration)."""
     if np.ptp(d) == 0:
         return float(d[0]), float(d[0])

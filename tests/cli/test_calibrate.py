@@ -25,6 +25,8 @@ def test_fast_calibration_runs_every_scenario_holds_its_level_and_has_power(tmp_
     assert "type-I error" in printed and "misses against the targets" in printed
     assert "sequence bootstrap coverage" in printed
     calibration = open_dataset(out)
+    # The sequence-bootstrap study's own description (it used to be read after being dropped).
+    assert "simulated corpora per chunk effect" in calibration.attrs["sequence_bootstrap"]
     assert set(calibration.scenario.values) >= {"null", "correlated ρ≈0.5", "correlated ρ≈0.8",
                                                 "shared components", "skewed", "both concentrated",
                                                 "demo size", "24 layers", "two pairs"}  # fmt: skip
