@@ -250,6 +250,87 @@ def crossover(d: int, budget: float, shares=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 
     return lines
 
 
+GPT2_SMALL = {"q": (768, 768), "k": (768, 768), "v": (768, 768), "o": (768, 768),
+              "up": (3072, 768), "down": (768, 3072)}  # fmt: skip
+REPLICATE_CUTOFFS = ("k=8", "k=16", "k=32", "k=64", "var=0.9", "pr")
+
+
+# The activations' spectrum: "massive", :func:`replicate_matrices`' (var=0.9 and pr at k of a
+# few: the cutoffs read the top 64 columns); "flat", ``j^-0.7`` with no massive direction
+# (var=0.9 near k = 560, pr near 160: what GPT-2 small's sites ask, 280–570 and 160–300).
+SPECTRA = {"massive": 1.0, "flat": 0.7}
+
+
+def site_chunks(d: int, seed: int, spectrum: str = "massive") -> probes.ChunkStatistics:
+    """One site's chunk statistics, as the statistics pass keeps them (float32 packed
+    triangles), of activations with the :data:`SPECTRA` `spectrum` in :data:`CHUNKS` chunks."""
+    rng = np.random.default_rng(seed)
+    tokens = 8 * d
+    spectrum, massive = np.arange(1, d + 1) ** -SPECTRA[spectrum], spectrum == "massive"
+    if massive:
+        spectrum[:2] = [50.0, 10.0]
+    rotation = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    x = (rng.standard_normal((tokens, d)) * np.sqrt(spectrum)) @ rotation.T + rng.standard_normal(d)
+    chunks = np.array_split(x.astype(np.float32), CHUNKS)
+    upper = np.triu_indices(d)
+    return probes.ChunkStatistics(
+        np.array([len(chunk) for chunk in chunks]),
+        np.stack([chunk.astype(np.float64).sum(axis=0) for chunk in chunks]),
+        np.stack([(chunk.T @ chunk)[upper] for chunk in chunks]),
+    )
+
+
+def replicate_seconds(layers: int, replicates: int, rounds: int, spectrum: str) -> list[str]:
+    """Wall seconds per bootstrap replicate of GPT-2-small shapes (d = 768, 3 sites per
+    layer, act_cov, :data:`REPLICATE_CUTOFFS`, the default normalisations) through
+    :func:`robustness.measure.grid.fill_replicates`, by replicate solver: ``full`` (every
+    column) and ``auto`` (partial spectra), alternately, the fastest of `rounds` each;
+    activations with the :data:`SPECTRA` `spectrum`."""
+    from robustness.measure.grid import Grid, fill_replicates
+    from robustness.settings.config import PairSpec, SweepConfig
+
+    d, rng = 768, np.random.default_rng(0)
+    config = SweepConfig(pairs=(PairSpec("p", "base", "aligned"),), constructions=("act_cov",),
+                         cutoffs=REPLICATE_CUTOFFS)  # fmt: skip
+    grid = Grid(config, d, "key", {})
+    names = tuple(GPT2_SMALL)
+    deltas, bases = ([rng.standard_normal(GPT2_SMALL[m]) for m in names] for _ in range(2))
+    prepared = grid.prepare(names, deltas, bases)  # W_from too: base_relative is a default
+    chunks = {site: site_chunks(d, seed, spectrum) for seed, site in enumerate(probes.SITES)}
+    full_sites = {site: chunk.reweighted(np.ones(CHUNKS)) for site, chunk in chunks.items()}
+    weights = rng.multinomial(CHUNKS, np.full(CHUNKS, 1 / CHUNKS), size=replicates).astype(float)
+    shape = (len(names), 1, len(REPLICATE_CUTOFFS), len(config.normalisations))
+    layer_stats, full_ks = [], []
+    for layer in range(layers):  # the full sample's bases and ks: before the clock starts
+        layer_stats.append({"base": probes.ActivationStatistics(
+            sites={(layer, s): full_sites[s] for s in chunks},
+            chunks={(layer, s): chunks[s] for s in chunks})})  # fmt: skip
+        full_ks.append(np.empty(shape[:3], dtype=np.int64))
+        grid.fill(layer, prepared, layer_stats[-1], np.empty(shape), full_ks[-1])
+    ks = full_ks[0][0, 0]
+    lo, hi = spectra.needed_columns(ks, d)
+    lines = [f"{spectrum}: full-sample ks {dict(zip(REPLICATE_CUTOFFS, ks.tolist(), strict=True))}, "
+             f"{lo + d - hi} columns of {d}"]  # fmt: skip
+    print(lines[-1], flush=True)
+    best = {}
+    for _ in range(rounds):
+        for solver in ("full", "auto"):
+            grid.replicate_solver = solver
+            start = time.perf_counter()
+            for layer in range(layers):
+                out = np.empty((replicates, *shape))
+                fill_replicates(grid, layer, prepared, layer_stats[layer], weights, out,
+                                ("act_cov",), full_ks=full_ks[layer])  # fmt: skip
+            spent = (time.perf_counter() - start) / replicates
+            best[solver] = min(best.get(solver, np.inf), spent)
+            lines.append(f"round: {solver:4s} {spent:7.3f} s per replicate ({layers} layers)")
+            print(lines[-1], flush=True)
+    lines.append(f"fastest: full {best['full']:.3f} s, auto {best['auto']:.3f} s per replicate;"
+                 f" auto / full = {best['auto'] / best['full']:.2f}")  # fmt: skip
+    print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="576,768,2048,4096")
@@ -260,7 +341,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lobpcg-k", type=int, default=64, help="LOBPCG only up to this m")
     parser.add_argument("--two-max-d", type=int, default=4096, help="2-thread timing up to this d")
     parser.add_argument("--crossover", action="store_true", help="also m/d = 0.1 … 0.6")
+    parser.add_argument("--replicates", type=int, default=0,
+                        help="instead: seconds per bootstrap replicate of GPT-2-small shapes "
+                        "by replicate solver (full, auto), this many replicates a round")  # fmt: skip
+    parser.add_argument("--spectrum", choices=tuple(SPECTRA), default="massive",
+                        help="activations' spectrum (with --replicates)")  # fmt: skip
+    parser.add_argument("--layers", type=int, default=12, help="layers (with --replicates)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds (with --replicates)")
     args = parser.parse_args(argv)
+    if args.replicates:
+        replicate_seconds(args.layers, args.replicates, args.rounds, args.spectrum)
+        return 0
     dims = [int(x) for x in args.dims.split(",")]
     ks = [int(x) for x in args.ks.split(",")]
     print(f"{'d':>5s} {'m':>4s}  {'solver':36s} {'1 thr ms':>10s} {'2 thr ms':>10s} {'|ΔF|':>9s}")

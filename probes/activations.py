@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import SITES, family_of, layer_modules, model_dims, n_experts, site_modules
-from .subspaces import Subspace, covariance_subspace
+from .spectra import PartialSpectrum, partial_eigh
+from .subspaces import Subspace, covariance_moment, covariance_subspace
 
 __all__ = [
     "Accumulator",
@@ -79,6 +80,17 @@ class SiteStatistics:
             self.sum_x, self.sum_xx, self.n, centred=centred, construction=construction,
             upper_only=self.upper_only,
         )  # fmt: skip
+
+    def partial_spectrum(
+        self, cutoffs, *, centred: bool = True, method: str = "auto", hint: int | None = None
+    ) -> PartialSpectrum:
+        """What `cutoffs` read of the matrix :meth:`subspace` decomposes: each cutoff's k and
+        only the eigenvectors its fractions need (:func:`probes.spectra.partial_eigh`, ``mp``
+        with these statistics' ``n``; `method` and `hint` as there)."""
+        moment = covariance_moment(self.sum_x, self.sum_xx, self.n, centred)
+        if not self.upper_only:  # symmetrised as covariance_subspace symmetrises it
+            moment = 0.5 * (moment + moment.T)
+        return partial_eigh(moment, cutoffs, n_samples=int(self.n), method=method, hint=hint)
 
 
 @dataclass

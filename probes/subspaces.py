@@ -36,6 +36,7 @@ __all__ = [
     "CONSTRUCTIONS",
     "Subspace",
     "construction_rng",
+    "covariance_moment",
     "covariance_subspace",
     "covariance_subspaces",
     "gram_subspace",
@@ -85,8 +86,9 @@ def _descending_eigh(
     return np.clip(values[::-1], 0.0, None), np.ascontiguousarray(vectors[:, ::-1])
 
 
-def _moment(sum_x, sum_xx, n: int, centred: bool) -> np.ndarray:
-    """``Σxxᵀ/n − μμᵀ`` (``centred``) or ``Σxxᵀ/n``, a new float64 array."""
+def covariance_moment(sum_x, sum_xx, n: int, centred: bool) -> np.ndarray:
+    """``Σxxᵀ/n − μμᵀ`` (``centred``) or ``Σxxᵀ/n``, a new float64 array: the matrix
+    :func:`covariance_subspace` decomposes (as given: symmetrised, or its upper triangle read)."""
     if n < 1:
         raise ValueError(f"`n` must be positive, got {n}: no activations were collected")
     moment = as_float64(sum_xx) / n
@@ -106,7 +108,7 @@ def covariance_subspace(
     ``False`` the second moment ``Σxxᵀ/n`` (``act_moment``). ``upper_only``:
     ``Σxxᵀ`` is exactly symmetric and only its upper triangle is read.
     """
-    moment = _moment(sum_x, sum_xx, n, centred)
+    moment = covariance_moment(sum_x, sum_xx, n, centred)
     values, vectors = _descending_eigh(moment, upper_only=upper_only)
     del moment
     name = construction or ("act_cov" if centred else "act_moment")
@@ -125,7 +127,7 @@ def covariance_subspaces(statistics, *, device="cpu") -> list[Subspace]:
         return []
     moments, names, counts = [], [], []
     for sum_x, sum_xx, n, centred, construction, upper_only in statistics:
-        moment = _moment(sum_x, sum_xx, n, centred)
+        moment = covariance_moment(sum_x, sum_xx, n, centred)
         # torch.linalg.eigh reads the lower triangle: the transpose of an upper-only moment.
         moments.append(moment.T if upper_only else 0.5 * (moment + moment.T))
         names.append(construction or ("act_cov" if centred else "act_moment"))

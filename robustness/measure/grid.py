@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 import probes
+from probes.spectra import needed_columns
 from robustness.settings.config import SweepConfig
 
 __all__ = [
@@ -32,17 +33,26 @@ __all__ = [
     "TRAINED_SIDE_SOURCE",
     "REPLICATE_BLOCK",
     "REPLICATE_BLOCK_BYTES",
+    "REPLICATE_SOLVERS",
+    "REPLICATE_SOLVER",
     "Grid",
     "as_numpy",
     "eigen_all",
     "fill_replicates",
     "mechanical_reference",
     "replicate_block",
+    "replicate_hints",
     "worker_pool",
 ]
 
 REPLICATE_BLOCK = 8  # bootstrap replicates reweighted and decomposed together, at most
 REPLICATE_BLOCK_BYTES = 1 << 30  # and no more than their d × d matrices and bases fit in this
+# How a replicate's activation bases are found on the CPU (probes.spectra.partial_eigh's
+# methods): "auto" computes each cutoff's k and only the eigenvectors the fractions read;
+# "full" is numpy.linalg.eigh of every column (the same numbers bit for bit as before partial
+# spectra); "tridiagonal" forces the partial solver at any width (the tests' tiny models).
+REPLICATE_SOLVERS = ("auto", "full", "tridiagonal")
+REPLICATE_SOLVER = "auto"  # each Grid's `replicate_solver` at construction
 
 
 def replicate_block(n_sites: int, d: int) -> int:
@@ -139,6 +149,8 @@ class Grid:
         # Where the bootstrap's eigendecompositions run batched (torch.linalg.eigh): the
         # statistics' GPU; None keeps NumPy's, two at a time on the CPU (as fast there).
         self.eigh_device: str | None = None
+        # Where they run on the CPU: how each replicate's bases are found (REPLICATE_SOLVERS).
+        self.replicate_solver: str = REPLICATE_SOLVER
 
     def prepare(self, matrices, deltas, weights) -> list[_Matrix]:
         prepared = []
@@ -182,6 +194,40 @@ class Grid:
                     )
         return tasks
 
+    def replicate_tasks(self, layer, prepared, stats, constructions, hints=None) -> dict:
+        """:meth:`basis_tasks` of a bootstrap replicate on the CPU, by :attr:`replicate_solver`.
+
+        ``full``: the same tasks. Otherwise each activation construction's task is a
+        :class:`probes.PartialSpectrum` of the same matrix (each cutoff's k and only the
+        eigenvectors its fractions read, every cutoff at once); `hints` ``{(site,
+        construction): columns}`` (:func:`replicate_hints`) steer ``auto``'s choice of solver.
+        """
+        if self.replicate_solver not in REPLICATE_SOLVERS:
+            raise ValueError(f"`replicate_solver` must be one of {REPLICATE_SOLVERS}, "
+                             f"got {self.replicate_solver!r}")  # fmt: skip
+        tasks = self.basis_tasks(layer, prepared, stats, constructions)
+        if self.replicate_solver == "full":
+            return tasks
+        for site, construction in tasks:
+            site_stats = stats[self.sources[construction]].sites[(layer, site)]
+            tasks[(site, construction)] = partial(
+                site_stats.partial_spectrum,
+                self.config.cutoffs,
+                centred=construction != "act_moment",
+                method=self.replicate_solver,
+                hint=(hints or {}).get((site, construction)),
+            )
+        return tasks
+
+    def cutoff_ks(self, subspace) -> np.ndarray:
+        """Each cutoff's k on a basis: a replicate's partial spectrum has them already."""
+        if isinstance(subspace, probes.PartialSpectrum):
+            return subspace.ks
+        return np.array([
+            probes.resolve_cutoff(c, d=self.d, spectrum=subspace.spectrum, n_samples=subspace.n_samples)
+            for c in self.config.cutoffs
+        ])  # fmt: skip
+
     def _subspace(self, bases, layer, matrix: str, construction: str):
         if construction in self.sources:
             return bases[(probes.SITE_OF[matrix], construction)]
@@ -211,14 +257,16 @@ class Grid:
 
         ``constructions`` limits the work to some constructions (their indices in
         the config are kept): a bootstrap replicate redoes only the activation ones.
-        ``bases`` are the results of :meth:`basis_tasks` when already computed.
+        ``bases`` are the results of :meth:`basis_tasks` (or a replicate's
+        :meth:`replicate_tasks`: partial spectra, their ks already resolved) when
+        already computed.
         ``mechanical[matrix, construction, cutoff]``, when given, receives the
         mechanical reference of each read matrix on each activation construction
         (:func:`mechanical_reference`). ``top_share``, when given, receives
         ``{site: λ₁ / tr}`` of each site's covariance (from the ``act_cov`` basis:
         the share of the variance in its top direction).
         """
-        d, cutoffs, normalisations = self.d, self.config.cutoffs, self.config.normalisations
+        d, normalisations = self.d, self.config.normalisations
         chosen = constructions or self.config.constructions
         if bases is None:
             bases = eigen_all(self.basis_tasks(layer, prepared, stats, chosen))
@@ -233,10 +281,7 @@ class Grid:
                 if subspace is not None:
                     groups.setdefault(id(subspace), (subspace, []))[1].append(mi)
             for subspace, members in groups.values():
-                k = np.array([
-                    probes.resolve_cutoff(c, d=d, spectrum=subspace.spectrum, n_samples=subspace.n_samples)
-                    for c in cutoffs
-                ])  # fmt: skip
+                k = self.cutoff_ks(subspace)
                 ks[members, ci] = k
                 if top_share is not None and construction == "act_cov":
                     site = probes.SITE_OF[prepared[members[0]].name]
@@ -293,10 +338,29 @@ def mechanical_reference(spectrum, k, d: int) -> np.ndarray:
     return np.where(k >= 1, value, np.nan)
 
 
+def replicate_hints(grid, prepared, full_ks, constructions) -> dict:
+    """``{(site, construction): columns}``: how many eigenvectors the full sample's cutoffs read
+    there (``lo + d − hi``, :func:`probes.spectra.needed_columns` of its ks ``[matrix,
+    construction, cutoff]``), what a replicate's will be near: ``auto``'s choice of solver."""
+    hints = {}
+    for mi, matrix in enumerate(prepared):
+        for construction in constructions:
+            key = (probes.SITE_OF[matrix.name], construction)
+            ci = grid.config.constructions.index(construction)
+            if construction in grid.sources and key not in hints:
+                lo, hi = needed_columns(full_ks[mi, ci], grid.d)
+                hints[key] = lo + grid.d - hi
+    return hints
+
+
 def fill_replicates(
-    grid, layer, prepared, stats, weights, out, constructions, *, progress=False, label="bootstrap"
-) -> None:
+    grid, layer, prepared, stats, weights, out, constructions, *, full_ks=None, progress=False,
+    label="bootstrap",
+) -> None:  # fmt: skip
     """Fill ``out[b]`` for each row of ``weights``, in blocks of :func:`replicate_block` replicates.
+
+    ``full_ks`` ``[matrix, construction, cutoff]``, the full sample's ks, give
+    :func:`replicate_hints` (without them ``auto`` decides from each replicate alone).
 
     Everything runs on one :func:`worker_pool`: a block's reweighted statistics
     (one pass over the chunks per site), its eigendecompositions (sites ×
@@ -306,6 +370,7 @@ def fill_replicates(
     """
     sites = sorted({(layer, probes.SITE_OF[m.name]) for m in prepared})
     size = replicate_block(len(sites) * len(stats), grid.d)
+    hints = None if full_ks is None else replicate_hints(grid, prepared, full_ks, constructions)
     blocks = [weights[start : start + size] for start in range(0, len(weights), size)]
 
     def reweight(block):  # {(role, site): future of the block's statistics there}
@@ -336,7 +401,7 @@ def fill_replicates(
             for (role, key), future in pending.items():
                 for b, site in enumerate(future.result()):
                     replicates[b][role].sites[key] = site
-            bases = _replicate_bases(grid, layer, prepared, replicates, constructions, pool)
+            bases = _replicate_bases(grid, layer, prepared, replicates, constructions, pool, hints)
             del replicates
             pending = reweight(blocks[index + 1]) if index + 1 < len(blocks) else {}
             for future in [pool.submit(fill, b, offset, bases) for b in range(len(block))]:
@@ -346,15 +411,21 @@ def fill_replicates(
             bar.update()
 
 
-def _replicate_bases(grid, layer, prepared, replicates, constructions, pool) -> dict:
-    """``{(b, key): Subspace}``: a block's activation bases, on the pool or batched on the device."""
+def _replicate_bases(grid, layer, prepared, replicates, constructions, pool, hints) -> dict:
+    """``{(b, key): Subspace or PartialSpectrum}``: a block's activation bases, on the pool
+    (:meth:`Grid.replicate_tasks`) or batched on the device (complete bases)."""
+    if grid.eigh_device is None:
+        return eigen_all({
+            (b, key): task
+            for b, replicate in enumerate(replicates)
+            for key, task in grid.replicate_tasks(layer, prepared, replicate, constructions,
+                                                  hints).items()
+        }, pool)  # fmt: skip
     tasks = {
         (b, key): task
         for b, replicate in enumerate(replicates)
         for key, task in grid.basis_tasks(layer, prepared, replicate, constructions).items()
     }
-    if grid.eigh_device is None:
-        return eigen_all(tasks, pool)
     # Every task is an activation construction's covariance: one batched call.
     keys = list(tasks)
     moments = []

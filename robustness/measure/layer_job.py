@@ -124,7 +124,7 @@ class LayerJob:
             out["experts"] = collapse(deltas.rows, len(matrices), shares, out, per_row)
             out["expert_load"] = shares
         if self.weights_b is not None:
-            out["boot"] = self._replicates(layer, deltas, stats, per_row["rsf"], shares, progress)
+            out["boot"] = self._replicates(layer, deltas, stats, per_row, shares, progress)
         return out
 
     def _read_deltas(self, layer: int) -> _LayerDeltas:
@@ -177,16 +177,18 @@ class LayerJob:
             per_row["spectrum"][row, : matrix.spectrum.size] = matrix.spectrum  # NaN: a zero delta
         return per_row, top_share
 
-    def _replicates(self, layer, deltas: _LayerDeltas, stats, rsf, shares, progress) -> np.ndarray:
+    def _replicates(self, layer, deltas: _LayerDeltas, stats, per_row, shares, progress):
         """``[B (+ C), matrix, …]``: the corpus-independent constructions keep their values
-        (`rsf`); the activation ones are recomputed from reweighted chunk statistics."""
+        (``per_row["rsf"]``); the activation ones are recomputed from reweighted chunk
+        statistics (the full sample's ``per_row["k"]`` saying how many eigenvectors to expect)."""
+        rsf = per_row["rsf"]
         boot = np.broadcast_to(rsf, (len(self.weights_b), *rsf.shape)).copy()
         if self.resampled:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 fill_replicates(
                     self.grid, layer, deltas.prepared, stats, self.weights_b, boot,
-                    self.resampled, progress=progress,
+                    self.resampled, full_ks=per_row["k"], progress=progress,
                     label=f"bootstrap {self.pair.label} layer {layer}",
                 )  # fmt: skip
         if shares is not None:  # each replicate's expert mean, with the corpus's shares
