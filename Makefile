@@ -1,10 +1,11 @@
 # `make test` is the one command CI runs (.ci/run); it builds .venv when missing.
+# `make bench` (quick) and `make bench-full` (everything) write bench.json; CI runs neither.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv browser demo demo-real layers test bench lint clean
+.PHONY: venv browser demo demo-real layers test bench bench-full lint clean
 
 venv: $(STAMP)
 
@@ -42,7 +43,13 @@ layers: $(STAMP)
 test: $(STAMP) browser layers
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q
 
+# Benchmarks (never run by `make test` or CI): `bench` is the quick mode (about 10 minutes on
+# 2 cores, the full-size-only figures recorded as skipped); `bench-full` measures everything,
+# the 8B-shaped memory figures included (about 11 GB of disk, over an hour).
 bench: $(STAMP)
+	$(PY) -m benchmarks.run --quick --out bench.json
+
+bench-full: $(STAMP)
 	$(PY) -m benchmarks.run --out bench.json
 
 lint: $(STAMP)
