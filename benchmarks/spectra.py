@@ -262,7 +262,8 @@ REPLICATE_CUTOFFS = ("k=8", "k=16", "k=32", "k=64", "var=0.9", "pr")
 
 # The activations' spectrum: "massive", :func:`replicate_matrices`' (var=0.9 and pr at k of a
 # few: the cutoffs read the top 64 columns); "flat", ``j^-0.7`` with no massive direction
-# (var=0.9 near k = 560, pr near 160: what GPT-2 small's sites ask, 280–570 and 160–300).
+# (var=0.9 near k = 520, pr near 155: about what the README's GPT-2-small-shaped random model
+# asks, 279–574 and 156–304).
 SPECTRA = {"massive": 1.0, "flat": 0.7}
 
 
