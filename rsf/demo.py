@@ -146,6 +146,10 @@ def run_demo(
     from robustness.io.datasets import write_dataset
 
     started = time.perf_counter()
+    if real:  # first: without the package (or with another file) nothing is created
+        from robustness.demo.real import real_model_file
+
+        real_model_file()
     paths = _output_paths(Path(out), full=full, mkdir=mkdir)
     run = robustness.api.run_demo(
         settings=settings, grid=grid, cache_dir=cache_root, retrain=retrain, full=full,
