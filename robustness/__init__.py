@@ -32,18 +32,7 @@ __all__ = [
     "trajectory",
 ]
 
-_API = (
-    "calibrate",
-    "contrastive",
-    "load",
-    "measure_gradients",
-    "paper_claims",
-    "rank1",
-    "run_demo",
-    "statistics",
-    "sweep",
-    "trajectory",
-)
+_API = tuple(name for name in __all__ if name != "__version__")  # loaded from .api when used
 
 
 def __getattr__(name: str):

@@ -60,6 +60,7 @@ __all__ = [
     "demo_is_cached",
     "demo_pair",
     "demo_probe_corpus",
+    "recipe_gradients",
     "demo_sweep_config",
     "demo_held_out_inputs",
     "demo_token_windows",
@@ -408,6 +409,16 @@ def demo_gradients(
     one preference pair (prompt + continuation, the alignment recipe's), with
     the recipe's β and prompt length.
     """
+    return recipe_gradients(pair, checkpoints_of(pair), grid, tokens=grid.tokens,
+                            cache_root=cache_root, progress=progress)  # fmt: skip
+
+
+def recipe_gradients(
+    pair: DemoPair, checkpoints: DemoCheckpoints, grid, *, tokens, cache_root=None, progress=True
+) -> xr.Dataset:
+    """CE and DPO at ``grid.gradient_checkpoints`` of each phase of `checkpoints`, on `tokens`
+    held-out tokens in windows of one preference pair, with the pair's alignment recipe (β,
+    prompt length): the toy demo's and the real demo's gradients alike."""
     recipe = pair.manifest["settings"]
     length = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
     settings = GradientSettings(
@@ -417,11 +428,9 @@ def demo_gradients(
         replicates=grid.gradient_replicates,
         seed=grid.seed,
     )
-    checkpoints = checkpoints_of(pair).gradient_checkpoints(
-        "both", per_phase=grid.gradient_checkpoints
-    )
-    corpus = demo_held_out_corpus(pair, length=length, tokens=grid.tokens)
-    return gradient_dataset(checkpoints, corpus, settings, cache_root=cache_root, progress=progress)
+    chosen = checkpoints.gradient_checkpoints("both", per_phase=grid.gradient_checkpoints)
+    corpus = demo_held_out_corpus(pair, length=length, tokens=tokens)
+    return gradient_dataset(chosen, corpus, settings, cache_root=cache_root, progress=progress)
 
 
 def demo_initialisation(pair: DemoPair) -> Path:

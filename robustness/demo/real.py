@@ -42,14 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from robustness import __version__
-from robustness.demo.pair import DemoCheckpoints, DemoPair, demo_held_out_corpus
+from robustness.demo.pair import DemoCheckpoints, DemoPair, demo_held_out_corpus, recipe_gradients
 from robustness.demo.training import preference_metrics, split_documents, token_windows
 from robustness.io.files import atomic_output
 from robustness.io.provenance import package_versions
 from robustness.measure.cache import default_cache_dir
 from robustness.measure.corpus import BUILTIN_CORPUS, builtin_documents, load_tokenizer, tokenize
-from robustness.mechanism.gradient_dataset import gradient_dataset
-from robustness.mechanism.gradients import GradientSettings
 from robustness.settings.config import CorpusSpec, PairSpec, SweepConfig
 from robustness.training.loops import align, save_pretrained
 from robustness.training.preferences import PreferencePairs, chat_frame, framed, preference_pairs
@@ -407,20 +405,8 @@ def real_probe_corpus(pair: DemoPair, grid: RealGrid):
 
 def real_gradients(pair: DemoPair, grid: RealGrid, *, cache_root=None, progress: bool = True):
     """``gradients.nc``: CE and DPO at the real weights and at ``grid.gradient_checkpoints`` DPO steps."""
-    recipe = pair.manifest["settings"]
-    length = int(recipe["prompt_len"]) + int(recipe["continuation_len"])
-    settings = GradientSettings(
-        objectives=("ce", "dpo"),
-        beta=float(recipe["beta"]),
-        prompt_len=int(recipe["prompt_len"]),
-        replicates=grid.gradient_replicates,
-        seed=grid.seed,
-    )
-    checkpoints = real_checkpoints(pair).gradient_checkpoints(
-        "both", per_phase=grid.gradient_checkpoints
-    )
-    corpus = demo_held_out_corpus(pair, length=length, tokens=grid.gradient_tokens)
-    return gradient_dataset(checkpoints, corpus, settings, cache_root=cache_root, progress=progress)
+    return recipe_gradients(pair, real_checkpoints(pair), grid, tokens=grid.gradient_tokens,
+                            cache_root=cache_root, progress=progress)  # fmt: skip
 
 
 def real_sweep_config(pair: DemoPair, grid: RealGrid) -> SweepConfig:
