@@ -6,12 +6,18 @@ timed alone with the library's own functions, on the sweep's pool
 thread each), one task per site, the median of a few runs:
 
 - ``reweighting``: the replicate's statistics from the chunk statistics
-  (:meth:`probes.ChunkStatistics.reweighted_many`, upper triangle only) and
-  their centred covariance;
+  (:meth:`probes.ChunkStatistics.reweighted_many`, upper triangle only, a block
+  of :data:`~robustness.measure.grid.REPLICATE_BLOCK` replicates in one pass,
+  as the sweep does: the block's seconds over its size) and their centred
+  covariance;
 - ``eigenvalues``: the tridiagonal reduction and the whole spectrum
-  (:func:`probes.spectra.reduce_tridiagonal`, :meth:`~probes.spectra.Reduction.values`);
-- ``eigenvectors``: the columns the cutoffs read
-  (:meth:`~probes.spectra.Reduction.columns`, the reduction's reflectors applied);
+  (:func:`probes.spectra.reduce_tridiagonal`,
+  :meth:`~probes.spectra.Reduction.eigenpairs`: ``dsterf``, or divide and
+  conquer for every vector of T where the full sample's cutoffs read many
+  columns, the sweep's hint);
+- ``eigenvectors``: each cutoff's k and the columns it reads
+  (:meth:`~probes.spectra.Reduction.partial`: MRRR for a few, and the
+  reduction's reflectors applied to those columns only);
 - ``fractions``: every delta and ``W_from`` of the layer measured there
   (:func:`probes.fractions_at_many`: GPT-2's q, k, v on ``attn_in``, up on
   ``mlp_in``, o and down on ``resid_post``, 144 in all);
@@ -65,12 +71,15 @@ def stage_seconds(pool, task, inputs: list, repeats: int) -> tuple[float, list]:
 
 def replicate_breakdown(tmp: Path, n_tokens: int = 8192, repeats: int = 3) -> dict:
     """Seconds per replicate in each stage (module docstring), summed over the 36 sites."""
-    from robustness.measure.grid import worker_pool
+    from robustness.measure.grid import REPLICATE_BLOCK, worker_pool
 
     chunks = chunk_statistics(tmp, n_tokens)
     keys = sorted(chunks)
     n_chunks = len(chunks[keys[0]].n)
-    counts = np.random.default_rng(0).multinomial(n_chunks, np.full(n_chunks, 1 / n_chunks))
+    # A block of replicates is reweighted in one pass over the chunks, as the sweep does.
+    block = np.random.default_rng(0).multinomial(
+        n_chunks, np.full(n_chunks, 1 / n_chunks), size=REPLICATE_BLOCK
+    )
     d = chunks[keys[0]].d
     rng = np.random.default_rng(1)
     factors = {}
@@ -78,20 +87,29 @@ def replicate_breakdown(tmp: Path, n_tokens: int = 8192, repeats: int = 3) -> di
         grams = [x.T @ x for x in rng.standard_normal((FACTORS_PER_SITE[key[1]], 2 * d, d))]
         factors[key] = [probes.residual_factor(gram=g, pathway="read") for g in grams]
 
-    def reweight(key):
-        (site,) = chunks[key].reweighted_many(counts[None, :], upper_only=True)
+    def covariance(site):
         mean = site.sum_x / site.n
         return site.sum_xx / site.n - np.outer(mean, mean), site.n  # the upper triangle is read
 
-    def eigenvalues(covariance):
-        reduction = spectra.reduce_tridiagonal(covariance[0])
-        return reduction, reduction.values(), covariance[1]
+    def reweight(key):
+        return covariance(chunks[key].reweighted_many(block, upper_only=True)[0])
+
+    # The sweep's hint: the columns the full sample's cutoffs read (untimed).
+    hints = {}
+    for key in keys:
+        whole = covariance(chunks[key].reweighted_many(np.ones((1, n_chunks)), upper_only=True)[0])
+        found = spectra.partial_eigh(whole[0], BOOTSTRAP_CUTOFFS, n_samples=whole[1], method="full")
+        hints[key] = found.lo + d - found.hi
+
+    def eigenvalues(item):
+        key, (matrix, n) = item
+        reduction = spectra.reduce_tridiagonal(matrix)
+        many = hints[key] > spectra.ALL_VECTORS_SHARE * d
+        return reduction, reduction.eigenpairs(many=many, spectrum=True), n
 
     def eigenvectors(found):
-        reduction, values, n = found
-        ks = spectra.resolve_ks(BOOTSTRAP_CUTOFFS, d, values=values, n_samples=n)
-        head, tail = reduction.columns(*spectra.needed_columns(ks, d))
-        return spectra.PartialSpectrum(ks, head, tail, values, "tridiagonal")
+        reduction, (values, vectors), n = found
+        return reduction.partial(BOOTSTRAP_CUTOFFS, values, vectors, n)
 
     def full_eigh(covariance):
         values, vectors = np.linalg.eigh(covariance[0], UPLO="U")
@@ -107,7 +125,10 @@ def replicate_breakdown(tmp: Path, n_tokens: int = 8192, repeats: int = 3) -> di
     with worker_pool() as pool:
         seconds = {}
         seconds["reweighting"], covariances = stage_seconds(pool, reweight, keys, repeats)
-        seconds["eigenvalues"], reductions = stage_seconds(pool, eigenvalues, covariances, repeats)
+        seconds["reweighting"] /= len(block)  # one pass reweights the whole block
+        seconds["eigenvalues"], reductions = stage_seconds(
+            pool, eigenvalues, list(zip(keys, covariances, strict=True)), repeats
+        )
         seconds["eigenvectors"], partials = stage_seconds(pool, eigenvectors, reductions, repeats)
         seconds["fractions"], found = stage_seconds(
             pool, fractions, list(zip(keys, partials, strict=True)), repeats
@@ -137,5 +158,6 @@ def replicate_breakdown(tmp: Path, n_tokens: int = 8192, repeats: int = 3) -> di
         "chunks": n_chunks,
         "tokens": n_tokens,
         "repeats": repeats,
+        "replicates_reweighted_together": len(block),
         "pool": "two tasks at a time, one BLAS thread each (the sweep's worker_pool)",
     }

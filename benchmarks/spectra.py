@@ -235,8 +235,11 @@ def format_row(row: dict) -> str:
 
 def tridiagonal_top(matrix, m: int):
     """The tridiagonal solver for the spectrum and exactly `m` top columns (no cutoff rule)."""
-    reduction = spectra.reduce_tridiagonal(matrix)
-    return reduction.values(), reduction.columns(m, matrix.shape[0])
+    reduction, d = spectra.reduce_tridiagonal(matrix), matrix.shape[0]
+    if m > spectra.ALL_VECTORS_SHARE * d:  # as partial_eigh with a hint of m columns
+        values, vectors = reduction.divide_and_conquer()
+        return values, reduction.columns_of(vectors, m, d)
+    return reduction.values(), reduction.columns(m, d)
 
 
 def crossover(d: int, budget: float, shares=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)) -> list[str]:

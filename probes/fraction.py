@@ -49,6 +49,7 @@ __all__ = [
     "fractions_at_many",
     "gram_purity",
     "gram_spectrum",
+    "needed_columns",
     "residual_factor",
     "residual_gram",
 ]
@@ -208,19 +209,26 @@ def residual_factor(delta=None, *, pathway: Pathway, gram=None) -> ResidualFacto
     return ResidualFactor(rows, triangular=False)
 
 
-def _columns_needed(ks: np.ndarray, r: int, d: int) -> tuple[int, int]:
-    """``(lo, hi)``: basis columns ``[0, lo)`` and ``[hi, r)`` give F at every defined k.
+def needed_columns(ks, d: int) -> tuple[int, int]:
+    """``(lo, hi)``: the columns ``[0, lo)`` and ``[hi, d)`` of a complete basis give F at every k.
 
     With a complete basis the energies sum to one, so ``F(k) = 1 − Σ_{j>k} e_j``:
-    the largest run of columns that no cutoff falls inside is skipped. A partial
-    frame has no tail to read from: its columns up to the largest k.
+    the widest run of columns no defined cutoff falls inside is skipped. No
+    defined k: ``(0, d)``, no columns.
     """
-    lo, hi = int(ks.max()), r
-    if r == d:
-        points = np.unique(np.concatenate([[0], ks, [d]]))
-        gap = int(np.argmax(np.diff(points)))
-        lo, hi = int(points[gap]), int(points[gap + 1])
-    return lo, hi
+    ks = np.asarray(ks, dtype=np.int64)
+    defined = ks[ks >= 1]
+    if defined.size == 0:
+        return 0, d
+    points = np.unique(np.concatenate([[0], defined, [d]]))
+    gap = int(np.argmax(np.diff(points)))
+    return int(points[gap]), int(points[gap + 1])
+
+
+def _columns_needed(ks: np.ndarray, r: int, d: int) -> tuple[int, int]:
+    """``(lo, hi)`` of a basis of `r` columns: :func:`needed_columns` of a complete one; a
+    partial frame has no tail to read from: its columns up to the largest k."""
+    return needed_columns(ks, d) if r == d else (int(ks.max()), r)
 
 
 def fractions_at_many(factors, basis, ks, *, warn: bool = True) -> np.ndarray:

@@ -13,7 +13,8 @@ needs, of its ``d × d`` moment ``C``, only
 Every direct method starts from the reduction ``T = QᵀCQ`` to tridiagonal form
 (LAPACK ``dsytrd``, ``4/3 d³`` flops, half of them matrix–vector products: the
 floor). From ``T`` the whole spectrum costs ``dsterf`` (``O(d²)``), a few
-eigenvectors ``dstemr`` (MRRR; ``O(d)`` each), and bringing them back to C's
+eigenvectors ``dstemr`` (MRRR; ``O(d)`` each), many of them divide and conquer
+(``dstevd``: every eigenpair of T, the spectrum with them), and bringing them back to C's
 coordinates applies ``Q`` to those columns only (``dormqr``, ``2d²m`` flops),
 where a full solver applies it to all ``d`` after divide and conquer on T
 (``numpy.linalg.eigh``: ``dsyevd``, 3.5 times the reduction at d = 576 and
@@ -49,14 +50,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
-import scipy.linalg.lapack as lapack
 import torch
 
+from . import lapack
 from .cutoffs import UNDEFINED, parse_cutoff, resolve_cutoff
-from .fraction import as_float64, fractions_at_many
+from .fraction import as_float64, fractions_at_many, needed_columns
 
 __all__ = [
     "SOLVERS",
+    "ALL_VECTORS_SHARE",
     "CROSSOVER",
     "PartialSpectrum",
     "Reduction",
@@ -78,40 +80,27 @@ SOLVERS = ("auto", "full", "tridiagonal", "subset", "lobpcg")
 # (spectrum and m eigenvectors from one reduction) breaks even with numpy.linalg.eigh),
 # measured by `python -m benchmarks.spectra --crossover`: one thread, CPU seconds (the sweep's
 # pool runs two one-thread solves side by side), a replicate's covariance with two massive
-# directions over a 1/j spectrum. Ratios tridiagonal / eigh at m/d = 0.1, 0.2, 0.4, 0.6, 1.0:
-# d = 128: 1.7 throughout (the calls' overheads); 256: 0.80, 1.09, 1.17, 1.14, 1.35;
-# 576: 0.70, 0.95, 1.00, 1.00, 1.31; 768: 0.57, 0.81, 0.94, 0.92, 1.07;
-# 2048: 0.49, 0.62, 0.68, 0.97, 1.26; 4096: 0.55, 0.66, 0.81, 0.88, 0.95.
-# Repeated runs moved single ratios by ±5% (a shared two-core machine); near the break-even
-# point the two solvers cost the same, so the choice there costs nothing either way. Linear
-# in d between the measured widths, constant beyond.
-CROSSOVER = ((128, 0.0), (256, 0.15), (576, 0.3), (768, 0.5), (2048, 0.65), (4096, 1.0))
-# dstemr on an index range bisects for its eigenvalues (O(d) per eigenvalue and step); the
-# whole spectrum takes dqds instead, O(d²) for every eigenvector of T at once. Beyond about
-# this share of d (measured: 0.22 at d = 576 and 768, 0.33 at 2048 and 4096) one call for
-# all of them is the cheaper (same benchmark).
-ALL_VECTORS_SHARE = 0.25
+# directions over a 1/j spectrum, on an otherwise idle two-core machine. Ratios tridiagonal /
+# eigh at m/d = 0.1, 0.2, 0.4, 0.6, 0.8, 1.0: d = 128: 1.7 throughout (the calls' overheads);
+# 256: 0.79, 1.02, 0.74, 0.77, 0.84, 0.89; 576: 0.70, 0.71, 0.83, 0.86, 0.90, 1.00;
+# 768: 0.65, 0.66, 0.71, 0.80, 0.87, 0.93; 2048: 0.46, 0.53, 0.62, 0.86, 1.32, 1.67 (there
+# applying Q to most columns costs more than dsyevd's own back-transformation); 4096 (with
+# MRRR for every column, before divide and conquer was used): 0.55, 0.66, 0.81, 0.88, –, 0.95.
+# Repeated runs moved single ratios by ±5%; near the break-even point the two solvers cost the
+# same, so the choice there costs nothing either way. Linear in d between the measured widths,
+# constant beyond.
+CROSSOVER = ((128, 0.0), (256, 1.0), (576, 0.9), (768, 1.0), (2048, 0.65), (4096, 1.0))
+# T's eigenvectors: for a few, dstemr on an index range (bisection for their eigenvalues,
+# O(d) per eigenvalue and step, after dsterf for the spectrum: 8 ms at d = 768, 50 at 2048);
+# beyond this share of d, divide and conquer (dstevd, as dsyevd runs it) for the spectrum and
+# every vector of T at once is the cheaper (measured: dstemr 0.22 ms a vector at d = 768
+# against 27 ms for dstevd, 0.65 against 291 at 2048: 0.11–0.16 of d and 0.18–0.22).
+ALL_VECTORS_SHARE = 0.15
 
 
 def needs_spectrum(cutoffs) -> bool:
     """Whether any cutoff needs the whole spectrum (``var``: its cumulative sum; ``mp``: its median)."""
     return any(parse_cutoff(c).rule in ("var", "mp") for c in cutoffs)
-
-
-def needed_columns(ks, d: int) -> tuple[int, int]:
-    """``(lo, hi)``: the columns ``[0, lo)`` and ``[hi, d)`` of a complete basis give F at every k.
-
-    The rule :func:`probes.fractions_at_many` applies to a complete basis: the
-    widest run of columns no defined cutoff falls inside is skipped. No defined
-    k: ``(0, d)``, no columns.
-    """
-    ks = np.asarray(ks, dtype=np.int64)
-    defined = ks[ks >= 1]
-    if defined.size == 0:
-        return 0, d
-    points = np.unique(np.concatenate([[0], defined, [d]]))
-    gap = int(np.argmax(np.diff(points)))
-    return int(points[gap]), int(points[gap + 1])
 
 
 def resolve_ks(cutoffs, d: int, *, values=None, moments=None, n_samples=None) -> np.ndarray:
@@ -206,26 +195,44 @@ class Reduction:
 
     def values(self) -> np.ndarray:
         """Every eigenvalue, descending, clipped at 0 (``dsterf``: no vectors)."""
-        values = scipy.linalg.eigvalsh_tridiagonal(
-            self.diagonal, self.off, lapack_driver="sterf", check_finite=False
-        )
-        return np.clip(values[::-1], 0.0, None)
+        return np.clip(lapack.dsterf(self.diagonal, self.off)[::-1], 0.0, None)
 
     def tridiagonal_vectors(self, ranges) -> list[np.ndarray]:
         """Eigenvectors of T for each ascending index range ``(first, last)`` (inclusive)."""
         wanted = sum(last - first + 1 for first, last in ranges)
         if wanted > ALL_VECTORS_SHARE * self.d:
-            _, vectors = scipy.linalg.eigh_tridiagonal(
-                self.diagonal, self.off, lapack_driver="stemr", check_finite=False
-            )
+            _, vectors = self.divide_and_conquer()
             return [vectors[:, first : last + 1] for first, last in ranges]
-        return [
-            scipy.linalg.eigh_tridiagonal(
-                self.diagonal, self.off, select="i", select_range=(first, last),
-                lapack_driver="stemr", check_finite=False,
-            )[1]
-            for first, last in ranges
-        ]  # fmt: skip
+        return [lapack.dstemr(self.diagonal, self.off, first, last) for first, last in ranges]
+
+    def divide_and_conquer(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, vectors)`` of T, ascending: every eigenpair (``dstevd``, as ``dsyevd`` does)."""
+        if self.d == 1:
+            return self.diagonal.copy(), np.ones((1, 1))
+        return lapack.dstevd(self.diagonal, self.off)
+
+    def eigenpairs(self, *, many: bool, spectrum: bool):
+        """``(values, vectors)``: T's spectrum (descending, clipped at 0) when `spectrum`, and
+        with `many` (many columns expected) every eigenvector of T (ascending) by divide and
+        conquer, which gives the spectrum too (no ``dsterf`` first); else None for either."""
+        if many:
+            ascending, vectors = self.divide_and_conquer()
+            return np.clip(ascending[::-1], 0.0, None), vectors
+        return (self.values() if spectrum else None), None
+
+    def partial(self, cutoffs, values, vectors, n_samples) -> PartialSpectrum:
+        """Each cutoff's k and the columns its fractions read, from :meth:`eigenpairs`."""
+        ks = resolve_ks(cutoffs, self.d, values=values, moments=self.moments, n_samples=n_samples)
+        lo, hi = needed_columns(ks, self.d)
+        head, tail = self.columns(lo, hi) if vectors is None else self.columns_of(vectors, lo, hi)
+        return PartialSpectrum(ks, head, tail, values, "tridiagonal")
+
+    def columns_of(self, vectors: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(head, tail)`` as :meth:`columns`, from every eigenvector of T (ascending)."""
+        d = self.d
+        found = np.hstack([vectors[:, d - lo :][:, ::-1], vectors[:, : d - hi][:, ::-1]])
+        columns = self.back(found) if found.shape[1] else np.zeros((d, 0))
+        return np.ascontiguousarray(columns[:, :lo]), np.ascontiguousarray(columns[:, lo:])
 
     def columns(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """``(head, tail)``: C's top `lo` eigenvectors and its bottom ``d − hi``, descending."""
@@ -240,29 +247,15 @@ class Reduction:
 
     def back(self, vectors: np.ndarray) -> np.ndarray:
         """``Q z`` for the columns `vectors` of T's eigenvectors: C's eigenvectors."""
-        d, m = vectors.shape
-        if m == 0 or d == 1:
+        if vectors.shape[1] == 0 or self.d == 1:
             return np.array(vectors, dtype=np.float64, order="F")
-        # dormtr (lower) is dormqr on the trailing (d−1) × (d−1) block; scipy wraps only dormqr.
-        block = self.reflectors[1:, : d - 1]
-        rows = np.asfortranarray(vectors[1:])
-        lwork = int(lapack.dormqr("L", "N", block, self.tau, rows, -1)[1][0])
-        rows, _, info = lapack.dormqr("L", "N", block, self.tau, rows, lwork, overwrite_c=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"dormqr failed (info={info})")
-        out = np.empty((d, m), order="F")
-        out[0], out[1:] = vectors[0], rows
-        return out
+        return lapack.dormtr(self.reflectors, self.tau, vectors)
 
 
 def reduce_tridiagonal(matrix: np.ndarray) -> Reduction:
     """``dsytrd`` of the upper triangle of `matrix` (blocked; the matrix is not modified)."""
-    d = matrix.shape[0]
     # The transpose of a C-order array is Fortran order: its lower triangle is our upper one.
-    lwork = int(lapack.dsytrd_lwork(d, lower=1)[0])
-    reflectors, diagonal, off, tau, info = lapack.dsytrd(matrix.T, lower=1, lwork=max(lwork, 1))
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dsytrd failed (info={info})")
+    reflectors, diagonal, off, tau = lapack.dsytrd(matrix.T)
     return Reduction(diagonal, off, reflectors, tau)
 
 
@@ -309,13 +302,11 @@ def _full(matrix: np.ndarray, cutoffs, n_samples) -> PartialSpectrum:
     return PartialSpectrum(ks, head, tail, values, "full")
 
 
-def _tridiagonal(matrix: np.ndarray, cutoffs, n_samples, spectrum: bool) -> PartialSpectrum:
-    d = matrix.shape[0]
+def _tridiagonal(matrix: np.ndarray, cutoffs, n_samples, spectrum: bool, hint) -> PartialSpectrum:
     reduction = reduce_tridiagonal(matrix)
-    values = reduction.values() if spectrum else None
-    ks = resolve_ks(cutoffs, d, values=values, moments=reduction.moments, n_samples=n_samples)
-    head, tail = reduction.columns(*needed_columns(ks, d))
-    return PartialSpectrum(ks, head, tail, values, "tridiagonal")
+    many = hint is not None and hint > ALL_VECTORS_SHARE * reduction.d
+    values, vectors = reduction.eigenpairs(many=many, spectrum=spectrum)
+    return reduction.partial(cutoffs, values, vectors, n_samples)
 
 
 def _subset(matrix: np.ndarray, cutoffs, n_samples) -> PartialSpectrum:
@@ -409,7 +400,7 @@ def partial_eigh(
     if method == "full":
         return _full(matrix, cutoffs, n_samples)
     if method == "tridiagonal":
-        return _tridiagonal(matrix, cutoffs, n_samples, spectrum)
+        return _tridiagonal(matrix, cutoffs, n_samples, spectrum, hint)
     if spectrum:
         raise ValueError(f"the {method} solver gives no spectrum, which a cutoff needs")
     if method == "subset":

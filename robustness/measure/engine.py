@@ -241,7 +241,7 @@ def _sweep_layers(
         total=run.dims.n_layers, desc=f"layers {run.pair.label}", disable=not run.progress,
         leave=False,
     )  # fmt: skip
-    stream = iter(statistics)
+    stream, started = iter(statistics), time.perf_counter()
     while True:
         clock = time.perf_counter()
         try:
@@ -253,15 +253,29 @@ def _sweep_layers(
         layers.submit(layer, stats)
         del stats
         for done, out in layers.ready():
-            found.keep(done, out)
-            bar.update(1)
+            _advance(bar, found, done, out, time.perf_counter() - started)
         timings["grid"] += time.perf_counter() - clock
     clock = time.perf_counter()
     for done, out in layers.rest():
-        found.keep(done, out)
-        bar.update(1)
+        _advance(bar, found, done, out, time.perf_counter() - started)
     timings["grid"] += time.perf_counter() - clock
+    if found.boot is not None:
+        timings["bootstrap"] = found.bootstrap_seconds  # part of "grid"
     bar.close()
+
+
+def _advance(bar, found: _Collected, layer: int, out: dict, elapsed: float) -> None:
+    """Keep one layer's outputs and move the layers bar on; where the bootstrap takes most of
+    the time so far, the bar says so, with its estimated seconds per replicate for the pair."""
+    found.keep(layer, out)
+    bar.update(1)
+    seconds, layers = found.bootstrap_seconds, found.layers_done
+    if seconds > 0.5 * elapsed and layers:
+        per_replicate = seconds / layers * found.k.shape[0] / len(found.weights_b)
+        bar.set_postfix_str(
+            f"bootstrap {seconds / elapsed:.0%} of the time, ~{per_replicate:.2g} s a replicate",
+            refresh=False,
+        )
 
 
 def _pair_provenance(pair, sides, dims, matrices, progress) -> tuple[dict, dict, dict]:
@@ -326,6 +340,7 @@ class _Collected:
             }
         self.replicates, self.weights_b = config.replicates, weights_b
         self.zero: list[str] = []
+        self.bootstrap_seconds, self.layers_done = 0.0, 0
 
     def keep(self, layer: int, out: dict) -> None:
         if self.experts is not None:
@@ -339,7 +354,9 @@ class _Collected:
         self.top_share[layer] = out["top_share"]
         if self.boot is not None:
             self.boot[:, layer] = out["boot"]
+            self.bootstrap_seconds += out["bootstrap_seconds"]
         self.zero.extend(out["zero"])
+        self.layers_done += 1
 
     def result(self, run: _PairRun, passes: int) -> PairResult:
         """The pair's result; `passes`: the statistics passes a forward pass ran (0: cached)."""

@@ -13,6 +13,7 @@ numbers. The pair's orchestration is :mod:`robustness.measure.engine`.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -124,7 +125,9 @@ class LayerJob:
             out["experts"] = collapse(deltas.rows, len(matrices), shares, out, per_row)
             out["expert_load"] = shares
         if self.weights_b is not None:
+            clock = time.perf_counter()
             out["boot"] = self._replicates(layer, deltas, stats, per_row, shares, progress)
+            out["bootstrap_seconds"] = time.perf_counter() - clock
         return out
 
     def _read_deltas(self, layer: int) -> _LayerDeltas:

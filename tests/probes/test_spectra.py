@@ -221,10 +221,12 @@ def test_an_exactly_repeated_eigenvalue_at_the_cutoff(d):
     assert low - TOLERANCE <= expected[1] <= high + TOLERANCE
 
 
+@pytest.mark.parametrize("hint", [None, 160])
 @pytest.mark.parametrize("k_max", [4, 40, 140])
-def test_both_ways_to_the_tridiagonal_eigenvectors(k_max):
-    """Null: one MRRR call per index range (few columns) and one call for all of T's vectors
-    (beyond ALL_VECTORS_SHARE of d) give the full path's fractions to 1e-10, on a
+def test_both_ways_to_the_tridiagonal_eigenvectors(k_max, hint):
+    """Null: one MRRR call per index range (few columns) and divide and conquer for all of T's
+    vectors (beyond ALL_VECTORS_SHARE of d; with a `hint` of many columns, before any
+    spectrum, which then comes from it) give the full path's ks and fractions to 1e-10, on a
     bootstrap-like covariance (chunk-reweighted samples, two massive directions), with the
     spectrum cutoffs var, pr and mp beside k. Assumption: a generic spectrum."""
     rng = np.random.default_rng(k_max)
@@ -238,7 +240,9 @@ def test_both_ways_to_the_tridiagonal_eigenvectors(k_max):
     ks, basis, _ = full_path(matrix, cutoffs, n_samples=tokens)
     factors = random_factors(rng, d)
     expected = probes.fractions_at_many(factors, basis, ks)
-    found = spectra.partial_eigh(np.triu(matrix), cutoffs, n_samples=tokens, method="tridiagonal")
+    found = spectra.partial_eigh(
+        np.triu(matrix), cutoffs, n_samples=tokens, method="tridiagonal", hint=hint
+    )
     np.testing.assert_array_equal(found.ks, ks)
     np.testing.assert_allclose(found.fractions(factors), expected, rtol=0, atol=TOLERANCE)
 
@@ -340,10 +344,14 @@ def test_what_each_solver_refuses():
 def test_the_policy_is_the_measured_crossover():
     """The tridiagonal solver up to the measured share of d columns, the full one beyond; with
     the columns unknown, the tridiagonal one wherever it wins at all."""
-    assert spectra.tridiagonal_share(768) == 0.5 and spectra.tridiagonal_share(64) == 0.0
-    assert spectra.tridiagonal_share(8192) == spectra.tridiagonal_share(4096) == 1.0
-    assert spectra.choose_solver(768, 384, spectrum=True) == "tridiagonal"
-    assert spectra.choose_solver(768, 385, spectrum=False) == "full"
+    widths, shares = zip(*spectra.CROSSOVER, strict=True)
+    for d, share in spectra.CROSSOVER:
+        assert spectra.tridiagonal_share(d) == share
+    assert spectra.tridiagonal_share(64) == shares[0] == 0.0
+    assert spectra.tridiagonal_share(2 * widths[-1]) == shares[-1] == 1.0
+    assert spectra.tridiagonal_share(1408) == pytest.approx((shares[3] + shares[4]) / 2)
+    assert spectra.choose_solver(2048, int(0.65 * 2048), spectrum=True) == "tridiagonal"
+    assert spectra.choose_solver(2048, int(0.65 * 2048) + 1, spectrum=False) == "full"
     assert spectra.choose_solver(4096, 4096, spectrum=True) == "tridiagonal"
     assert spectra.choose_solver(768, None, spectrum=True) == "tridiagonal"
     assert spectra.choose_solver(128, None, spectrum=True) == "full"

@@ -205,3 +205,41 @@ def test_the_weights_hash_does_not_depend_on_the_dtype_the_models_are_loaded_in(
         assert str(f32[name].values[0]) == str(bf16[name].values[0])
     assert str(f32.base_hash.values[0]) != str(f32.aligned_hash.values[0])
     assert str(f32.base_hash.values[0]) == probes.weights_hash(base)
+
+
+class _Bar:
+    def __init__(self):
+        self.postfix, self.updates = None, 0
+
+    def update(self, n):
+        self.updates += n
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfix = text
+
+
+class _Found:
+    """What the layers bar reads of the collected outputs (engine._Collected)."""
+
+    def __init__(self, n_layers, rows):
+        self.k = np.zeros((n_layers, 1))
+        self.weights_b = np.zeros((rows, 4))
+        self.bootstrap_seconds, self.layers_done = 0.0, 0
+
+    def keep(self, layer, out):
+        self.bootstrap_seconds += out["bootstrap_seconds"]
+        self.layers_done += 1
+
+
+def test_the_layers_bar_says_when_the_bootstrap_dominates():
+    """The progress line gives the bootstrap's share of the time and its estimated seconds per
+    replicate (the pair's n_layers layers) once the bootstrap takes over half the time, and says
+    nothing of it before."""
+    from robustness.measure.engine import _advance
+
+    bar, found = _Bar(), _Found(n_layers=10, rows=50)
+    _advance(bar, found, 0, {"bootstrap_seconds": 1.0}, elapsed=4.0)  # a quarter of the time
+    assert bar.updates == 1 and bar.postfix is None
+    _advance(bar, found, 1, {"bootstrap_seconds": 5.0}, elapsed=8.0)  # 6 of 8 s
+    # 6 s over 2 layers, 10 layers in all, 50 replicates: 0.6 s a replicate.
+    assert bar.postfix == "bootstrap 75% of the time, ~0.6 s a replicate"
