@@ -79,7 +79,11 @@ class DatasetAccessor:
         return list(json.loads(self._ds.attrs.get("notes", "[]") or "[]"))
 
     def per_pair(self) -> dict[str, dict]:
-        """The statistics' per-pair summary: sets, counts and the joint tests (stats datasets)."""
+        """The statistics' per-pair summary: sets, counts and the joint tests (stats datasets).
+
+        Rebuilt from the per-pair variables, or an older file's JSON attribute
+        (:func:`robustness.stats.summaries.read_per_pair`).
+        """
         return read_per_pair(self._ds)
 
     def pair_model(self) -> dict:

@@ -29,7 +29,10 @@ from scipy import stats
 from robustness.measure.results import pair_phases
 from robustness.stats.layers import cosine_projections, layer_test, projections_for
 
-__all__ = ["pair_model", "phase_models"]
+__all__ = ["DIFFERENCE_NULL", "OVERALL_NULL", "pair_model", "phase_models"]
+
+OVERALL_NULL = "the mean over pairs and layers of D_{l,p} is 0"
+DIFFERENCE_NULL = "every pair has the same mean D"
 
 
 def pair_model(differences: np.ndarray, labels: list[str], *, confidence_level: float) -> dict:
@@ -43,7 +46,7 @@ def pair_model(differences: np.ndarray, labels: list[str], *, confidence_level: 
         "ci_low": float(overall.ci_low[0]),
         "ci_high": float(overall.ci_high[0]),
         "p_value": float(overall.p_value[0]),
-        "null": "the mean over pairs and layers of D_{l,p} is 0",
+        "null": OVERALL_NULL,
     }
     per_pair = layer_test(differences, confidence_level=confidence_level)
     out["per_pair"] = {
@@ -56,7 +59,7 @@ def pair_model(differences: np.ndarray, labels: list[str], *, confidence_level: 
         for i, label in enumerate(labels)
     }
     m = n_pairs - 1
-    difference = {"null": "every pair has the same mean D", "df": [m, k - m + 1]}
+    difference = {"null": DIFFERENCE_NULL, "df": [m, k - m + 1]}
     if k < m or n_layers <= k:
         difference.update(F=float("nan"), p_value=float("nan"))
         difference["note"] = (

@@ -21,13 +21,15 @@ One row per specification (``pair, construction, cutoff, normalisation``):
   interval, percentile (BCa beside it as ``seq_ci_*_bca``: it under-covers in
   calibration, 0.70–0.84, even from 1000 replicates).
 
-Per pair (attr ``per_pair``, read with
-:func:`robustness.stats.summaries.read_per_pair`): the specification-curve
-joint tests, the variance decomposition and the ranking stability
-(:mod:`robustness.stats.pair_tests`, one pair's tests). Several pairs of one
-phase: the pair model (:func:`robustness.stats.pairs.phase_models`, attr
-``pair_model``). Every test's null hypothesis is written out in the attr
-``null_hypotheses``.
+Per pair, as variables on ``pair`` and their own dimensions
+(:mod:`robustness.stats.summaries`, read back as dicts with
+:func:`~robustness.stats.summaries.read_per_pair`): the counts, the
+specification-curve joint tests, the variance decomposition and the ranking
+stability (:mod:`robustness.stats.pair_tests`, one pair's tests). Several pairs
+of one phase: the pair model (:func:`robustness.stats.pairs.phase_models`, on
+dim ``pair_model_phase``, read back with
+:func:`~robustness.stats.summaries.read_pair_model`). Every test's null
+hypothesis is written out in the attr ``null_hypotheses``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
@@ -59,12 +62,19 @@ from robustness.stats.pair_tests import (
     pair_statistics,
 )
 from robustness.stats.pairs import phase_models
+from robustness.stats.summaries import pair_model_variables, per_pair_variables
+
+if TYPE_CHECKING:
+    from robustness.settings.options import StatsOptions
 
 __all__ = [
     "SEQUENCE_REPLICATES_ADVISED",
     "NULL_HYPOTHESES",
+    "PairsTested",
     "compute_stats",
     "results_fingerprint",
+    "stats_dataset",
+    "run_pair_tests",
 ]
 
 # Percentile endpoints settle with about a thousand replicates; fewer leave visible Monte Carlo error.
@@ -222,8 +232,6 @@ def compute_stats(
     the first swept specification, and the dataset says so (attr
     ``preferred_note``).
     """
-    from tqdm.auto import tqdm
-
     from robustness.settings.options import StatsOptions
 
     options = StatsOptions(
@@ -232,10 +240,42 @@ def compute_stats(
         preferred=tuple(preferred) if preferred is not None else DEFAULT_PREFERRED,
         experts=experts,
     )  # fmt: skip
+    tested = run_pair_tests(
+        results, options, preferred_given=preferred is not None, progress=progress
+    )
+    return stats_dataset(tested)
+
+
+@dataclass(frozen=True)
+class PairsTested:
+    """Every pair tested: the arrays over specifications, each pair's summary and the pair model.
+
+    `results` is what was tested (with ``experts="each"``, one pair per expert).
+    """
+
+    results: xr.Dataset
+    options: StatsOptions
+    grid: StatsGrid
+    preferred: Preferred
+    arrays: SpecArrays
+    per_pair: dict[str, dict]  # read back from stats.nc by robustness.stats.summaries.read_per_pair
+    pair_model: dict  # read back by robustness.stats.summaries.read_pair_model
+
+
+def run_pair_tests(
+    results: xr.Dataset, options: StatsOptions, *, preferred_given: bool, progress: bool = False
+) -> PairsTested:
+    """Every pair's tests under `options` (a :class:`StatsOptions`), and the pair model per phase.
+
+    `preferred_given`: the options' preferred specification was asked for (one
+    the results lack is then an error, not a stand-in).
+    """
+    from tqdm.auto import tqdm
+
     if options.experts == "each":
         results = each_expert(results)
     grid = _grid(results, *_validate_sets(results, options.read, options.write))
-    chosen = _preferred(results, options.preferred, given=preferred is not None)
+    chosen = _preferred(results, options.preferred, given=preferred_given)
     arrays = SpecArrays.empty(tuple(results.sizes[d] for d in ("pair", *SPEC_DIMS)), grid.names)
     per_pair: dict[str, dict] = {}
     layer_differences: dict[str, np.ndarray] = {}
@@ -249,12 +289,19 @@ def compute_stats(
     models = phase_models(
         results, chosen.specification, grid.specs, layer_differences, options.confidence_level
     )
-    data_vars = _spec_variables(arrays)
+    return PairsTested(results, options, grid, chosen, arrays, per_pair, models)
+
+
+def stats_dataset(tested: PairsTested) -> xr.Dataset:
+    """The statistics dataset: per specification, the diagnostics, per pair and the pair model."""
+    results = tested.results
     found = diagnostics(results)  # massive activations, the ranks each cutoff chose
-    data_vars.update(found["data_vars"])
-    summaries = {"per_pair": json.dumps(per_pair), "pair_model": json.dumps(models)}
+    summary_vars, summary_coords = per_pair_variables(
+        tested.per_pair, joint_null=NULL_HYPOTHESES["joint"]
+    )
+    model_vars, model_coords = pair_model_variables(tested.pair_model, list(tested.per_pair))
     return xr.Dataset(
-        data_vars,
+        {**_spec_variables(tested.arrays), **found["data_vars"], **summary_vars, **model_vars},
         coords={
             **{d: results[d].values for d in ("pair", *SPEC_DIMS)},
             "layer": results.layer.values,
@@ -264,8 +311,10 @@ def compute_stats(
                 "construction",
                 np.asarray([c in CONTROLS for c in results.construction.values], dtype=np.int8),
             ),
+            **summary_coords,
+            **model_coords,
         },
-        attrs=_stats_attrs(results, options, grid, chosen, summaries),
+        attrs=_stats_attrs(results, tested.options, tested.grid, tested.preferred),
     )
 
 
@@ -302,7 +351,7 @@ def _spec_variables(arrays: SpecArrays) -> dict:
     return data_vars
 
 
-def _stats_attrs(results, options, grid: StatsGrid, chosen: Preferred, summaries: dict) -> dict:
+def _stats_attrs(results, options, grid: StatsGrid, chosen: Preferred) -> dict:
     """The dataset's attributes: provenance, the sets, and how every test and rule works."""
     replicates = int(results.sizes.get("replicate", 0))
     return {
@@ -343,7 +392,6 @@ def _stats_attrs(results, options, grid: StatsGrid, chosen: Preferred, summaries
         "massive_rule": MASSIVE_RULE,
         "preferred_specification": ",".join(chosen.specification),
         "preferred_note": chosen.note,
-        **summaries,
         "results_config": results.attrs.get("config", ""),
         "results_corpus_hash": results.attrs.get("corpus_hash", ""),
         "results_fingerprint": results_fingerprint(results),

@@ -12,6 +12,7 @@ import xarray as xr
 from robustness.demo import pair as demo_library
 from robustness.demo import pipeline
 from robustness.demo.pair import DemoGrid, DemoSettings
+from robustness.stats.summaries import read_per_pair
 from rsf.demo import run_demo
 from rsf.main import main
 
@@ -48,7 +49,7 @@ def test_the_whole_pipeline_end_to_end(tiny_demo, tmp_path, monkeypatch):
               "extra_paths": (out / "gradients.nc",)}  # fmt: skip
     assert reports == [(out / "results.nc", out / "report.html", inputs)]
     assert outcome.report == out / "report.html" and outcome.report.is_file()
-    per_pair = json.loads(stats.attrs["per_pair"])["demo"]
+    per_pair = read_per_pair(stats)["demo"]
     assert f"{per_pair['joint']['n_specifications']} counted specifications" in outcome.verdict
     assert "held-out documents" in outcome.verdict and "EWC test" in outcome.verdict
     assert "expected under the null" in outcome.verdict

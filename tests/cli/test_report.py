@@ -19,6 +19,7 @@ from report_page import MISSING, SECTIONS, Page, sha256, shown
 from rsf_commands import run_cli
 
 from robustness.io.datasets import open_dataset, write_dataset
+from robustness.stats.summaries import read_pair_model, read_per_pair
 from rsf.main import main
 
 # ----------------------------------------------------------------------- fixtures
@@ -211,7 +212,7 @@ def test_the_specification_table_shows_every_value_of_the_statistics(page, datas
 
 def test_the_verdict_shows_the_ewc_test_the_joint_tests_and_the_pair_model(page, report, datasets):
     stats = open_dataset(datasets["stats"])
-    per_pair = json.loads(stats.attrs["per_pair"])
+    per_pair = read_per_pair(stats)
     preferred = stats.attrs["preferred_specification"].split(",")
     verdict = page.tables["verdict-table"]
     assert "p_perm" not in verdict  # within-layer exchangeability: only in the full table
@@ -281,7 +282,7 @@ def test_the_verdict_shows_the_ewc_test_the_joint_tests_and_the_pair_model(page,
     assert "with 3 layers the dependence-robust test cannot be computed" in text.lower()
     assert "label-permutation" not in text and "p = <" not in text
     # The pair model: one table per phase with at least two pairs (align: early, late).
-    model = json.loads(stats.attrs["pair_model"])
+    model = read_pair_model(stats)
     assert set(model) == {"specification", "align"}
     table = page.tables["pair-model-align"]
     fitted = model["align"]
@@ -300,7 +301,7 @@ def test_the_verdict_shows_the_ewc_test_the_joint_tests_and_the_pair_model(page,
 
 def test_the_evidence_sections_show_the_new_nulls_and_variance_shares(page, datasets):
     stats = open_dataset(datasets["stats"])
-    per_pair = json.loads(stats.attrs["per_pair"])
+    per_pair = read_per_pair(stats)
     for pair in stats.pair.values:
         shares = per_pair[pair]["variance_shares"]
         row = page.tables["variance-table"][pair]

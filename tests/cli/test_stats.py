@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from robustness.io.datasets import open_dataset
+from robustness.stats.summaries import read_pair_model, read_per_pair
 from rsf.main import main
 
 CONTRACT = (
@@ -70,7 +71,7 @@ def test_stats_writes_the_contract_and_a_verdict(results, tmp_path, capsys):
         assert stats[name].dims == ("pair", "construction", "cutoff", "normalisation"), name
     assert stats.attrs["read_set"] == "q,k" and stats.attrs["write_set"] == "o,down"
     assert stats.attrs["confidence_level"] == 0.95 and stats.attrs["n_resamples"] == 500
-    joint = json.loads(stats.attrs["per_pair"])["a"]["joint"]
+    joint = read_per_pair(stats)["a"]["joint"]
     assert {
         "median_effect",
         "p_median_effect",
@@ -89,7 +90,7 @@ def test_stats_writes_the_contract_and_a_verdict(results, tmp_path, capsys):
     assert {"p_value", "p_signflip", "p_perm", "joint", "p_wy"} <= set(nulls)
     assert "exchangeable" in stats.p_signflip.attrs["null_hypothesis"]
     # Both pairs are alignment pairs of the same depth: the pair model tests them together.
-    model = json.loads(stats.attrs["pair_model"])["align"]
+    model = read_pair_model(stats)["align"]
     assert model["pairs"] == ["a", "b"] and model["projections"] == 2
     assert 0 <= model["overall"]["p_value"] <= 1 and model["difference"]["df"] == [1, 2]
     # Controls shown but not counted; isotropic is log_isotropic on the log2 scale: one counted.
@@ -224,9 +225,7 @@ def test_too_few_layers_give_nan_p_values_a_note_and_one_line(saved_pair, tmp_pa
     assert captured.err.count("\n") == 1 and "needs at least 4" in captured.err
     stats = open_dataset(out)
     assert np.isnan(stats.p_value).all() and np.isfinite(stats.asymmetry).any()
-    assert (
-        "needs at least 4" in json.loads(stats.attrs["per_pair"])[str(stats.pair.values[0])]["note"]
-    )
+    assert "needs at least 4" in read_per_pair(stats)[str(stats.pair.values[0])]["note"]
     assert "cannot be computed" in captured.out
 
 

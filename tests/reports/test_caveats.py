@@ -4,7 +4,6 @@ condition pushed across its threshold by changing one value of the statistics in
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
@@ -77,9 +76,9 @@ def test_strong_autocorrelation_of_the_preferred_specification_is_a_caveat(input
 
 def test_a_note_from_rsf_stats_and_too_few_layers_are_caveats(inputs):
     def noted(stats):
-        per_pair = json.loads(stats.attrs["per_pair"])
-        per_pair["early"]["note"] = "something the test could not do"
-        stats.attrs["per_pair"] = json.dumps(per_pair)
+        notes = stats.pair_note.astype(object)  # text read from a file has a fixed width
+        notes.loc[{"pair": "early"}] = "something the test could not do"
+        stats["pair_note"] = notes
 
     caveats = found(context(inputs, noted))
     assert "something the test could not do" in caveats["few-layers-early"]
