@@ -53,7 +53,7 @@ def fresh_bootstrap_peak(base_dir, aligned_dir, cache, n_tokens: int, replicates
 def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int, *, fresh: bool = True) -> dict:
     """The ``bootstrap_seconds`` figure (module docstring); ``fresh=False`` skips the fresh
     process's peak (the quick mode), leaving the timing process's."""
-    from robustness.measure.grid import REPLICATE_BLOCK
+    from robustness.measure.grid import REPLICATE_BLOCK, REPLICATE_SOLVER
     from robustness.measure.runner import run_sweep
 
     base_dir, aligned_dir = tmp / "boot-base", tmp / "boot-aligned"
@@ -73,6 +73,7 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int, *, fresh: bool 
     (result,) = run_sweep(config, corpus, cache_root=cache, progress=False)
     with_replicates = time.perf_counter() - start
     in_process_peak = peak_rss_bytes()
+    full_solver = full_solver_bootstrap(config, corpus, cache)
     spectral_k = {
         cutoff: [int(result.k[..., 0, i].min()), int(result.k[..., 0, i].max())]
         for i, cutoff in enumerate(BOOTSTRAP_CUTOFFS)
@@ -95,6 +96,10 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int, *, fresh: bool 
         "vs_eigh_and_fraction_floor": per_replicate / (floor + fractions),
         "measured_replicates": replicates,
         "seconds_per_replicate": per_replicate,
+        # The sweeps' own bootstrap seconds (timings["bootstrap"]), every replicate and
+        # jackknife row: partial spectra ("auto") against complete bases ("full"), same run.
+        "bootstrap_stage_seconds": {"auto": result.timings["bootstrap"], "full": full_solver},
+        "auto_vs_full_solver": result.timings["bootstrap"] / full_solver,
         "sweep_seconds_2_replicates": baseline,
         f"sweep_seconds_{replicates}_replicates": with_replicates,
         # A fresh process running the bootstrapped sweep, as `rsf sweep --bootstrap` does.
@@ -105,9 +110,25 @@ def bootstrap_seconds(tmp: Path, n_tokens: int, replicates: int, *, fresh: bool 
         "memory_meets_target": None if fresh_peak is None else bool(fresh_peak / 2**20 <= 4096),
         "tokens": corpus.n_tokens,
         "k_range_of_spectral_cutoffs": spectral_k,
-        "method": "exact: one full eigendecomposition per replicate, layer and site; "
+        "method": "exact: per replicate, layer and site each cutoff's k and the eigenvectors "
+        f"its fractions read ({REPLICATE_SOLVER!r} solver, probes.spectra.partial_eigh); "
         f"replicates reweighted and decomposed in blocks of {REPLICATE_BLOCK}",
     }
+
+
+def full_solver_bootstrap(config, corpus, cache) -> float:
+    """The bootstrap seconds of the same sweep with complete bases per replicate
+    (``REPLICATE_SOLVER = "full"``: ``numpy.linalg.eigh`` of every column, as before partial
+    spectra)."""
+    from robustness.measure import grid
+    from robustness.measure.runner import run_sweep
+
+    chosen, grid.REPLICATE_SOLVER = grid.REPLICATE_SOLVER, "full"
+    try:
+        (result,) = run_sweep(config, corpus, cache_root=cache, progress=False)
+    finally:
+        grid.REPLICATE_SOLVER = chosen
+    return result.timings["bootstrap"]
 
 
 def dask_layer_speedup(tmp: Path, n_tokens: int = 16384, replicates: int = 8) -> dict:
@@ -252,6 +273,7 @@ def eigh_floor_figure(figure: dict) -> dict:
         "floor": "36 numpy eigh of 768 x 768 (12 layers x 3 sites), two at a time, one thread each",
         "fraction_floor_seconds_per_replicate": figure["fraction_floor_seconds_per_replicate"],
         "vs_eigh_and_fraction_floor": figure["vs_eigh_and_fraction_floor"],
+        "auto_vs_full_solver": figure["auto_vs_full_solver"],
         "measured_replicates": figure["measured_replicates"],
         "tokens": figure["tokens"],
     }

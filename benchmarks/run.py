@@ -32,7 +32,9 @@ as skipped (:data:`FULL_ONLY`); a skipped figure is ``{"skipped": why}``.
   seconds of that replicate's eigendecompositions alone (36 ``numpy.linalg.eigh``
   of 768 × 768 through the same two-at-a-time pool, timed before and after the
   sweeps of the same run); beside it the replicate's fraction products alone
-  (the triangular products its 144 F(k) profiles need) and the ratio to both;
+  (the triangular products its 144 F(k) profiles need) and the ratio to both,
+  and the same sweep's bootstrap seconds with complete bases per replicate
+  (``REPLICATE_SOLVER = "full"``) against partial spectra (``auto_vs_full_solver``);
 - ``replicate_breakdown``: one replicate's seconds by stage (reweighting,
   eigenvalues, eigenvectors, fractions; and with the full ``eigh`` instead),
   each stage alone with the library's functions (:mod:`benchmarks.breakdown`);

@@ -110,12 +110,16 @@ class ChunkStatistics:
         w = np.ones(len(self.n)) if weights is None else np.asarray(weights, dtype=np.float64)
         return self.sum_xx_many(w[None, :])[0]
 
-    def sum_xx_many(self, weights, *, upper_only: bool = False) -> np.ndarray:
+    def sum_xx_many(self, weights, *, upper_only: bool = False, out=None) -> np.ndarray:
         """``[B, d, d]``: :meth:`sum_xx` for each row of ``weights [B, C]``.
 
         One product reads the chunks once for the whole block of rows, which is
         what makes a block of bootstrap replicates cheaper than the rows one by one.
-        ``upper_only`` leaves the lower triangle zero (half the unpacking).
+        ``upper_only`` leaves the lower triangle zero (half the unpacking). `out`: a
+        float64 ``[B, d, d]`` array to write into instead of a new one (a block reused
+        block after block: a fresh one of tens of MB costs page faults each time, and on
+        kernels that compact memory for numpy's huge-page advice, hundreds of ms); with
+        ``upper_only`` its lower triangle is left as it was.
         """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         # Column blocks small enough to stay in cache, upcast into one reused buffer: a
@@ -132,7 +136,11 @@ class ChunkStatistics:
         # Row by row: row i of the packed triangle is row i of the upper triangle and,
         # the sums being symmetric, column i of the lower one (slices, not a scatter).
         d = self.d
-        full = np.zeros((len(w), d, d)) if upper_only else np.empty((len(w), d, d))
+        if out is not None and out.shape != (len(w), d, d):
+            raise ValueError(f"`out` must have shape {(len(w), d, d)}, got {out.shape}")
+        if out is None:
+            out = np.zeros((len(w), d, d)) if upper_only else np.empty((len(w), d, d))
+        full = out
         start = 0
         for i in range(d):
             row = packed[:, start : start + d - i]
@@ -146,13 +154,16 @@ class ChunkStatistics:
         """The site's statistics with chunk `c` counted ``weights[c]`` times."""
         return self.reweighted_many(np.asarray(weights, dtype=np.float64)[None, :])[0]
 
-    def reweighted_many(self, weights, *, upper_only: bool = False) -> list[SiteStatistics]:
+    def reweighted_many(
+        self, weights, *, upper_only: bool = False, out=None
+    ) -> list[SiteStatistics]:
         """:meth:`reweighted` for each row of ``weights [B, C]``, from one pass over the chunks.
 
-        ``upper_only``: statistics for an eigendecomposition only (see :class:`SiteStatistics`).
+        ``upper_only``: statistics for an eigendecomposition only (see :class:`SiteStatistics`);
+        `out`: as :meth:`sum_xx_many`'s (the statistics' ``sum_xx`` are views of it).
         """
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-        sum_xx = self.sum_xx_many(w, upper_only=upper_only)
+        sum_xx = self.sum_xx_many(w, upper_only=upper_only, out=out)
         sum_x, n = w @ self.sum_x, w @ self.n
         return [
             SiteStatistics(

@@ -15,7 +15,7 @@ Every direct method starts from the reduction ``T = QᵀCQ`` to tridiagonal form
 floor). From ``T`` the whole spectrum costs ``dsterf`` (``O(d²)``), a few
 eigenvectors ``dstemr`` (MRRR; ``O(d)`` each), many of them divide and conquer
 (``dstevd``: every eigenpair of T, the spectrum with them), and bringing them back to C's
-coordinates applies ``Q`` to those columns only (``dormqr``, ``2d²m`` flops),
+coordinates applies ``Q`` to those columns only (``dormtr``, ``2d²m`` flops),
 where a full solver applies it to all ``d`` after divide and conquer on T
 (``numpy.linalg.eigh``: ``dsyevd``, 3.5 times the reduction at d = 576 and
 768, 3 at 2048, 1.8 at 4096, where the reduction's matrix–vector half no
@@ -29,7 +29,8 @@ only; it ties with ``tridiagonal`` at a few columns and loses at hundreds) and
 eigenvectors; top columns only, and no certificate of its accuracy; it won
 only at 8 columns from d = 768 up, when no cutoff needs the spectrum). The
 policy chooses between ``tridiagonal`` and ``full`` only. The measurements:
-``python -m benchmarks.spectra``.
+``python -m benchmarks.spectra``. The tridiagonal solver's LAPACK calls release
+the GIL (:mod:`probes.lapack`), so the sweep's two threads run two of them at once.
 
 **Exactness.** Any two backward-stable solvers agree on a top-k subspace to
 about ``ε‖C‖/(λ_k − λ_{k+1})`` and on ``F(k)`` to that times ``‖G‖/tr G``, so

@@ -65,7 +65,8 @@ class PairResult:
     notes: list[str] = field(default_factory=list)
     # With --bootstrap: "replicates" [B, ...rsf] and "jackknife" [C, ...rsf] (leave one chunk out).
     bootstrap: dict | None = None
-    # Wall seconds of each stage: hashing, prediction_bases, statistics, grid (bootstrap included).
+    # Wall seconds of each stage: hashing, prediction_bases, statistics, grid (with --bootstrap
+    # also "bootstrap", the part of "grid" its replicates took).
     timings: dict = field(default_factory=dict)
     storage: np.ndarray | None = None  # [layer, matrix, side]: F32, BF16, Q4_1, … (base, aligned)
     rounding_floor: np.ndarray | None = None  # [layer, matrix]: sqrt(Σ step²/12), both sides

@@ -355,7 +355,7 @@ def replicate_hints(grid, prepared, full_ks, constructions) -> dict:
 
 def fill_replicates(
     grid, layer, prepared, stats, weights, out, constructions, *, full_ks=None, progress=False,
-    label="bootstrap",
+    label="bootstrap", buffers=None,
 ) -> None:  # fmt: skip
     """Fill ``out[b]`` for each row of ``weights``, in blocks of :func:`replicate_block` replicates.
 
@@ -367,11 +367,18 @@ def fill_replicates(
     replicates) and its fractions (one task per replicate), the next block's
     reweighting beside this block's fractions, so no worker idles while the
     last task of a stage finishes.
+
+    `buffers`: a dict the caller keeps from layer to layer, where each site's block of
+    reweighted sums is allocated once and rewritten block after block (a new one each time
+    costs page faults; :meth:`probes.ChunkStatistics.sum_xx_many`). A block's sums are read
+    only by its eigendecompositions, which finish before the next block is reweighted.
     """
     sites = sorted({(layer, probes.SITE_OF[m.name]) for m in prepared})
     size = replicate_block(len(sites) * len(stats), grid.d)
     hints = None if full_ks is None else replicate_hints(grid, prepared, full_ks, constructions)
     blocks = [weights[start : start + size] for start in range(0, len(weights), size)]
+
+    buffers = {} if buffers is None else buffers
 
     def reweight(block):  # {(role, site): future of the block's statistics there}
         return {
@@ -380,6 +387,7 @@ def fill_replicates(
                 role_stats.chunks[key].reweighted_many,
                 block,
                 upper_only=True,
+                out=block_buffer(buffers, (role, key[1]), size, grid.d)[: len(block)],
             )
             for role, role_stats in stats.items()
             for key in sites
@@ -409,6 +417,13 @@ def fill_replicates(
             offset += len(block)
             del bases
             bar.update()
+
+
+def block_buffer(buffers: dict, key, size: int, d: int) -> np.ndarray:
+    """``buffers[key]``, a zeroed float64 ``[size, d, d]`` allocated on first use."""
+    if key not in buffers or buffers[key].shape != (size, d, d):
+        buffers[key] = np.zeros((size, d, d))
+    return buffers[key]
 
 
 def _replicate_bases(grid, layer, prepared, replicates, constructions, pool, hints) -> dict:

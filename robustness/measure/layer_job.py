@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -93,6 +93,9 @@ class LayerJob:
     resampled: list[str]
     load_role: str = "base"  # whose statistics carry a mixture-of-experts layer's routing
     sides: dict | None = None
+    # The replicates' reweighting blocks, reused from layer to layer (grid.fill_replicates);
+    # not carried by portable().
+    buffers: dict = field(default_factory=dict)
 
     def portable(self) -> LayerJob:
         return LayerJob(
@@ -192,7 +195,7 @@ class LayerJob:
                 fill_replicates(
                     self.grid, layer, deltas.prepared, stats, self.weights_b, boot,
                     self.resampled, full_ks=per_row["k"], progress=progress,
-                    label=f"bootstrap {self.pair.label} layer {layer}",
+                    label=f"bootstrap {self.pair.label} layer {layer}", buffers=self.buffers,
                 )  # fmt: skip
         if shares is not None:  # each replicate's expert mean, with the corpus's shares
             n_matrices = len(self.matrices)

@@ -94,6 +94,14 @@ def test_reweighted_chunks_are_the_weighted_sums_and_their_upper_triangle_suffic
     triangle = statistics.sum_xx_many(weights, upper_only=True)
     assert np.array_equal(full, brute)
     assert np.array_equal(triangle, np.triu(brute))
+    # A block reused for other weights (as the bootstrap reuses it) holds exactly their sums.
+    block = np.zeros((4, d, d))
+    statistics.sum_xx_many(weights[::-1], upper_only=True, out=block)
+    assert statistics.sum_xx_many(weights, upper_only=True, out=block) is block
+    assert np.array_equal(block, triangle)
+    assert np.array_equal(statistics.sum_xx_many(weights, out=np.full((4, d, d), 7.0)), full)
+    with pytest.raises(ValueError, match="`out` must have shape"):
+        statistics.sum_xx_many(weights, out=np.zeros((3, d, d)))
     for whole, half in zip(
         statistics.reweighted_many(weights),
         statistics.reweighted_many(weights, upper_only=True),

@@ -101,7 +101,7 @@ def tied_chunks(rng, chunks=8, tokens=200) -> probes.ChunkStatistics:
     return probes.ChunkStatistics(np.full(chunks, tokens), sum_x, np.stack(packed))
 
 
-def tied_replicates(solver, chunk_stats, deltas, weights, cutoffs) -> np.ndarray:
+def tied_replicates(solver, chunk_stats, deltas, weights, cutoffs, buffers=None) -> np.ndarray:
     """``rsf[b, matrix, cutoff]`` (fraction) of each replicate, by `solver`."""
     config = SweepConfig(
         pairs=(PairSpec("p", "base", "aligned"),),
@@ -114,8 +114,26 @@ def tied_replicates(solver, chunk_stats, deltas, weights, cutoffs) -> np.ndarray
     prepared = grid.prepare(("q", "k"), deltas, [None, None])
     stats = {"base": probes.ActivationStatistics(sites={}, chunks={(0, "attn_in"): chunk_stats})}
     out = np.full((len(weights), 2, 1, len(cutoffs), 1), np.nan)
-    fill_replicates(grid, 0, prepared, stats, weights, out, ("act_cov",))
+    fill_replicates(grid, 0, prepared, stats, weights, out, ("act_cov",), buffers=buffers)
     return out[:, :, 0, :, 0]
+
+
+def test_reused_reweighting_blocks_change_no_number():
+    """Null: a bootstrap whose reweighting blocks are reused (kept from an earlier layer's
+    replicates, filled with garbage beforehand) gives every replicate bit for bit as with
+    fresh blocks; 11 replicates are two blocks, the second shorter."""
+    rng = np.random.default_rng(5)
+    chunk_stats = tied_chunks(rng)
+    deltas = [rng.standard_normal((8, D)) for _ in range(2)]
+    weights = rng.multinomial(8, np.full(8, 1 / 8), size=11).astype(float)
+    cutoffs = ("k=3", "var=0.9", "pr")
+    fresh = tied_replicates("tridiagonal", chunk_stats, deltas, weights, cutoffs)
+    buffers = {}
+    tied_replicates("tridiagonal", chunk_stats, deltas, weights[::-1], cutoffs, buffers)
+    for block in buffers.values():
+        block[:] = rng.standard_normal(block.shape)
+    again = tied_replicates("tridiagonal", chunk_stats, deltas, weights, cutoffs, buffers)
+    assert np.array_equal(again, fresh)
 
 
 @pytest.mark.parametrize("solver", ["auto", "tridiagonal"])
