@@ -66,7 +66,7 @@ import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import probes  # noqa: E402
-from probes import spectra  # noqa: E402
+from probes import lapack, spectra  # noqa: E402
 
 CHUNKS = 32
 
@@ -171,7 +171,8 @@ def components(matrix, m: int) -> dict:
         "  dstemr, all d vectors of T": partial(
             scipy.linalg.eigh_tridiagonal, diagonal, off, lapack_driver="stemr"
         ),
-        "  dormqr, Q on m columns": partial(reduction.back, vectors),
+        "  dstevd, all d vectors of T and the spectrum": partial(lapack.dstevd, diagonal, off),
+        "  dormtr, Q on m columns": partial(reduction.back, vectors),
     }
 
 
