@@ -4,8 +4,8 @@
 ``dormtr`` on the sweep's pool (:func:`robustness.measure.grid.worker_pool`:
 two threads, one BLAS thread each). ``scipy.linalg.lapack``'s wrappers of them
 hold the GIL while LAPACK runs, so the two threads ran them one at a time
-(measured at d = 768: ``dsytrd`` 25 ms alone and 46 ms per task two at a time,
-``dstevd`` 29 and 57; ``numpy.linalg.eigh``, which releases it, 89 and 52).
+(measured at d = 768: ``dsytrd`` 25 ms alone and 46 ms each when two run side by
+side, ``dstevd`` 29 and 57; ``numpy.linalg.eigh``, which releases it, 89 and 104).
 Here the same routines, of the LAPACK scipy links, are reached through
 ``scipy.linalg.cython_lapack``'s exported function pointers and called by
 :mod:`ctypes`, which releases the GIL for the call (the way numba reaches
