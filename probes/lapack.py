@@ -150,6 +150,11 @@ def dstemr(diagonal: np.ndarray, off: np.ndarray, first: int, last: int) -> np.n
 def dormtr(reflectors: np.ndarray, tau: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """``Q c`` for each column of `columns` ``[n, m]``, Q from :func:`dsytrd` (lower)."""
     n, m = columns.shape
+    # LAPACK reads these through raw pointers: Fortran order and float64, whatever was passed.
+    reflectors = np.asfortranarray(reflectors, dtype=np.float64)
+    tau = np.ascontiguousarray(tau, dtype=np.float64)
+    if reflectors.shape != (n, n) or tau.size < n - 1:
+        raise ValueError(f"reflectors {reflectors.shape} and tau {tau.shape} for {n} rows")
     c = np.array(columns, dtype=np.float64, order="F", copy=True)
     call = _Call()
     size = np.empty(1)

@@ -64,6 +64,13 @@ def test_an_index_range_beyond_the_matrix_is_refused():
         lapack.dstemr(diagonal, off, 3, 7)
 
 
+def test_reflectors_of_another_size_are_refused():
+    """LAPACK reads through raw pointers: a mismatched shape must not reach it."""
+    reflectors, _, _, tau = lapack.dsytrd(symmetric(5, 0))
+    with pytest.raises(ValueError, match="reflectors"):
+        lapack.dormtr(reflectors, tau, np.eye(6))
+
+
 def test_lapacks_info_reaches_the_caller():
     """Null: a non-zero ``info`` is an error, not a silent result (a NaN matrix: dsterf
     does not converge)."""
