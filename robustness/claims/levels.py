@@ -56,6 +56,7 @@ initialisation has no structure (``results.construction_side``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -205,26 +206,50 @@ def pretrain_partner(results: xr.Dataset, pair, *, paired: bool) -> str | None:
 # ---------------------------------------------------------------------------- the level claims
 
 
-def _read_concentration(lv, matrices, *, margin, alpha, n_resamples, rng) -> Outcome:
-    specs = lv.specs(ACTIVATION)
-    if not specs:
-        return not_tested(f"no {', '.join(ACTIVATION)} specification in the results")
+@dataclass(frozen=True)
+class _Chosen:
+    """A level claim's specifications (merged), their levels ``[layer, spec]``, the index of the
+    paper's preferred one and the claim's matrices present in the results."""
+
+    specs: list
+    values: np.ndarray
+    j: int
+    present: list
+
+
+def _chosen(lv, specs, matrices, claim: str) -> _Chosen | Outcome:
+    """The specifications a level claim decides on, or the outcome that ends it first."""
     values = np.stack([lv.level(spec, matrices) for spec in specs], axis=1)
     specs, values = merged_specifications(specs, values)
     if not specs:
         return _undefined(f"the level of {','.join(matrices)}")
-    j = preferred_index(specs, PREFERRED["read_concentration"])
+    j = preferred_index(specs, PREFERRED[claim])
     if j is None:
-        return _absent("read_concentration")
+        return _absent(claim)
     if lv.n_layers < MIN_LAYERS:
         return _too_few(lv)
-    present = [m for m in matrices if m in lv.matrices]
+    return _Chosen(specs, values, j, [m for m in matrices if m in lv.matrices])
+
+
+def _matrix_parts(lv, spec, present, *, margin, alpha) -> tuple[np.ndarray, list[Part]]:
+    """Each present matrix's levels ``[layer, matrix]`` at `spec` and its test against the margin."""
+    per_matrix = lv.matrix_levels(spec, present)
+    return per_matrix, [
+        part(m, per_matrix[:, i], margin=margin, alpha=alpha) for i, m in enumerate(present)
+    ]
+
+
+def _read_concentration(lv, matrices, *, margin, alpha, n_resamples, rng) -> Outcome:
+    specs = lv.specs(ACTIVATION)
+    if not specs:
+        return not_tested(f"no {', '.join(ACTIVATION)} specification in the results")
+    chosen = _chosen(lv, specs, matrices, "read_concentration")
+    if isinstance(chosen, Outcome):
+        return chosen
+    specs, values, j, present = chosen.specs, chosen.values, chosen.j, chosen.present
 
     def decide(spec) -> tuple[Decision, list[Part]]:
-        per_matrix = lv.matrix_levels(spec, present)
-        parts = [
-            part(m, per_matrix[:, i], margin=margin, alpha=alpha) for i, m in enumerate(present)
-        ]
+        _, parts = _matrix_parts(lv, spec, present, margin=margin, alpha=alpha)
         return concentration(parts, alpha=alpha), parts
 
     decision, parts = decide(specs[j])
@@ -262,22 +287,13 @@ def _write_isotropy(lv, matrices, *, margin, alpha) -> Outcome:
     specs = [s for s in lv.specs(PREDICTION) if lv.eligible_k(s, matrices)]
     if not specs:
         return not_tested(f"no unembedding specification with k ≤ d/8 = {lv.d / 8:g}")
-    values = np.stack([lv.level(s, matrices) for s in specs], axis=1)
-    specs, values = merged_specifications(specs, values)
-    if not specs:
-        return _undefined(f"the level of {','.join(matrices)}")
-    j = preferred_index(specs, PREFERRED["write_isotropy"])
-    if j is None:
-        return _absent("write_isotropy")
-    if lv.n_layers < MIN_LAYERS:
-        return _too_few(lv)
-    present = [m for m in matrices if m in lv.matrices]
+    chosen = _chosen(lv, specs, matrices, "write_isotropy")
+    if isinstance(chosen, Outcome):
+        return chosen
+    specs, values, j, present = chosen.specs, chosen.values, chosen.j, chosen.present
 
     def decide(spec) -> tuple[Decision, list[Part]]:
-        per_matrix = lv.matrix_levels(spec, present)
-        parts = [
-            part(m, per_matrix[:, i], margin=margin, alpha=alpha) for i, m in enumerate(present)
-        ]
+        per_matrix, parts = _matrix_parts(lv, spec, present, margin=margin, alpha=alpha)
         departures, worst = _departures(per_matrix, present, margin)
         return isotropy(parts, alpha=alpha, departures=departures, worst_point=worst), parts
 
